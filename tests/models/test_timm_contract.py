@@ -1,0 +1,215 @@
+"""Every registered magsd_* model passes timm's own per-model contract.
+
+timm's tests/ is not shipped in its wheel, so its per-model checks are restated here, on small
+inputs (real compute) and at the configured input size on the meta device (shapes only).
+"""
+import fnmatch
+
+import pytest
+import torch
+import timm
+from timm.layers import create_feature_extractor, get_graph_node_names
+from timm.models import group_parameters
+
+import magsd_timm  # noqa: F401  (registers the models)
+
+MODEL_NAMES = timm.list_models('magsd_*')
+SMALL = (1, 64, 64)
+
+# Known limits of timm itself, not of MA-Net: its getter feature extractor (ViT) cannot be compiled
+# by TorchScript, and a ViT with dynamic_img_size (which lets MA-Net run at 224 and 448) cannot be
+# traced by FX. The *_exclusions_really_fail tests prove each exclusion is still needed.
+NOT_SCRIPTABLE = ['magsd_vit_*']
+NOT_FX_TRACEABLE = ['magsd_vit_*']
+
+
+def _small_input(batch_size: int = 2) -> torch.Tensor:
+    return torch.randn(batch_size, *SMALL, generator=torch.Generator().manual_seed(0))
+
+
+def _split(excluded: list) -> tuple:
+    matches = [n for n in MODEL_NAMES if any(fnmatch.fnmatch(n, f) for f in excluded)]
+    return [n for n in MODEL_NAMES if n not in matches], matches
+
+
+SCRIPTABLE, UNSCRIPTABLE = _split(NOT_SCRIPTABLE)
+FX_TRACEABLE, FX_UNTRACEABLE = _split(NOT_FX_TRACEABLE)
+
+
+def test_zoo_spans_families_and_a_generic_entry():
+    families = ['resnet18', 'resnet34', 'resnet50', 'resnet101', 'densenet', 'efficientnet_', 'efficientnetv2',
+                'convnext', 'regnet', 'mobilenetv3', 'vit', 'custom']
+    for family in families:
+        assert any(family in name for name in MODEL_NAMES), family
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_forward_has_right_batch_and_no_nan(name):
+    model = timm.create_model(name).eval()
+    with torch.no_grad():
+        out = model(_small_input())
+    assert out.shape == (2, 4)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_every_parameter_gets_a_gradient(name):
+    model = timm.create_model(name, num_classes=42).train()
+    out = model(_small_input())
+    out.mean().backward()
+    assert out.shape == (2, 42)
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f'no gradient for {missing}'
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_unknown_kwarg_raises_type_error(name):
+    with pytest.raises(TypeError):
+        timm.create_model(name, device='meta', not_an_argument=1)
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_device_and_dtype_kwargs_are_honoured(name):
+    model = timm.create_model(name, device='meta', dtype=torch.bfloat16)
+    assert {p.device.type for p in model.parameters()} == {'meta'}
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_config_shapes_and_head_resets(name):
+    model = timm.create_model(name, device='meta').eval()
+    cfg = model.pretrained_cfg
+    x = torch.randn(1, *cfg['input_size'], device='meta')
+    assert model.in_chans == cfg['input_size'][0] == 1
+
+    feats = model.forward_features(x)
+    assert tuple(feats.shape[-2:]) == tuple(cfg['pool_size'])
+    assert feats.shape[1] == model.num_features
+    assert model.forward_head(feats, pre_logits=True).shape == (1, model.head_hidden_size)
+
+    model.reset_classifier(0)
+    assert model(x).shape == (1, model.head_hidden_size)
+    model.reset_classifier(0, '')
+    out = model(x)
+    assert out.ndim == 4 and tuple(out.shape[-2:]) == tuple(cfg['pool_size'])
+
+    assert timm.create_model(name, device='meta', num_classes=0)(x).shape == (1, model.head_hidden_size)
+    assert timm.create_model(name, device='meta', num_classes=0, global_pool='')(x).ndim == 4
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_classifier_and_first_conv_names_are_in_the_state_dict(name):
+    model = timm.create_model(name, device='meta')
+    keys = model.state_dict().keys()
+    cfg = model.pretrained_cfg
+    assert cfg['classifier'] + '.weight' in keys
+    assert cfg['first_conv'] + '.weight' in keys
+    assert model._traits['first_conv'] == cfg['first_conv']
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_group_matcher_gives_ordered_groups_covering_every_parameter(name):
+    model = timm.create_model(name, device='meta')
+    names = [n for n, _ in model.named_parameters()]
+    for coarse in (True, False):
+        groups = group_parameters(model, model.group_matcher(coarse=coarse))
+        assert len(groups) > 2
+        assert sorted(n for g in groups.values() for n in g) == sorted(names)
+        last = groups[max(groups)]
+        assert 'fc.weight' in last and not any(n.startswith('backbone.') for n in last)
+        assert any(n.startswith('backbone.') for n in groups[min(groups)])
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_no_weight_decay_names_real_parameters(name):
+    model = timm.create_model(name, device='meta')
+    names = {n for n, _ in model.named_parameters()}
+    assert model.no_weight_decay() <= names
+    if 'vit' in name:
+        assert {'backbone.model.pos_embed', 'backbone.model.cls_token'} <= model.no_weight_decay()
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_bf16_model_gives_bf16_output(name):
+    model = timm.create_model(name).eval().to(torch.bfloat16)
+    with torch.no_grad():
+        out = model(_small_input().to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    assert torch.isfinite(out.float()).all()
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_grad_checkpointing_gives_equal_outputs_and_gradients(name):
+    model = timm.create_model(name).eval()
+    x = _small_input()
+    out = model(x)
+    out.sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+
+    model.set_grad_checkpointing(True)
+    out_ckpt = model(x)
+    out_ckpt.sum().backward()
+    torch.testing.assert_close(out_ckpt, out)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], msg=n)
+
+
+@pytest.mark.parametrize('name', SCRIPTABLE)
+def test_torchscript_matches_eager(name):
+    with timm.set_scriptable(True):
+        model = timm.create_model(name).eval()
+    scripted = torch.jit.script(model)
+    x = _small_input(1)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x))
+
+
+@pytest.mark.parametrize('name', UNSCRIPTABLE)
+def test_torchscript_exclusions_really_fail(name):
+    with timm.set_scriptable(True):
+        model = timm.create_model(name).eval()
+    with pytest.raises(RuntimeError):
+        torch.jit.script(model)
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_features_only_gives_the_advertised_levels(name):
+    model = timm.create_model(name, features_only=True).eval()
+    channels, reductions = model.feature_info.channels(), model.feature_info.reduction()
+    assert len(channels) >= 3
+    with torch.no_grad():
+        outs = model(_small_input())
+    assert [o.shape[1] for o in outs] == channels
+    assert [SMALL[-1] // o.shape[-1] for o in outs] == reductions
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_forward_intermediates_match_feature_info_and_forward_features(name):
+    model = timm.create_model(name).eval()
+    x = _small_input()
+    with torch.no_grad():
+        final, intermediates = model.forward_intermediates(x)
+        torch.testing.assert_close(final, model.forward_features(x))
+        last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
+    assert [t.shape[1] for t in intermediates] == [f['num_chs'] for f in model.feature_info]
+    assert [SMALL[-1] // t.shape[-1] for t in intermediates] == [f['reduction'] for f in model.feature_info]
+    for a, b in zip(last_two, intermediates[-2:]):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize('name', FX_TRACEABLE)
+def test_fx_trace_matches_eager(name):
+    model = timm.create_model(name).eval()
+    _, eval_nodes = get_graph_node_names(model)
+    fx_model = create_feature_extractor(model, return_nodes=[eval_nodes[-1]])
+    x = _small_input(1)
+    with torch.no_grad():
+        fx_out = tuple(fx_model(x).values())[0]
+        torch.testing.assert_close(fx_out, model(x))
+
+
+@pytest.mark.parametrize('name', FX_UNTRACEABLE)
+def test_fx_exclusions_really_fail(name):
+    with pytest.raises(torch.fx.proxy.TraceError):
+        get_graph_node_names(timm.create_model(name).eval())
