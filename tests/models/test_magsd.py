@@ -1,0 +1,207 @@
+"""MA-Net as the method describes it: attention maps, bilinear attention pooling, head, zoo and errors."""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import timm
+from timm.models import save_for_hf
+
+import magsd_timm
+from magsd_timm import CXR_LABEL_NAMES, MANet, bilinear_attention_pool, display_map
+
+
+def _tiny(**kwargs) -> MANet:
+    return timm.create_model('magsd_custom', backbone='test_resnet', **kwargs)
+
+
+def _randn(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+
+
+def test_bilinear_attention_pool_matches_a_hand_computed_case():
+    # features: 2 channels over a 1x2 grid; attention: 2 maps over the same grid
+    features = torch.tensor([[[[1., 3.]], [[2., -4.]]]])
+    attention = torch.tensor([[[[1., 0.]], [[.5, .5]]]])
+    # P[m, c] = mean_hw A_m F_c = [[0.5, 1], [1, -0.5]], flattened m-major, signed sqrt, L2 norm sqrt(3)
+    s = 1 / math.sqrt(3)
+    expected = torch.tensor([[math.sqrt(.5) * s, s, s, -math.sqrt(.5) * s]])
+    torch.testing.assert_close(bilinear_attention_pool(features, attention), expected)
+
+
+def test_head_scales_the_normalised_embedding_by_100_into_a_bias_free_linear():
+    model = _tiny().eval()
+    stacked = model.forward_features(_randn(2, 1, 64, 64))
+    features, attention = stacked[:, :model.top_chs], stacked[:, model.top_chs:]
+    embedding = model.forward_head(stacked, pre_logits=True)
+    torch.testing.assert_close(embedding, 100 * bilinear_attention_pool(features, attention))
+    torch.testing.assert_close(embedding.norm(dim=-1), torch.full((2,), 100.))
+    assert model.fc.bias is None and model.fc.in_features == model.num_maps * model.top_chs
+    torch.testing.assert_close(model.forward_head(stacked), embedding @ model.fc.weight.T)
+
+
+def test_attention_maps_are_summed_conv_bn_relu_maps_of_each_level_pooled_to_the_top():
+    model = _tiny(attn_levels=(-3, -2, -1), num_maps=8).eval()
+    x = _randn(2, 1, 64, 64)
+    levels = model.backbone(x)
+    top = levels[-1]
+    expected = sum(
+        nn.functional.adaptive_avg_pool2d(attend(level), top.shape[-2:])
+        for attend, level in zip(model.attention, levels[-3:]))
+    features, attention = model.forward_features_and_attention(x)
+    torch.testing.assert_close(features, top)
+    torch.testing.assert_close(attention, expected)
+    for attend in model.attention:
+        conv, bn, act = attend
+        assert conv.kernel_size == (1, 1) and conv.bias is None and conv.out_channels == 8
+        assert bn.eps == 1e-3 and isinstance(act, nn.ReLU)
+
+
+@pytest.mark.parametrize('size, grid', [(224, 7), (448, 14)])
+def test_attention_maps_are_non_negative_with_the_documented_shapes(size, grid):
+    model = _tiny().train()  # train-mode BatchNorm centres the maps: ReLU must still keep them >= 0
+    with torch.no_grad():
+        logits, attention = model.forward_with_attention(_randn(2, 1, size, size))
+    assert logits.shape == (2, 4)
+    assert attention.shape == (2, 32, grid, grid)
+    assert (attention >= 0).all() and (attention > 0).any()
+
+
+@pytest.mark.parametrize('size, layer3, layer4', [(224, 14, 7), (448, 28, 14)])
+def test_magsd_resnet50_uses_layer3_and_layer4_as_published(size, layer3, layer4):
+    model = timm.create_model('magsd_resnet50', device='meta')
+    x = torch.empty(2, 1, size, size, device='meta')
+    levels = model.forward_intermediates(x, indices=[-2, -1], intermediates_only=True)
+    assert [tuple(t.shape) for t in levels] == [(2, 1024, layer3, layer3), (2, 2048, layer4, layer4)]
+    _, attention = model.forward_with_attention(x)
+    assert attention.shape == (2, 32, layer4, layer4)
+
+
+def test_magsd_resnet50_has_the_authors_parameter_count():
+    model = timm.create_model('magsd_resnet50', device='meta')
+    assert (model.in_chans, model.num_classes, model.num_maps) == (1, 4, 32)
+    assert sum(p.numel() for p in model.parameters()) == 23_862_336  # 23.86 M
+    assert model.head_hidden_size == 65_536
+
+
+def test_default_config_names_the_four_cxr_classes():
+    model = timm.create_model('magsd_resnet50', device='meta')
+    assert tuple(model.pretrained_cfg['label_names']) == CXR_LABEL_NAMES
+    assert model.pretrained_cfg['input_size'] == (1, 224, 224)
+
+
+def test_forward_with_attention_is_one_pass_giving_forward_s_logits():
+    model = _tiny().eval()
+    calls = []
+    model.backbone.register_forward_hook(lambda *_: calls.append(1))
+    x = _randn(2, 1, 64, 64)
+    with torch.no_grad():
+        logits, attention = model.forward_with_attention(x)
+        assert len(calls) == 1
+        torch.testing.assert_close(logits, model(x))
+        torch.testing.assert_close(attention, model.forward_features(x)[:, model.top_chs:])
+
+
+def test_display_map_is_the_mean_map_upsampled_to_the_input():
+    attention = torch.zeros(1, 2, 2, 2)
+    attention[0, 0, 1, 1] = 4.  # one hot cell in map 0, nothing in map 1: mean is 2 at (1, 1)
+    shown = display_map(attention, 64)
+    assert shown.shape == (1, 1, 64, 64)
+    assert (shown >= 0).all()
+    row, col = divmod(int(shown.flatten().argmax()), 64)
+    assert row >= 32 and col >= 32
+    torch.testing.assert_close(shown.max(), torch.tensor(2.))
+    torch.testing.assert_close(display_map(torch.ones(3, 32, 7, 7), (20, 30)), torch.ones(3, 1, 20, 30))
+
+
+def test_options_change_the_architecture():
+    model = _tiny(num_maps=8, in_chans=3, num_classes=3, drop_rate=.25)
+    assert model.attention[0][0].out_channels == 8
+    assert model.get_submodule(model._traits['first_conv']).in_channels == 3
+    assert model.fc.out_features == 3 and model.head_drop.p == .25
+    assert model(_randn(2, 3, 64, 64)).shape == (2, 3)
+
+
+def test_reset_classifier_keeps_device_dtype_and_mode():
+    model = _tiny().eval().to(torch.bfloat16)
+    model.reset_classifier(7)
+    assert model.fc.weight.dtype == torch.bfloat16 and not model.fc.training
+    assert model(_randn(1, 1, 64, 64).to(torch.bfloat16)).shape == (1, 7)
+
+
+@pytest.mark.parametrize('backbone', ['test_efficientnet', 'test_convnext', 'test_vit', 'test_byobnet'])
+def test_generic_entry_wraps_any_backbone(backbone):
+    kwargs = dict(dynamic_img_size=True) if 'vit' in backbone else {}
+    model = timm.create_model('magsd_custom', backbone=backbone, backbone_kwargs=kwargs).eval()
+    with torch.no_grad():
+        logits, attention = model.forward_with_attention(_randn(2, 1, 64, 64))
+    assert logits.shape == (2, 4) and attention.shape[:2] == (2, 32)
+    assert (attention >= 0).all()
+
+
+def test_generic_entry_reads_channels_last_backbones():
+    model = timm.create_model('magsd_custom', backbone='swin_tiny_patch4_window7_224', device='meta')
+    assert model.feature_nhwc
+    logits, attention = model.forward_with_attention(torch.empty(2, 1, 224, 224, device='meta'))
+    assert logits.shape == (2, 4) and attention.shape == (2, 32, 7, 7)
+
+
+def test_saved_config_replays_the_same_model(tmp_path):
+    model = timm.create_model(
+        'magsd_custom', backbone='test_efficientnet', num_maps=8, attn_levels=(-3, -1), num_classes=4).eval()
+    save_for_hf(model, tmp_path, safe_serialization=True)
+    config = json.loads((tmp_path / 'config.json').read_text())
+    assert config['architecture'] == 'magsd_custom'
+    assert config['model_args']['backbone'] == 'test_efficientnet'
+    assert config['pretrained_cfg']['label_names'] == list(CXR_LABEL_NAMES)
+    assert not (tmp_path / 'pytorch_model.bin').exists()
+
+    replayed = timm.create_model(f'local-dir:{tmp_path}', pretrained=True).eval()
+    assert (replayed.backbone_name, replayed.num_maps, replayed.attn_levels) == ('test_efficientnet', 8, [2, 4])
+    assert tuple(replayed.pretrained_cfg['label_names']) == CXR_LABEL_NAMES
+    x = _randn(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(replayed(x), model(x))
+
+
+def test_unknown_backbone_is_named_with_close_matches():
+    with pytest.raises(ValueError, match=r"Unknown timm backbone 'resnet_50'.*resnet50"):
+        timm.create_model('magsd_custom', backbone='resnet_50')
+
+
+def test_backbone_with_too_few_feature_levels_is_refused():
+    with pytest.raises(ValueError, match=r"attn_levels \(-2, -1\).*has 1 \(0 to 0\)"):
+        timm.create_model('magsd_custom', backbone='test_resnet', backbone_kwargs=dict(out_indices=(4,)))
+
+
+def test_top_attention_level_must_end_the_backbone():
+    with pytest.raises(ValueError, match='must be the last feature level'):
+        _tiny(attn_levels=(2, 3))
+
+
+def test_backbone_timm_cannot_extract_features_from_is_refused(monkeypatch):
+    def no_features(*args, **kwargs):
+        raise RuntimeError('features_only not implemented for this model')
+    monkeypatch.setattr(timm, 'create_model', no_features)
+    with pytest.raises(ValueError, match=r"'test_resnet' cannot serve MA-Net.*features_only not implemented"):
+        MANet(backbone='test_resnet')
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(global_pool='avg'), "pools with 'bap'"),
+    (dict(global_pool=''), 'needs num_classes=0'),
+])
+def test_unsupported_pooling_is_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _tiny(**kwargs)
+
+
+def test_pretrained_backbone_without_weights_is_refused():
+    with pytest.raises(ValueError, match="'test_maxvit' has no pretrained weights"):
+        timm.create_model('magsd_custom', backbone='test_maxvit', pretrained=True)
+
+
+def test_import_registers_every_entry():
+    assert set(timm.list_models('magsd_*')) >= {'magsd_resnet50', 'magsd_custom'}
+    assert magsd_timm.__version__
