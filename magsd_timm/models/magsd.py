@@ -199,7 +199,8 @@ class MANet(nn.Module):
 
         extra = {'drop_path_rate': drop_path_rate} if drop_path_rate else {}
         self.backbone = _create_backbone(backbone, in_chans, self.backbone_kwargs, **extra, **dd)
-        self.feature_nhwc = str(getattr(self.backbone, 'output_fmt', 'NCHW')) in ('NHWC', 'Format.NHWC')
+        output_fmt = getattr(self.backbone, 'output_fmt', 'NCHW')
+        self.feature_nhwc = getattr(output_fmt, 'value', output_fmt) == 'NHWC'  # e.g. Swin's levels
         channels = self.backbone.feature_info.channels()
         reductions = self.backbone.feature_info.reduction()
         num_levels = len(channels)
@@ -249,7 +250,10 @@ class MANet(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        """Regex groups of parameters: stem, one block per backbone feature level, attention; head last."""
+        """Regex groups of parameters: stem, one block per backbone feature level, attention; head last.
+
+        The feature levels are the finest split a wrapped backbone shows, so coarse and fine agree.
+        """
         stages = _stage_of_parameters(self.backbone)
         num_levels = len(self.feature_info)
 
