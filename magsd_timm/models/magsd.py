@@ -291,7 +291,7 @@ class MANet(nn.Module):
         pool = self.global_pool if global_pool is None else global_pool
         self.global_pool = self._checked_pool(pool, num_classes)
         self.num_classes = num_classes
-        ref = next(self.attention.parameters())
+        ref = next(self.backbone.parameters())
         self.fc = nn.Linear(
             self.head_hidden_size, num_classes, bias=False, device=ref.device, dtype=ref.dtype,
         ) if num_classes > 0 else nn.Identity()
