@@ -264,20 +264,24 @@ class MANet(nn.Module):
         blocks = [(names(i), (i,)) for i in range(1, num_levels)]
         return dict(stem=names(0), blocks=blocks + [(r'^attention\.', (num_levels,))])
 
+    def _timm_backbone(self) -> Tuple[nn.Module, str]:
+        """The timm model doing the backbone's work, and its parameters' prefix in this model."""
+        if isinstance(self.backbone, FeatureGetterNet):  # wraps the whole timm model (ViT and kin)
+            return self.backbone.model, 'backbone.model.'
+        return self.backbone, 'backbone.'
+
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute the backbone's activations in the backward pass to save memory."""
         self.grad_checkpointing = enable
-        inner = self.backbone.model if isinstance(self.backbone, FeatureGetterNet) else self.backbone
-        inner.set_grad_checkpointing(enable)
+        self._timm_backbone()[0].set_grad_checkpointing(enable)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
         """Backbone parameters that timm's own model exempts from weight decay (e.g. position embeddings)."""
-        inner = getattr(self.backbone, 'model', self.backbone)
+        inner, prefix = self._timm_backbone()
         if not hasattr(inner, 'no_weight_decay'):
             return set()
-        prefix = 'backbone.model.' if inner is not self.backbone else 'backbone.'
         param_names = {n for n, _ in self.named_parameters()}
         return {prefix + n for n in inner.no_weight_decay() if prefix + n in param_names}
 
