@@ -1,0 +1,69 @@
+"""The MAG-SD training objective that any training loop can call.
+
+One raw forward gives the logits and the attention maps; the attention guides three harder views
+(mixup, dimming, patching); each view goes through the same network; the soft distance loss ties the
+views' predictions to the raw one. By default each view is a separate forward, which keeps the
+authors' BatchNorm behaviour (statistics per view); ``fused_views=True`` runs the three views as one
+batch (one forward, BatchNorm statistics over all three).
+"""
+from dataclasses import dataclass, field
+from typing import Dict, NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from .augment import AttentionAugmentConfig, attention_views
+from .losses import magsd_loss
+
+__all__ = ['MagSDObjective', 'ObjectiveOutput', 'VIEW_NAMES']
+
+VIEW_NAMES = ('mixup', 'dimming', 'patching')
+
+
+class ObjectiveOutput(NamedTuple):
+    """The loss to back-propagate, its detached parts for logging, and the raw logits."""
+    loss: torch.Tensor
+    parts: Dict[str, torch.Tensor]
+    logits: torch.Tensor
+
+
+def _attention_model(model: nn.Module) -> nn.Module:
+    """The MA-Net inside wrappers (DistributedDataParallel, DataParallel, torch.compile)."""
+    inner = model
+    while not hasattr(inner, 'forward_with_attention'):
+        wrapped = getattr(inner, 'module', None) or getattr(inner, '_orig_mod', None)
+        if wrapped is None:
+            raise TypeError(
+                f'MAG-SD needs a model with forward_with_attention (a magsd_* model), got {type(model).__name__}.')
+        inner = wrapped
+    return inner
+
+
+@dataclass
+class MagSDObjective:
+    """CE on the raw logits plus weighted soft distances of the three attention-guided views."""
+    augment: AttentionAugmentConfig = field(default_factory=AttentionAugmentConfig)
+    view_weights: Tuple[float, float, float] = (1., 1., 1.)
+    confidence: float = 0.7
+    smoothing: float = 0.01
+    authors_target: bool = False
+    fused_views: bool = False
+
+    def __call__(
+            self,
+            model: nn.Module,
+            images: torch.Tensor,
+            labels: torch.Tensor,
+            generator: Optional[torch.Generator] = None,
+    ) -> ObjectiveOutput:
+        """Run the raw pass, the three views and the loss for one batch."""
+        logits, attention = _attention_model(model).forward_with_attention(images)
+        views = attention_views(images, attention, generator, self.augment)
+        if self.fused_views:
+            view_logits = model(torch.cat(views)).split(images.shape[0])
+        else:
+            view_logits = [model(view) for view in views]
+        loss, parts = magsd_loss(
+            logits, view_logits, labels, VIEW_NAMES, self.view_weights,
+            self.confidence, self.smoothing, self.authors_target)
+        return ObjectiveOutput(loss, parts, logits)
