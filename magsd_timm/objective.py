@@ -12,7 +12,7 @@ from typing import Dict, NamedTuple, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .augment import AttentionAugmentConfig, attention_views
+from .augment import AttentionAugmentConfig, attention_views_from_uniforms, draw_uniforms
 from .losses import magsd_loss
 
 __all__ = ['MagSDObjective', 'ObjectiveOutput', 'VIEW_NAMES']
@@ -57,8 +57,15 @@ class MagSDObjective:
             generator: Optional[torch.Generator] = None,
     ) -> ObjectiveOutput:
         """Run the raw pass, the three views and the loss for one batch."""
+        uniforms = draw_uniforms(images.shape[0], generator, images.device)
+        return self.from_uniforms(model, images, labels, uniforms)
+
+    def from_uniforms(
+            self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, uniforms: torch.Tensor,
+    ) -> ObjectiveOutput:
+        """The objective with its randomness given (see draw_uniforms): a form torch.compile takes whole."""
         logits, attention = _attention_model(model).forward_with_attention(images)
-        views = attention_views(images, attention, generator, self.augment)
+        views = attention_views_from_uniforms(images, attention, uniforms, self.augment)
         if self.fused_views:
             view_logits = model(torch.cat(views)).split(images.shape[0])
         else:

@@ -1,10 +1,18 @@
 #!/usr/bin/env python3
 """Benchmarks of magsd-timm, reported as ratios measured in one run on one machine.
 
+Every suite times its cases in alternating rounds in one process (median seconds per step), so that
+drift of a shared machine hits all cases alike.
+
 Suite `model`: MA-Net inference and one forward+backward against the plain timm backbone with its
-own classifier, same input, same threads. The two are timed in alternating rounds in one process
-(median per step), so that drift of a shared machine hits both alike. Peak memory is measured for
-each in a fresh process (CPU: the rise of the peak resident set over two steps; CUDA: peak allocated).
+own classifier, same input, same threads. Peak memory is measured for each in a fresh process
+(CPU: the rise of the peak resident set over two steps; CUDA: peak allocated).
+
+Suite `step`: one full MAG-SD training step (raw pass, three attention-guided views, soft distance
+loss, backward, SGD) against one plain training step of the backbone (eager, contiguous, fp32 on
+CPU), in the forms that may make it faster: channels_last, the three views fused into one batch,
+torch.compile (with --compile; it compiles for minutes on a CPU). The augmentations plus the loss are
+also timed alone, as a share of the step.
 
     python recipes/benchmark.py                      # CPU, fp32, batch 8, 224 px, 2 threads
     python recipes/benchmark.py --device cuda --dtype bfloat16 --batch-size 32
@@ -17,16 +25,21 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
 
-TARGET_RATIO = 1.10  # MA-Net over the plain backbone, for inference and for forward+backward
+MODEL_TARGET = 1.10  # MA-Net over the plain backbone, for inference and for forward+backward
+STEP_TARGET = 2.6  # a MAG-SD training step over one plain eager contiguous fp32 step
+AUGMENT_LOSS_TARGET = 0.05  # share of the MAG-SD step spent in the augmentations and the loss
+
+Step = Callable[[], None]
 
 
 def _parse_args(argv: List[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--suite', default='all', choices=['model', 'step', 'all'])
     parser.add_argument('--model', default='magsd_resnet50', help='magsd_* model to time')
     parser.add_argument('--baseline', default='resnet50', help='plain timm model to compare with')
     parser.add_argument('--batch-size', type=int, default=8)
@@ -34,10 +47,11 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=2, help='CPU threads for torch')
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'],
-                        help='autocast dtype (float32: no autocast)')
-    parser.add_argument('--min-run-time', type=float, default=20., help='seconds of timing per case')
-    parser.add_argument('--output', type=Path, default=Path('benchmark_results/model.md'),
-                        help='Markdown table to write')
+                        help='autocast dtype of the MA-Net and MAG-SD cases (float32: no autocast)')
+    parser.add_argument('--compile', action='store_true', help='add a torch.compile case to the step suite')
+    parser.add_argument('--min-run-time', type=float, default=20., help='seconds of timing per suite part')
+    parser.add_argument('--output-dir', type=Path, default=Path('benchmark_results'),
+                        help='folder for the Markdown tables (model.md, step.md)')
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.img_size < 32 or args.threads < 1 or args.min_run_time <= 0:
         parser.error('--batch-size and --threads must be >= 1, --img-size >= 32, --min-run-time > 0')
@@ -46,48 +60,81 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
     return args
 
 
+def _batch(args: argparse.Namespace, channels_last: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch_size, 1, args.img_size, args.img_size, generator=g).to(args.device)
+    y = torch.randint(0, 4, (args.batch_size,), generator=g).to(args.device)
+    return (x.contiguous(memory_format=torch.channels_last) if channels_last else x), y
+
+
+def _create(name: str, args: argparse.Namespace, channels_last: bool = False) -> torch.nn.Module:
+    import timm
+    import magsd_timm  # noqa: F401  (registers magsd_* models)
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, in_chans=1, num_classes=4).to(args.device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def _autocast(args: argparse.Namespace, enabled: bool = True) -> torch.autocast:
+    return torch.autocast(args.device, dtype=torch.bfloat16, enabled=enabled and args.dtype == 'bfloat16')
+
+
+def _synced(step: Step, args: argparse.Namespace) -> Step:
+    if args.device != 'cuda':
+        return step
+
+    def synced() -> None:
+        step()
+        torch.cuda.synchronize()
+    return synced
+
+
+def _interleaved_medians(steps: Dict[str, Step], min_run_time: float) -> Dict[str, float]:
+    """Median seconds per step, alternating the steps round by round so that drift hits all alike."""
+    for step in steps.values():
+        step(), step()  # warm-up: allocator, kernel selection, gradient buffers, compilation
+    times: Dict[str, List[float]] = {k: [] for k in steps}
+    start = time.perf_counter()
+    while time.perf_counter() - start < min_run_time or min(len(v) for v in times.values()) < 5:
+        for key, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[key].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+# ---- suite `model`: MA-Net against its plain backbone -------------------------------------------
+
+def _model_step(name: str, mode: str, args: argparse.Namespace) -> Step:
+    """One inference or one forward+backward of a model."""
+    model = _create(name, args).train(mode != 'inference')
+    x, y = _batch(args)
+
+    def infer() -> None:
+        with torch.inference_mode(), _autocast(args):
+            model(x)
+
+    def forward_backward() -> None:
+        with _autocast(args):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    return _synced(infer if mode == 'inference' else forward_backward, args)
+
+
 def _peak_bytes(device: torch.device) -> int:
     if device.type == 'cuda':
         return torch.cuda.max_memory_allocated(device)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def _make_step(name: str, mode: str, args: argparse.Namespace) -> Callable[[], None]:
-    """Build one model and return a closure running one inference or one forward+backward."""
-    import timm
-    import magsd_timm  # noqa: F401  (registers magsd_* models)
-
-    torch.manual_seed(0)
-    device = torch.device(args.device)
-    model = timm.create_model(name, in_chans=1, num_classes=4).to(device).train(mode != 'inference')
-    x = torch.randn(args.batch_size, 1, args.img_size, args.img_size, device=device)
-    y = torch.randint(0, 4, (args.batch_size,), device=device)
-    use_bf16 = args.dtype == 'bfloat16'
-
-    def infer() -> None:
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            model(x)
-
-    def train_step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-
-    step = infer if mode == 'inference' else train_step
-    if device.type == 'cuda':
-        def synced() -> None:
-            step()
-            torch.cuda.synchronize(device)
-        return synced
-    return step
-
-
 def _peak_memory_mib(name: str, mode: str, args: argparse.Namespace) -> float:
     """Peak memory that steps of one model add, measured in this (fresh) process."""
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    step = _make_step(name, mode, args)
+    step = _model_step(name, mode, args)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
     before = _peak_bytes(device) if device.type == 'cpu' else 0
@@ -101,18 +148,126 @@ def _isolated_peak_memory_mib(name: str, mode: str, args: argparse.Namespace) ->
         return pool.apply(_peak_memory_mib, (name, mode, args))
 
 
-def _interleaved_medians(steps: Dict[str, Callable[[], None]], min_run_time: float) -> Dict[str, float]:
-    """Median seconds per step, alternating the steps round by round so that drift hits all alike."""
-    for step in steps.values():
-        step(), step()  # warm-up: allocator, kernel selection, gradient buffers
-    times: Dict[str, List[float]] = {k: [] for k in steps}
-    start = time.perf_counter()
-    while time.perf_counter() - start < min_run_time or len(times[next(iter(steps))]) < 5:
-        for key, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            times[key].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+def run_model_suite(args: argparse.Namespace) -> str:
+    """MA-Net against its plain backbone, inference and forward+backward: a Markdown table."""
+    names, modes = (args.baseline, args.model), ('inference', 'forward+backward')
+    # Memory first: a child process inherits the parent's peak resident set at fork time, which must
+    # stay below what the child reaches once it has built its model.
+    memory = {(name, mode): _isolated_peak_memory_mib(name, mode, args) for mode in modes for name in names}
+    lines = [
+        f'| case | {args.baseline} (ms) | {args.model} (ms) | ratio | target | peak MiB '
+        f'({args.baseline} / {args.model}) |',
+        '|---|---|---|---|---|---|',
+    ]
+    for mode in modes:
+        seconds = _interleaved_medians({name: _model_step(name, mode, args) for name in names}, args.min_run_time)
+        ratio = seconds[args.model] / seconds[args.baseline]
+        lines.append(
+            f'| {mode} | {1e3 * seconds[args.baseline]:.1f} | {1e3 * seconds[args.model]:.1f} | {ratio:.3f}x | '
+            f'<= {MODEL_TARGET:.2f}x ({_verdict(ratio <= MODEL_TARGET)}) | '
+            f'{memory[args.baseline, mode]:.0f} / {memory[args.model, mode]:.0f} |')
+    return '\n'.join(lines)
+
+
+# ---- suite `step`: a MAG-SD training step against a plain one -----------------------------------
+
+def _sgd(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The paper's optimizer."""
+    return torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+
+def _plain_train_step(args: argparse.Namespace, channels_last: bool) -> Step:
+    """One cross-entropy training step of the plain backbone, fp32."""
+    model = _create(args.baseline, args, channels_last).train()
+    optimizer = _sgd(model)
+    x, y = _batch(args, channels_last)
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return _synced(step, args)
+
+
+def _magsd_train_step(args: argparse.Namespace, channels_last: bool, fused: bool, compile_: bool) -> Step:
+    """One MAG-SD training step: objective, backward, SGD."""
+    from magsd_timm.augment import draw_uniforms
+    from magsd_timm.objective import MagSDObjective
+
+    model = _create(args.model, args, channels_last).train()
+    optimizer = _sgd(model)
+    x, y = _batch(args, channels_last)
+    objective = MagSDObjective(fused_views=fused)
+    loss_of = objective.from_uniforms
+    if compile_:
+        loss_of = torch.compile(objective.from_uniforms)
+    generator = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        uniforms = draw_uniforms(x.shape[0], generator, x.device)
+        with _autocast(args):
+            loss = loss_of(model, x, y, uniforms).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return _synced(step, args)
+
+
+def _augment_and_loss(args: argparse.Namespace) -> Step:
+    """The augmentations and the loss alone, on the attention and logits of a real raw pass."""
+    from magsd_timm.augment import attention_views_from_uniforms, draw_uniforms
+    from magsd_timm.losses import magsd_loss
+
+    model = _create(args.model, args).train()
+    x, y = _batch(args)
+    with torch.no_grad(), _autocast(args):
+        logits, attention = model.forward_with_attention(x)
+    view_logits = [logits.clone().requires_grad_() for _ in range(3)]
+    logits.requires_grad_()
+    generator = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        attention_views_from_uniforms(x, attention, draw_uniforms(x.shape[0], generator, x.device))
+        magsd_loss(logits, view_logits, y)[0].backward()
+    return _synced(step, args)
+
+
+REFERENCE = 'plain, eager, contiguous fp32'
+
+
+def run_step_suite(args: argparse.Namespace) -> str:
+    """A MAG-SD training step in several forms against one plain step: a Markdown table."""
+    torch.set_num_threads(args.threads)
+    steps = {
+        REFERENCE: _plain_train_step(args, channels_last=False),
+        'plain, channels_last': _plain_train_step(args, channels_last=True),
+        'MAG-SD, eager, contiguous': _magsd_train_step(args, False, fused=False, compile_=False),
+        'MAG-SD, channels_last': _magsd_train_step(args, True, fused=False, compile_=False),
+        'MAG-SD, channels_last, fused views': _magsd_train_step(args, True, fused=True, compile_=False),
+    }
+    if args.compile:
+        steps['MAG-SD, channels_last, torch.compile'] = _magsd_train_step(args, True, fused=False, compile_=True)
+    seconds = _interleaved_medians(steps, args.min_run_time)
+    extra = _interleaved_medians({'augment+loss': _augment_and_loss(args)}, max(1., args.min_run_time / 10))
+    magsd = {k: v for k, v in seconds.items() if k.startswith('MAG-SD')}
+    best = min(magsd, key=magsd.get)
+    lines = ['| step | ms | ratio to the reference | target |', '|---|---|---|---|']
+    for name, value in seconds.items():
+        ratio = value / seconds[REFERENCE]
+        target = f'<= {STEP_TARGET}x ({_verdict(ratio <= STEP_TARGET)})' if name == best else ''
+        lines.append(f'| {name} | {1e3 * value:.1f} | {ratio:.3f}x | {target} |')
+    share = extra['augment+loss'] / seconds[best]
+    lines.append(
+        f"| augmentations + loss alone | {1e3 * extra['augment+loss']:.1f} | {share:.1%} of the fastest "
+        f'MAG-SD step | <= {AUGMENT_LOSS_TARGET:.0%} ({_verdict(share <= AUGMENT_LOSS_TARGET)}) |')
+    return '\n'.join(lines)
+
+
+# ---- report ----------------------------------------------------------------------------------------
+
+def _verdict(ok: bool) -> str:
+    return 'meets' if ok else 'MISSES'
 
 
 def _machine(args: argparse.Namespace) -> str:
@@ -125,49 +280,23 @@ def _machine(args: argparse.Namespace) -> str:
     return f'{cpu}, {args.threads} threads, torch {torch.__version__}'
 
 
-def run_model_suite(args: argparse.Namespace) -> List[Dict[str, Any]]:
-    """MA-Net against its plain backbone, inference and forward+backward."""
-    torch.set_num_threads(args.threads)
-    names, modes = (args.baseline, args.model), ('inference', 'forward+backward')
-    # Memory first: a child process inherits the parent's peak resident set at fork time, which must
-    # stay below what the child reaches once it has built its model.
-    memory = {(name, mode): _isolated_peak_memory_mib(name, mode, args) for mode in modes for name in names}
-    rows = []
-    for mode in modes:
-        seconds = _interleaved_medians({name: _make_step(name, mode, args) for name in names}, args.min_run_time)
-        ratio = seconds[args.model] / seconds[args.baseline]
-        rows.append(dict(
-            case=mode, seconds=seconds, memory={name: memory[name, mode] for name in names}, ratio=ratio,
-            verdict='meets' if ratio <= TARGET_RATIO else 'MISSES'))
-    return rows
-
-
-def _table(rows: List[Dict[str, Any]], args: argparse.Namespace) -> str:
-    setting = f'{args.device}, {args.dtype}, batch {args.batch_size}, {args.img_size} px'
-    lines = [
-        f'Machine: {_machine(args)}. Setting: {setting}.',
-        '',
-        f'| case | {args.baseline} (ms) | {args.model} (ms) | ratio | target | peak MiB '
-        f'({args.baseline} / {args.model}) |',
-        '|---|---|---|---|---|---|',
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['case']} | {1e3 * r['seconds'][args.baseline]:.1f} | {1e3 * r['seconds'][args.model]:.1f} | "
-            f"{r['ratio']:.3f}x | <= {TARGET_RATIO:.2f}x ({r['verdict']}) | "
-            f"{r['memory'][args.baseline]:.0f} / {r['memory'][args.model]:.0f} |")
-    return '\n'.join(lines) + '\n'
+SUITES = {'model': run_model_suite, 'step': run_step_suite}
 
 
 def main(argv: List[str]) -> int:
-    """Run the benchmark, print the table and write it to --output."""
+    """Run the chosen suites, print their tables and write them to --output-dir."""
     args = _parse_args(argv)
-    rows = run_model_suite(args)
-    table = _table(rows, args)
-    print(table)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(table)
-    print(f'written to {args.output}')
+    torch.set_num_threads(args.threads)
+    header = (f'Machine: {_machine(args)}. Setting: {args.device}, {args.dtype}, batch {args.batch_size}, '
+              f'{args.img_size} px, {args.model} vs {args.baseline}.\n\n')
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    for name, run in SUITES.items():
+        if args.suite not in (name, 'all'):
+            continue
+        table = header + run(args) + '\n'
+        print(table)
+        (args.output_dir / f'{name}.md').write_text(table)
+        print(f"written to {args.output_dir / f'{name}.md'}\n")
     return 0
 
 

@@ -1,28 +1,50 @@
-"""recipes/benchmark.py runs end to end and writes the table the README shows (timings are not judged)."""
+"""recipes/benchmark.py runs end to end and writes the tables the README shows (timings are not judged)."""
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 RECIPE = Path(__file__).resolve().parents[2] / 'recipes' / 'benchmark.py'
+SMALL = ['--model', 'magsd_resnet18', '--baseline', 'resnet18', '--batch-size', '2', '--img-size', '64',
+         '--min-run-time', '0.2']
 
 
-def test_model_suite_writes_a_ratio_table(tmp_path):
-    out = tmp_path / 'model.md'
+def _run(tmp_path: Path, *args: str) -> str:
     proc = subprocess.run(
-        [sys.executable, str(RECIPE), '--model', 'magsd_resnet18', '--baseline', 'resnet18',
-         '--batch-size', '2', '--img-size', '64', '--min-run-time', '0.2', '--output', str(out)],
+        [sys.executable, str(RECIPE), *SMALL, '--output-dir', str(tmp_path), *args],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    table = out.read_text()
-    assert table in proc.stdout
+    return proc.stdout
+
+
+def _cells(row: str) -> list:
+    return [c.strip() for c in row.strip().strip('|').split('|')]
+
+
+def test_model_suite_writes_a_ratio_table_with_memory(tmp_path):
+    stdout = _run(tmp_path, '--suite', 'model')
+    table = (tmp_path / 'model.md').read_text()
+    assert table in stdout and not (tmp_path / 'step.md').exists()
     rows = [line for line in table.splitlines() if re.match(r'\| (inference|forward\+backward) \|', line)]
     assert len(rows) == 2
     for row in rows:
-        cells = [c.strip() for c in row.strip('|').split('|')]
+        cells = _cells(row)
         base, ours, ratio = float(cells[1]), float(cells[2]), float(cells[3].rstrip('x'))
         assert abs(ratio - ours / base) < 0.02 * ratio
         assert re.fullmatch(r'\d+ / \d+', cells[5])
+
+
+def test_step_suite_compares_each_magsd_step_with_the_plain_reference(tmp_path):
+    _run(tmp_path, '--suite', 'step')
+    rows = [_cells(line) for line in (tmp_path / 'step.md').read_text().splitlines()[4:]]
+    names = [r[0] for r in rows]
+    assert names[0] == 'plain, eager, contiguous fp32' and rows[0][2] == '1.000x'
+    assert {'MAG-SD, eager, contiguous', 'MAG-SD, channels_last', 'MAG-SD, channels_last, fused views'} <= set(names)
+    reference = float(rows[0][1])
+    for cells in rows[:-1]:
+        assert abs(float(cells[2].rstrip('x')) - float(cells[1]) / reference) < 0.02 * float(cells[2].rstrip('x'))
+    assert sum('<= 2.6x' in cells[3] for cells in rows) == 1  # the fastest MAG-SD step is judged
+    assert names[-1] == 'augmentations + loss alone' and 'of the fastest MAG-SD step' in rows[-1][2]
 
 
 def test_bad_arguments_are_refused_by_name():
