@@ -14,7 +14,7 @@ from typing import Dict, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ['magsd_loss', 'refined_target', 'soft_distance']
+__all__ = ['magsd_loss', 'raw_terms', 'refined_target', 'soft_distance', 'view_terms']
 
 
 def refined_target(
@@ -39,6 +39,29 @@ def soft_distance(target: torch.Tensor, view_logits: torch.Tensor) -> torch.Tens
     return (target - view_logits.float().softmax(dim=-1)).abs().mean()
 
 
+def raw_terms(
+        raw_logits: torch.Tensor,
+        labels: torch.Tensor,
+        confidence: float = 0.7,
+        smoothing: float = 0.01,
+        authors_target: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
+    """Cross-entropy of the raw logits, the views' refined target and the raw parts (CE, accuracy)."""
+    ce_raw = F.cross_entropy(raw_logits.float(), labels)
+    target = refined_target(raw_logits, labels, confidence, smoothing, authors_target)
+    accuracy = (raw_logits.detach().argmax(dim=-1) == labels).float().mean()
+    return ce_raw, target, {'ce_raw': ce_raw.detach(), 'accuracy': accuracy}
+
+
+def view_terms(
+        target: torch.Tensor, view_logits: torch.Tensor, labels: torch.Tensor, name: str,
+) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """One view's soft distance to the target, and its parts (distance, and its CE, reported only)."""
+    distance = soft_distance(target, view_logits)
+    ce = F.cross_entropy(view_logits.detach().float(), labels)
+    return distance, {f'distance_{name}': distance.detach(), f'ce_{name}': ce}
+
+
 def magsd_loss(
         raw_logits: torch.Tensor,
         view_logits: Sequence[torch.Tensor],
@@ -54,15 +77,10 @@ def magsd_loss(
         raise ValueError(
             f'{len(view_logits)} view logits, {len(view_names)} view names and {len(view_weights)} weights '
             'must be as many.')
-    ce_raw = F.cross_entropy(raw_logits.float(), labels)
-    target = refined_target(raw_logits, labels, confidence, smoothing, authors_target)
-    loss = ce_raw
-    parts = {'ce_raw': ce_raw.detach()}
+    loss, target, parts = raw_terms(raw_logits, labels, confidence, smoothing, authors_target)
     for name, weight, logits in zip(view_names, view_weights, view_logits):
-        distance = soft_distance(target, logits)
+        distance, view_parts = view_terms(target, logits, labels, name)
         loss = loss + weight * distance
-        parts[f'distance_{name}'] = distance.detach()
-        parts[f'ce_{name}'] = F.cross_entropy(logits.detach().float(), labels)
-    parts['accuracy'] = (raw_logits.detach().argmax(dim=-1) == labels).float().mean()
+        parts.update(view_parts)
     parts['loss'] = loss.detach()
     return loss, parts

@@ -5,15 +5,22 @@ One raw forward gives the logits and the attention maps; the attention guides th
 views' predictions to the raw one. By default each view is a separate forward, which keeps the
 authors' BatchNorm behaviour (statistics per view); ``fused_views=True`` runs the three views as one
 batch (one forward, BatchNorm statistics over all three).
+
+``objective(model, images, labels)`` returns the loss for the loop to back-propagate.
+``objective.backward(model, images, labels)`` back-propagates it itself, pass by pass: the raw
+target is detached, so the loss splits into one term per pass, and each pass's activations are
+freed before the next pass runs. Same gradients, a quarter of the activation memory, and faster on
+CPUs; under DistributedDataParallel only the last pass synchronises the accumulated gradients.
 """
+import contextlib
 from dataclasses import dataclass, field
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Callable, ContextManager, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from .augment import AttentionAugmentConfig, attention_views_from_uniforms, draw_uniforms
-from .losses import magsd_loss
+from .losses import magsd_loss, raw_terms, view_terms
 
 __all__ = ['MagSDObjective', 'ObjectiveOutput', 'VIEW_NAMES']
 
@@ -74,3 +81,37 @@ class MagSDObjective:
             logits, view_logits, labels, VIEW_NAMES, self.view_weights,
             self.confidence, self.smoothing, self.authors_target)
         return ObjectiveOutput(loss, parts, logits)
+
+    def backward(
+            self,
+            model: nn.Module,
+            images: torch.Tensor,
+            labels: torch.Tensor,
+            generator: Optional[torch.Generator] = None,
+            backward: Optional[Callable[[torch.Tensor], None]] = None,
+    ) -> ObjectiveOutput:
+        """Compute the objective and back-propagate it pass by pass with `backward` (e.g. accelerator.backward)."""
+        backward = backward or torch.Tensor.backward
+        no_sync: Callable[[], ContextManager] = getattr(model, 'no_sync', contextlib.nullcontext)
+        uniforms = draw_uniforms(images.shape[0], generator, images.device)
+        with no_sync():
+            logits, attention = _attention_model(model).forward_with_attention(images)
+            ce_raw, target, parts = raw_terms(logits, labels, self.confidence, self.smoothing, self.authors_target)
+            backward(ce_raw)
+        views = attention_views_from_uniforms(images, attention, uniforms, self.augment)
+        passes: List[Tuple[Tuple[str, ...], Tuple[float, ...], torch.Tensor]] = (
+            [(VIEW_NAMES, self.view_weights, torch.cat(views))] if self.fused_views
+            else [((name,), (weight,), view) for name, weight, view in zip(VIEW_NAMES, self.view_weights, views)])
+        total = ce_raw.detach()
+        for i, (names, weights, batch) in enumerate(passes):
+            with no_sync() if i < len(passes) - 1 else contextlib.nullcontext():
+                loss = 0.
+                for name, weight, view_logits in zip(names, weights, model(batch).split(images.shape[0])):
+                    distance, view_parts = view_terms(target, view_logits, labels, name)
+                    loss = loss + weight * distance
+                    parts.update(view_parts)
+                backward(loss)
+            total = total + loss.detach()
+        parts['loss'] = total
+        return ObjectiveOutput(total, parts, logits.detach())
+

@@ -11,7 +11,8 @@ own classifier, same input, same threads. Peak memory is measured for each in a 
 Suite `step`: one full MAG-SD training step (raw pass, three attention-guided views, soft distance
 loss, backward, SGD) against one plain training step of the backbone (eager, contiguous, fp32 on
 CPU), in the forms that may make it faster: channels_last, the three views fused into one batch,
-torch.compile (with --compile; it compiles for minutes on a CPU). The augmentations plus the loss are
+back-propagation pass by pass (MagSDObjective.backward), torch.compile (with --compile; it compiles
+for minutes on a CPU). The augmentations plus the loss are
 also timed alone, as a share of the step.
 
     python recipes/benchmark.py                      # CPU, fp32, batch 8, 224 px, 2 threads
@@ -190,8 +191,8 @@ def _plain_train_step(args: argparse.Namespace, channels_last: bool) -> Step:
     return _synced(step, args)
 
 
-def _magsd_train_step(args: argparse.Namespace, channels_last: bool, fused: bool, compile_: bool) -> Step:
-    """One MAG-SD training step: objective, backward, SGD."""
+def _magsd_train_step(args: argparse.Namespace, channels_last: bool, fused: bool, form: str) -> Step:
+    """One MAG-SD training step, objective then SGD; form: 'joint', 'pass-by-pass' or 'compiled'."""
     from magsd_timm.augment import draw_uniforms
     from magsd_timm.objective import MagSDObjective
 
@@ -199,17 +200,19 @@ def _magsd_train_step(args: argparse.Namespace, channels_last: bool, fused: bool
     optimizer = _sgd(model)
     x, y = _batch(args, channels_last)
     objective = MagSDObjective(fused_views=fused)
-    loss_of = objective.from_uniforms
-    if compile_:
-        loss_of = torch.compile(objective.from_uniforms)
+    loss_of = torch.compile(objective.from_uniforms) if form == 'compiled' else objective.from_uniforms
     generator = torch.Generator().manual_seed(0)
 
     def step() -> None:
-        uniforms = draw_uniforms(x.shape[0], generator, x.device)
-        with _autocast(args):
-            loss = loss_of(model, x, y, uniforms).loss
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if form == 'pass-by-pass':
+            with _autocast(args):
+                objective.backward(model, x, y, generator)
+        else:
+            uniforms = draw_uniforms(x.shape[0], generator, x.device)
+            with _autocast(args):
+                loss = loss_of(model, x, y, uniforms).loss
+            loss.backward()
         optimizer.step()
     return _synced(step, args)
 
@@ -242,12 +245,13 @@ def run_step_suite(args: argparse.Namespace) -> str:
     steps = {
         REFERENCE: _plain_train_step(args, channels_last=False),
         'plain, channels_last': _plain_train_step(args, channels_last=True),
-        'MAG-SD, eager, contiguous': _magsd_train_step(args, False, fused=False, compile_=False),
-        'MAG-SD, channels_last': _magsd_train_step(args, True, fused=False, compile_=False),
-        'MAG-SD, channels_last, fused views': _magsd_train_step(args, True, fused=True, compile_=False),
+        'MAG-SD, eager, contiguous': _magsd_train_step(args, False, fused=False, form='joint'),
+        'MAG-SD, channels_last': _magsd_train_step(args, True, fused=False, form='joint'),
+        'MAG-SD, channels_last, fused views': _magsd_train_step(args, True, fused=True, form='joint'),
+        'MAG-SD, channels_last, pass-by-pass backward': _magsd_train_step(args, True, fused=False, form='pass-by-pass'),
     }
     if args.compile:
-        steps['MAG-SD, channels_last, torch.compile'] = _magsd_train_step(args, True, fused=False, compile_=True)
+        steps['MAG-SD, channels_last, torch.compile'] = _magsd_train_step(args, True, fused=False, form='compiled')
     seconds = _interleaved_medians(steps, args.min_run_time)
     extra = _interleaved_medians({'augment+loss': _augment_and_loss(args)}, max(1., args.min_run_time / 10))
     magsd = {k: v for k, v in seconds.items() if k.startswith('MAG-SD')}

@@ -91,14 +91,17 @@ def test_a_model_without_attention_is_refused():
         MagSDObjective()(timm.create_model('test_resnet', in_chans=1), *_batch())
 
 
-def _ddp_worker(rank: int, world_size: int, init_file: str, results: str) -> None:
+def _ddp_worker(rank: int, world_size: int, init_file: str, results: str, pass_by_pass: bool) -> None:
     dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=world_size)
     model = _tiny().train()
     local = copy.deepcopy(model)
     ddp = DistributedDataParallel(model)
     images, labels = _batch(4, 64, seed=rank)  # each rank its own data
     objective = MagSDObjective()
-    objective(ddp, images, labels, torch.Generator().manual_seed(rank)).loss.backward()
+    if pass_by_pass:
+        objective.backward(ddp, images, labels, torch.Generator().manual_seed(rank))
+    else:
+        objective(ddp, images, labels, torch.Generator().manual_seed(rank)).loss.backward()
     objective(local, images, labels, torch.Generator().manual_seed(rank)).loss.backward()
     synced = torch.cat([p.grad.flatten() for p in ddp.module.parameters()])
     own = torch.cat([p.grad.flatten() for p in local.parameters()])
@@ -106,10 +109,31 @@ def _ddp_worker(rank: int, world_size: int, init_file: str, results: str) -> Non
     dist.destroy_process_group()
 
 
-def test_ddp_wrapped_model_syncs_the_gradients_of_all_four_passes(tmp_path):
+@pytest.mark.parametrize('pass_by_pass', [False, True])
+def test_ddp_wrapped_model_syncs_the_gradients_of_all_four_passes(tmp_path, pass_by_pass):
     results = str(tmp_path / 'grads')
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / 'init'), results), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / 'init'), results, pass_by_pass), nprocs=2, join=True)
     ranks = [torch.load(f'{results}.{r}') for r in range(2)]
     torch.testing.assert_close(ranks[0]['synced'], ranks[1]['synced'])
     torch.testing.assert_close(ranks[0]['synced'], (ranks[0]['own'] + ranks[1]['own']) / 2)
     assert not torch.allclose(ranks[0]['own'], ranks[1]['own'])
+
+
+@pytest.mark.parametrize('fused', [False, True])
+def test_pass_by_pass_backward_gives_the_joint_loss_and_gradients(fused):
+    images, labels = _batch()
+    joint_model, split_model = _tiny().train(), _tiny().train()
+    objective = MagSDObjective(fused_views=fused, view_weights=(1., .5, 2.))
+    joint = objective(joint_model, images, labels, torch.Generator().manual_seed(5))
+    joint.loss.backward()
+    split = objective.backward(split_model, images, labels, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(split.loss, joint.loss.detach())
+    assert split.parts.keys() == joint.parts.keys()
+    for (name, a), b in zip(joint_model.named_parameters(), split_model.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, msg=name)
+
+
+def test_pass_by_pass_backward_uses_the_given_backward_once_per_pass():
+    calls = []
+    MagSDObjective().backward(_tiny().train(), *_batch(), backward=lambda loss: (calls.append(1), loss.backward()))
+    assert len(calls) == 4

@@ -39,7 +39,8 @@ def test_step_suite_compares_each_magsd_step_with_the_plain_reference(tmp_path):
     rows = [_cells(line) for line in (tmp_path / 'step.md').read_text().splitlines()[4:]]
     names = [r[0] for r in rows]
     assert names[0] == 'plain, eager, contiguous fp32' and rows[0][2] == '1.000x'
-    assert {'MAG-SD, eager, contiguous', 'MAG-SD, channels_last', 'MAG-SD, channels_last, fused views'} <= set(names)
+    assert {'MAG-SD, eager, contiguous', 'MAG-SD, channels_last', 'MAG-SD, channels_last, fused views',
+            'MAG-SD, channels_last, pass-by-pass backward'} <= set(names)
     reference = float(rows[0][1])
     for cells in rows[:-1]:
         assert abs(float(cells[2].rstrip('x')) - float(cells[1]) / reference) < 0.02 * float(cells[2].rstrip('x'))
