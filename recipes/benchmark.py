@@ -4,9 +4,11 @@
 Every suite times its cases in alternating rounds in one process (median seconds per step), so that
 drift of a shared machine hits all cases alike.
 
+Peak memory is measured for each case in a fresh process: what two steps add to the memory of the
+built model and batch (CPU: the peak resident set, reset once they are built; CUDA: peak allocated).
+
 Suite `model`: MA-Net inference and one forward+backward against the plain timm backbone with its
-own classifier, same input, same threads. Peak memory is measured for each in a fresh process
-(CPU: the rise of the peak resident set over two steps; CUDA: peak allocated).
+own classifier, same input, same threads.
 
 Suite `step`: one full MAG-SD training step (raw pass, three attention-guided views, soft distance
 loss, backward, SGD) against one plain training step of the backbone (eager, contiguous, fp32 on
@@ -21,7 +23,7 @@ also timed alone, as a share of the step.
 import argparse
 import multiprocessing as mp
 import platform
-import resource
+import re
 import statistics
 import sys
 import time
@@ -125,36 +127,36 @@ def _model_step(name: str, mode: str, args: argparse.Namespace) -> Step:
     return _synced(infer if mode == 'inference' else forward_backward, args)
 
 
-def _peak_bytes(device: torch.device) -> int:
-    if device.type == 'cuda':
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+def _status_kib(field: str) -> int:
+    return int(re.search(rf'{field}:\s+(\d+)', Path('/proc/self/status').read_text()).group(1))
 
 
-def _peak_memory_mib(name: str, mode: str, args: argparse.Namespace) -> float:
-    """Peak memory that steps of one model add, measured in this (fresh) process."""
+def _peak_memory_mib(make_step: Callable[..., Step], step_args: tuple, args: argparse.Namespace) -> float:
+    """Peak memory that two steps add over the built model and batch, measured in this (fresh) process."""
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    step = _model_step(name, mode, args)
-    if device.type == 'cuda':
-        torch.cuda.reset_peak_memory_stats(device)
-    before = _peak_bytes(device) if device.type == 'cpu' else 0
+    step = make_step(*step_args)
+    if args.device == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        Path('/proc/self/clear_refs').write_text('5')  # Linux: reset the peak resident set to the current one
+        before = _status_kib('VmRSS') * 1024
     for _ in range(2):
         step()
-    return (_peak_bytes(device) - before) / 2 ** 20
+    peak = torch.cuda.max_memory_allocated() if args.device == 'cuda' else _status_kib('VmHWM') * 1024
+    return (peak - before) / 2 ** 20
 
 
-def _isolated_peak_memory_mib(name: str, mode: str, args: argparse.Namespace) -> float:
+def _isolated_peak_memory_mib(make_step: Callable[..., Step], step_args: tuple, args: argparse.Namespace) -> float:
     with mp.get_context('spawn').Pool(1) as pool:
-        return pool.apply(_peak_memory_mib, (name, mode, args))
+        return pool.apply(_peak_memory_mib, (make_step, step_args, args))
 
 
 def run_model_suite(args: argparse.Namespace) -> str:
     """MA-Net against its plain backbone, inference and forward+backward: a Markdown table."""
     names, modes = (args.baseline, args.model), ('inference', 'forward+backward')
-    # Memory first: a child process inherits the parent's peak resident set at fork time, which must
-    # stay below what the child reaches once it has built its model.
-    memory = {(name, mode): _isolated_peak_memory_mib(name, mode, args) for mode in modes for name in names}
+    memory = {(name, mode): _isolated_peak_memory_mib(_model_step, (name, mode, args), args)
+              for mode in modes for name in names}
     lines = [
         f'| case | {args.baseline} (ms) | {args.model} (ms) | ratio | target | peak MiB '
         f'({args.baseline} / {args.model}) |',
@@ -241,30 +243,33 @@ REFERENCE = 'plain, eager, contiguous fp32'
 
 def run_step_suite(args: argparse.Namespace) -> str:
     """A MAG-SD training step in several forms against one plain step: a Markdown table."""
-    torch.set_num_threads(args.threads)
-    steps = {
-        REFERENCE: _plain_train_step(args, channels_last=False),
-        'plain, channels_last': _plain_train_step(args, channels_last=True),
-        'MAG-SD, eager, contiguous': _magsd_train_step(args, False, fused=False, form='joint'),
-        'MAG-SD, channels_last': _magsd_train_step(args, True, fused=False, form='joint'),
-        'MAG-SD, channels_last, fused views': _magsd_train_step(args, True, fused=True, form='joint'),
-        'MAG-SD, channels_last, pass-by-pass backward': _magsd_train_step(args, True, fused=False, form='pass-by-pass'),
+    cases = {
+        REFERENCE: (_plain_train_step, (args, False)),
+        'plain, channels_last': (_plain_train_step, (args, True)),
+        'MAG-SD, eager, contiguous': (_magsd_train_step, (args, False, False, 'joint')),
+        'MAG-SD, channels_last': (_magsd_train_step, (args, True, False, 'joint')),
+        'MAG-SD, channels_last, fused views': (_magsd_train_step, (args, True, True, 'joint')),
+        'MAG-SD, channels_last, pass-by-pass backward': (_magsd_train_step, (args, True, False, 'pass-by-pass')),
     }
     if args.compile:
-        steps['MAG-SD, channels_last, torch.compile'] = _magsd_train_step(args, True, fused=False, form='compiled')
-    seconds = _interleaved_medians(steps, args.min_run_time)
+        cases['MAG-SD, channels_last, torch.compile'] = (_magsd_train_step, (args, True, False, 'compiled'))
+    memory = {name: _isolated_peak_memory_mib(make, step_args, args)
+              for name, (make, step_args) in cases.items() if not name.endswith('torch.compile')}
+    seconds = _interleaved_medians({name: make(*step_args) for name, (make, step_args) in cases.items()},
+                                   args.min_run_time)
     extra = _interleaved_medians({'augment+loss': _augment_and_loss(args)}, max(1., args.min_run_time / 10))
     magsd = {k: v for k, v in seconds.items() if k.startswith('MAG-SD')}
     best = min(magsd, key=magsd.get)
-    lines = ['| step | ms | ratio to the reference | target |', '|---|---|---|---|']
+    lines = ['| step | ms | ratio to the reference | target | peak MiB |', '|---|---|---|---|---|']
     for name, value in seconds.items():
         ratio = value / seconds[REFERENCE]
         target = f'<= {STEP_TARGET}x ({_verdict(ratio <= STEP_TARGET)})' if name == best else ''
-        lines.append(f'| {name} | {1e3 * value:.1f} | {ratio:.3f}x | {target} |')
+        peak = f'{memory[name]:.0f}' if name in memory else ''
+        lines.append(f'| {name} | {1e3 * value:.1f} | {ratio:.3f}x | {target} | {peak} |')
     share = extra['augment+loss'] / seconds[best]
     lines.append(
         f"| augmentations + loss alone | {1e3 * extra['augment+loss']:.1f} | {share:.1%} of the fastest "
-        f'MAG-SD step | <= {AUGMENT_LOSS_TARGET:.0%} ({_verdict(share <= AUGMENT_LOSS_TARGET)}) |')
+        f'MAG-SD step | <= {AUGMENT_LOSS_TARGET:.0%} ({_verdict(share <= AUGMENT_LOSS_TARGET)}) | |')
     return '\n'.join(lines)
 
 
