@@ -19,7 +19,7 @@ from typing import Callable, ContextManager, Dict, List, NamedTuple, Optional, T
 import torch
 import torch.nn as nn
 
-from .augment import AttentionAugmentConfig, attention_views_from_uniforms, draw_uniforms
+from .augment import AttentionAugmentConfig, AttentionViews, attention_views_from_uniforms, draw_uniforms
 from .losses import magsd_loss, raw_terms, view_terms
 
 __all__ = ['MagSDObjective', 'ObjectiveOutput', 'VIEW_NAMES']
@@ -73,14 +73,18 @@ class MagSDObjective:
         """The objective with its randomness given (see draw_uniforms): a form torch.compile takes whole."""
         logits, attention = _attention_model(model).forward_with_attention(images)
         views = attention_views_from_uniforms(images, attention, uniforms, self.augment)
-        if self.fused_views:
-            view_logits = model(torch.cat(views)).split(images.shape[0])
-        else:
-            view_logits = [model(view) for view in views]
+        view_logits = [
+            out for _, batch in self._view_batches(views) for out in model(batch).split(images.shape[0])]
         loss, parts = magsd_loss(
             logits, view_logits, labels, VIEW_NAMES, self.view_weights,
             self.confidence, self.smoothing, self.authors_target)
         return ObjectiveOutput(loss, parts, logits)
+
+    def _view_batches(self, views: AttentionViews) -> List[Tuple[Tuple[str, ...], torch.Tensor]]:
+        """The forward passes the views take: one each, or all three as one batch when fused."""
+        if self.fused_views:
+            return [(VIEW_NAMES, torch.cat(views))]
+        return [((name,), view) for name, view in zip(VIEW_NAMES, views)]
 
     def backward(
             self,
@@ -99,16 +103,15 @@ class MagSDObjective:
             ce_raw, target, parts = raw_terms(logits, labels, self.confidence, self.smoothing, self.authors_target)
             backward(ce_raw)
         views = attention_views_from_uniforms(images, attention, uniforms, self.augment)
-        passes: List[Tuple[Tuple[str, ...], Tuple[float, ...], torch.Tensor]] = (
-            [(VIEW_NAMES, self.view_weights, torch.cat(views))] if self.fused_views
-            else [((name,), (weight,), view) for name, weight, view in zip(VIEW_NAMES, self.view_weights, views)])
+        passes = self._view_batches(views)
         total = ce_raw.detach()
-        for i, (names, weights, batch) in enumerate(passes):
+        weights = dict(zip(VIEW_NAMES, self.view_weights))
+        for i, (names, batch) in enumerate(passes):
             with no_sync() if i < len(passes) - 1 else contextlib.nullcontext():
                 loss = 0.
-                for name, weight, view_logits in zip(names, weights, model(batch).split(images.shape[0])):
+                for name, view_logits in zip(names, model(batch).split(images.shape[0])):
                     distance, view_parts = view_terms(target, view_logits, labels, name)
-                    loss = loss + weight * distance
+                    loss = loss + weights[name] * distance
                     parts.update(view_parts)
                 backward(loss)
             total = total + loss.detach()

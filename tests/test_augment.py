@@ -153,7 +153,6 @@ def _reference_views(images, attention, uniforms, cfg=CFG):
             bounds.append(cdf)
         for u in uniforms[i, :3].tolist():
             picks.append(min(sum(1 for b in bounds if b <= u), len(weights) - 1))
-        views = []
         for k, (name, theta_range) in enumerate(
                 [('mixup', cfg.mixup_theta), ('dimming', cfg.dim_theta), ('patching', cfg.patch_theta)]):
             amap = F.interpolate(attention[i:i + 1, picks[k]:picks[k] + 1], size=(height, width),
