@@ -1,0 +1,126 @@
+"""Chest X-ray preprocessing and augmentation as composable steps.
+
+The published pipeline: grey image -> resize to the input size (aspect not kept) -> CLAHE (clip
+limit 4.0, 4x4 tiles, on 8 bits) -> training augmentation -> a z-score per image column. Here the
+same steps compose with torchvision's; evaluation never augments. Inputs are what
+``read_image`` returns (float32 (H, W) in [0, 1]); outputs are tensors (1, H, W).
+
+Augmentation blocks:
+* ``'published'``: with probability 0.5, as one block: ColorJitter(brightness 0.5, contrast 0.7),
+  RandomRotation(120), RandomResizedCrop(size, scale 0.6-1, ratio 3/4-4/3), horizontal and vertical
+  flips (each p = 0.5).
+* ``'mild'`` (the default): brightness/contrast 0.2, rotation up to 10 degrees, RandomResizedCrop
+  with scale 0.85-1 and ratio 0.9-1.1, no flips (a flipped chest puts the heart on the wrong side).
+* ``'none'``.
+
+Normalisation: ``'dataset'`` subtracts a mean and divides by a std (the model's data config, or a
+dataset's own); ``'column'`` is the published z-score of each image column.
+"""
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+import torch
+import torch.nn as nn
+from torchvision.transforms import v2
+
+__all__ = [
+    'AUGMENTATIONS', 'Clahe', 'ColumnZScore', 'ToTensor', 'augmentation', 'build_transforms',
+    'resolve_cxr_data_config',
+]
+
+AUGMENTATIONS = ('published', 'mild', 'none')
+NORMALIZATIONS = ('dataset', 'column')
+
+
+class ToTensor(nn.Module):
+    """Float (H, W) array in [0, 1] to a float32 tensor (1, H, W)."""
+
+    def forward(self, image: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
+        image = torch.as_tensor(np.ascontiguousarray(image) if isinstance(image, np.ndarray) else image)
+        return image.float().reshape(1, *image.shape[-2:])
+
+
+class Clahe(nn.Module):
+    """Contrast-limited adaptive histogram equalisation (OpenCV) on 8 bits, as published."""
+
+    def __init__(self, clip_limit: float = 4.0, tile_grid: Tuple[int, int] = (4, 4)):
+        super().__init__()
+        self.clip_limit, self.tile_grid = clip_limit, tuple(tile_grid)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """CLAHE of a (1, H, W) image in [0, 1]."""
+        pixels = (image[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        equalised = cv2.createCLAHE(clipLimit=self.clip_limit, tileGridSize=self.tile_grid).apply(pixels)
+        return torch.from_numpy(equalised).float().div_(255).unsqueeze(0)
+
+    def extra_repr(self) -> str:
+        return f'clip_limit={self.clip_limit}, tile_grid={self.tile_grid}'
+
+
+class ColumnZScore(nn.Module):
+    """The published normalisation: each image column to zero mean and unit standard deviation."""
+
+    def __init__(self, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        mean = image.mean(dim=-2, keepdim=True)
+        std = image.std(dim=-2, keepdim=True)
+        return (image - mean) / (std + self.eps)
+
+
+def augmentation(kind: str, size: Tuple[int, int]) -> nn.Module:
+    """The training augmentation block by name: 'published', 'mild' or 'none'."""
+    if kind == 'published':
+        return v2.RandomApply([
+            v2.ColorJitter(brightness=0.5, contrast=0.7),
+            v2.RandomRotation(120),
+            v2.RandomResizedCrop(size, scale=(0.6, 1.), ratio=(3 / 4, 4 / 3), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),
+        ], p=0.5)
+    if kind == 'mild':
+        return v2.Compose([
+            v2.ColorJitter(brightness=0.2, contrast=0.2),
+            v2.RandomRotation(10),
+            v2.RandomResizedCrop(size, scale=(0.85, 1.), ratio=(0.9, 1.1), antialias=True),
+        ])
+    if kind == 'none':
+        return nn.Identity()
+    raise ValueError(f"Unknown augmentation '{kind}': choose one of {', '.join(AUGMENTATIONS)}.")
+
+
+def resolve_cxr_data_config(model: Optional[nn.Module] = None, **overrides: Any) -> Dict[str, Any]:
+    """Data config from the model's pretrained_cfg (as timm's resolve_data_config), plus the CXR steps."""
+    from timm.data import resolve_data_config
+
+    timm_args = {k: overrides[k] for k in ('input_size', 'img_size', 'mean', 'std', 'interpolation') if k in overrides}
+    timm_args['in_chans'] = overrides.get('in_chans', getattr(model, 'in_chans', 1))  # radiographs are grey
+    config = resolve_data_config(timm_args, model=model)
+    config.update(clahe=True, normalization='dataset')
+    config.update({k: v for k, v in overrides.items() if k in ('clahe', 'normalization')})
+    if config['normalization'] not in NORMALIZATIONS:
+        raise ValueError(f"Unknown normalization '{config['normalization']}': choose 'dataset' or 'column'.")
+    return config
+
+
+def build_transforms(
+        data_config: Dict[str, Any],
+        train: bool = False,
+        augment: str = 'mild',
+) -> Callable[[np.ndarray], torch.Tensor]:
+    """Preprocessing (and for training, augmentation) from a data config: float (H, W) -> tensor (1, H, W)."""
+    size = tuple(data_config['input_size'][-2:])
+    interpolation = v2.InterpolationMode(data_config.get('interpolation', 'bilinear'))
+    steps = [ToTensor(), v2.Resize(size, interpolation=interpolation, antialias=True)]
+    if data_config.get('clahe', True):
+        steps.append(Clahe())
+    if train:
+        steps.append(augmentation(augment, size))
+    if data_config.get('normalization', 'dataset') == 'column':
+        steps.append(ColumnZScore())
+    else:
+        steps.append(v2.Normalize(mean=list(data_config['mean']), std=list(data_config['std'])))
+    return v2.Compose(steps)
