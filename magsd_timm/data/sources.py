@@ -1,0 +1,182 @@
+"""Where radiographs come from: folder trees, manifests and the published CXR collections.
+
+Every source yields records: dicts with ``path``, ``label``, ``patient_id`` (None when unknown),
+``source`` and ``split`` (None, or the split the layout itself gives). Labels are mapped to the
+project's class names by each converter's (configurable) map; a record whose label maps to None is
+left out and counted.
+"""
+import csv
+import logging
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Union
+
+from .sample import kermany_patient_id
+
+__all__ = [
+    'IMAGE_SUFFIXES', 'Record', 'SPLIT_NAMES', 'covid_radiography_records', 'covidx_records', 'folder_records',
+    'ieee8023_records', 'kermany_records', 'manifest_records',
+]
+
+_logger = logging.getLogger(__name__)
+
+Record = Dict[str, Optional[str]]
+PathLike = Union[str, Path]
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp', '.dcm', '.dicom')
+SPLIT_NAMES = {'train': 'train', 'val': 'validation', 'valid': 'validation', 'validation': 'validation',
+               'test': 'test'}
+
+
+def _record(path: Path, label: str, patient_id: Optional[str], source: str, split: Optional[str] = None) -> Record:
+    return dict(path=str(path), label=label, patient_id=patient_id, source=source, split=split)
+
+
+def _images(folder: Path) -> List[Path]:
+    return sorted(p for p in folder.rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _mapped(records: Iterable[Record], label_map: Optional[Mapping[str, Optional[str]]], what: str) -> List[Record]:
+    """Apply a label map (None: keep labels); records mapped to None are dropped, and counted in the log."""
+    kept, dropped = [], 0
+    for record in records:
+        if label_map is not None:
+            record = dict(record, label=label_map.get(record['label']))
+        if record['label'] is None:
+            dropped += 1
+        else:
+            kept.append(record)
+    if dropped:
+        _logger.info('%s: left out %d images whose label maps to no class', what, dropped)
+    return kept
+
+
+def _require_dir(root: PathLike) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f'{root}: no such folder.')
+    return root
+
+
+def folder_records(root: PathLike, source: Optional[str] = None) -> List[Record]:
+    """A class-per-folder tree, optionally under split folders (train/val/test): root/[split/]class/*."""
+    root = _require_dir(root)
+    source = source or root.name
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    if folders and all(p.name.lower() in SPLIT_NAMES for p in folders):
+        tops = [(SPLIT_NAMES[p.name.lower()], p) for p in folders]
+    else:
+        tops = [(None, root)]
+    records = [
+        _record(path, class_dir.name, None, source, split)
+        for split, top in tops for class_dir in sorted(p for p in top.iterdir() if p.is_dir())
+        for path in _images(class_dir)
+    ]
+    if not records:
+        raise ValueError(f'{root}: no images in class folders (expected root/[train|val|test/]class/image).')
+    return records
+
+
+def manifest_records(path: PathLike) -> List[Record]:
+    """A CSV or Parquet manifest: path, label, and optionally patient_id, source, split; paths relative to it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'{path}: no such manifest.')
+    if path.suffix.lower() == '.parquet':
+        import pyarrow.parquet as pq
+        rows = pq.read_table(path).to_pylist()
+    else:
+        with path.open(newline='') as f:
+            rows = list(csv.DictReader(f))
+    missing = {'path', 'label'} - set(rows[0] if rows else ())
+    if missing:
+        raise ValueError(f'{path}: manifest lacks the column(s) {", ".join(sorted(missing))}.')
+    records = []
+    for row in rows:
+        image = Path(row['path'])
+        split = (row.get('split') or None)
+        records.append(_record(
+            image if image.is_absolute() else path.parent / image, str(row['label']),
+            str(row['patient_id']) if row.get('patient_id') not in (None, '') else None,
+            row.get('source') or path.stem, SPLIT_NAMES.get(split.lower(), split) if split else None))
+    return records
+
+
+KERMANY_LABELS = {'normal': 'normal', 'bacteria': 'bacterial pneumonia', 'virus': 'viral pneumonia'}
+
+
+def kermany_records(root: PathLike, label_map: Optional[Mapping[str, Optional[str]]] = None) -> List[Record]:
+    """Kermany 'chest_xray': {train,test,val}/{NORMAL,PNEUMONIA}/*.jpeg; personN_bacteria_M is patient N."""
+    root = _require_dir(root)
+    records = []
+    for path in _images(root):
+        split_dir = next((p for p in path.relative_to(root).parts if p.lower() in SPLIT_NAMES), None)
+        name = path.stem.lower()
+        kind = 'bacteria' if '_bacteria_' in name else 'virus' if '_virus_' in name else 'normal'
+        if kind == 'normal' and path.parent.name.upper() != 'NORMAL':
+            kind = 'pneumonia (unspecified)'
+        records.append(_record(path, kind, kermany_patient_id(path.name), 'kermany',
+                               SPLIT_NAMES[split_dir.lower()] if split_dir else None))
+    return _mapped(records, dict(KERMANY_LABELS, **(label_map or {})), 'kermany')
+
+
+IEEE8023_LABELS = {'COVID-19': 'COVID-19', 'Viral': 'viral pneumonia', 'Bacterial': 'bacterial pneumonia',
+                   'No Finding': 'normal'}
+
+
+def _ieee8023_class(finding: str, label_map: Mapping[str, Optional[str]]) -> Optional[str]:
+    """The most specific mapped part of a finding like 'Pneumonia/Viral/COVID-19'."""
+    for part in reversed(finding.split('/')):
+        if part in label_map:
+            return label_map[part]
+    return None
+
+
+def ieee8023_records(root: PathLike, label_map: Optional[Mapping[str, Optional[str]]] = None) -> List[Record]:
+    """ieee8023 covid-chestxray-dataset: metadata.csv + images/; PA and AP X-rays only."""
+    root = _require_dir(root)
+    label_map = dict(IEEE8023_LABELS, **(label_map or {}))
+    with (root / 'metadata.csv').open(newline='') as f:
+        rows = list(csv.DictReader(f))
+    records = [
+        _record(root / (row.get('folder') or 'images') / row['filename'],
+                _ieee8023_class(row['finding'], label_map), row['patientid'], 'ieee8023')
+        for row in rows
+        if row.get('modality') == 'X-ray' and row.get('view', '').split(' ')[0] in ('PA', 'AP')
+    ]
+    return _mapped(records, None, 'ieee8023')
+
+
+COVID_RADIOGRAPHY_LABELS = {'COVID': 'COVID-19', 'Normal': 'normal', 'Viral Pneumonia': 'viral pneumonia',
+                            'Lung_Opacity': None}
+
+
+def covid_radiography_records(
+        root: PathLike, label_map: Optional[Mapping[str, Optional[str]]] = None) -> List[Record]:
+    """COVID-19 Radiography Database: {COVID,Lung_Opacity,Normal,Viral Pneumonia}/images/*.png; no patient ids."""
+    root = _require_dir(root)
+    records = [
+        _record(path, class_dir.name, None, 'covid19-radiography')
+        for class_dir in sorted(p for p in root.iterdir() if p.is_dir())
+        for path in _images(class_dir / 'images' if (class_dir / 'images').is_dir() else class_dir)
+    ]
+    return _mapped(records, dict(COVID_RADIOGRAPHY_LABELS, **(label_map or {})), 'covid19-radiography')
+
+
+COVIDX_LABELS = {'COVID-19': 'COVID-19', 'positive': 'COVID-19', 'normal': 'normal', 'negative': 'normal',
+                 'pneumonia': None}
+
+
+def covidx_records(
+        root: PathLike, label_files: Mapping[str, PathLike],
+        label_map: Optional[Mapping[str, Optional[str]]] = None) -> List[Record]:
+    """COVIDx CXR: label files of 'patient_id filename class source' lines, images in root/<split>/."""
+    root = _require_dir(root)
+    records = []
+    for split, label_file in label_files.items():
+        for line in Path(label_file).read_text().splitlines():
+            fields = line.split()
+            if len(fields) < 4:
+                continue
+            patient, filename, label, origin = fields[:4]
+            records.append(_record(root / split / filename, label, patient, f'covidx/{origin}',
+                                   SPLIT_NAMES.get(split, split)))
+    return _mapped(records, dict(COVIDX_LABELS, **(label_map or {})), 'covidx')

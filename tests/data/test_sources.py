@@ -1,0 +1,125 @@
+"""Sources: folder trees, manifests and converters on small trees laid out as each collection publishes."""
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from magsd_timm.data.sources import (
+    covid_radiography_records, covidx_records, folder_records, ieee8023_records, kermany_records, manifest_records,
+)
+
+
+def _image(path: Path, value: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((40, 40), value, dtype=np.uint8)).save(path)
+    return path
+
+
+def test_folder_tree_with_split_folders(tmp_path):
+    for split in ('train', 'val', 'test'):
+        for label in ('normal', 'pneumonia'):
+            _image(tmp_path / 'cxr' / split / label / f'{split}_{label}.png')
+    records = folder_records(tmp_path / 'cxr')
+    assert Counter(r['split'] for r in records) == {'train': 2, 'validation': 2, 'test': 2}
+    assert Counter(r['label'] for r in records) == {'normal': 3, 'pneumonia': 3}
+    assert {r['source'] for r in records} == {'cxr'} and all(r['patient_id'] is None for r in records)
+
+
+def test_folder_tree_without_split_folders(tmp_path):
+    _image(tmp_path / 'normal' / 'a.png')
+    _image(tmp_path / 'covid' / 'nested' / 'b.jpg')
+    records = folder_records(tmp_path, source='mine')
+    assert sorted((r['label'], r['split'], r['source']) for r in records) == [
+        ('covid', None, 'mine'), ('normal', None, 'mine')]
+
+
+def test_empty_folder_tree_is_refused(tmp_path):
+    (tmp_path / 'normal').mkdir()
+    with pytest.raises(ValueError, match='no images in class folders'):
+        folder_records(tmp_path)
+    with pytest.raises(FileNotFoundError, match='no such folder'):
+        folder_records(tmp_path / 'missing')
+
+
+def test_csv_and_parquet_manifests(tmp_path):
+    _image(tmp_path / 'img' / 'a.png')
+    (tmp_path / 'm.csv').write_text('path,label,patient_id,source,split\nimg/a.png,normal,p1,siteA,val\n'
+                                    f'{tmp_path / "img" / "a.png"},covid,,,\n')
+    records = manifest_records(tmp_path / 'm.csv')
+    assert records[0] == dict(path=str(tmp_path / 'img' / 'a.png'), label='normal', patient_id='p1',
+                              source='siteA', split='validation')
+    assert records[1]['patient_id'] is None and records[1]['source'] == 'm' and records[1]['split'] is None
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({'path': ['img/a.png'], 'label': ['normal']}), tmp_path / 'm.parquet')
+    assert manifest_records(tmp_path / 'm.parquet')[0]['path'] == str(tmp_path / 'img' / 'a.png')
+
+    (tmp_path / 'bad.csv').write_text('file,class\na.png,normal\n')
+    with pytest.raises(ValueError, match='lacks the column\\(s\\) label, path'):
+        manifest_records(tmp_path / 'bad.csv')
+
+
+def test_kermany_layout(tmp_path):
+    root = tmp_path / 'chest_xray'
+    _image(root / 'train' / 'NORMAL' / 'IM-0115-0001.jpeg')
+    _image(root / 'train' / 'PNEUMONIA' / 'person1_bacteria_1.jpeg')
+    _image(root / 'train' / 'PNEUMONIA' / 'person1_virus_6.jpeg')
+    _image(root / 'val' / 'NORMAL' / 'NORMAL2-IM-1427-0001.jpeg')
+    _image(root / 'test' / 'PNEUMONIA' / 'person100_bacteria_475.jpeg')
+    records = {Path(r['path']).name: r for r in kermany_records(root)}
+    assert records['person1_bacteria_1.jpeg']['label'] == 'bacterial pneumonia'
+    assert records['person1_virus_6.jpeg']['label'] == 'viral pneumonia'
+    assert records['person1_virus_6.jpeg']['patient_id'] == records['person1_bacteria_1.jpeg']['patient_id'] == 'person1'
+    assert records['IM-0115-0001.jpeg']['label'] == 'normal' and records['IM-0115-0001.jpeg']['split'] == 'train'
+    assert records['NORMAL2-IM-1427-0001.jpeg']['split'] == 'validation'
+    assert {r['source'] for r in records.values()} == {'kermany'}
+
+
+def test_ieee8023_layout_keeps_pa_and_ap_x_rays_and_maps_findings(tmp_path):
+    root = tmp_path / 'covid-chestxray-dataset'
+    rows = [
+        ('1', 'Pneumonia/Viral/COVID-19', 'PA', 'X-ray', 'a.jpg'),
+        ('1', 'Pneumonia/Viral/COVID-19', 'AP Supine', 'X-ray', 'b.jpg'),
+        ('2', 'Pneumonia/Bacterial/Streptococcus', 'AP', 'X-ray', 'c.jpg'),
+        ('3', 'Pneumonia/Viral/SARS', 'PA', 'X-ray', 'd.jpg'),
+        ('4', 'No Finding', 'PA', 'X-ray', 'e.jpg'),
+        ('5', 'Pneumonia/Viral/COVID-19', 'L', 'X-ray', 'f.jpg'),
+        ('6', 'Pneumonia/Viral/COVID-19', 'Axial', 'CT', 'g.jpg'),
+        ('7', 'Tuberculosis', 'PA', 'X-ray', 'h.jpg'),
+    ]
+    root.mkdir()
+    (root / 'metadata.csv').write_text('patientid,finding,view,modality,folder,filename\n' + ''.join(
+        f'{p},{f},{v},{m},images,{n}\n' for p, f, v, m, n in rows))
+    records = {Path(r['path']).name: r for r in ieee8023_records(root)}
+    assert sorted(records) == ['a.jpg', 'b.jpg', 'c.jpg', 'd.jpg', 'e.jpg']
+    assert [records[f'{n}.jpg']['label'] for n in 'abcde'] == [
+        'COVID-19', 'COVID-19', 'bacterial pneumonia', 'viral pneumonia', 'normal']
+    assert records['a.jpg']['patient_id'] == '1' and records['a.jpg']['path'] == str(root / 'images' / 'a.jpg')
+    without_sars = ieee8023_records(root, label_map={'SARS': None})
+    assert sorted(Path(r['path']).name for r in without_sars) == ['a.jpg', 'b.jpg', 'c.jpg', 'e.jpg']
+
+
+def test_covid_radiography_layout_has_no_patient_ids(tmp_path):
+    root = tmp_path / 'COVID-19_Radiography_Dataset'
+    for folder, name in [('COVID', 'COVID-1.png'), ('Normal', 'Normal-1.png'), ('Viral Pneumonia', 'Viral Pneumonia-1.png'),
+                         ('Lung_Opacity', 'Lung_Opacity-1.png')]:
+        _image(root / folder / 'images' / name)
+        _image(root / folder / 'masks' / name)  # masks are not radiographs
+    records = covid_radiography_records(root)
+    assert sorted(r['label'] for r in records) == ['COVID-19', 'normal', 'viral pneumonia']
+    assert all(r['patient_id'] is None and '/images/' in r['path'] for r in records)
+    assert len(covid_radiography_records(root, label_map={'Lung_Opacity': 'lung opacity'})) == 4
+
+
+def test_covidx_label_files(tmp_path):
+    root = tmp_path / 'covidx'
+    _image(root / 'train' / 'x1.png')
+    _image(root / 'test' / 'x2.png')
+    (tmp_path / 'train.txt').write_text('p1 x1.png positive cohen\np9 x9.png pneumonia rsna\n')
+    (tmp_path / 'test.txt').write_text('p2 x2.png negative rsna\n')
+    records = covidx_records(root, {'train': tmp_path / 'train.txt', 'test': tmp_path / 'test.txt'})
+    assert [(r['label'], r['patient_id'], r['source'], r['split']) for r in records] == [
+        ('COVID-19', 'p1', 'covidx/cohen', 'train'), ('normal', 'p2', 'covidx/rsna', 'test')]
