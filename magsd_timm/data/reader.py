@@ -17,7 +17,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ['ImageReadError', 'MIN_SIZE', 'read_image']
+__all__ = ['ImageReadError', 'MIN_SIZE', 'image_to_array', 'is_dicom', 'read_image']
 
 MIN_SIZE = 32  # pixels, the shorter side
 DICOM_SUFFIXES = ('.dcm', '.dicom', '.dic')
@@ -28,7 +28,8 @@ class ImageReadError(ValueError):
     """A file that cannot be read as a radiograph; the message names the file and the reason."""
 
 
-def _is_dicom(path: Path) -> bool:
+def is_dicom(path: Path) -> bool:
+    """Whether a file is DICOM, by its suffix or the DICM marker after the 128-byte preamble."""
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True
     with path.open('rb') as f:
@@ -58,6 +59,11 @@ def _read_pil(path: Path) -> np.ndarray:
         raise ImageReadError(f'{path}: not an image file PIL can read (PNG, JPEG, ...) nor DICOM.') from e
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f'{path}: corrupt or truncated image ({e}).') from e
+    return image_to_array(image)
+
+
+def image_to_array(image: Image.Image) -> np.ndarray:
+    """A decoded PIL image as float32 (H, W) in [0, 1]: 8 bits / 255, more bits by their own range."""
     if image.mode in ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I', 'F'):
         return _scaled(np.asarray(image))
     if image.mode != 'L':
@@ -104,7 +110,7 @@ def read_image(path: Union[str, Path]) -> np.ndarray:
         raise ImageReadError(f'{path}: no such file.')
     if path.stat().st_size == 0:
         raise ImageReadError(f'{path}: empty file.')
-    image = _read_dicom(path) if _is_dicom(path) else _read_pil(path)
+    image = _read_dicom(path) if is_dicom(path) else _read_pil(path)
     if min(image.shape) < MIN_SIZE:
         raise ImageReadError(f'{path}: {image.shape[1]}x{image.shape[0]} px is under the {MIN_SIZE} px minimum.')
     if not np.isfinite(image).all():

@@ -1,0 +1,1 @@
+"""Hugging Face Hub side of magsd-timm (importable as magsd_timm.hub): card templates and their rendering."""

@@ -1,0 +1,208 @@
+"""Build a Hugging Face DatasetDict from records: checked images, no duplicates, patient splits, a card.
+
+Nothing half-built is ever left at the output: the dataset is written to a temporary folder beside
+it and moved into place at the end; an existing output is only replaced when asked.
+"""
+import importlib.resources
+import io
+import json
+import logging
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from string import Template
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from .reader import ImageReadError, is_dicom, read_image
+from .sources import Record
+from .splits import assign_patients, deduplicate, patient_folds, patient_split, source_holdout
+
+__all__ = ['KNOWN_SOURCES', 'build_dataset', 'load_prepared', 'render_card']
+
+_logger = logging.getLogger(__name__)
+
+
+# provenance of the collections the converters read: (hub id or reference, licence, note)
+KNOWN_SOURCES = {
+    'kermany16': ('Kermany, Zhang and Goldbaum (2018), Mendeley Data V2, doi:10.17632/rscbjbr9sj.2', 'cc-by-4.0',
+                  'pediatric AP films, age 1-5 (Guangzhou Women and Children\'s Medical Center)'),
+    'kermany': ('Kermany, Zhang and Goldbaum (2018), Mendeley Data V2, doi:10.17632/rscbjbr9sj.2', 'cc-by-4.0',
+                'pediatric AP films, age 1-5 (Guangzhou Women and Children\'s Medical Center)'),
+    'ieee8023': ('Cohen et al., COVID-19 image data collection (github ieee8023/covid-chestxray-dataset)', 'other',
+                 'adult images gathered from publications and websites; each image keeps its own licence (metadata.csv)'),
+    'covid19-radiography': ('COVID-19 Radiography Database (Chowdhury et al. 2020; Rahman et al. 2021)', 'other',
+                            'images pooled from several public sets; no patient ids; see the collection\'s terms'),
+}
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, 'n<1K'), (10_000, '1K<n<10K'), (100_000, '10K<n<100K'), (1_000_000, '100K<n<1M')):
+        if n < limit:
+            return name
+    return 'n>1M'
+
+
+def _image_bytes(path: str, pixels: np.ndarray) -> Dict[str, Any]:
+    """The file's own bytes, or for DICOM a lossless 16-bit PNG of the read image (PIL cannot decode DICOM)."""
+    if not is_dicom(Path(path)):
+        return {'bytes': Path(path).read_bytes(), 'path': Path(path).name}
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(pixels * 65535).astype(np.uint16)).save(buffer, format='PNG')
+    return {'bytes': buffer.getvalue(), 'path': Path(path).with_suffix('.png').name}
+
+
+def _table(header: str, rows: Sequence[Sequence[Any]]) -> str:
+    columns = header.count('|') - 1
+    return '\n'.join([header, '|' + '---|' * columns] + ['| ' + ' | '.join(map(str, r)) + ' |' for r in rows])
+
+
+def render_card(
+        splits: Dict[str, List[Record]], class_names: Sequence[str], split_method: str, pretty_name: str,
+        num_skipped: int, num_duplicates: int,
+) -> str:
+    """The dataset card (README.md): YAML metadata and counts, provenance, biases, preparation."""
+    records = [r for rs in splits.values() for r in rs]
+    sources = sorted({r['source'] for r in records})
+    licences = {KNOWN_SOURCES.get(s.split('/')[0], (None, 'other'))[1] for s in sources}
+    unknown = sum(not r['patient_id_known'] for r in records)
+    provenance = '\n'.join(
+        f'- `{s}`: ' + ('; '.join(KNOWN_SOURCES[s.split("/")[0]][::2]) + f' (licence: {KNOWN_SOURCES[s.split("/")[0]][1]})'
+                        if s.split('/')[0] in KNOWN_SOURCES else 'user-provided images: provenance and licence as '
+                                                                  'their owner states')
+        for s in sources)
+    pediatric = [s for s in sources if s.startswith('kermany')]
+    biases = [
+        '- Source decides label: in public COVID-19 sets the positives come from other hospitals, devices and '
+        'ages than the negatives, so a model can learn the source instead of the disease. Report results per '
+        'source and validate leaving one source out.',
+        '- Too few images to measure accuracy in small sets; confidence intervals should be bootstrapped over '
+        'patients.',
+    ]
+    if pediatric:
+        biases.insert(0, f'- Pediatric images (sources {", ".join(pediatric)}: age 1-5) next to adult ones: '
+                         'age is a confounder of every class they carry.')
+    per_class = _table('| class | ' + ' | '.join(splits) + ' |',
+                       [[c] + [sum(r['label'] == c for r in splits[s]) for s in splits] for c in class_names])
+    per_source = _table('| source | ' + ' | '.join(splits) + ' |',
+                        [[src] + [sum(r['source'] == src for r in splits[s]) for s in splits] for src in sources])
+    values = dict(
+        license=licences.pop() if len(licences) == 1 else 'other',
+        pretty_name=pretty_name, size_category=_size_category(len(records)),
+        source_datasets='\n'.join(f'- {s}' for s in sources),
+        class_names='\n'.join(f'- {c}' for c in class_names),
+        num_images=len(records), num_patients=len({r['patient_id'] for r in records}),
+        num_classes=len(class_names), class_list=', '.join(class_names), num_sources=len(sources),
+        split_method=split_method,
+        split_table='\n'.join(f'| {s} | {len(rs)} | {len({r["patient_id"] for r in rs})} |' for s, rs in splits.items()),
+        class_table=per_class, source_table=per_source, provenance=provenance, biases='\n'.join(biases),
+        num_skipped=num_skipped, num_duplicates=num_duplicates,
+        patient_statement=(f'{unknown} image(s) had no patient id: each counts as its own patient, so images of '
+                           'one person may still sit in different splits.' if unknown else
+                           'Every image has a patient id; no patient is in more than one split.'),
+    )
+    template = importlib.resources.files('magsd_timm.hub').joinpath('dataset_card.md').read_text()
+    return Template(template).substitute(values)
+
+
+def _validated(records: Sequence[Record]) -> Tuple[List[Tuple[Record, np.ndarray]], List[Tuple[Record, str]]]:
+    good, skipped = [], []
+    for record in records:
+        try:
+            good.append((record, read_image(record['path'])))
+        except ImageReadError as e:
+            skipped.append((record, str(e)))
+    return good, skipped
+
+
+def build_dataset(
+        records: Sequence[Record],
+        output: Path,
+        seed: int = 0,
+        fractions: Sequence[float] = (0.7, 0.15, 0.15),
+        holdout_source: Optional[str] = None,
+        folds: int = 0,
+        pretty_name: str = 'Chest X-rays for MAG-SD',
+        overwrite: bool = False,
+) -> Dict[str, Any]:
+    """Check, deduplicate and split records by patient, then write a DatasetDict with its card to output."""
+    import datasets
+
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f'{output} exists: choose another output or pass overwrite=True (--overwrite).')
+    valid, skipped = _validated(records)
+    for record, reason in skipped:
+        _logger.warning('skipped %s', reason)
+    kept, duplicates = deduplicate([r for r, _ in valid])
+    if not kept:
+        raise ValueError('No readable image left to build a dataset from.')
+    pixels = {r['path']: p for r, p in valid}
+    kept = assign_patients(kept)
+    if holdout_source:
+        held = source_holdout(kept, holdout_source)
+        inner = patient_split(held['train'], (1 - fractions[1], fractions[1], 0.), seed)
+        splits = {'train': inner['train'], 'validation': inner['validation'], 'test': held['test']}
+        method = (f"Leave one source out: source `{holdout_source}` is the test split; the other sources are split "
+                  f"by patient into train and validation ({1 - fractions[1]:.0%} / {fractions[1]:.0%}), stratified "
+                  f"by class, seed {seed}.")
+    else:
+        splits = patient_split(kept, fractions, seed)
+        method = (f'By patient, stratified by class (a patient under its most frequent label), seed {seed}: '
+                  f'train / validation / test = {" / ".join(f"{f:.0%}" for f in fractions)} of the patients.')
+    class_names = sorted({r['label'] for r in kept})
+    fold_of = {}
+    if folds:
+        pool = splits['train'] + splits['validation']
+        fold_of = {r['path']: f for r, f in zip(pool, patient_folds(pool, folds, seed))}
+        method += f' The train and validation patients also carry a `fold` column: {folds} folds by patient, seed {seed}.'
+    features = datasets.Features({
+        'image': datasets.Image(), 'label': datasets.ClassLabel(names=class_names),
+        'patient_id': datasets.Value('string'), 'patient_id_known': datasets.Value('bool'),
+        'source': datasets.Value('string'), 'file_name': datasets.Value('string'),
+        'sha256': datasets.Value('string'), 'fold': datasets.Value('int32'),
+    })
+    dataset = datasets.DatasetDict({
+        name: datasets.Dataset.from_list([dict(
+            image=_image_bytes(r['path'], pixels[r['path']]), label=class_names.index(r['label']),
+            patient_id=r['patient_id'], patient_id_known=r['patient_id_known'], source=r['source'],
+            file_name=Path(r['path']).name, sha256=r['sha256'], fold=fold_of.get(r['path'], -1),
+        ) for r in rs], features=features)
+        for name, rs in splits.items() if rs
+    })
+    card = render_card(splits, class_names, method, pretty_name, len(skipped), len(duplicates))
+    summary = dict(
+        seed=seed, fractions=list(fractions), holdout_source=holdout_source, folds=folds, method=method,
+        class_names=class_names, patients={s: sorted({r['patient_id'] for r in rs}) for s, rs in splits.items()},
+        counts={s: len(rs) for s, rs in splits.items()},
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f'.{output.name}.', dir=output.parent))
+    try:
+        dataset.save_to_disk(str(staging / 'data'))
+        (staging / 'README.md').write_text(card)
+        (staging / 'splits.json').write_text(json.dumps(summary, indent=2))
+        (staging / 'skipped.json').write_text(json.dumps(
+            [dict(path=r['path'], reason=why) for r, why in skipped]
+            + [dict(path=r['path'], reason=why) for r, why in duplicates], indent=2))
+        if output.exists():
+            retired = output.with_name(f'.{output.name}.old')
+            output.rename(retired)
+            staging.rename(output)
+            shutil.rmtree(retired)
+        else:
+            staging.rename(output)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return dict(summary, skipped=len(skipped), duplicates=len(duplicates), output=str(output))
+
+
+def load_prepared(path: Path) -> 'datasets.DatasetDict':
+    """A DatasetDict written by build_dataset (its data/ folder)."""
+    import datasets
+
+    return datasets.load_from_disk(str(Path(path) / 'data'))

@@ -1,0 +1,131 @@
+"""Honest splits: by patient, stratified, seeded; exact duplicates removed; folds and held-out sources.
+
+A patient's images always share one split, so no patient is both trained on and tested on. Records
+without a patient id count as one patient per image (``patient_id_known`` says which). Exact
+duplicate files (the same bytes, as public sets share images) keep one copy: the first by
+(source, path) order, so the choice is reproducible.
+"""
+import hashlib
+import random
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Dict, List, Mapping, Sequence, Tuple
+
+from .sources import Record
+
+__all__ = [
+    'SPLITS', 'assign_patients', 'check_no_patient_overlap', 'content_hash', 'deduplicate', 'patient_folds',
+    'patient_split', 'source_holdout',
+]
+
+SPLITS = ('train', 'validation', 'test')
+
+
+def content_hash(path: str) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def deduplicate(records: Sequence[Record]) -> Tuple[List[Record], List[Tuple[Record, str]]]:
+    """Records with a 'sha256' added, exact duplicates dropped; and the dropped ones with the reason."""
+    kept, dropped, first = [], [], {}
+    for record in sorted(records, key=lambda r: (r['source'] or '', r['path'])):
+        digest = record.get('sha256') or content_hash(record['path'])
+        if digest in first:
+            dropped.append((record, f"exact duplicate of {first[digest]['path']}"))
+            continue
+        record = dict(record, sha256=digest)
+        first[digest] = record
+        kept.append(record)
+    return kept, dropped
+
+
+def assign_patients(records: Sequence[Record]) -> List[Record]:
+    """Give every record a patient id: unknown ones become one patient per image, flagged as such."""
+    out = []
+    for record in records:
+        known = bool(record.get('patient_id'))
+        patient = f"{record['source']}/{record['patient_id']}" if known else f"{record['source']}/image:{Path(record['path']).name}"
+        out.append(dict(record, patient_id=patient, patient_id_known=known))
+    return out
+
+
+def _patients_by_label(records: Sequence[Record]) -> Dict[str, List[str]]:
+    """Each patient once, under its most frequent label (ties: alphabetical), patients sorted."""
+    labels: Dict[str, Counter] = defaultdict(Counter)
+    for record in records:
+        labels[record['patient_id']][record['label']] += 1
+    strata: Dict[str, List[str]] = defaultdict(list)
+    for patient in sorted(labels):
+        counts = labels[patient]
+        strata[min(counts, key=lambda label: (-counts[label], label))].append(patient)
+    return strata
+
+
+def _allocate(count: int, fractions: Sequence[float]) -> List[int]:
+    """Largest-remainder split of count items by fractions."""
+    exact = [count * f for f in fractions]
+    sizes = [int(e) for e in exact]
+    for i in sorted(range(len(exact)), key=lambda i: exact[i] - sizes[i], reverse=True)[:count - sum(sizes)]:
+        sizes[i] += 1
+    return sizes
+
+
+def patient_split(
+        records: Sequence[Record], fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
+) -> Dict[str, List[Record]]:
+    """Split records into train/validation/test by patient, stratified by label, shuffled with seed."""
+    if len(fractions) != len(SPLITS) or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
+        raise ValueError(f'fractions {tuple(fractions)} must be three non-negative numbers summing to 1.')
+    rng = random.Random(seed)
+    split_of: Dict[str, str] = {}
+    for label, patients in sorted(_patients_by_label(records).items()):
+        rng.shuffle(patients)
+        start = 0
+        for split, size in zip(SPLITS, _allocate(len(patients), fractions)):
+            split_of.update({p: split for p in patients[start:start + size]})
+            start += size
+    splits = {split: [r for r in records if split_of[r['patient_id']] == split] for split in SPLITS}
+    check_no_patient_overlap(splits)
+    return splits
+
+
+def check_no_patient_overlap(splits: Mapping[str, Sequence[Record]]) -> None:
+    """Raise ValueError naming every patient found in more than one split."""
+    where: Dict[str, set] = defaultdict(set)
+    for split, records in splits.items():
+        for record in records:
+            where[record['patient_id']].add(split)
+    shared = {p: sorted(s) for p, s in where.items() if len(s) > 1}
+    if shared:
+        listed = '; '.join(f'{p} in {", ".join(s)}' for p, s in sorted(shared.items())[:20])
+        raise ValueError(f'{len(shared)} patient(s) appear in more than one split: {listed}.')
+
+
+def patient_folds(records: Sequence[Record], k: int, seed: int = 0) -> List[int]:
+    """A fold index (0..k-1) per record: k folds by patient, stratified by label, shuffled with seed."""
+    if k < 2:
+        raise ValueError(f'k folds need k >= 2, got {k}.')
+    rng = random.Random(seed)
+    fold_of: Dict[str, int] = {}
+    offset = 0
+    for label, patients in sorted(_patients_by_label(records).items()):
+        rng.shuffle(patients)
+        fold_of.update({p: (offset + i) % k for i, p in enumerate(patients)})
+        offset += len(patients)  # the next label's patients continue the round, keeping folds even
+    return [fold_of[r['patient_id']] for r in records]
+
+
+def source_holdout(records: Sequence[Record], source: str) -> Dict[str, List[Record]]:
+    """Leave one source out: its records are the test split, the others train (patients never shared)."""
+    sources = sorted({r['source'] for r in records})
+    if source not in sources:
+        raise ValueError(f"Unknown source '{source}': the records come from {', '.join(sources)}.")
+    splits = {'train': [r for r in records if r['source'] != source],
+              'test': [r for r in records if r['source'] == source]}
+    check_no_patient_overlap(splits)
+    return splits

@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Prepare chest X-rays as a Hugging Face DatasetDict with patient-level splits and a dataset card.
+
+    python recipes/prepare_data.py out/kermany16                       # the bundled sample
+    python recipes/prepare_data.py out/cxr --kermany chest_xray --ieee8023 covid-chestxray-dataset
+    python recipes/prepare_data.py out/loso --folder siteA --folder siteB --holdout-source siteB
+
+Sources can be combined; exact duplicate files across them are kept once. Unreadable files are
+skipped and listed (skipped.json). The output is written to a temporary folder and moved into place.
+"""
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List
+
+from magsd_timm.data.build import build_dataset
+from magsd_timm.data.sample import sample_records
+from magsd_timm.data.sources import (
+    covid_radiography_records, covidx_records, folder_records, ieee8023_records, kermany_records, manifest_records,
+)
+
+
+def _parse_args(argv: List[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('output', type=Path, help='folder to write (data/, README.md, splits.json, skipped.json)')
+    parser.add_argument('--folder', action='append', default=[], type=Path, help='class-per-folder tree')
+    parser.add_argument('--manifest', action='append', default=[], type=Path, help='CSV or Parquet manifest')
+    parser.add_argument('--kermany', type=Path, help="Kermany 'chest_xray' folder")
+    parser.add_argument('--ieee8023', type=Path, help='ieee8023 covid-chestxray-dataset folder')
+    parser.add_argument('--covid-radiography', type=Path, help='COVID-19 Radiography Database folder')
+    parser.add_argument('--covidx', type=Path, help='COVIDx image folder (with train/ and test/)')
+    parser.add_argument('--covidx-labels', nargs='+', default=[], metavar='SPLIT=FILE',
+                        help='COVIDx label files, e.g. train=train.txt test=test.txt')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--fractions', type=float, nargs=3, default=(0.7, 0.15, 0.15),
+                        metavar=('TRAIN', 'VAL', 'TEST'), help='shares of the patients per split')
+    parser.add_argument('--holdout-source', help='leave this source out as the test split')
+    parser.add_argument('--folds', type=int, default=0, help='also assign K folds by patient (K >= 2)')
+    parser.add_argument('--name', default='Chest X-rays for MAG-SD', help='pretty name in the card')
+    parser.add_argument('--overwrite', action='store_true', help='replace an existing output')
+    args = parser.parse_args(argv)
+    if args.covidx and not args.covidx_labels:
+        parser.error('--covidx needs --covidx-labels SPLIT=FILE ...')
+    if args.folds == 1 or args.folds < 0:
+        parser.error('--folds must be 0 (none) or at least 2')
+    if any('=' not in item for item in args.covidx_labels):
+        parser.error('--covidx-labels takes SPLIT=FILE items')
+    return args
+
+
+def main(argv: List[str]) -> int:
+    """Gather the records of every named source (the bundled sample if none) and build the dataset."""
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    args = _parse_args(argv)
+    records = []
+    for folder in args.folder:
+        records += folder_records(folder)
+    for manifest in args.manifest:
+        records += manifest_records(manifest)
+    if args.kermany:
+        records += kermany_records(args.kermany)
+    if args.ieee8023:
+        records += ieee8023_records(args.ieee8023)
+    if args.covid_radiography:
+        records += covid_radiography_records(args.covid_radiography)
+    if args.covidx:
+        records += covidx_records(args.covidx, dict(item.split('=', 1) for item in args.covidx_labels))
+    if not records:
+        records = sample_records()
+    try:
+        summary = build_dataset(
+            records, args.output, seed=args.seed, fractions=args.fractions, holdout_source=args.holdout_source,
+            folds=args.folds, pretty_name=args.name, overwrite=args.overwrite)
+    except (FileExistsError, ValueError) as e:
+        print(f'prepare_data: {e}', file=sys.stderr)
+        return 2
+    print(json.dumps({k: summary[k] for k in ('output', 'counts', 'skipped', 'duplicates', 'seed')}, indent=2))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv[1:]))

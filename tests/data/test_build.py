@@ -1,0 +1,95 @@
+"""build_dataset: a DatasetDict with patient splits and a card, never half-written."""
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import datasets
+import pytest
+import yaml
+
+from magsd_timm.data.build import build_dataset, load_prepared
+from magsd_timm.data.sample import sample_records
+
+
+def _sample_plus(tmp_path):
+    """The bundled sample, a corrupt file, and a byte-identical copy of one image under another source."""
+    records = sample_records()
+    corrupt = tmp_path / 'broken.jpeg'
+    corrupt.write_bytes(Path(records[0]['path']).read_bytes()[:3000])
+    copy = tmp_path / 'copy.jpeg'
+    shutil.copy(records[1]['path'], copy)
+    return records + [dict(path=str(corrupt), label='normal', patient_id=None, source='zz', split=None),
+                      dict(path=str(copy), label='normal', patient_id=None, source='zz', split=None)]
+
+
+def test_sample_dataset_has_patient_splits_card_and_saved_assignment(tmp_path):
+    summary = build_dataset(_sample_plus(tmp_path), tmp_path / 'out', seed=5)
+    out = tmp_path / 'out'
+    dataset = load_prepared(out)
+    assert set(dataset) == {'train', 'validation', 'test'}
+    assert sum(len(d) for d in dataset.values()) == 16 == sum(summary['counts'].values())
+    assert dataset['train'].features['label'].names == ['normal', 'pneumonia']
+    homes = {split for split, d in dataset.items() for p in d['patient_id'] if p == 'kermany16/person1946'}
+    assert len(homes) == 1  # person1946's two films share a split
+    assert summary['skipped'] == 1 and summary['duplicates'] == 1
+    skipped = json.loads((out / 'skipped.json').read_text())
+    assert any('broken.jpeg' in s['path'] and 'truncated' in s['reason'] for s in skipped)
+    assert any('copy.jpeg' in s['path'] and 'duplicate' in s['reason'] for s in skipped)
+    saved = json.loads((out / 'splits.json').read_text())
+    assert saved['seed'] == 5 and set(saved['patients']['test']) == set(dataset['test']['patient_id'])
+
+    card = (out / 'README.md').read_text()
+    meta = yaml.safe_load(card.split('---')[1])
+    assert meta['license'] == 'cc-by-4.0' and meta['task_categories'] == ['image-classification']
+    assert meta['size_categories'] == ['n<1K'] and meta['source_datasets'] == ['kermany16']
+    assert meta['class_names'] == ['normal', 'pneumonia']
+    assert 'seed 5' in card and 'Pediatric' in card and 'Source decides label' in card
+    assert '| normal |' in card and '| kermany16 |' in card
+
+
+def test_images_decode_back_to_the_files(tmp_path):
+    build_dataset(sample_records(), tmp_path / 'out')
+    row = load_prepared(tmp_path / 'out')['train'][0]
+    original = next(r for r in sample_records() if Path(r['path']).name == row['file_name'])
+    assert row['image'].size == datasets.Image().decode_example(
+        {'path': original['path'], 'bytes': None}).size
+
+
+def test_unknown_patient_ids_are_said_in_the_card(tmp_path):
+    records = [dict(r, patient_id=None, source='mine') for r in sample_records()]
+    build_dataset(records, tmp_path / 'out')
+    assert '16 image(s) had no patient id' in (tmp_path / 'out' / 'README.md').read_text()
+
+
+def test_existing_output_is_kept_unless_overwrite(tmp_path):
+    out = tmp_path / 'out'
+    build_dataset(sample_records(), out, seed=1)
+    with pytest.raises(FileExistsError, match='exists'):
+        build_dataset(sample_records(), out, seed=2)
+    assert json.loads((out / 'splits.json').read_text())['seed'] == 1
+    build_dataset(sample_records(), out, seed=2, overwrite=True)
+    assert json.loads((out / 'splits.json').read_text())['seed'] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['out']
+
+
+def test_a_failure_midway_leaves_nothing_half_written(tmp_path, monkeypatch):
+    out = tmp_path / 'out'
+    build_dataset(sample_records(), out, seed=1)
+
+    def fail(*args, **kwargs):
+        raise OSError('disk full')
+    monkeypatch.setattr(datasets.DatasetDict, 'save_to_disk', fail)
+    with pytest.raises(OSError, match='disk full'):
+        build_dataset(sample_records(), out, seed=2, overwrite=True)
+    assert json.loads((out / 'splits.json').read_text())['seed'] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['out']
+
+
+def test_leave_one_source_out_and_folds(tmp_path):
+    records = [dict(r, source='a' if i % 2 else 'b') for i, r in enumerate(sample_records())]
+    build_dataset(records, tmp_path / 'out', holdout_source='b', folds=2)
+    dataset = load_prepared(tmp_path / 'out')
+    assert set(dataset['test']['source']) == {'b'} and set(dataset['train']['source']) == {'a'}
+    assert set(dataset['train']['fold']) <= {0, 1} and set(dataset['test']['fold']) == {-1}
+    assert 'Leave one source out' in (tmp_path / 'out' / 'README.md').read_text()
