@@ -1,0 +1,86 @@
+"""A PyTorch dataset over any data source the recipes accept.
+
+Sources: the bundled sample (``None`` or ``'sample'``), a folder written by ``prepare_data.py``, a
+class-per-folder tree, a CSV/Parquet manifest, or a Hugging Face dataset (``'hf-hub:org/name'``, or
+a folder saved with ``save_to_disk``). Sources without their own splits are split by patient,
+stratified and seeded (``patient_split``).
+"""
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .reader import image_to_array, read_image
+from .sample import sample_records
+from .sources import Record, folder_records, manifest_records
+from .splits import SPLITS, assign_patients, patient_split
+
+__all__ = ['CXRDataset', 'open_dataset']
+
+Transform = Callable[[np.ndarray], torch.Tensor]
+
+
+class CXRDataset(Dataset):
+    """(image tensor, class index) pairs from records (files) or a Hugging Face dataset split."""
+
+    def __init__(self, items: Union[Sequence[Record], 'datasets.Dataset'], class_names: Sequence[str],
+                 transform: Optional[Transform] = None):
+        self.items, self.class_names, self.transform = items, list(class_names), transform
+        self.from_files = isinstance(items, (list, tuple))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def image(self, index: int) -> np.ndarray:
+        """The decoded image: float32 (H, W) in [0, 1]."""
+        if self.from_files:
+            return read_image(self.items[index]['path'])
+        return image_to_array(self.items[index]['image'])
+
+    def label(self, index: int) -> int:
+        """The class index of an item."""
+        if self.from_files:
+            return self.class_names.index(self.items[index]['label'])
+        return int(self.items[index]['label'])
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        image = self.image(index)
+        return (self.transform(image) if self.transform else torch.from_numpy(image)[None]), self.label(index)
+
+
+def _split_records(records: List[Record], split: str, seed: int) -> Tuple[List[Record], List[str]]:
+    class_names = sorted({r['label'] for r in records})
+    if any(r.get('split') for r in records):
+        return [r for r in records if r.get('split') == split], class_names
+    return patient_split(assign_patients(records), seed=seed)[split], class_names
+
+
+def open_dataset(source: Optional[str], split: str, transform: Optional[Transform] = None, seed: int = 0) -> CXRDataset:
+    """Open one split ('train', 'validation' or 'test') of a data source as a CXRDataset."""
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split '{split}': choose one of {', '.join(SPLITS)}.")
+    import datasets
+
+    if source in (None, 'sample'):
+        items, names = _split_records(sample_records(), split, seed)
+        return CXRDataset(items, names, transform)
+    if source.startswith('hf-hub:'):
+        hub = datasets.load_dataset(source[len('hf-hub:'):], split=split)
+        return CXRDataset(hub, hub.features['label'].names, transform)
+    path = Path(source)
+    if (path / 'data' / 'dataset_dict.json').exists():  # written by prepare_data.py
+        path = path / 'data'
+    if (path / 'dataset_dict.json').exists():
+        prepared = datasets.load_from_disk(str(path))
+        if split not in prepared:
+            raise ValueError(f"{source}: no '{split}' split (it has {', '.join(prepared)}).")
+        return CXRDataset(prepared[split], prepared[split].features['label'].names, transform)
+    if path.is_file():
+        items, names = _split_records(manifest_records(path), split, seed)
+    elif path.is_dir():
+        items, names = _split_records(folder_records(path), split, seed)
+    else:
+        raise FileNotFoundError(f'{source}: no such data source (folder, manifest, prepared dataset or hf-hub:id).')
+    return CXRDataset(items, names, transform)
