@@ -17,6 +17,10 @@ back-propagation pass by pass (MagSDObjective.backward), torch.compile (with --c
 for minutes on a CPU). The augmentations plus the loss are
 also timed alone, as a share of the step.
 
+Suite `data`: one data-loader worker (one thread) reading radiographs of 1024-2048 px (8-bit JPEG,
+16-bit PNG) and preprocessing them to the input size with the published augmentation, against the
+images per second one MAG-SD training step consumes.
+
     python recipes/benchmark.py                      # CPU, fp32, batch 8, 224 px, 2 threads
     python recipes/benchmark.py --device cuda --dtype bfloat16 --batch-size 32
 """
@@ -42,7 +46,7 @@ Step = Callable[[], None]
 
 def _parse_args(argv: List[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--suite', default='all', choices=['model', 'step', 'all'])
+    parser.add_argument('--suite', default='all', choices=['model', 'step', 'data', 'all'])
     parser.add_argument('--model', default='magsd_resnet50', help='magsd_* model to time')
     parser.add_argument('--baseline', default='resnet50', help='plain timm model to compare with')
     parser.add_argument('--batch-size', type=int, default=8)
@@ -54,7 +58,7 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument('--compile', action='store_true', help='add a torch.compile case to the step suite')
     parser.add_argument('--min-run-time', type=float, default=20., help='seconds of timing per suite part')
     parser.add_argument('--output-dir', type=Path, default=Path('benchmark_results'),
-                        help='folder for the Markdown tables (model.md, step.md)')
+                        help='folder for the Markdown tables (model.md, step.md, data.md)')
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.img_size < 32 or args.threads < 1 or args.min_run_time <= 0:
         parser.error('--batch-size and --threads must be >= 1, --img-size >= 32, --min-run-time > 0')
@@ -273,6 +277,60 @@ def run_step_suite(args: argparse.Namespace) -> str:
     return '\n'.join(lines)
 
 
+# ---- suite `data`: decoding and preprocessing against what training consumes --------------------
+
+DATA_TARGET = 4.0  # one loader worker feeds at least this many times what a CPU MAG-SD step consumes
+
+
+def _source_images(folder: Path) -> Dict[str, List[Path]]:
+    """The bundled radiographs enlarged to 1024-2048 px, as 8-bit JPEG and 16-bit PNG files."""
+    import numpy as np
+    from PIL import Image
+    from magsd_timm.data.sample import sample_records
+
+    files: Dict[str, List[Path]] = {'8-bit JPEG': [], '16-bit PNG': []}
+    for i, record in enumerate(sample_records()[:6]):
+        side = (1024, 1536, 2048)[i % 3]
+        image = Image.open(record['path']).convert('L').resize((side, int(side * 0.85)), Image.BILINEAR)
+        jpeg, png = folder / f'{i}.jpeg', folder / f'{i}.png'
+        image.save(jpeg, quality=95)
+        Image.fromarray(np.asarray(image, dtype=np.uint16) * 257).save(png)
+        files['8-bit JPEG'].append(jpeg)
+        files['16-bit PNG'].append(png)
+    return files
+
+
+def run_data_suite(args: argparse.Namespace) -> str:
+    """Images/s of one loader worker (1 thread: read, resize, CLAHE, published augmentation, normalise)."""
+    import tempfile
+    import cv2
+    from magsd_timm.data.reader import read_image
+    from magsd_timm.data.transforms import build_transforms, resolve_cxr_data_config
+
+    transform = build_transforms(
+        resolve_cxr_data_config(input_size=(1, args.img_size, args.img_size)), train=True, augment='published')
+    with tempfile.TemporaryDirectory() as folder:
+        files = _source_images(Path(folder))
+        torch.set_num_threads(1)
+        cv2.setNumThreads(1)
+        loaders = {kind: (lambda paths=paths: [transform(read_image(p)) for p in paths]) for kind, paths in files.items()}
+        seconds = _interleaved_medians(loaders, max(1., args.min_run_time / 4))
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(-1)
+    step = _interleaved_medians({'step': _magsd_train_step(args, True, False, 'joint')}, 1.)['step']
+    consumed = args.batch_size / step
+    lines = ['| source (1024-2048 px) | ms per image | images/s per worker | x what training consumes | target |',
+             '|---|---|---|---|---|']
+    for kind, value in seconds.items():
+        per_image = value / len(files[kind])
+        ratio = 1 / per_image / consumed
+        lines.append(f'| {kind} | {1e3 * per_image:.1f} | {1 / per_image:.1f} | {ratio:.1f}x | '
+                     f'>= {DATA_TARGET:.0f}x ({_verdict(ratio >= DATA_TARGET)}) |')
+    lines.append(f'| one MAG-SD training step ({args.threads} threads, channels_last) | {1e3 * step:.0f} per batch | '
+                 f'{consumed:.1f} consumed | | |')
+    return '\n'.join(lines)
+
+
 # ---- report ----------------------------------------------------------------------------------------
 
 def _verdict(ok: bool) -> str:
@@ -289,7 +347,7 @@ def _machine(args: argparse.Namespace) -> str:
     return f'{cpu}, {args.threads} threads, torch {torch.__version__}'
 
 
-SUITES = {'model': run_model_suite, 'step': run_step_suite}
+SUITES = {'model': run_model_suite, 'step': run_step_suite, 'data': run_data_suite}
 
 
 def main(argv: List[str]) -> int:

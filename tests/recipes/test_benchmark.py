@@ -52,3 +52,15 @@ def test_bad_arguments_are_refused_by_name():
     proc = subprocess.run([sys.executable, str(RECIPE), '--batch-size', '0'], capture_output=True, text=True)
     assert proc.returncode == 2
     assert '--batch-size' in proc.stderr
+
+
+def test_data_suite_compares_a_worker_with_what_training_consumes(tmp_path):
+    _run(tmp_path, '--suite', 'data')
+    rows = [_cells(line) for line in (tmp_path / 'data.md').read_text().splitlines()[4:]]
+    assert [r[0] for r in rows[:2]] == ['8-bit JPEG', '16-bit PNG']
+    consumed = float(rows[2][2].split()[0])
+    for cells in rows[:2]:
+        per_second = float(cells[2])
+        assert abs(per_second - 1000 / float(cells[1])) < 0.02 * per_second
+        assert abs(float(cells[3].rstrip('x')) - per_second / consumed) < 0.05 * float(cells[3].rstrip('x')) + 0.1
+        assert '>= 4x' in cells[4]
