@@ -55,6 +55,15 @@ def _image_bytes(path: str, pixels: np.ndarray) -> Dict[str, Any]:
     return {'bytes': buffer.getvalue(), 'path': Path(path).with_suffix('.png').name}
 
 
+def _provenance(source: str) -> str:
+    """Reference, note and licence of a known collection (covidx/<origin> counts as its origin's)."""
+    known = KNOWN_SOURCES.get(source.split('/')[0])
+    if known is None:
+        return "user-provided images: provenance and licence as their owner states"
+    reference, licence, note = known
+    return f'{reference}; {note} (licence: {licence})'
+
+
 def _table(header: str, rows: Sequence[Sequence[Any]]) -> str:
     columns = header.count('|') - 1
     return '\n'.join([header, '|' + '---|' * columns] + ['| ' + ' | '.join(map(str, r)) + ' |' for r in rows])
@@ -67,13 +76,9 @@ def render_card(
     """The dataset card (README.md): YAML metadata and counts, provenance, biases, preparation."""
     records = [r for rs in splits.values() for r in rs]
     sources = sorted({r['source'] for r in records})
-    licences = {KNOWN_SOURCES.get(s.split('/')[0], (None, 'other'))[1] for s in sources}
+    licences = {KNOWN_SOURCES.get(s.split('/')[0], (None, 'other', None))[1] for s in sources}
     unknown = sum(not r['patient_id_known'] for r in records)
-    provenance = '\n'.join(
-        f'- `{s}`: ' + ('; '.join(KNOWN_SOURCES[s.split("/")[0]][::2]) + f' (licence: {KNOWN_SOURCES[s.split("/")[0]][1]})'
-                        if s.split('/')[0] in KNOWN_SOURCES else 'user-provided images: provenance and licence as '
-                                                                  'their owner states')
-        for s in sources)
+    provenance = '\n'.join(f'- `{s}`: {_provenance(s)}' for s in sources)
     pediatric = [s for s in sources if s.startswith('kermany')]
     biases = [
         '- Source decides label: in public COVID-19 sets the positives come from other hospitals, devices and '

@@ -92,7 +92,7 @@ def manifest_records(path: PathLike) -> List[Record]:
     records = []
     for row in rows:
         image = Path(row['path'])
-        split = (row.get('split') or None)
+        split = row.get('split') or None
         records.append(_record(
             image if image.is_absolute() else path.parent / image, str(row['label']),
             str(row['patient_id']) if row.get('patient_id') not in (None, '') else None,
