@@ -12,7 +12,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 from string import Template
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -20,6 +20,9 @@ from PIL import Image
 from .reader import ImageReadError, is_dicom, read_image
 from .sources import Record
 from .splits import assign_patients, deduplicate, patient_folds, patient_split, source_holdout
+
+if TYPE_CHECKING:
+    import datasets
 
 __all__ = ['KNOWN_SOURCES', 'build_dataset', 'load_prepared', 'render_card']
 

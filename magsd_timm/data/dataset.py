@@ -6,7 +6,7 @@ a folder saved with ``save_to_disk``). Sources without their own splits are spli
 stratified and seeded (``patient_split``).
 """
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -16,6 +16,9 @@ from .reader import image_to_array, read_image
 from .sample import sample_records
 from .sources import Record, folder_records, manifest_records
 from .splits import SPLITS, assign_patients, patient_split
+
+if TYPE_CHECKING:
+    import datasets
 
 __all__ = ['CXRDataset', 'open_dataset']
 
