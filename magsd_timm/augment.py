@@ -133,7 +133,9 @@ def zoom_boxes(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         (2 * xs / max(width - 1, 1) - 1)[:, None, :].expand(b, height, width),
         (2 * ys / max(height - 1, 1) - 1)[:, :, None].expand(b, height, width),
     ], dim=-1)
-    return F.grid_sample(images, grid.to(images.dtype), mode='bilinear', padding_mode='border', align_corners=True)
+    # sampled in float32: half-precision grid coordinates would be off by up to a pixel at 224 px
+    zoomed = F.grid_sample(images.float(), grid, mode='bilinear', padding_mode='border', align_corners=True)
+    return zoomed.to(images.dtype)
 
 
 def _paste_boxes(images: torch.Tensor, boxes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:

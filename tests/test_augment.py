@@ -205,3 +205,11 @@ def test_views_match_the_per_image_reference_on_random_maps(batch, height, width
     ratio = views.dimming / images
     dimmed = torch.isclose(ratio, torch.tensor(CFG.dim_factor))
     assert (dimmed | torch.isclose(ratio, torch.tensor(1 + CFG.dim_factor)) | torch.isclose(ratio, torch.tensor(1.))).all()
+
+
+def test_half_precision_images_are_zoomed_at_float32_coordinates():
+    images = _images(2, 224, 224)
+    boxes = torch.tensor([[13, 201, 7, 190], [0, 224, 100, 224]])
+    half = zoom_boxes(images.to(torch.bfloat16), boxes)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), zoom_boxes(images, boxes), atol=0.02, rtol=0)
