@@ -29,9 +29,15 @@ class CXRDataset(Dataset):
     """(image tensor, class index) pairs from records (files) or a Hugging Face dataset split."""
 
     def __init__(self, items: Union[Sequence[Record], 'datasets.Dataset'], class_names: Sequence[str],
-                 transform: Optional[Transform] = None):
+                 transform: Optional[Transform] = None, seed: Optional[int] = None):
+        """seed: make each item's random transform a function of (seed, epoch, index) alone."""
         self.items, self.class_names, self.transform = items, list(class_names), transform
         self.from_files = isinstance(items, (list, tuple))
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose random transforms the items get (with a seed)."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.items)
@@ -50,7 +56,14 @@ class CXRDataset(Dataset):
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
         image = self.image(index)
-        return (self.transform(image) if self.transform else torch.from_numpy(image)[None]), self.label(index)
+        if self.transform is None:
+            return torch.from_numpy(image)[None], self.label(index)
+        if self.seed is None:
+            return self.transform(image), self.label(index)
+        # independent of the global RNG, which loader look-ahead and resumption would otherwise shift
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index)
+            return self.transform(image), self.label(index)
 
 
 def _split_records(records: List[Record], split: str, seed: int) -> Tuple[List[Record], List[str]]:
@@ -60,18 +73,24 @@ def _split_records(records: List[Record], split: str, seed: int) -> Tuple[List[R
     return patient_split(assign_patients(records), seed=seed)[split], class_names
 
 
-def open_dataset(source: Optional[str], split: str, transform: Optional[Transform] = None, seed: int = 0) -> CXRDataset:
-    """Open one split ('train', 'validation' or 'test') of a data source as a CXRDataset."""
+def open_dataset(
+        source: Optional[str], split: str, transform: Optional[Transform] = None, seed: int = 0,
+        augment_seed: Optional[int] = None,
+) -> CXRDataset:
+    """Open one split ('train', 'validation' or 'test') of a data source as a CXRDataset.
+
+    seed picks the patient split of sources without one; augment_seed makes transforms reproducible per item.
+    """
     if split not in SPLITS:
         raise ValueError(f"Unknown split '{split}': choose one of {', '.join(SPLITS)}.")
     import datasets
 
     if source in (None, 'sample'):
         items, names = _split_records(sample_records(), split, seed)
-        return CXRDataset(items, names, transform)
+        return CXRDataset(items, names, transform, augment_seed)
     if source.startswith('hf-hub:'):
         hub = datasets.load_dataset(source[len('hf-hub:'):], split=split)
-        return CXRDataset(hub, hub.features['label'].names, transform)
+        return CXRDataset(hub, hub.features['label'].names, transform, augment_seed)
     path = Path(source)
     if (path / 'data' / 'dataset_dict.json').exists():  # written by prepare_data.py
         path = path / 'data'
@@ -79,11 +98,11 @@ def open_dataset(source: Optional[str], split: str, transform: Optional[Transfor
         prepared = datasets.load_from_disk(str(path))
         if split not in prepared:
             raise ValueError(f"{source}: no '{split}' split (it has {', '.join(prepared)}).")
-        return CXRDataset(prepared[split], prepared[split].features['label'].names, transform)
+        return CXRDataset(prepared[split], prepared[split].features['label'].names, transform, augment_seed)
     if path.is_file():
         items, names = _split_records(manifest_records(path), split, seed)
     elif path.is_dir():
         items, names = _split_records(folder_records(path), split, seed)
     else:
         raise FileNotFoundError(f'{source}: no such data source (folder, manifest, prepared dataset or hf-hub:id).')
-    return CXRDataset(items, names, transform)
+    return CXRDataset(items, names, transform, augment_seed)

@@ -1,0 +1,58 @@
+"""Training checkpoints that are never half-written: accelerate's save_state, then a rename.
+
+Each checkpoint is a folder ``step_<global step>`` under the run's ``checkpoints/``. It is written
+whole to a hidden temporary folder beside it and renamed into place, so a process killed at any
+moment leaves either the previous checkpoints or a complete new one; only the newest ``keep`` are
+kept. State registered with ``accelerator.register_for_checkpointing`` (the trainer's progress, EMA,
+scheduler) travels with the model, optimizer and RNG states.
+"""
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+__all__ = ['TrainProgress', 'latest_checkpoint', 'save_checkpoint']
+
+PREFIX = 'step_'
+
+
+class TrainProgress:
+    """Where a run is: epoch, step within it, global step and the best metric so far (checkpointed)."""
+
+    def __init__(self):
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.best_metric: Optional[float] = None
+
+    def state_dict(self) -> Dict[str, Any]:
+        return dict(epoch=self.epoch, step_in_epoch=self.step_in_epoch, global_step=self.global_step,
+                    best_metric=self.best_metric)
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.epoch, self.step_in_epoch = state['epoch'], state['step_in_epoch']
+        self.global_step, self.best_metric = state['global_step'], state['best_metric']
+
+
+def latest_checkpoint(root: Path) -> Optional[Path]:
+    """The newest complete checkpoint under root, or None."""
+    found = sorted(p for p in Path(root).glob(f'{PREFIX}*') if p.is_dir() and p.name[len(PREFIX):].isdigit())
+    return max(found, key=lambda p: int(p.name[len(PREFIX):])) if found else None
+
+
+def save_checkpoint(accelerator, root: Path, global_step: int, keep: int = 2) -> Path:
+    """Save the accelerator's state as root/step_<global_step>, atomically, keeping the newest `keep`."""
+    root = Path(root)
+    final = root / f'{PREFIX}{global_step:08d}'
+    staging = root / f'.{final.name}.tmp'
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)  # left by a process killed while saving
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+        complete = sorted((p for p in root.glob(f'{PREFIX}*') if p.is_dir()), key=lambda p: p.name)
+        for old in complete[:-keep] if keep > 0 else []:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final

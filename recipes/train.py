@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Train MA-Net with the MAG-SD objective (or a plain backbone with cross-entropy) using accelerate.
+
+    accelerate launch recipes/train.py                          # magsd_resnet18 on the bundled sample, CPU ok
+    accelerate launch recipes/train.py --model magsd_resnet50 --data out/cxr --epochs 150 --pretrained
+    accelerate launch recipes/train.py --resume runs/magsd      # continue from the last checkpoint
+
+Output folder: checkpoints/step_* (accelerate state, atomic), best/ and final/ (timm Hub format:
+model.safetensors + config.json with label names), args.yaml, summary.csv, eval_best.json.
+"""
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+import timm
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from timm.models import save_for_hf
+from torch.utils.data import DataLoader
+
+import magsd_timm  # noqa: F401  (registers the magsd_* models)
+from magsd_timm.data.dataset import open_dataset
+from magsd_timm.data.transforms import AUGMENTATIONS, build_transforms, resolve_cxr_data_config
+from magsd_timm.objective import MagSDObjective
+from magsd_timm.train.checkpoint import TrainProgress, latest_checkpoint, save_checkpoint
+from magsd_timm.train.loop import NonFiniteLossError, evaluate, train_one_epoch
+
+BEST_METRICS = ('macro_f1', 'accuracy')
+
+
+def _parse_args(argv: List[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--model', default='magsd_resnet18', help='magsd_* model (or, with --method baseline, any)')
+    parser.add_argument('--method', default='magsd', choices=['magsd', 'baseline'],
+                        help='baseline: the plain backbone with cross-entropy, for ablations')
+    parser.add_argument('--model-kwargs', type=json.loads, default={}, help='JSON of extra model arguments')
+    parser.add_argument('--pretrained', action='store_true', help='start from pretrained (backbone) weights')
+    parser.add_argument('--data', default=None, help='data source (default: the bundled sample)')
+    parser.add_argument('--img-size', type=int, default=224)
+    parser.add_argument('--augment', default='mild', choices=AUGMENTATIONS)
+    parser.add_argument('--batch-size', type=int, default=8)
+    parser.add_argument('--epochs', type=int, default=4)
+    parser.add_argument('--lr', type=float, default=1e-3)
+    parser.add_argument('--momentum', type=float, default=0.9)
+    parser.add_argument('--weight-decay', type=float, default=5e-4)
+    parser.add_argument('--label-smoothing', type=float, default=0., help='baseline cross-entropy only')
+    parser.add_argument('--grad-accum', type=int, default=1)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--workers', type=int, default=0)
+    parser.add_argument('--output', type=Path, default=Path('runs/magsd'))
+    parser.add_argument('--resume', action='store_true', help='continue from the last checkpoint in --output')
+    parser.add_argument('--checkpoint-every', type=int, default=0, help='also checkpoint every N steps')
+    parser.add_argument('--keep-checkpoints', type=int, default=2)
+    parser.add_argument('--best-metric', default='macro_f1', choices=BEST_METRICS)
+    parser.add_argument('--cpu', action='store_true', help='train on the CPU (Accelerator(cpu=True))')
+    parser.add_argument('--mixed-precision', default=None, choices=['no', 'bf16', 'fp16'],
+                        help="default: accelerate's config")
+    args = parser.parse_args(argv)
+    for name in ('batch_size', 'epochs', 'img_size', 'grad_accum', 'keep_checkpoints'):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.lr <= 0:
+        parser.error('--lr must be > 0')
+    if args.method == 'magsd' and not args.model.startswith('magsd_'):
+        parser.error(f"--model {args.model}: the MAG-SD method needs a magsd_* model (or use --method baseline)")
+    if args.output.exists() and any(args.output.iterdir()) and not args.resume:
+        parser.error(f'--output {args.output} is not empty: pass --resume to continue it, or choose another folder')
+    return args
+
+
+def _create_model(args: argparse.Namespace, num_classes: int) -> torch.nn.Module:
+    name = args.model
+    if args.method == 'baseline' and name.startswith('magsd_'):
+        name = timm.create_model(name, device='meta').backbone_name  # the MA-Net's own backbone
+    kwargs = dict(args.model_kwargs, num_classes=num_classes, in_chans=1)
+    return timm.create_model(name, pretrained=args.pretrained, **kwargs)
+
+
+def _write_summary(path: Path, rows: List[Dict[str, Any]]) -> None:
+    columns = sorted({k for row in rows for k in row}, key=lambda k: (k != 'epoch', k))
+    with path.open('w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _score(metrics: Dict[str, Any], name: str) -> float:
+    value = float(metrics[name])
+    return value if math.isfinite(value) else float('-inf')
+
+
+def main(argv: List[str]) -> int:
+    """Train, evaluate every epoch, checkpoint, and export the best and final models."""
+    args = _parse_args(argv)
+    accelerator = Accelerator(
+        cpu=args.cpu, mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    set_seed(args.seed)
+
+    probe = _create_model(args, 1) if args.method == 'magsd' else None
+    data_config = resolve_cxr_data_config(probe, img_size=args.img_size)
+    train_set = open_dataset(args.data, 'train', build_transforms(data_config, train=True, augment=args.augment),
+                             seed=args.seed, augment_seed=args.seed)
+    val_set = open_dataset(args.data, 'validation', build_transforms(data_config), seed=args.seed)
+    class_names = train_set.class_names
+    model = _create_model(args, len(class_names))
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, nesterov=True,
+                                weight_decay=args.weight_decay)
+    steps_per_epoch = math.ceil(len(train_set) / args.batch_size / args.grad_accum)
+    total = steps_per_epoch * args.epochs
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(  # the paper's x0.1 at 50% and 83% of the run
+        optimizer, milestones=[max(1, int(total * 0.5)), max(1, int(total * 0.83))], gamma=0.1)
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                              generator=torch.Generator().manual_seed(args.seed))
+    val_loader = DataLoader(val_set, batch_size=args.batch_size, num_workers=args.workers)
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler)
+    progress = TrainProgress()
+    accelerator.register_for_checkpointing(progress)
+    objective = MagSDObjective() if args.method == 'magsd' else None
+
+    output = args.output
+    checkpoints = output / 'checkpoints'
+    summary_rows: List[Dict[str, Any]] = []
+    if args.resume:
+        last = latest_checkpoint(checkpoints)
+        if last is None:
+            accelerator.print(f'--resume: no checkpoint in {checkpoints}, starting afresh')
+        else:
+            accelerator.load_state(str(last))
+            accelerator.print(f'resumed from {last} (epoch {progress.epoch}, step {progress.global_step})')
+        if (output / 'summary.json').exists():
+            summary_rows = [r for r in json.loads((output / 'summary.json').read_text()) if r['epoch'] < progress.epoch]
+    if accelerator.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / 'args.yaml').write_text(yaml.safe_dump({k: str(v) if isinstance(v, Path) else v
+                                                          for k, v in vars(args).items()}, sort_keys=False))
+
+    def on_step(parts: Dict[str, float]) -> None:
+        scheduler.step()
+        if args.checkpoint_every and progress.global_step % args.checkpoint_every == 0:
+            save_checkpoint(accelerator, checkpoints, progress.global_step, args.keep_checkpoints)
+
+    unwrapped = accelerator.unwrap_model(model)
+    try:
+        while progress.epoch < args.epochs:
+            train_loader.set_epoch(progress.epoch)
+            train_set.set_epoch(progress.epoch)
+            loader = accelerator.skip_first_batches(train_loader, progress.step_in_epoch)
+            logged = train_one_epoch(accelerator, model, loader, optimizer, progress, objective, args.seed, on_step,
+                                     args.label_smoothing)
+            metrics = evaluate(accelerator, model, val_loader, class_names)
+            row = {'epoch': progress.epoch, 'lr': optimizer.param_groups[0]['lr'],
+                   **{f'train_{k}': sum(float(p[k]) for p in logged) / max(len(logged), 1) for k in (logged[0] if logged else {})},
+                   **{f'val_{k}': metrics[k] for k in ('accuracy', 'macro_f1')}}
+            summary_rows.append(row)
+            progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
+            improved = progress.best_metric is None or _score(metrics, args.best_metric) > progress.best_metric
+            if improved:
+                progress.best_metric = _score(metrics, args.best_metric)
+            if accelerator.is_main_process:
+                if improved:
+                    save_for_hf(unwrapped, output / 'best', safe_serialization=True,
+                                model_config={'label_names': list(class_names)})
+                    (output / 'eval_best.json').write_text(json.dumps(dict(metrics, epoch=row['epoch']), indent=2))
+                (output / 'summary.json').write_text(json.dumps(summary_rows, indent=2))
+                _write_summary(output / 'summary.csv', summary_rows)
+            accelerator.print(f"epoch {row['epoch']}: " + ', '.join(f'{k} {v:.4f}' for k, v in row.items()
+                                                                     if k != 'epoch'))
+            save_checkpoint(accelerator, checkpoints, progress.global_step, args.keep_checkpoints)
+    except NonFiniteLossError as e:
+        accelerator.print(f'train: {e}')
+        return 3
+    if accelerator.is_main_process:
+        save_for_hf(unwrapped, output / 'final', safe_serialization=True, model_config={'label_names': list(class_names)})
+    accelerator.end_training()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv[1:]))
