@@ -6,23 +6,28 @@
     accelerate launch recipes/train.py --resume runs/magsd      # continue from the last checkpoint
 
 Output folder: checkpoints/step_* (accelerate state, atomic), best/ and final/ (timm Hub format:
-model.safetensors + config.json with label names), args.yaml, summary.csv, eval_best.json.
+model.safetensors + config.json with label names; best/ also a model card draft, README.md),
+args.yaml, summary.csv, eval_best.json and eval_best.md (the best checkpoint's validation report),
+curves.png, confusion_matrix.png, and TensorBoard logs when tensorboard is installed.
 """
 import argparse
 import csv
 import json
 import math
+import shlex
 import sys
+import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import timm
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, is_tensorboard_available, set_seed
 from timm.models import save_for_hf
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 import magsd_timm  # noqa: F401  (registers the magsd_* models)
 from magsd_timm.data.dataset import open_dataset
@@ -30,6 +35,7 @@ from magsd_timm.data.transforms import AUGMENTATIONS, build_transforms, resolve_
 from magsd_timm.objective import MagSDObjective
 from magsd_timm.train.checkpoint import TrainProgress, latest_checkpoint, save_checkpoint
 from magsd_timm.train.loop import NonFiniteLossError, evaluate, train_one_epoch
+from magsd_timm.train.report import metrics_markdown, plot_confusion_matrix, plot_curves, render_model_card
 
 BEST_METRICS = ('macro_f1', 'accuracy')
 
@@ -95,13 +101,15 @@ def _score(metrics: Dict[str, Any], name: str) -> float:
     return value if math.isfinite(value) else float('-inf')
 
 
-def main(argv: List[str]) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     """Train, evaluate every epoch, checkpoint, and export the best and final models."""
-    args = _parse_args(argv)
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
     accelerator = Accelerator(
         cpu=args.cpu, mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        log_with='tensorboard' if is_tensorboard_available() else None, project_dir=str(args.output))
     set_seed(args.seed)
+    command = 'accelerate launch recipes/train.py ' + shlex.join(sys.argv[1:] if argv is None else argv)
 
     probe = _create_model(args, 1) if args.method == 'magsd' else None
     data_config = resolve_cxr_data_config(probe, img_size=args.img_size)
@@ -142,7 +150,20 @@ def main(argv: List[str]) -> int:
         (output / 'args.yaml').write_text(yaml.safe_dump({k: str(v) if isinstance(v, Path) else v
                                                           for k, v in vars(args).items()}, sort_keys=False))
 
+    accelerator.init_trackers('magsd', config={k: str(v) for k, v in vars(args).items()})
+    bar = tqdm(total=steps_per_epoch * args.epochs, initial=progress.global_step, unit='step',
+               disable=not accelerator.is_local_main_process)
+    clock = [time.perf_counter()]
+
     def on_step(parts: Dict[str, float]) -> None:
+        now = time.perf_counter()
+        images_per_s = args.batch_size * args.grad_accum * accelerator.num_processes / max(now - clock[0], 1e-9)
+        clock[0] = now
+        bar.update()
+        bar.set_postfix(loss=f"{parts['loss']:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}",
+                        img_s=f'{images_per_s:.1f}')
+        accelerator.log({f'train/{k}': v for k, v in parts.items()} | {'train/images_per_s': images_per_s},
+                        step=progress.global_step)
         scheduler.step()
         if args.checkpoint_every and progress.global_step % args.checkpoint_every == 0:
             save_checkpoint(accelerator, checkpoints, progress.global_step, args.keep_checkpoints)
@@ -164,24 +185,39 @@ def main(argv: List[str]) -> int:
             improved = progress.best_metric is None or _score(metrics, args.best_metric) > progress.best_metric
             if improved:
                 progress.best_metric = _score(metrics, args.best_metric)
+            accelerator.log({f'val/{k}': row[f'val_{k}'] for k in ('accuracy', 'macro_f1')}, step=progress.global_step)
             if accelerator.is_main_process:
                 if improved:
-                    save_for_hf(unwrapped, output / 'best', safe_serialization=True,
-                                model_config={'label_names': list(class_names)})
-                    (output / 'eval_best.json').write_text(json.dumps(dict(metrics, epoch=row['epoch']), indent=2))
+                    _export_best(output, unwrapped, metrics, row['epoch'], class_names, vars(args), command)
                 (output / 'summary.json').write_text(json.dumps(summary_rows, indent=2))
                 _write_summary(output / 'summary.csv', summary_rows)
-            accelerator.print(f"epoch {row['epoch']}: " + ', '.join(f'{k} {v:.4f}' for k, v in row.items()
-                                                                     if k != 'epoch'))
+                plot_curves(summary_rows, output / 'curves.png')
+            bar.write(f"epoch {row['epoch']}: " + ', '.join(f'{k} {v:.4f}' for k, v in row.items() if k != 'epoch'))
             save_checkpoint(accelerator, checkpoints, progress.global_step, args.keep_checkpoints)
     except NonFiniteLossError as e:
         accelerator.print(f'train: {e}')
         return 3
+    bar.close()
     if accelerator.is_main_process:
         save_for_hf(unwrapped, output / 'final', safe_serialization=True, model_config={'label_names': list(class_names)})
+        accelerator.print(f'done: {output}. Push the best checkpoint to the Hub with:\n'
+                          f'  hf upload ORG/NAME {output / "best"} --repo-type model')
     accelerator.end_training()
     return 0
 
 
+def _export_best(output: Path, model: torch.nn.Module, metrics: Dict[str, Any], epoch: int,
+                 class_names: List[str], args: Dict[str, Any], command: str) -> None:
+    """The best checkpoint in timm's Hub format with a model card draft, and its evaluation report."""
+    best = output / 'best'
+    save_for_hf(model, best, safe_serialization=True, model_config={'label_names': list(class_names)})
+    (best / 'README.md').write_text(render_model_card(model, args, metrics, epoch, command, class_names))
+    (output / 'eval_best.json').write_text(json.dumps(dict(metrics, epoch=epoch), indent=2))
+    overall, per_class = metrics_markdown(metrics, class_names)
+    (output / 'eval_best.md').write_text(
+        f'# Validation report, best epoch {epoch}\n\n| metric | value |\n|---|---|\n{overall}\n\n{per_class}\n')
+    plot_confusion_matrix(metrics['confusion_matrix'], class_names, output / 'confusion_matrix.png')
+
+
 if __name__ == '__main__':
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import timm
 import torch
+import yaml
 from safetensors.torch import load_file
 
 import magsd_timm  # noqa: F401  (registers the models)
@@ -38,6 +39,18 @@ def test_a_run_leaves_checkpoints_exports_and_a_summary(tmp_path):
     assert {p.name for p in (out / 'final').iterdir()} == {'model.safetensors', 'config.json'}
     report = json.loads((out / 'eval_best.json').read_text())
     assert report['num_samples'] == 2 and set(report['sensitivity']) == {'normal', 'pneumonia'}
+    assert '| macro_f1 |' in (out / 'eval_best.md').read_text()
+    for plot in ('curves.png', 'confusion_matrix.png'):
+        assert (out / plot).read_bytes()[:4] == b'\x89PNG'
+    card = (out / 'best' / 'README.md').read_text()
+    meta = yaml.safe_load(card.split('---')[1])
+    assert meta['library_name'] == 'timm' and {'magsd', 'medical-imaging'} <= set(meta['tags'])
+    assert 'import magsd_timm' in card and 'Not a medical device' in card and '--epochs 2' in card
+
+
+def test_the_run_says_how_to_push_it(tmp_path):
+    proc = _train(tmp_path / 'run', '--epochs', '1')
+    assert f"hf upload ORG/NAME {tmp_path / 'run' / 'best'}" in proc.stdout
 
 
 def test_resume_after_sigkill_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
