@@ -26,6 +26,8 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, is_tensorboard_available, set_seed
 from timm.models import save_for_hf
+from timm.optim import create_optimizer_v2
+from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -34,7 +36,7 @@ from magsd_timm.data.dataset import open_dataset
 from magsd_timm.data.transforms import AUGMENTATIONS, build_transforms, resolve_cxr_data_config
 from magsd_timm.objective import MagSDObjective
 from magsd_timm.train.checkpoint import TrainProgress, latest_checkpoint, save_checkpoint
-from magsd_timm.train.loop import NonFiniteLossError, evaluate, train_one_epoch
+from magsd_timm.train.loop import NonFiniteLossError, evaluate, lr_factor, train_one_epoch
 from magsd_timm.train.report import metrics_markdown, plot_confusion_matrix, plot_curves, render_model_card
 
 BEST_METRICS = ('macro_f1', 'accuracy')
@@ -52,9 +54,16 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument('--augment', default='mild', choices=AUGMENTATIONS)
     parser.add_argument('--batch-size', type=int, default=8)
     parser.add_argument('--epochs', type=int, default=4)
+    parser.add_argument('--opt', default='paper', help="'paper' (SGD Nesterov) or any timm optimizer name (adamw, ...)")
     parser.add_argument('--lr', type=float, default=1e-3)
     parser.add_argument('--momentum', type=float, default=0.9)
     parser.add_argument('--weight-decay', type=float, default=5e-4)
+    parser.add_argument('--sched', default='step', choices=['step', 'cosine', 'constant'],
+                        help="step: the paper's x0.1 at 50%% and 83%% of the run")
+    parser.add_argument('--warmup-epochs', type=float, default=0., help='linear learning-rate warmup')
+    parser.add_argument('--clip-grad', type=float, default=None, help='clip the gradient norm to this value')
+    parser.add_argument('--model-ema', type=float, default=None, metavar='DECAY',
+                        help='keep an EMA of the weights (e.g. 0.999); it is evaluated and exported')
     parser.add_argument('--label-smoothing', type=float, default=0., help='baseline cross-entropy only')
     parser.add_argument('--grad-accum', type=int, default=1)
     parser.add_argument('--seed', type=int, default=0)
@@ -118,12 +127,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     val_set = open_dataset(args.data, 'validation', build_transforms(data_config), seed=args.seed)
     class_names = train_set.class_names
     model = _create_model(args, len(class_names))
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, nesterov=True,
-                                weight_decay=args.weight_decay)
+    if args.opt == 'paper':
+        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, nesterov=True,
+                                    weight_decay=args.weight_decay)
+    else:
+        optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
+                                        momentum=args.momentum)
     steps_per_epoch = math.ceil(len(train_set) / args.batch_size / args.grad_accum)
-    total = steps_per_epoch * args.epochs
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(  # the paper's x0.1 at 50% and 83% of the run
-        optimizer, milestones=[max(1, int(total * 0.5)), max(1, int(total * 0.83))], gamma=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(
+        args.sched, steps_per_epoch * args.epochs, round(args.warmup_epochs * steps_per_epoch)))
+    ema = ModelEmaV3(model, decay=args.model_ema) if args.model_ema else None
     train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
                               generator=torch.Generator().manual_seed(args.seed))
     val_loader = DataLoader(val_set, batch_size=args.batch_size, num_workers=args.workers)
@@ -131,6 +144,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         model, optimizer, train_loader, val_loader, scheduler)
     progress = TrainProgress()
     accelerator.register_for_checkpointing(progress)
+    if ema is not None:
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
     objective = MagSDObjective() if args.method == 'magsd' else None
 
     output = args.output
@@ -156,6 +172,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     clock = [time.perf_counter()]
 
     def on_step(parts: Dict[str, float]) -> None:
+        if ema is not None:
+            ema.update(unwrapped, step=progress.global_step)
         now = time.perf_counter()
         images_per_s = args.batch_size * args.grad_accum * accelerator.num_processes / max(now - clock[0], 1e-9)
         clock[0] = now
@@ -169,14 +187,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             save_checkpoint(accelerator, checkpoints, progress.global_step, args.keep_checkpoints)
 
     unwrapped = accelerator.unwrap_model(model)
+    exported = ema.module if ema is not None else unwrapped
     try:
         while progress.epoch < args.epochs:
             train_loader.set_epoch(progress.epoch)
             train_set.set_epoch(progress.epoch)
             loader = accelerator.skip_first_batches(train_loader, progress.step_in_epoch)
             logged = train_one_epoch(accelerator, model, loader, optimizer, progress, objective, args.seed, on_step,
-                                     args.label_smoothing)
-            metrics = evaluate(accelerator, model, val_loader, class_names)
+                                     args.label_smoothing, args.clip_grad)
+            metrics = evaluate(accelerator, ema.module if ema is not None else model, val_loader, class_names)
             row = {'epoch': progress.epoch, 'lr': optimizer.param_groups[0]['lr'],
                    **{f'train_{k}': sum(float(p[k]) for p in logged) / max(len(logged), 1) for k in (logged[0] if logged else {})},
                    **{f'val_{k}': metrics[k] for k in ('accuracy', 'macro_f1')}}
@@ -188,7 +207,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             accelerator.log({f'val/{k}': row[f'val_{k}'] for k in ('accuracy', 'macro_f1')}, step=progress.global_step)
             if accelerator.is_main_process:
                 if improved:
-                    _export_best(output, unwrapped, metrics, row['epoch'], class_names, vars(args), command)
+                    _export_best(output, exported, metrics, row['epoch'], class_names, vars(args), command)
                 (output / 'summary.json').write_text(json.dumps(summary_rows, indent=2))
                 _write_summary(output / 'summary.csv', summary_rows)
                 plot_curves(summary_rows, output / 'curves.png')
@@ -198,12 +217,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         accelerator.print(f'train: {e}')
         return 3
     bar.close()
+    _check_ranks_in_sync(accelerator, unwrapped)
     if accelerator.is_main_process:
-        save_for_hf(unwrapped, output / 'final', safe_serialization=True, model_config={'label_names': list(class_names)})
+        save_for_hf(exported, output / 'final', safe_serialization=True, model_config={'label_names': list(class_names)})
         accelerator.print(f'done: {output}. Push the best checkpoint to the Hub with:\n'
                           f'  hf upload ORG/NAME {output / "best"} --repo-type model')
     accelerator.end_training()
     return 0
+
+
+def _check_ranks_in_sync(accelerator, model: torch.nn.Module) -> None:
+    """Every process must end with the same weights; say so, or stop with an error."""
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum()
+    sums = accelerator.gather(checksum[None].to(accelerator.device))
+    if not torch.all(sums == sums[0]):
+        raise RuntimeError(f'processes ended with different weights (checksums {sums.tolist()})')
+    accelerator.print(f'{accelerator.num_processes} process(es) in sync: weight checksum {float(sums[0]):.6f}')
 
 
 def _export_best(output: Path, model: torch.nn.Module, metrics: Dict[str, Any], epoch: int,

@@ -9,11 +9,29 @@ from ..metrics import classification_metrics
 from ..objective import MagSDObjective
 from .checkpoint import TrainProgress
 
-__all__ = ['NonFiniteLossError', 'evaluate', 'train_one_epoch']
+__all__ = ['NonFiniteLossError', 'evaluate', 'lr_factor', 'train_one_epoch']
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite: the run stops before any checkpoint takes the broken weights."""
+
+
+def lr_factor(schedule: str, total_steps: int, warmup_steps: int = 0) -> Callable[[int], float]:
+    """Learning-rate factor per step: linear warmup, then 'step' (x0.1 at 50% and 83%, the paper's),
+    'cosine' (to zero at the end) or 'constant'."""
+    if schedule not in ('step', 'cosine', 'constant'):
+        raise ValueError(f"Unknown schedule '{schedule}': choose step, cosine or constant.")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == 'step':
+            return 0.1 ** sum(step >= int(total_steps * m) for m in (0.5, 0.83))
+        if schedule == 'cosine':
+            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.)))
+        return 1.
+    return factor
 
 
 def _step_generator(seed: int, global_step: int) -> torch.Generator:
@@ -31,6 +49,7 @@ def train_one_epoch(
         seed: int,
         on_step: Optional[Callable[[Dict[str, float]], None]] = None,
         label_smoothing: float = 0.,
+        clip_grad: Optional[float] = None,
 ) -> List[Dict[str, torch.Tensor]]:
     """Train over loader (already advanced to progress.step_in_epoch); objective None is plain cross-entropy."""
     model.train()
@@ -50,6 +69,8 @@ def train_one_epoch(
                 raise NonFiniteLossError(
                     f'loss is {loss.item()} at epoch {progress.epoch}, step {progress.global_step}: stopping; '
                     'the last checkpoint is untouched (lower the learning rate or use bf16 instead of fp16).')
+            if clip_grad is not None and accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), clip_grad)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         progress.step_in_epoch += 1

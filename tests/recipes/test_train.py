@@ -90,3 +90,30 @@ def test_bad_arguments_are_refused_by_name(tmp_path):
     assert proc.returncode == 2 and '--epochs' in proc.stderr
     proc = _train(tmp_path / 'x', '--model', 'resnet18', check=False)
     assert proc.returncode == 2 and 'magsd_*' in proc.stderr
+
+
+def test_two_cpu_ranks_stay_in_sync_and_count_each_validation_image_once(tmp_path):
+    from magsd_timm.data.sample import sample_records
+    records = sample_records()
+    manifest = tmp_path / 'm.csv'
+    manifest.write_text('path,label,patient_id,split\n' + ''.join(
+        f"{r['path']},{r['label']},{r['patient_id']},{'validation' if i in (0, 8, 9) else 'train'}\n"
+        for i, r in enumerate(records)))
+    out = tmp_path / 'ddp'
+    proc = subprocess.run(
+        [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
+         '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no', str(RECIPE),
+         '--output', str(out), '--data', str(manifest), '--epochs', '1', '--img-size', '64', '--batch-size', '2',
+         '--cpu'], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert '2 process(es) in sync' in proc.stdout
+    assert json.loads((out / 'eval_best.json').read_text())['num_samples'] == 3  # 3 images on 2 ranks: none twice
+
+
+def test_baseline_trains_the_plain_backbone_and_options_run(tmp_path):
+    _train(tmp_path / 'base', '--epochs', '1', '--method', 'baseline', '--label-smoothing', '0.1')
+    config = json.loads((tmp_path / 'base' / 'final' / 'config.json').read_text())
+    assert config['architecture'] == 'resnet18' and config['num_classes'] == 2
+    _train(tmp_path / 'opts', '--epochs', '1', '--model-ema', '0.9', '--clip-grad', '1', '--opt', 'adamw',
+           '--lr', '1e-4', '--sched', 'cosine', '--warmup-epochs', '0.5')
+    assert (tmp_path / 'opts' / 'final' / 'model.safetensors').exists()
