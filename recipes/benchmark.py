@@ -21,6 +21,9 @@ Suite `data`: one data-loader worker (one thread) reading radiographs of 1024-20
 16-bit PNG) and preprocessing them to the input size with the published augmentation, against the
 images per second one MAG-SD training step consumes.
 
+Suite `trainer`: one epoch of the bundled sample through the trainer's loop (accelerate, gradient
+accumulation context, NaN guard, logging hooks) against a bare loop of the same objective.
+
     python recipes/benchmark.py                      # CPU, fp32, batch 8, 224 px, 2 threads
     python recipes/benchmark.py --device cuda --dtype bfloat16 --batch-size 32
 """
@@ -46,7 +49,7 @@ Step = Callable[[], None]
 
 def _parse_args(argv: List[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--suite', default='all', choices=['model', 'step', 'data', 'all'])
+    parser.add_argument('--suite', default='all', choices=['model', 'step', 'data', 'trainer', 'all'])
     parser.add_argument('--model', default='magsd_resnet50', help='magsd_* model to time')
     parser.add_argument('--baseline', default='resnet50', help='plain timm model to compare with')
     parser.add_argument('--batch-size', type=int, default=8)
@@ -58,7 +61,7 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument('--compile', action='store_true', help='add a torch.compile case to the step suite')
     parser.add_argument('--min-run-time', type=float, default=20., help='seconds of timing per suite part')
     parser.add_argument('--output-dir', type=Path, default=Path('benchmark_results'),
-                        help='folder for the Markdown tables (model.md, step.md, data.md)')
+                        help='folder for the Markdown tables (one per suite)')
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.img_size < 32 or args.threads < 1 or args.min_run_time <= 0:
         parser.error('--batch-size and --threads must be >= 1, --img-size >= 32, --min-run-time > 0')
@@ -331,6 +334,62 @@ def run_data_suite(args: argparse.Namespace) -> str:
     return '\n'.join(lines)
 
 
+# ---- suite `trainer`: the trainer's loop against a bare objective loop --------------------------
+
+TRAINER_TARGET = 0.95  # trainer images/s over bare-loop images/s
+
+
+def run_trainer_suite(args: argparse.Namespace) -> str:
+    """Images/s of magsd_timm.train's epoch loop (accelerate) against a bare loop, same data and model."""
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+    from magsd_timm.data.dataset import open_dataset
+    from magsd_timm.data.transforms import build_transforms, resolve_cxr_data_config
+    from magsd_timm.objective import MagSDObjective
+    from magsd_timm.train.checkpoint import TrainProgress
+    from magsd_timm.train.loop import train_one_epoch
+
+    torch.set_num_threads(args.threads)
+    transform = build_transforms(resolve_cxr_data_config(input_size=(1, args.img_size, args.img_size)), train=True)
+    dataset = open_dataset(None, 'train', transform, augment_seed=0)
+    objective = MagSDObjective()
+
+    def bare() -> Step:
+        model = _create(args.model, args, channels_last=True).train()
+        optimizer, generator = _sgd(model), torch.Generator().manual_seed(0)
+        loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True)
+
+        def epoch() -> None:
+            for images, labels in loader:
+                images = images.to(args.device).contiguous(memory_format=torch.channels_last)
+                optimizer.zero_grad(set_to_none=True)
+                objective.backward(model, images, labels.to(args.device), generator)
+                optimizer.step()
+        return epoch
+
+    def trainer() -> Step:
+        accelerator = Accelerator(cpu=args.device == 'cpu')
+        model = _create(args.model, args, channels_last=True)
+        optimizer = _sgd(model)
+        loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True)
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+        progress = TrainProgress()
+
+        def epoch() -> None:
+            train_one_epoch(accelerator, model, loader, optimizer, progress, objective, seed=0)
+        return epoch
+
+    seconds = _interleaved_medians({'bare objective loop': bare(), 'magsd_timm trainer loop': trainer()},
+                                   args.min_run_time)
+    per_second = {k: len(dataset) / v for k, v in seconds.items()}
+    ratio = per_second['magsd_timm trainer loop'] / per_second['bare objective loop']
+    lines = ['| loop (one epoch of the bundled sample) | images/s | ratio | target |', '|---|---|---|---|']
+    for name, value in per_second.items():
+        target = f'>= {TRAINER_TARGET}x ({_verdict(ratio >= TRAINER_TARGET)})' if 'trainer' in name else ''
+        lines.append(f"| {name} | {value:.2f} | {value / per_second['bare objective loop']:.3f}x | {target} |")
+    return '\n'.join(lines)
+
+
 # ---- report ----------------------------------------------------------------------------------------
 
 def _verdict(ok: bool) -> str:
@@ -347,7 +406,8 @@ def _machine(args: argparse.Namespace) -> str:
     return f'{cpu}, {args.threads} threads, torch {torch.__version__}'
 
 
-SUITES = {'model': run_model_suite, 'step': run_step_suite, 'data': run_data_suite}
+SUITES = {'model': run_model_suite, 'step': run_step_suite, 'data': run_data_suite,
+          'trainer': run_trainer_suite}
 
 
 def main(argv: List[str]) -> int:

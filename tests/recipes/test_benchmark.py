@@ -64,3 +64,11 @@ def test_data_suite_compares_a_worker_with_what_training_consumes(tmp_path):
         assert abs(per_second - 1000 / float(cells[1])) < 0.02 * per_second
         assert abs(float(cells[3].rstrip('x')) - per_second / consumed) < 0.05 * float(cells[3].rstrip('x')) + 0.1
         assert '>= 4x' in cells[4]
+
+
+def test_trainer_suite_compares_the_trainer_loop_with_a_bare_loop(tmp_path):
+    _run(tmp_path, '--suite', 'trainer')
+    rows = [_cells(line) for line in (tmp_path / 'trainer.md').read_text().splitlines()[4:]]
+    assert [r[0] for r in rows] == ['bare objective loop', 'magsd_timm trainer loop']
+    assert rows[0][2] == '1.000x' and '>= 0.95x' in rows[1][3]
+    assert abs(float(rows[1][2].rstrip('x')) - float(rows[1][1]) / float(rows[0][1])) < 0.01
