@@ -9,7 +9,7 @@ CE(z0, y) + sum_k w_k D_k. The views' own cross-entropies are reported, not opti
 The authors' code writes the true class as 1 - K * eps, so its target sums to 0.99:
 ``authors_target=True`` reproduces that exactly.
 """
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -45,9 +45,11 @@ def raw_terms(
         confidence: float = 0.7,
         smoothing: float = 0.01,
         authors_target: bool = False,
+        class_weights: Optional[Sequence[float]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
-    """Cross-entropy of the raw logits, the views' refined target and the raw parts (CE, accuracy)."""
-    ce_raw = F.cross_entropy(raw_logits.float(), labels)
+    """Cross-entropy (class-weighted if given) of the raw logits, the views' target and the raw parts."""
+    weight = torch.tensor(class_weights, device=raw_logits.device) if class_weights is not None else None
+    ce_raw = F.cross_entropy(raw_logits.float(), labels, weight=weight)
     target = refined_target(raw_logits, labels, confidence, smoothing, authors_target)
     accuracy = (raw_logits.detach().argmax(dim=-1) == labels).float().mean()
     return ce_raw, target, {'ce_raw': ce_raw.detach(), 'accuracy': accuracy}
@@ -71,13 +73,14 @@ def magsd_loss(
         confidence: float = 0.7,
         smoothing: float = 0.01,
         authors_target: bool = False,
+        class_weights: Optional[Sequence[float]] = None,
 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Total MAG-SD loss and its detached parts (raw CE, each view's distance and CE, raw accuracy)."""
     if not len(view_logits) == len(view_names) == len(view_weights):
         raise ValueError(
             f'{len(view_logits)} view logits, {len(view_names)} view names and {len(view_weights)} weights '
             'must be as many.')
-    loss, target, parts = raw_terms(raw_logits, labels, confidence, smoothing, authors_target)
+    loss, target, parts = raw_terms(raw_logits, labels, confidence, smoothing, authors_target, class_weights)
     for name, weight, logits in zip(view_names, view_weights, view_logits):
         distance, view_parts = view_terms(target, logits, labels, name)
         loss = loss + weight * distance

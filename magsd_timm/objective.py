@@ -55,6 +55,7 @@ class MagSDObjective:
     smoothing: float = 0.01
     authors_target: bool = False
     fused_views: bool = False
+    class_weights: Optional[Tuple[float, ...]] = None  # of the raw cross-entropy, for imbalanced classes
 
     def __call__(
             self,
@@ -77,7 +78,7 @@ class MagSDObjective:
             out for _, batch in self._view_batches(views) for out in model(batch).split(images.shape[0])]
         loss, parts = magsd_loss(
             logits, view_logits, labels, VIEW_NAMES, self.view_weights,
-            self.confidence, self.smoothing, self.authors_target)
+            self.confidence, self.smoothing, self.authors_target, self.class_weights)
         return ObjectiveOutput(loss, parts, logits)
 
     def _view_batches(self, views: AttentionViews) -> List[Tuple[Tuple[str, ...], torch.Tensor]]:
@@ -100,7 +101,8 @@ class MagSDObjective:
         uniforms = draw_uniforms(images.shape[0], generator, images.device)
         with no_sync():
             logits, attention = _attention_model(model).forward_with_attention(images)
-            ce_raw, target, parts = raw_terms(logits, labels, self.confidence, self.smoothing, self.authors_target)
+            ce_raw, target, parts = raw_terms(
+                logits, labels, self.confidence, self.smoothing, self.authors_target, self.class_weights)
             backward(ce_raw)
         views = attention_views_from_uniforms(images, attention, uniforms, self.augment)
         passes = self._view_batches(views)

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import magsd_timm  # noqa: F401  (registers the magsd_* models)
-from magsd_timm.data.dataset import open_dataset
+from magsd_timm.data.dataset import BalancedSampler, open_dataset
 from magsd_timm.data.transforms import AUGMENTATIONS, build_transforms, resolve_cxr_data_config
 from magsd_timm.objective import MagSDObjective
 from magsd_timm.train.checkpoint import TrainProgress, latest_checkpoint, save_checkpoint
@@ -65,6 +65,8 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument('--model-ema', type=float, default=None, metavar='DECAY',
                         help='keep an EMA of the weights (e.g. 0.999); it is evaluated and exported')
     parser.add_argument('--label-smoothing', type=float, default=0., help='baseline cross-entropy only')
+    parser.add_argument('--balance', default='none', choices=['none', 'sampler', 'loss'],
+                        help='class balance: draw classes equally often, or weight the cross-entropy')
     parser.add_argument('--grad-accum', type=int, default=1)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--workers', type=int, default=0)
@@ -137,8 +139,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(
         args.sched, steps_per_epoch * args.epochs, round(args.warmup_epochs * steps_per_epoch)))
     ema = ModelEmaV3(model, decay=args.model_ema) if args.model_ema else None
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                              generator=torch.Generator().manual_seed(args.seed))
+    labels = train_set.labels()
+    counts = [max(labels.count(k), 1) for k in range(len(class_names))]
+    class_weights = tuple(len(labels) / (len(counts) * c) for c in counts) if args.balance == 'loss' else None
+    sampler = BalancedSampler(labels, args.seed) if args.balance == 'sampler' else None
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler,
+                              num_workers=args.workers, generator=torch.Generator().manual_seed(args.seed))
     val_loader = DataLoader(val_set, batch_size=args.batch_size, num_workers=args.workers)
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler)
@@ -147,7 +153,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if ema is not None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
-    objective = MagSDObjective() if args.method == 'magsd' else None
+    objective = MagSDObjective(class_weights=class_weights) if args.method == 'magsd' else None
 
     output = args.output
     checkpoints = output / 'checkpoints'
@@ -194,7 +200,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             train_set.set_epoch(progress.epoch)
             loader = accelerator.skip_first_batches(train_loader, progress.step_in_epoch)
             logged = train_one_epoch(accelerator, model, loader, optimizer, progress, objective, args.seed, on_step,
-                                     args.label_smoothing, args.clip_grad)
+                                     args.label_smoothing, args.clip_grad, class_weights)
             metrics = evaluate(accelerator, ema.module if ema is not None else model, val_loader, class_names)
             row = {'epoch': progress.epoch, 'lr': optimizer.param_groups[0]['lr'],
                    **{f'train_{k}': sum(float(p[k]) for p in logged) / max(len(logged), 1) for k in (logged[0] if logged else {})},

@@ -78,3 +78,14 @@ def test_soft_distance_is_zero_for_identical_predictions():
 def test_mismatched_view_counts_are_refused():
     with pytest.raises(ValueError, match='must be as many'):
         magsd_loss(RAW, [torch.zeros(2, 3)] * 2, LABELS)
+
+
+def test_class_weights_weight_the_raw_cross_entropy_only():
+    views = [torch.zeros(2, 3)] * 3
+    plain, _ = magsd_loss(RAW, views, LABELS)
+    weighted, parts = magsd_loss(RAW, views, LABELS, class_weights=(3., 1., 1.))
+    ce = (3 * -math.log(P0[0]) + 1 * -math.log(1 / 3)) / (3 + 1)  # PyTorch's weighted mean
+    assert math.isclose(parts['ce_raw'].item(), ce, rel_tol=1e-5)
+    distances = sum(parts[f'distance_{v}'] for v in ('mixup', 'dimming', 'patching'))
+    assert math.isclose(weighted.item(), ce + distances.item(), rel_tol=1e-5)
+    assert weighted.item() != plain.item()

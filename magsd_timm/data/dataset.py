@@ -5,12 +5,13 @@ class-per-folder tree, a CSV/Parquet manifest, or a Hugging Face dataset (``'hf-
 a folder saved with ``save_to_disk``). Sources without their own splits are split by patient,
 stratified and seeded (``patient_split``).
 """
+from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from .reader import image_to_array, read_image
 from .sample import sample_records
@@ -20,7 +21,7 @@ from .splits import SPLITS, assign_patients, patient_split
 if TYPE_CHECKING:
     import datasets
 
-__all__ = ['CXRDataset', 'open_dataset']
+__all__ = ['BalancedSampler', 'CXRDataset', 'open_dataset']
 
 Transform = Callable[[np.ndarray], torch.Tensor]
 
@@ -54,6 +55,12 @@ class CXRDataset(Dataset):
             return self.class_names.index(self.items[index]['label'])
         return int(self.items[index]['label'])
 
+    def labels(self) -> List[int]:
+        """The class index of every item, in order."""
+        if self.from_files:
+            return [self.class_names.index(r['label']) for r in self.items]
+        return [int(label) for label in self.items['label']]
+
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
         image = self.image(index)
         if self.transform is None:
@@ -64,6 +71,26 @@ class CXRDataset(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index)
             return self.transform(image), self.label(index)
+
+
+class BalancedSampler(Sampler):
+    """As many draws as items, with replacement, every class equally likely; reseeded each epoch."""
+
+    def __init__(self, labels: Sequence[int], seed: int = 0):
+        counts = Counter(labels)
+        self.weights = torch.tensor([1. / counts[label] for label in labels], dtype=torch.double)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose draws to make."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.multinomial(self.weights, len(self.weights), True, generator=generator).tolist())
 
 
 def _split_records(records: List[Record], split: str, seed: int) -> Tuple[List[Record], List[str]]:

@@ -50,6 +50,7 @@ def train_one_epoch(
         on_step: Optional[Callable[[Dict[str, float]], None]] = None,
         label_smoothing: float = 0.,
         clip_grad: Optional[float] = None,
+        class_weights: Optional[Sequence[float]] = None,
 ) -> List[Dict[str, torch.Tensor]]:
     """Train over loader (already advanced to progress.step_in_epoch); objective None is plain cross-entropy."""
     model.train()
@@ -62,7 +63,8 @@ def train_one_epoch(
                 loss, parts = out.loss, out.parts
             else:
                 logits = model(images)
-                loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+                weight = torch.tensor(class_weights, device=logits.device) if class_weights is not None else None
+                loss = F.cross_entropy(logits, labels, weight=weight, label_smoothing=label_smoothing)
                 accelerator.backward(loss)
                 parts = {'loss': loss.detach(), 'accuracy': (logits.argmax(-1) == labels).float().mean()}
             if not math.isfinite(loss.item()):

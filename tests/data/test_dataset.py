@@ -58,3 +58,22 @@ def test_bad_sources_and_splits_are_refused(tmp_path):
 def test_untransformed_items_are_one_channel_tensors():
     image, _ = open_dataset(None, 'train')[0]
     assert image.ndim == 3 and image.shape[0] == 1 and image.dtype == torch.float32
+
+
+def test_balanced_sampler_draws_classes_equally_and_repeats_per_epoch():
+    from collections import Counter
+    from magsd_timm.data.dataset import BalancedSampler
+    labels = [0] * 90 + [1] * 10
+    sampler = BalancedSampler(labels, seed=1)
+    draws = list(sampler)
+    assert len(draws) == 100
+    share = Counter(labels[i] for i in draws)[1] / 100
+    assert 0.35 < share < 0.65  # about half, against 10% in the data
+    assert list(sampler) == draws
+    sampler.set_epoch(1)
+    assert list(sampler) != draws
+
+
+def test_dataset_labels_list_every_item():
+    dataset = open_dataset(None, 'train')
+    assert dataset.labels() == [dataset.label(i) for i in range(len(dataset))]

@@ -111,9 +111,9 @@ def test_two_cpu_ranks_stay_in_sync_and_count_each_validation_image_once(tmp_pat
 
 
 def test_baseline_trains_the_plain_backbone_and_options_run(tmp_path):
-    _train(tmp_path / 'base', '--epochs', '1', '--method', 'baseline', '--label-smoothing', '0.1')
+    _train(tmp_path / 'base', '--epochs', '1', '--method', 'baseline', '--label-smoothing', '0.1', '--balance', 'loss')
     config = json.loads((tmp_path / 'base' / 'final' / 'config.json').read_text())
     assert config['architecture'] == 'resnet18' and config['num_classes'] == 2
     _train(tmp_path / 'opts', '--epochs', '1', '--model-ema', '0.9', '--clip-grad', '1', '--opt', 'adamw',
-           '--lr', '1e-4', '--sched', 'cosine', '--warmup-epochs', '0.5')
+           '--lr', '1e-4', '--sched', 'cosine', '--warmup-epochs', '0.5', '--balance', 'sampler')
     assert (tmp_path / 'opts' / 'final' / 'model.safetensors').exists()
