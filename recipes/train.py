@@ -27,6 +27,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, is_tensorboard_available, set_seed
 from timm.models import save_for_hf
 from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -58,8 +59,9 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument('--lr', type=float, default=1e-3)
     parser.add_argument('--momentum', type=float, default=0.9)
     parser.add_argument('--weight-decay', type=float, default=5e-4)
-    parser.add_argument('--sched', default='step', choices=['step', 'cosine', 'constant'],
-                        help="step: the paper's x0.1 at 50%% and 83%% of the run")
+    parser.add_argument('--sched', default='step',
+                        help="step (the paper's x0.1 at 50%% and 83%% of the run), cosine, constant, "
+                             "or timm:NAME for timm's scheduler factory (timm:cosine, timm:tanh, timm:poly, ...)")
     parser.add_argument('--warmup-epochs', type=float, default=0., help='linear learning-rate warmup')
     parser.add_argument('--clip-grad', type=float, default=None, help='clip the gradient norm to this value')
     parser.add_argument('--model-ema', type=float, default=None, metavar='DECAY',
@@ -84,6 +86,8 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.lr <= 0:
         parser.error('--lr must be > 0')
+    if args.sched not in ('step', 'cosine', 'constant') and not args.sched.startswith('timm:'):
+        parser.error(f"--sched {args.sched}: choose step, cosine, constant or timm:NAME")
     if args.method == 'magsd' and not args.model.startswith('magsd_'):
         parser.error(f"--model {args.model}: the MAG-SD method needs a magsd_* model (or use --method baseline)")
     if args.output.exists() and any(args.output.iterdir()) and not args.resume:
@@ -136,8 +140,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                         momentum=args.momentum)
     steps_per_epoch = math.ceil(len(train_set) / args.batch_size / args.grad_accum)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(
-        args.sched, steps_per_epoch * args.epochs, round(args.warmup_epochs * steps_per_epoch)))
+    if args.sched.startswith('timm:'):  # timm's factory, stepped per update
+        scheduler, _ = create_scheduler_v2(
+            optimizer, sched=args.sched[len('timm:'):], num_epochs=args.epochs, warmup_epochs=args.warmup_epochs,
+            step_on_epochs=False, updates_per_epoch=steps_per_epoch)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(
+            args.sched, steps_per_epoch * args.epochs, round(args.warmup_epochs * steps_per_epoch)))
     ema = ModelEmaV3(model, decay=args.model_ema) if args.model_ema else None
     labels = train_set.labels()
     counts = [max(labels.count(k), 1) for k in range(len(class_names))]
@@ -146,10 +155,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler,
                               num_workers=args.workers, generator=torch.Generator().manual_seed(args.seed))
     val_loader = DataLoader(val_set, batch_size=args.batch_size, num_workers=args.workers)
-    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, val_loader, scheduler)
+    timm_scheduler = args.sched.startswith('timm:')
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     progress = TrainProgress()
     accelerator.register_for_checkpointing(progress)
+    if timm_scheduler:
+        accelerator.register_for_checkpointing(scheduler)
+    else:
+        scheduler = accelerator.prepare(scheduler)
     if ema is not None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
@@ -188,7 +201,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                         img_s=f'{images_per_s:.1f}')
         accelerator.log({f'train/{k}': v for k, v in parts.items()} | {'train/images_per_s': images_per_s},
                         step=progress.global_step)
-        scheduler.step()
+        if timm_scheduler:
+            scheduler.step_update(progress.global_step)
+        else:
+            scheduler.step()
         if args.checkpoint_every and progress.global_step % args.checkpoint_every == 0:
             save_checkpoint(accelerator, checkpoints, progress.global_step, args.keep_checkpoints)
 

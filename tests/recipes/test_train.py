@@ -117,3 +117,8 @@ def test_baseline_trains_the_plain_backbone_and_options_run(tmp_path):
     _train(tmp_path / 'opts', '--epochs', '1', '--model-ema', '0.9', '--clip-grad', '1', '--opt', 'adamw',
            '--lr', '1e-4', '--sched', 'cosine', '--warmup-epochs', '0.5', '--balance', 'sampler')
     assert (tmp_path / 'opts' / 'final' / 'model.safetensors').exists()
+    _train(tmp_path / 'timm', '--epochs', '2', '--sched', 'timm:cosine', '--warmup-epochs', '1')
+    lrs = [float(line.split(',')[1]) for line in (tmp_path / 'timm' / 'summary.csv').read_text().splitlines()[1:]]
+    assert len(lrs) == 2 and lrs[0] != lrs[1]  # the factory's schedule moved the learning rate
+    proc = _train(tmp_path / 'bad', '--sched', 'linear', check=False)
+    assert proc.returncode == 2 and '--sched linear' in proc.stderr
