@@ -139,7 +139,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                         momentum=args.momentum)
-    steps_per_epoch = math.ceil(len(train_set) / args.batch_size / args.grad_accum)
+    steps_per_epoch = math.ceil(len(train_set) / args.batch_size / args.grad_accum)  # over all processes
     if args.sched.startswith('timm:'):  # timm's factory, stepped per update
         scheduler, _ = create_scheduler_v2(
             optimizer, sched=args.sched[len('timm:'):], num_epochs=args.epochs, warmup_epochs=args.warmup_epochs,
@@ -186,7 +186,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                           for k, v in vars(args).items()}, sort_keys=False))
 
     accelerator.init_trackers('magsd', config={k: str(v) for k, v in vars(args).items()})
-    bar = tqdm(total=steps_per_epoch * args.epochs, initial=progress.global_step, unit='step',
+    bar = tqdm(total=len(train_loader) * args.epochs, initial=progress.global_step, unit='batch',
                disable=not accelerator.is_local_main_process)
     clock = [time.perf_counter()]
 
@@ -202,10 +202,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         accelerator.log({f'train/{k}': v for k, v in parts.items()} | {'train/images_per_s': images_per_s},
                         step=progress.global_step)
         if timm_scheduler:
-            scheduler.step_update(progress.global_step)
+            # global optimizer updates, the unit of steps_per_epoch (accelerate counts the LambdaLR alike)
+            scheduler.step_update(progress.global_step * accelerator.num_processes // args.grad_accum)
         else:
-            scheduler.step()
-        if args.checkpoint_every and progress.global_step % args.checkpoint_every == 0:
+            scheduler.step()  # accelerate's wrapper only steps when the optimizer did
+        if args.checkpoint_every and progress.global_step % args.checkpoint_every == 0 and accelerator.sync_gradients:
             save_checkpoint(accelerator, checkpoints, progress.global_step, args.keep_checkpoints)
 
     unwrapped = accelerator.unwrap_model(model)

@@ -115,7 +115,7 @@ def test_baseline_trains_the_plain_backbone_and_options_run(tmp_path):
     config = json.loads((tmp_path / 'base' / 'final' / 'config.json').read_text())
     assert config['architecture'] == 'resnet18' and config['num_classes'] == 2
     _train(tmp_path / 'opts', '--epochs', '1', '--model-ema', '0.9', '--clip-grad', '1', '--opt', 'adamw',
-           '--lr', '1e-4', '--sched', 'cosine', '--warmup-epochs', '0.5', '--balance', 'sampler')
+           '--lr', '1e-4', '--sched', 'cosine', '--warmup-epochs', '0.5', '--balance', 'sampler', '--grad-accum', '2')
     assert (tmp_path / 'opts' / 'final' / 'model.safetensors').exists()
     _train(tmp_path / 'timm', '--epochs', '2', '--sched', 'timm:cosine', '--warmup-epochs', '1')
     lrs = [float(line.split(',')[1]) for line in (tmp_path / 'timm' / 'summary.csv').read_text().splitlines()[1:]]
