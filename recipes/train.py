@@ -95,11 +95,14 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
     return args
 
 
-def _create_model(args: argparse.Namespace, num_classes: int) -> torch.nn.Module:
+def _create_model(args: argparse.Namespace, num_classes: int, meta: bool = False) -> torch.nn.Module:
+    """The model to train; meta: only its structure and config (no weights, nothing downloaded)."""
     name = args.model
     if args.method == 'baseline' and name.startswith('magsd_'):
         name = timm.create_model(name, device='meta').backbone_name  # the MA-Net's own backbone
     kwargs = dict(args.model_kwargs, num_classes=num_classes, in_chans=1)
+    if meta:
+        return timm.create_model(name, device='meta', **kwargs)
     return timm.create_model(name, pretrained=args.pretrained, **kwargs)
 
 
@@ -126,8 +129,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     set_seed(args.seed)
     command = 'accelerate launch recipes/train.py ' + shlex.join(sys.argv[1:] if argv is None else argv)
 
-    probe = _create_model(args, 1) if args.method == 'magsd' else None
-    data_config = resolve_cxr_data_config(probe, img_size=args.img_size)
+    data_config = resolve_cxr_data_config(_create_model(args, 1, meta=True), img_size=args.img_size)
     train_set = open_dataset(args.data, 'train', build_transforms(data_config, train=True, augment=args.augment),
                              seed=args.seed, augment_seed=args.seed)
     val_set = open_dataset(args.data, 'validation', build_transforms(data_config), seed=args.seed)
