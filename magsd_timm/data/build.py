@@ -9,7 +9,6 @@ import json
 import logging
 import shutil
 import tempfile
-from collections import Counter
 from pathlib import Path
 from string import Template
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
@@ -49,12 +48,12 @@ def _size_category(n: int) -> str:
     return 'n>1M'
 
 
-def _image_bytes(path: str, pixels: np.ndarray) -> Dict[str, Any]:
+def _image_bytes(path: str) -> Dict[str, Any]:
     """The file's own bytes, or for DICOM a lossless 16-bit PNG of the read image (PIL cannot decode DICOM)."""
     if not is_dicom(Path(path)):
         return {'bytes': Path(path).read_bytes(), 'path': Path(path).name}
     buffer = io.BytesIO()
-    Image.fromarray(np.round(pixels * 65535).astype(np.uint16)).save(buffer, format='PNG')
+    Image.fromarray(np.round(read_image(path) * 65535).astype(np.uint16)).save(buffer, format='PNG')
     return {'bytes': buffer.getvalue(), 'path': Path(path).with_suffix('.png').name}
 
 
@@ -116,11 +115,13 @@ def render_card(
     return Template(template).substitute(values)
 
 
-def _validated(records: Sequence[Record]) -> Tuple[List[Tuple[Record, np.ndarray]], List[Tuple[Record, str]]]:
+def _validated(records: Sequence[Record]) -> Tuple[List[Record], List[Tuple[Record, str]]]:
+    """Records whose image reads, and the others with the reason; no decoded image is kept in memory."""
     good, skipped = [], []
     for record in records:
         try:
-            good.append((record, read_image(record['path'])))
+            read_image(record['path'])
+            good.append(record)
         except ImageReadError as e:
             skipped.append((record, str(e)))
     return good, skipped
@@ -145,10 +146,9 @@ def build_dataset(
     valid, skipped = _validated(records)
     for record, reason in skipped:
         _logger.warning('skipped %s', reason)
-    kept, duplicates = deduplicate([r for r, _ in valid])
+    kept, duplicates = deduplicate(valid)
     if not kept:
         raise ValueError('No readable image left to build a dataset from.')
-    pixels = {r['path']: p for r, p in valid}
     kept = assign_patients(kept)
     if holdout_source:
         held = source_holdout(kept, holdout_source)
@@ -175,7 +175,7 @@ def build_dataset(
     })
     dataset = datasets.DatasetDict({
         name: datasets.Dataset.from_list([dict(
-            image=_image_bytes(r['path'], pixels[r['path']]), label=class_names.index(r['label']),
+            image=_image_bytes(r['path']), label=class_names.index(r['label']),
             patient_id=r['patient_id'], patient_id_known=r['patient_id_known'], source=r['source'],
             file_name=Path(r['path']).name, sha256=r['sha256'], fold=fold_of.get(r['path'], -1),
         ) for r in rs], features=features)

@@ -93,3 +93,19 @@ def test_leave_one_source_out_and_folds(tmp_path):
     assert set(dataset['test']['source']) == {'b'} and set(dataset['train']['source']) == {'a'}
     assert set(dataset['train']['fold']) <= {0, 1} and set(dataset['test']['fold']) == {-1}
     assert 'Leave one source out' in (tmp_path / 'out' / 'README.md').read_text()
+
+
+def test_dicom_images_are_stored_as_lossless_16_bit_png(tmp_path):
+    import numpy as np
+    from magsd_timm.data.reader import image_to_array, read_image
+    from .conftest import write_dicom
+    pixels = (np.arange(64 * 48, dtype=np.uint16).reshape(64, 48) * 7).astype(np.uint16)
+    films = [write_dicom(tmp_path / f'{i}.dcm', pixels + i, 'MONOCHROME1') for i in range(6)]
+    records = [dict(path=str(p), label='normal' if i % 2 else 'covid', patient_id=str(i), source='pacs', split=None)
+               for i, p in enumerate(films)]
+    build_dataset(records, tmp_path / 'out')
+    rows = [row for split in load_prepared(tmp_path / 'out').values() for row in split]
+    assert len(rows) == 6 and all(row['image'].format == 'PNG' and row['image'].mode == 'I;16' for row in rows)
+    for row in rows:
+        expected = read_image(tmp_path / row['file_name'])  # the original file's name is kept
+        np.testing.assert_allclose(image_to_array(row['image']), expected, atol=1 / 65535)
