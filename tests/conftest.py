@@ -1,0 +1,55 @@
+"""Every test talks to a Hugging Face Hub on 127.0.0.1, never to huggingface.co.
+
+huggingface_hub and datasets read their endpoint, cache and token when they are imported, so the
+environment is set here, before any test module imports them; subprocesses inherit it. The server
+itself starts with the first test that asks for the ``hub`` fixture.
+"""
+import os
+import shutil
+import sys
+import tempfile
+
+import pytest
+
+from hub_server import LoopbackHub
+
+if 'huggingface_hub' in sys.modules:  # its constants are already read: the tests could reach huggingface.co
+    raise RuntimeError('huggingface_hub was imported before tests/conftest.py set the Hub environment')
+
+HUB = LoopbackHub()
+HF_HOME = tempfile.mkdtemp(prefix='magsd-hf-home-')
+# a fake token with a recognisable shape: tests check it never shows up in output, cards or errors
+TOKEN = 'hf_loopbackSECRETtoken0123456789'
+os.environ.update(
+    HF_ENDPOINT=HUB.url, HF_HUB_DISABLE_XET='1', HF_HOME=HF_HOME, HF_TOKEN=TOKEN,
+    HF_HUB_DISABLE_TELEMETRY='1', HF_HUB_DISABLE_PROGRESS_BARS='1',
+)
+os.environ.pop('HF_HUB_OFFLINE', None)
+
+
+@pytest.fixture(scope='session')
+def hub() -> LoopbackHub:
+    """The loopback Hub server, running for the whole session."""
+    HUB.start()
+    yield HUB
+    HUB.stop()
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(HF_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope='session')
+def trained_run(tmp_path_factory):
+    """A training output of recipes/train.py: a tiny MA-Net (timm's test_resnet), one epoch on the sample."""
+    import subprocess
+    from pathlib import Path
+
+    output = tmp_path_factory.mktemp('trained') / 'run'
+    recipe = Path(__file__).resolve().parents[1] / 'recipes' / 'train.py'
+    proc = subprocess.run(
+        [sys.executable, str(recipe), '--output', str(output), '--model', 'magsd_custom', '--model-kwargs',
+         '{"backbone": "test_resnet", "num_maps": 4}', '--epochs', '1', '--img-size', '64', '--batch-size', '4',
+         '--cpu'], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return output
