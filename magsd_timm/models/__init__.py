@@ -1,4 +1,6 @@
 """MA-Net models, registered in timm's model registry on import."""
-from .magsd import CXR_LABEL_NAMES, MANet, bilinear_attention_pool, display_map
+from .magsd import CXR_LABEL_NAMES, HUB_WEIGHTS, MANet, bilinear_attention_pool, close_matches, display_map
+from .weights import UnsafeWeightsError, WeightsMismatchError, allow_pickle_weights
 
-__all__ = ['CXR_LABEL_NAMES', 'MANet', 'bilinear_attention_pool', 'display_map']
+__all__ = ['CXR_LABEL_NAMES', 'HUB_WEIGHTS', 'MANet', 'UnsafeWeightsError', 'WeightsMismatchError',
+           'allow_pickle_weights', 'bilinear_attention_pool', 'close_matches', 'display_map']

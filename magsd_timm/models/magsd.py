@@ -33,7 +33,9 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models._features import FeatureGetterNet, feature_take_indices
 
-__all__ = ['MANet', 'bilinear_attention_pool', 'display_map', 'CXR_LABEL_NAMES']
+from .weights import check_state_dict, require_safe_weights
+
+__all__ = ['MANet', 'bilinear_attention_pool', 'close_matches', 'display_map', 'CXR_LABEL_NAMES']
 
 CXR_LABEL_NAMES = ('COVID-19', 'viral pneumonia', 'bacterial pneumonia', 'normal')
 
@@ -58,7 +60,12 @@ def _cfg(first_conv: str = 'backbone.conv1', **kwargs: Any) -> Dict[str, Any]:
     }
 
 
-default_cfgs = generate_default_cfgs({
+# Published MA-Net weights, as 'magsd_<arch>.<tag>': cfg of the checkpoint (hf_hub_id, num_classes,
+# label_names, ...). None yet: CXR weights come from recipes/train.py + magsd-hub push-model (README,
+# "Pretrained tags"), and each published repo gets its entry here.
+HUB_WEIGHTS: Dict[str, Dict[str, Any]] = {}
+
+_ARCH_CFGS = {
     'magsd_resnet18': _cfg(),
     'magsd_resnet34': _cfg(),
     'magsd_resnet50': _cfg(),
@@ -71,7 +78,16 @@ default_cfgs = generate_default_cfgs({
     'magsd_regnety_016': _cfg(first_conv='backbone.stem.conv'),
     'magsd_vit_small_patch16_224': _cfg(first_conv='backbone.model.patch_embed.proj', pool_size=(14, 14)),
     'magsd_custom': _cfg(),
-})
+}
+
+
+def _default_cfgs(hub_weights: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """timm's default cfgs: one untagged cfg per architecture, and one tag per published Hub repo."""
+    tagged = {name: dict(_ARCH_CFGS[name.split('.')[0]], **cfg) for name, cfg in hub_weights.items()}
+    return generate_default_cfgs({**_ARCH_CFGS, **tagged})
+
+
+default_cfgs = _default_cfgs(HUB_WEIGHTS)
 
 
 def bilinear_attention_pool(features: torch.Tensor, attention: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -97,7 +113,8 @@ def _pool_to(maps: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return F.adaptive_avg_pool2d(maps, reference.shape[-2:])
 
 
-def _close_matches(name: str, candidates: Sequence[str]) -> str:
+def close_matches(name: str, candidates: Sequence[str]) -> str:
+    """A sentence naming the candidates close to name (" Close matches: a, b."), or an empty string."""
     matches = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
     return f" Close matches: {', '.join(matches)}." if matches else ''
 
@@ -106,7 +123,7 @@ def _create_backbone(name: str, in_chans: int, backbone_kwargs: Dict[str, Any], 
     """Build a timm backbone as a multiscale feature extractor, or say clearly why it cannot serve."""
     arch = name.split('.')[0]
     if not timm.is_model(arch):
-        raise ValueError(f"Unknown timm backbone '{name}'.{_close_matches(arch, timm.list_models())}")
+        raise ValueError(f"Unknown timm backbone '{name}'.{close_matches(arch, timm.list_models())}")
     try:
         return timm.create_model(name, features_only=True, in_chans=in_chans, **backbone_kwargs, **kwargs)
     except (RuntimeError, AssertionError, NotImplementedError, AttributeError) as e:
@@ -395,12 +412,15 @@ def _load_backbone_pretrained(model: MANet, cache_dir: Optional[str] = None) -> 
 
 
 def _create_magsd(variant: str, pretrained: bool = False, **kwargs: Any) -> MANet:
-    """Build an MA-Net variant; pretrained without MA-Net weights loads the backbone's ImageNet weights."""
+    """Build an MA-Net variant; pretrained loads its safetensors weights, or without any the backbone's ImageNet weights."""
     cfg = resolve_pretrained_cfg(
         variant, pretrained_cfg=kwargs.get('pretrained_cfg'), pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
     backbone_only = pretrained and not cfg.has_weights
+    if pretrained and not backbone_only:
+        require_safe_weights(cfg.to_dict(), kwargs.get('cache_dir'))
     model = build_model_with_cfg(
         MANet, variant, pretrained and not backbone_only,
+        pretrained_filter_fn=check_state_dict,
         feature_cfg=dict(feature_cls='getter', out_indices=None),
         **kwargs,
     )
