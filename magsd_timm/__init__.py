@@ -6,9 +6,10 @@ from .augment import AttentionAugmentConfig, AttentionViews, attention_crop, att
 from .losses import magsd_loss
 from .models import CXR_LABEL_NAMES, MANet, bilinear_attention_pool, display_map
 from .objective import MagSDObjective, ObjectiveOutput
+from .hub import load
 
 __version__ = '0.1.0'
 __all__ = [
     'AttentionAugmentConfig', 'AttentionViews', 'CXR_LABEL_NAMES', 'MANet', 'MagSDObjective', 'ObjectiveOutput',
-    'attention_crop', 'attention_views', 'bilinear_attention_pool', 'display_map', 'magsd_loss', '__version__',
+    'attention_crop', 'attention_views', 'bilinear_attention_pool', 'display_map', 'load', 'magsd_loss', '__version__',
 ]

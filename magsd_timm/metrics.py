@@ -5,15 +5,16 @@ PPV (precision), NPV and AUROC, plus the confusion matrix (rows: true class, col
 A per-class value that is undefined on the data (no positives for sensitivity or AUROC, no predicted
 positives for PPV, ...) is NaN, not 0.
 """
-from typing import Dict, Sequence
+from typing import Any, Dict, Sequence, Tuple
 
 import torch
 from torchmetrics.functional.classification import (
     multiclass_accuracy, multiclass_auroc, multiclass_confusion_matrix, multiclass_f1_score,
 )
 
-__all__ = ['PER_CLASS', 'classification_metrics']
+__all__ = ['PER_CLASS', 'SCALARS', 'classification_metrics', 'metrics_markdown']
 
+SCALARS = ('accuracy', 'macro_f1')
 PER_CLASS = ('sensitivity', 'specificity', 'ppv', 'npv', 'auroc')
 
 
@@ -51,3 +52,11 @@ def classification_metrics(
     for name in PER_CLASS:
         result[name] = {c: float(v) for c, v in zip(class_names, per_class[name])}
     return result
+
+
+def metrics_markdown(metrics: Dict[str, Any], class_names: Sequence[str]) -> Tuple[str, str]:
+    """Markdown table rows of the overall metrics, and the per-class table (sensitivity ... AUROC)."""
+    overall = '\n'.join(f'| {k} | {metrics[k]:.4f} |' for k in SCALARS) + f"\n| images | {metrics['num_samples']} |"
+    header = '| class | ' + ' | '.join(PER_CLASS) + ' |\n|---|' + '---|' * len(PER_CLASS)
+    rows = '\n'.join(f'| {c} | ' + ' | '.join(f'{metrics[m][c]:.4f}' for m in PER_CLASS) + ' |' for c in class_names)
+    return overall, f'{header}\n{rows}'

@@ -38,7 +38,9 @@ from magsd_timm.data.transforms import AUGMENTATIONS, build_transforms, resolve_
 from magsd_timm.objective import MagSDObjective
 from magsd_timm.train.checkpoint import TrainProgress, latest_checkpoint, save_checkpoint
 from magsd_timm.train.loop import NonFiniteLossError, evaluate, lr_factor, train_one_epoch
-from magsd_timm.train.report import metrics_markdown, plot_confusion_matrix, plot_curves, render_model_card
+from magsd_timm.hub.cards import TrainingRun, render_model_card
+from magsd_timm.metrics import metrics_markdown
+from magsd_timm.train.report import plot_confusion_matrix, plot_curves
 
 BEST_METRICS = ('macro_f1', 'accuracy')
 
@@ -182,10 +184,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             accelerator.print(f'resumed from {last} (epoch {progress.epoch}, step {progress.global_step})')
         if (output / 'summary.json').exists():
             summary_rows = [r for r in json.loads((output / 'summary.json').read_text()) if r['epoch'] < progress.epoch]
+    recorded = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
-        (output / 'args.yaml').write_text(yaml.safe_dump({k: str(v) if isinstance(v, Path) else v
-                                                          for k, v in vars(args).items()}, sort_keys=False))
+        (output / 'args.yaml').write_text(yaml.safe_dump(dict(recorded, command=command), sort_keys=False))
 
     accelerator.init_trackers('magsd', config={k: str(v) for k, v in vars(args).items()})
     bar = tqdm(total=len(train_loader) * args.epochs, initial=progress.global_step, unit='batch',
@@ -232,7 +234,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             accelerator.log({f'val/{k}': row[f'val_{k}'] for k in ('accuracy', 'macro_f1')}, step=progress.global_step)
             if accelerator.is_main_process:
                 if improved:
-                    _export_best(output, exported, metrics, row['epoch'], class_names, vars(args), command)
+                    _export_best(output, exported, metrics, row['epoch'], class_names, recorded, command)
                 (output / 'summary.json').write_text(json.dumps(summary_rows, indent=2))
                 _write_summary(output / 'summary.csv', summary_rows)
                 plot_curves(summary_rows, output / 'curves.png')
@@ -246,7 +248,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if accelerator.is_main_process:
         save_for_hf(exported, output / 'final', safe_serialization=True, model_config={'label_names': list(class_names)})
         accelerator.print(f'done: {output}. Push the best checkpoint to the Hub with:\n'
-                          f'  hf upload ORG/NAME {output / "best"} --repo-type model')
+                          f'  magsd-hub push-model {output} ORG/NAME')
     accelerator.end_training()
     return 0
 
@@ -265,7 +267,8 @@ def _export_best(output: Path, model: torch.nn.Module, metrics: Dict[str, Any], 
     """The best checkpoint in timm's Hub format with a model card draft, and its evaluation report."""
     best = output / 'best'
     save_for_hf(model, best, safe_serialization=True, model_config={'label_names': list(class_names)})
-    (best / 'README.md').write_text(render_model_card(model, args, metrics, epoch, command, class_names))
+    (best / 'README.md').write_text(
+        render_model_card(model, TrainingRun(best, args, metrics, epoch, command), repo_id='ORG/NAME'))
     (output / 'eval_best.json').write_text(json.dumps(dict(metrics, epoch=epoch), indent=2))
     overall, per_class = metrics_markdown(metrics, class_names)
     (output / 'eval_best.md').write_text(

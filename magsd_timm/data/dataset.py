@@ -101,7 +101,7 @@ def _split_records(records: List[Record], split: str, seed: int) -> Tuple[List[R
 
 
 def open_dataset(
-        source: Optional[str], split: str, transform: Optional[Transform] = None, seed: int = 0,
+        source: Optional[Union[str, Path]], split: str, transform: Optional[Transform] = None, seed: int = 0,
         augment_seed: Optional[int] = None,
 ) -> CXRDataset:
     """Open one split ('train', 'validation' or 'test') of a data source as a CXRDataset.
@@ -115,8 +115,8 @@ def open_dataset(
     if source in (None, 'sample'):
         items, names = _split_records(sample_records(), split, seed)
         return CXRDataset(items, names, transform, augment_seed)
-    if source.startswith('hf-hub:'):
-        hub = datasets.load_dataset(source[len('hf-hub:'):], split=split)
+    if str(source).startswith('hf-hub:'):
+        hub = datasets.load_dataset(str(source)[len('hf-hub:'):], split=split)
         return CXRDataset(hub, hub.features['label'].names, transform, augment_seed)
     path = Path(source)
     if (path / 'data' / 'dataset_dict.json').exists():  # written by prepare_data.py

@@ -1,18 +1,12 @@
-"""What a training run leaves for people: curves, the confusion matrix, the evaluation report, a model card."""
-import importlib.resources
+"""What a training run leaves for people to look at: learning curves and the confusion matrix."""
 from pathlib import Path
-from string import Template
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Sequence
 
 import matplotlib
 matplotlib.use('Agg')  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..metrics import PER_CLASS  # noqa: E402
-
-__all__ = ['metrics_markdown', 'plot_confusion_matrix', 'plot_curves', 'render_model_card']
-
-SCALARS = ('accuracy', 'macro_f1')
+__all__ = ['plot_confusion_matrix', 'plot_curves']
 
 
 def plot_curves(rows: Sequence[Dict[str, Any]], path: Path) -> None:
@@ -46,33 +40,3 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def metrics_markdown(metrics: Dict[str, Any], class_names: Sequence[str]) -> Tuple[str, str]:
-    """Markdown table rows of the overall metrics, and the per-class table (sensitivity ... AUROC)."""
-    overall = '\n'.join(f'| {k} | {metrics[k]:.4f} |' for k in SCALARS) + f"\n| images | {metrics['num_samples']} |"
-    header = '| class | ' + ' | '.join(PER_CLASS) + ' |\n|---|' + '---|' * len(PER_CLASS)
-    rows = '\n'.join(f'| {c} | ' + ' | '.join(f'{metrics[m][c]:.4f}' for m in PER_CLASS) + ' |' for c in class_names)
-    return overall, f'{header}\n{rows}'
-
-
-def render_model_card(
-        model, args: Dict[str, Any], metrics: Dict[str, Any], best_epoch: int, command: str, class_names: List[str],
-) -> str:
-    """A timm-style model card draft for the best checkpoint."""
-    overall, per_class = metrics_markdown(metrics, class_names)
-    backbone = getattr(model, 'backbone_name', None) or args.get('model')
-    dataset = str(args.get('data') or 'kermany16')
-    values = dict(
-        base_model=f"timm/{backbone}", dataset=Path(dataset).name or dataset, name=Path(str(args['output'])).name,
-        backbone=backbone, method='MAG-SD objective' if args.get('method') == 'magsd' else 'cross-entropy baseline',
-        class_list=', '.join(class_names), architecture=model.pretrained_cfg.get('architecture', args.get('model')),
-        params=f'{sum(p.numel() for p in model.parameters()) / 1e6:.2f}',
-        input_size='x'.join(map(str, (1, args['img_size'], args['img_size']))),
-        num_maps=getattr(model, 'num_maps', 'no'), dataset_path=dataset, command=command,
-        args_table='\n'.join(f'| {k} | {v} |' for k, v in args.items()),
-        best_epoch=best_epoch, metrics_table=overall, per_class_table=per_class,
-        metrics_yaml='\n'.join(f'    - type: {k}\n      value: {metrics[k]:.4f}' for k in SCALARS),
-    )
-    template = importlib.resources.files('magsd_timm.hub').joinpath('model_card.md').read_text()
-    return Template(template).substitute(values)

@@ -45,12 +45,12 @@ def test_a_run_leaves_checkpoints_exports_and_a_summary(tmp_path):
     card = (out / 'best' / 'README.md').read_text()
     meta = yaml.safe_load(card.split('---')[1])
     assert meta['library_name'] == 'timm' and {'magsd', 'medical-imaging'} <= set(meta['tags'])
-    assert 'import magsd_timm' in card and 'Not a medical device' in card and '--epochs 2' in card
+    assert 'import magsd_timm' in card and 'not a medical device' in card and '--epochs 2' in card
 
 
 def test_the_run_says_how_to_push_it(tmp_path):
     proc = _train(tmp_path / 'run', '--epochs', '1')
-    assert f"hf upload ORG/NAME {tmp_path / 'run' / 'best'}" in proc.stdout
+    assert f"magsd-hub push-model {tmp_path / 'run'} ORG/NAME" in proc.stdout
 
 
 def test_resume_after_sigkill_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):

@@ -1,0 +1,99 @@
+"""Model cards rebuilt from a training run: timm-style metadata, evaluation, data biases, usage, citation."""
+import json
+import math
+import shutil
+
+import pytest
+import timm
+import yaml
+
+from magsd_timm.hub import TrainingRun, find_run, render_model_card
+
+
+def _split(card: str):
+    _, header, body = card.split('---\n', 2)
+    return yaml.safe_load(header), body
+
+
+@pytest.fixture(scope='module')
+def run(trained_run):
+    return find_run(trained_run)
+
+
+@pytest.fixture(scope='module')
+def model(run):
+    return timm.create_model(f'local-dir:{run.checkpoint}', pretrained=True).eval()
+
+
+def test_find_run_reads_what_the_trainer_recorded(trained_run, run):
+    assert run.checkpoint == trained_run / 'best'
+    assert run.command.startswith('accelerate launch recipes/train.py ') and '--epochs 1' in run.command
+    assert 'command' not in run.args and run.args['model'] == 'magsd_custom'
+    assert run.epoch == 0 and run.metrics['num_samples'] == 2
+    assert find_run(trained_run / 'best').args == run.args  # the checkpoint folder finds its run
+    final = find_run(trained_run / 'final')
+    assert final.checkpoint == trained_run / 'final' and final.metrics is None  # eval_best is not about final/
+
+
+def test_find_run_names_a_folder_without_a_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match='expected a training output folder'):
+        find_run(tmp_path)
+
+
+def test_metadata_is_timm_style_with_the_runs_metrics(run, model):
+    meta, _ = _split(render_model_card(model, run, 'org/cxr-model'))
+    assert meta['library_name'] == 'timm' and meta['pipeline_tag'] == 'image-classification'
+    assert meta['license'] == 'apache-2.0' and meta['datasets'] == ['kermany16']
+    assert {'image-classification', 'timm', 'magsd', 'medical-imaging'} <= set(meta['tags'])
+    assert 'base_model' not in meta  # trained from scratch
+    results = meta['model-index'][0]['results']
+    values = {m['type']: m['value'] for r in results for m in r['metrics']}
+    assert values == {'accuracy': round(run.metrics['accuracy'], 4), 'f1': round(run.metrics['macro_f1'], 4)}
+    assert meta['model-index'][0]['name'] == 'cxr-model'
+
+
+def test_a_pretrained_backbone_is_the_base_model_and_undefined_metrics_are_left_out(run, model):
+    metrics = dict(run.metrics, macro_f1=float('nan'))
+    changed = TrainingRun(run.checkpoint, dict(run.args, pretrained=True), metrics, run.epoch, run.command)
+    meta, body = _split(render_model_card(model, changed, 'org/cxr-model', license='cc-by-4.0',
+                                          dataset_id='org/cxr-data'))
+    assert meta['base_model'] == timm.models.get_pretrained_cfg('test_resnet').hf_hub_id
+    assert meta['license'] == 'cc-by-4.0' and meta['datasets'] == ['org/cxr-data']
+    assert [m['type'] for m in meta['model-index'][0]['results'][0]['metrics']] == ['accuracy']
+    assert 'ImageNet weights `timm/test_resnet' in body
+
+
+def test_body_says_what_the_model_is_how_it_was_trained_and_how_to_use_it(run, model):
+    _, body = _split(render_model_card(model, run, 'org/cxr-model'))
+    config = json.loads((run.checkpoint / 'config.json').read_text())
+    assert f"classify chest\nX-rays into: {', '.join(config['label_names'])}" in body
+    assert '`magsd_custom` over `test_resnet`, 4 attention maps' in body
+    assert f'**Params (M):** {sum(p.numel() for p in model.parameters()) / 1e6:.2f}' in body
+    assert run.command in body and '| epochs | 1 |' in body
+    assert f"| accuracy | {run.metrics['accuracy']:.4f} |" in body and '| true \\ predicted |' in body
+    assert 'not a medical device' in body and '## Intended use' in body
+    usage = body.split('## How to use')[1]
+    assert usage.index('import magsd_timm') < usage.index('create_model')
+    assert "timm.create_model('hf-hub:org/cxr-model', pretrained=True)" in usage
+    assert '@article{li2021magsd' in body
+    assert not math.isnan(float(body.split('**GMACs:** ')[1].split()[0]))
+
+
+def test_known_biases_come_from_the_prepared_datasets_card(run, model, tmp_path):
+    prepared = tmp_path / 'cxr'
+    prepared.mkdir()
+    (prepared / 'README.md').write_text(
+        '---\npretty_name: Two hospitals\n---\n# x\n\n## Known biases and limits\n\nAll COVID-19 films come '
+        'from hospital A.\n\n## Preparation\n\nnot this\n')
+    changed = TrainingRun(run.checkpoint, dict(run.args, data=str(prepared)), run.metrics, run.epoch, run.command)
+    meta, body = _split(render_model_card(model, changed, 'org/cxr-model'))
+    biases = body.split('## Data and known biases')[1].split('## Intended use')[0]
+    assert 'All COVID-19 films come from hospital A.' in biases and 'not this' not in biases
+    assert meta['datasets'] == ['Two hospitals'] and '`Two hospitals`' in body
+
+
+def test_a_checkpoint_without_records_still_gets_a_card(run, model, tmp_path):
+    bare = tmp_path / 'bare'
+    shutil.copytree(run.checkpoint, bare)
+    _, body = _split(render_model_card(model, find_run(bare), 'org/bare'))
+    assert 'No evaluation was recorded with this checkpoint.' in body and 'not recorded' in body

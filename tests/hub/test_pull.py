@@ -1,0 +1,158 @@
+"""Pulling MA-Net checkpoints: hf-hub: names, revisions, registered tags, the offline cache, unsafe or unfit weights."""
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+from timm.models import save_for_hf
+
+import magsd_timm
+from magsd_timm.data import resolve_cxr_data_config
+from magsd_timm.hub import push_model
+from magsd_timm.models import UnsafeWeightsError, WeightsMismatchError
+
+REPO = 'tester/magsd-pull'
+
+
+@pytest.fixture(scope='module')
+def pushed(hub, trained_run):
+    """The trained run pushed to REPO's main branch; its local best checkpoint."""
+    push_model(trained_run, REPO)
+    return trained_run / 'best'
+
+
+def _hub_requests(hub, since: int) -> set:
+    """The repos the requests after index `since` asked about."""
+    return {path.split('/resolve/')[0].split('/api/models/')[-1].strip('/')
+            for _, path, _ in hub.requests[since:] if '/resolve/' in path or path.startswith('/api/models/')}
+
+
+def test_create_model_from_the_hub_rebuilds_the_exact_model(hub, pushed):
+    since = len(hub.requests)
+    model = timm.create_model(f'hf-hub:{REPO}', pretrained=True).eval()
+    local = timm.create_model(f'local-dir:{pushed}', pretrained=True).eval()
+    saved = load_file(pushed / 'model.safetensors')
+    assert model.state_dict().keys() == saved.keys()
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), local(x))
+    assert list(model.pretrained_cfg['label_names']) == ['normal', 'pneumonia']
+    assert resolve_cxr_data_config(model) == resolve_cxr_data_config(local)
+    assert model.backbone_name == 'test_resnet' and model.num_maps == 4
+    assert _hub_requests(hub, since) == {REPO}  # the backbone's weights were not downloaded
+
+
+def test_load_takes_a_revision(hub, pushed, tmp_path):
+    changed = timm.create_model(f'local-dir:{pushed}', pretrained=True)
+    with torch.no_grad():
+        changed.fc.weight.mul_(-1)
+    config = json.loads((pushed / 'config.json').read_text())
+    save_for_hf(changed, tmp_path / 'exp', safe_serialization=True, model_config={'label_names': config['label_names']})
+    push_model(tmp_path / 'exp', REPO, revision='exp')
+
+    assert torch.equal(magsd_timm.load(f'{REPO}@exp').fc.weight, changed.fc.weight)
+    assert torch.equal(magsd_timm.load(REPO).fc.weight, -changed.fc.weight)
+    assert torch.equal(magsd_timm.load(str(pushed.parent)).fc.weight, -changed.fc.weight)  # a local training output
+
+
+def test_unknown_names_get_close_matches():
+    with pytest.raises(ValueError, match=r"Unknown model 'magsd_resnet5'.*Close matches: magsd_resnet50"):
+        magsd_timm.load('magsd_resnet5')
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, '-c', textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, **env))
+
+
+def test_a_registered_tag_pulls_its_weights_from_the_hub(pushed):
+    # a tag is one line of magsd.HUB_WEIGHTS; here the table is given one and the entry registered again
+    proc = _python(f"""
+        import json, torch, timm
+        from safetensors.torch import load_file
+        from timm.models import register_model
+        import magsd_timm.models.magsd as magsd
+        magsd.default_cfgs = magsd._default_cfgs({{'magsd_custom.loopback': dict(
+            hf_hub_id='{REPO}', num_classes=2, label_names=('normal', 'pneumonia'))}})
+        register_model(magsd.magsd_custom)
+        model = timm.create_model('magsd_custom.loopback', pretrained=True, backbone='test_resnet', num_maps=4)
+        saved = load_file('{pushed / 'model.safetensors'}')
+        print(json.dumps(dict(
+            tags=timm.list_pretrained('magsd_custom*'),
+            equal=all(torch.equal(v, saved[k]) for k, v in model.state_dict().items()),
+            labels=list(model.pretrained_cfg['label_names']))))
+    """)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert 'magsd_custom.loopback' in result['tags']
+    assert result['equal'] and result['labels'] == ['normal', 'pneumonia']
+
+
+def test_the_cache_serves_the_model_offline_without_the_server(pushed):
+    timm.create_model(f'hf-hub:{REPO}', pretrained=True)  # fills the cache (HF_HOME of the test session)
+    proc = _python(f"""
+        import json, torch, timm, magsd_timm
+        from safetensors.torch import load_file
+        model = timm.create_model('hf-hub:{REPO}', pretrained=True)
+        saved = load_file('{pushed / 'model.safetensors'}')
+        print(json.dumps(all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())))
+    """, HF_HUB_OFFLINE='1', HF_ENDPOINT='http://127.0.0.1:9')  # nothing listens there
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[-1] == 'true'
+
+
+def _pickle_bytes(state_dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    return buffer.getvalue()
+
+
+def test_a_repo_with_only_pickle_weights_is_refused_unless_the_user_opts_in(hub, pushed):
+    weights = load_file(pushed / 'model.safetensors')
+    hub.put_commit('tester/pickled', {'config.json': (pushed / 'config.json').read_bytes(),
+                                      'pytorch_model.bin': _pickle_bytes(weights)})
+    since = len(hub.requests)
+    with pytest.raises(UnsafeWeightsError, match=r"'tester/pickled' has no model.safetensors.*pytorch_model.bin"):
+        timm.create_model('hf-hub:tester/pickled', pretrained=True)
+    assert not any(path.endswith('pytorch_model.bin') for _, path, _ in hub.requests[since:])  # not even downloaded
+
+    model = magsd_timm.load('tester/pickled', allow_pickle=True)
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    with pytest.raises(UnsafeWeightsError):  # the opt-in ends with the call
+        magsd_timm.load('tester/pickled')
+
+
+def test_weights_that_do_not_fit_the_architecture_are_named(hub, pushed):
+    config = json.loads((pushed / 'config.json').read_text())
+    config['model_args']['num_maps'] = 8  # the weights have 4 maps
+    hub.put_commit('tester/unfit', {'config.json': json.dumps(config).encode(),
+                                    'model.safetensors': (pushed / 'model.safetensors').read_bytes()})
+    with pytest.raises(WeightsMismatchError) as error:
+        timm.create_model('hf-hub:tester/unfit', pretrained=True)
+    message = str(error.value)
+    assert 'attention.0.0.weight: checkpoint (4, ' in message and 'vs model (8, ' in message
+    assert 'magsd_custom (backbone test_resnet, 8 attention maps' in message and '(+1 more)' in message
+
+
+def test_a_new_head_for_other_classes_is_not_a_mismatch(pushed):
+    model = timm.create_model(f'hf-hub:{REPO}', pretrained=True, num_classes=5)
+    saved = load_file(pushed / 'model.safetensors')
+    assert model.fc.weight.shape[0] == 5
+    assert torch.equal(model.attention[0][0].weight, saved['attention.0.0.weight'])
+
+
+def test_pickle_checkpoint_files_are_refused_locally_too(pushed, tmp_path):
+    folder = tmp_path / 'pickled'
+    folder.mkdir()
+    (folder / 'config.json').write_bytes((pushed / 'config.json').read_bytes())
+    (folder / 'pytorch_model.bin').write_bytes(_pickle_bytes(load_file(pushed / 'model.safetensors')))
+    with pytest.raises(UnsafeWeightsError, match='pytorch_model.bin'):
+        timm.create_model(f'local-dir:{folder}', pretrained=True)
+
