@@ -16,7 +16,7 @@ Augmentation blocks:
 Normalisation: ``'dataset'`` subtracts a mean and divides by a std (the model's data config, or a
 dataset's own); ``'column'`` is the published z-score of each image column.
 """
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import cv2
 import numpy as np

@@ -1,7 +1,6 @@
 """build_dataset: a DatasetDict with patient splits and a card, never half-written."""
 import json
 import shutil
-from collections import Counter
 from pathlib import Path
 
 import datasets
