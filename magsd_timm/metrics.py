@@ -1,21 +1,26 @@
 """Classification metrics of one pass over a split, as clinical readers ask for them (torchmetrics).
 
-Accuracy, macro F1, and per class (one class against the rest): sensitivity (recall), specificity,
-PPV (precision), NPV and AUROC, plus the confusion matrix (rows: true class, columns: predicted).
-A per-class value that is undefined on the data (no positives for sensitivity or AUROC, no predicted
-positives for PPV, ...) is NaN, not 0.
+Accuracy, macro F1, expected calibration error (15 equal-width confidence bins), and per class (one
+class against the rest): sensitivity (recall), specificity, PPV (precision), NPV, AUROC and AUPRC
+(average precision), plus the confusion matrix (rows: true class, columns: predicted). A per-class
+value that is undefined on the data (no positives for sensitivity, AUROC or AUPRC, no negatives for
+AUROC, no predicted positives for PPV, ...) is NaN, not 0. ``bootstrap_intervals`` gives percentile
+confidence intervals of all of them, resampling patients (clusters of images) when their ids are known.
 """
-from typing import Any, Dict, Sequence, Tuple
+import warnings
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torchmetrics.functional.classification import (
-    multiclass_accuracy, multiclass_auroc, multiclass_confusion_matrix, multiclass_f1_score,
+    multiclass_accuracy, multiclass_auroc, multiclass_average_precision, multiclass_calibration_error,
+    multiclass_confusion_matrix, multiclass_f1_score,
 )
 
-__all__ = ['PER_CLASS', 'SCALARS', 'classification_metrics', 'metrics_markdown']
+__all__ = ['PER_CLASS', 'SCALARS', 'bootstrap_intervals', 'classification_metrics', 'metrics_markdown']
 
-SCALARS = ('accuracy', 'macro_f1')
-PER_CLASS = ('sensitivity', 'specificity', 'ppv', 'npv', 'auroc')
+SCALARS = ('accuracy', 'macro_f1', 'ece')
+PER_CLASS = ('sensitivity', 'specificity', 'ppv', 'npv', 'auroc', 'auprc')
+ECE_BINS = 15
 
 
 def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
@@ -23,29 +28,36 @@ def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
 
 
 def classification_metrics(
-        logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str],
+        logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], probabilities: bool = False,
 ) -> Dict[str, object]:
-    """Metrics of logits (N, K) against labels (N,): floats, per-class dicts and the confusion matrix."""
+    """Metrics of logits (or probabilities) (N, K) against labels (N,): floats, per-class dicts, confusion matrix."""
     num_classes = len(class_names)
     if logits.ndim != 2 or logits.shape[1] != num_classes or logits.shape[0] != labels.shape[0]:
         raise ValueError(
             f'logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not fit {num_classes} classes.')
-    probs = logits.detach().float().softmax(dim=-1).cpu()
+    probs = logits.detach().float().cpu()
+    probs = probs if probabilities else probs.softmax(dim=-1)
     labels = labels.detach().long().cpu()
     cm = multiclass_confusion_matrix(probs, labels, num_classes).double()
     tp = cm.diagonal()
     fn, fp = cm.sum(dim=1) - tp, cm.sum(dim=0) - tp
     tn = cm.sum() - tp - fn - fp
     positives = cm.sum(dim=1)
-    auroc = multiclass_auroc(probs, labels, num_classes, average=None, thresholds=None).double()
-    auroc = torch.where(positives > 0, auroc, torch.full_like(auroc, float('nan')))
+    with warnings.catch_warnings():  # torchmetrics warns of classes without positives: they become NaN below
+        warnings.filterwarnings('ignore', category=UserWarning, module='torchmetrics')
+        auroc = multiclass_auroc(probs, labels, num_classes, average=None, thresholds=None).double()
+        auprc = multiclass_average_precision(probs, labels, num_classes, average=None, thresholds=None).double()
+    both = (positives > 0) & (positives < labels.numel())  # AUROC needs positives and negatives
+    auroc = torch.where(both, auroc, torch.full_like(auroc, float('nan')))
+    auprc = torch.where(positives > 0, auprc, torch.full_like(auprc, float('nan')))
     per_class = {
         'sensitivity': _ratio(tp, tp + fn), 'specificity': _ratio(tn, tn + fp),
-        'ppv': _ratio(tp, tp + fp), 'npv': _ratio(tn, tn + fn), 'auroc': auroc,
+        'ppv': _ratio(tp, tp + fp), 'npv': _ratio(tn, tn + fn), 'auroc': auroc, 'auprc': auprc,
     }
     result: Dict[str, object] = {
         'accuracy': float(multiclass_accuracy(probs, labels, num_classes, average='micro')),
         'macro_f1': float(multiclass_f1_score(probs, labels, num_classes, average='macro')),
+        'ece': float(multiclass_calibration_error(probs, labels, num_classes, n_bins=ECE_BINS, norm='l1')),
         'num_samples': int(labels.numel()),
         'confusion_matrix': cm.long().tolist(),
     }
@@ -55,8 +67,39 @@ def classification_metrics(
 
 
 def metrics_markdown(metrics: Dict[str, Any], class_names: Sequence[str]) -> Tuple[str, str]:
-    """Markdown table rows of the overall metrics, and the per-class table (sensitivity ... AUROC)."""
+    """Markdown table rows of the overall metrics, and the per-class table (sensitivity ... AUPRC)."""
     overall = '\n'.join(f'| {k} | {metrics[k]:.4f} |' for k in SCALARS) + f"\n| images | {metrics['num_samples']} |"
     header = '| class | ' + ' | '.join(PER_CLASS) + ' |\n|---|' + '---|' * len(PER_CLASS)
     rows = '\n'.join(f'| {c} | ' + ' | '.join(f'{metrics[m][c]:.4f}' for m in PER_CLASS) + ' |' for c in class_names)
     return overall, f'{header}\n{rows}'
+
+
+def bootstrap_intervals(
+        probs: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], groups: Optional[Sequence[Any]] = None,
+        replicates: int = 1000, seed: int = 0, level: float = 0.95,
+) -> Dict[str, Any]:
+    """Percentile intervals [low, high] of every metric over resamples, with replacement, of groups (default: images)."""
+    groups = list(range(len(labels))) if groups is None else list(groups)
+    if len(groups) != len(labels):
+        raise ValueError(f'{len(groups)} group ids for {len(labels)} images.')
+    index: Dict[Any, List[int]] = {}
+    for i, group in enumerate(groups):
+        index.setdefault(group, []).append(i)
+    members = [torch.tensor(v) for v in index.values()]
+    generator = torch.Generator().manual_seed(seed)
+    draws: Dict[str, List[float]] = {}
+    for _ in range(replicates):
+        picked = torch.cat([members[i] for i in torch.randint(len(members), (len(members),), generator=generator)])
+        result = classification_metrics(probs[picked], labels[picked], class_names, probabilities=True)
+        for name in SCALARS:
+            draws.setdefault(name, []).append(result[name])
+        for name in PER_CLASS:
+            for c in class_names:
+                draws.setdefault(f'{name}/{c}', []).append(result[name][c])
+    tail = (1 - level) / 2
+    quantiles = torch.tensor([tail, 1 - tail], dtype=torch.double)
+    bounds = {k: torch.nanquantile(torch.tensor(v, dtype=torch.double), quantiles).tolist() for k, v in draws.items()}
+    out: Dict[str, Any] = {name: bounds[name] for name in SCALARS}
+    for name in PER_CLASS:
+        out[name] = {c: bounds[f'{name}/{c}'] for c in class_names}
+    return out

@@ -1,10 +1,10 @@
-"""Classification metrics against hand-computed confusion matrices."""
+"""Classification metrics against hand-computed confusion matrices and scikit-learn; bootstrap intervals."""
 import math
 
 import pytest
 import torch
 
-from magsd_timm.metrics import classification_metrics
+from magsd_timm.metrics import bootstrap_intervals, classification_metrics
 
 NAMES = ('covid', 'viral', 'normal')
 
@@ -44,3 +44,45 @@ def test_auroc_is_one_against_the_rest_with_ties_halved():
 def test_mismatched_shapes_are_refused():
     with pytest.raises(ValueError, match='do not fit 3 classes'):
         classification_metrics(torch.zeros(4, 2), torch.zeros(4), NAMES)
+
+
+def test_auroc_and_auprc_agree_with_scikit_learn():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(3, (200,), generator=generator)
+    logits = torch.randn(200, 3, generator=generator) + 1.5 * torch.nn.functional.one_hot(labels, 3)
+    m = classification_metrics(logits, labels, NAMES)
+    probs = logits.softmax(-1).numpy()
+    for k, name in enumerate(NAMES):
+        target = (labels == k).numpy()
+        assert m['auroc'][name] == pytest.approx(roc_auc_score(target, probs[:, k]), abs=1e-6)
+        assert m['auprc'][name] == pytest.approx(average_precision_score(target, probs[:, k]), abs=1e-6)
+
+
+def test_ece_is_the_weighted_gap_between_confidence_and_accuracy_per_bin():
+    # confidences 0.9 (bin 14), 0.9, 0.6 (bin 9), 0.6: right, wrong, right, right
+    probs = torch.tensor([[0.9, 0.05, 0.05], [0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.2, 0.6, 0.2]])
+    labels = torch.tensor([0, 1, 0, 1])
+    m = classification_metrics(probs, labels, NAMES, probabilities=True)
+    assert m['ece'] == pytest.approx(2 / 4 * abs(0.9 - 0.5) + 2 / 4 * abs(0.6 - 1.0))
+    assert m['accuracy'] == pytest.approx(3 / 4)  # probabilities are taken as they are
+
+
+def test_bootstrap_resamples_patients_not_images():
+    # patient A's 10 images are all right, patient B's 10 all wrong
+    labels = torch.zeros(20, dtype=torch.long)
+    probs = torch.tensor([[0.9, 0.05, 0.05]] * 10 + [[0.05, 0.9, 0.05]] * 10)
+    by_patient = bootstrap_intervals(probs, labels, NAMES, groups=['A'] * 10 + ['B'] * 10, replicates=400)
+    by_image = bootstrap_intervals(probs, labels, NAMES, replicates=400)
+    assert by_patient['accuracy'] == pytest.approx([0.0, 1.0])  # two patients: each is all or nothing
+    low, high = by_image['accuracy']
+    assert 0.2 < low < 0.5 < high < 0.8  # twenty independent images: a narrower interval
+    again = bootstrap_intervals(probs, labels, NAMES, replicates=400)
+    assert again['accuracy'] == by_image['accuracy'] and again['ppv']['covid'] == by_image['ppv']['covid']  # seeded
+    assert math.isnan(by_patient['auroc']['covid'][0])  # never defined: no image of another class
+
+
+def test_bootstrap_needs_one_group_per_image():
+    with pytest.raises(ValueError, match='3 group ids for 4 images'):
+        bootstrap_intervals(torch.full((4, 3), 1 / 3), torch.zeros(4, dtype=torch.long), NAMES, groups=[1, 2, 3])
