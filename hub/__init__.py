@@ -1,7 +1,7 @@
 """Hugging Face Hub side of magsd-timm (importable as magsd_timm.hub): push, pull, and the cards."""
 from .cards import TrainingRun, find_run, render_model_card
-from .pull import load, resolve_model_name
+from .pull import checkpoint_config, load, resolve_model_name
 from .push import PushError, push_dataset, push_model, stage_dataset, stage_model
 
-__all__ = ['PushError', 'TrainingRun', 'find_run', 'load', 'push_dataset', 'push_model', 'render_model_card',
+__all__ = ['PushError', 'TrainingRun', 'checkpoint_config', 'find_run', 'load', 'push_dataset', 'push_model', 'render_model_card',
            'resolve_model_name', 'stage_dataset', 'stage_model']

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 
 __all__ = [
     'AttentionAugmentConfig', 'AttentionViews', 'NUM_UNIFORMS', 'attention_boxes', 'attention_crop',
-    'attention_views', 'attention_views_from_uniforms', 'draw_uniforms', 'sample_map_indices', 'zoom_boxes',
+    'attention_views', 'attention_views_from_uniforms', 'draw_uniforms', 'mean_attention_crop', 'sample_map_indices',
+    'zoom_boxes',
 ]
 
 # uniforms per image: 3 map draws, 3 threshold fractions (mixup, dimming, patching), 2 patch offsets
@@ -213,3 +214,13 @@ def attention_crop(
     theta = _thresholds(crop_map, uniforms[:, 1], config.crop_theta)
     cropped = zoom_boxes(images, attention_boxes(crop_map, theta, config.padding))
     return _keep_if_unattended(cropped, images, crop_map.amax(dim=(-2, -1)) > 0)
+
+
+def mean_attention_crop(images: torch.Tensor, attention: torch.Tensor, theta: float = 0.1,
+                        padding: float = 0.1) -> torch.Tensor:
+    """WS-DAN's test-time crop, deterministic: the padded box of the mean map >= theta x its maximum, zoomed."""
+    mean_map = F.interpolate(attention.detach().float().mean(dim=1, keepdim=True), size=images.shape[-2:],
+                             mode='bilinear', align_corners=False)[:, 0]
+    peak = mean_map.amax(dim=(-2, -1))
+    cropped = zoom_boxes(images, attention_boxes(mean_map, theta * peak, padding))
+    return _keep_if_unattended(cropped, images, peak > 0)

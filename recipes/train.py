@@ -40,7 +40,7 @@ from magsd_timm.train.checkpoint import TrainProgress, latest_checkpoint, save_c
 from magsd_timm.train.loop import NonFiniteLossError, evaluate, lr_factor, train_one_epoch
 from magsd_timm.hub.cards import TrainingRun, render_model_card
 from magsd_timm.metrics import metrics_markdown
-from magsd_timm.train.report import plot_confusion_matrix, plot_curves
+from magsd_timm.plots import plot_confusion_matrix, plot_curves
 
 BEST_METRICS = ('macro_f1', 'accuracy')
 

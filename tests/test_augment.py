@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from magsd_timm.augment import (
     AttentionAugmentConfig, NUM_UNIFORMS, attention_boxes, attention_crop, attention_views,
-    attention_views_from_uniforms, draw_uniforms, sample_map_indices, zoom_boxes,
+    attention_views_from_uniforms, draw_uniforms, mean_attention_crop, sample_map_indices, zoom_boxes,
 )
 
 CFG = AttentionAugmentConfig()
@@ -213,3 +213,14 @@ def test_half_precision_images_are_zoomed_at_float32_coordinates():
     half = zoom_boxes(images.to(torch.bfloat16), boxes)
     assert half.dtype == torch.bfloat16
     torch.testing.assert_close(half.float(), zoom_boxes(images, boxes), atol=0.02, rtol=0)
+
+
+def test_mean_attention_crop_zooms_the_attended_box_deterministically():
+    images = torch.arange(2 * 32 * 32, dtype=torch.float32).reshape(2, 1, 32, 32)
+    attention = torch.zeros(2, 3, 8, 8)
+    attention[0, :, 2:4, 4:6] = 1.  # image 0 attends to rows 8-16, columns 16-24 (of 32)
+    cropped = mean_attention_crop(images, attention, theta=0.5, padding=0.)
+    assert torch.equal(cropped, mean_attention_crop(images, attention, theta=0.5, padding=0.))
+    assert torch.equal(cropped[1], images[1])  # no attention: the image itself
+    region = images[0, 0, 6:18, 14:26]  # the box of the upsampled map, a little wider than the cells
+    assert region.min() - 1 <= cropped[0].min() and cropped[0].max() <= region.max() + 1

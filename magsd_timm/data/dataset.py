@@ -55,6 +55,14 @@ class CXRDataset(Dataset):
             return self.class_names.index(self.items[index]['label'])
         return int(self.items[index]['label'])
 
+    def column(self, name: str) -> List[Optional[str]]:
+        """A metadata field of every item ('patient_id', 'source'), None where the data has none."""
+        if self.from_files:
+            return [r.get(name) for r in self.items]
+        if name not in self.items.column_names:
+            return [None] * len(self.items)
+        return list(self.items[name])
+
     def labels(self) -> List[int]:
         """The class index of every item, in order."""
         if self.from_files:

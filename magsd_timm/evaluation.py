@@ -1,0 +1,176 @@
+"""Evaluating a trained model on a data split: metrics with bootstrap intervals, calibration, reports.
+
+One deterministic pass (no augmentation, fixed order) gives each image's logits. The metrics come with
+percentile bootstrap intervals that resample patients when patient ids are known (images of one
+patient are not independent), results per source when the data has several, and the expected
+calibration error. Temperature scaling is fitted on another split (validation) by minimising the
+negative log-likelihood, and saved into the checkpoint's config.json.
+"""
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from .data.dataset import CXRDataset
+from .inference import model_logits, probabilities
+from .metrics import PER_CLASS, SCALARS, bootstrap_intervals, classification_metrics
+
+__all__ = ['LabelMismatchError', 'align_labels', 'evaluate', 'fit_temperature', 'predict_dataset',
+           'save_temperature', 'write_reports']
+
+
+class LabelMismatchError(ValueError):
+    """The checkpoint's classes are not the data's."""
+
+
+def align_labels(model_names: Sequence[str], data_names: Sequence[str]) -> torch.Tensor:
+    """For each data class index, the model's index of the same class; refuse different class lists."""
+    if sorted(model_names) != sorted(data_names):
+        raise LabelMismatchError(
+            f'The checkpoint predicts {list(model_names)} but the data has {list(data_names)}: '
+            'evaluate a checkpoint trained on these classes.')
+    return torch.tensor([list(model_names).index(name) for name in data_names])
+
+
+@torch.no_grad()
+def predict_dataset(model: nn.Module, dataset: CXRDataset, batch_size: int = 16, tta: bool = False
+                    ) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    """Logits of every image in order (one set, two with tta: raw and attention crop), and the labels."""
+    model.eval()
+    device = next(model.parameters()).device
+    sets: List[List[torch.Tensor]] = []
+    labels = []
+    for images, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        logits, _ = model_logits(model, images.to(device), tta)
+        sets.append([x.float().cpu() for x in logits])
+        labels.append(targets)
+    return [torch.cat(parts) for parts in zip(*sets)], torch.cat(labels)
+
+
+def fit_temperature(logits: Sequence[torch.Tensor], labels: torch.Tensor) -> float:
+    """The temperature minimising the negative log-likelihood of the (mean) softmax, by golden-section search."""
+    def nll(log_t: float) -> float:
+        probs = probabilities(logits, math.exp(log_t))
+        return float(-probs.gather(1, labels[:, None]).clamp(min=1e-12).log().mean())
+
+    low, high = math.log(0.01), math.log(100.)
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    for _ in range(60):
+        if nll(a) < nll(b):
+            high, b = b, a
+            a = high - ratio * (high - low)
+        else:
+            low, a = a, b
+            b = low + ratio * (high - low)
+    return math.exp((low + high) / 2)
+
+
+def save_temperature(checkpoint: Path, temperature: float) -> None:
+    """Write the temperature into the checkpoint's config.json, atomically (a crash leaves the old file)."""
+    path = Path(checkpoint) / 'config.json'
+    config = json.loads(path.read_text())
+    config['temperature'] = temperature
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix='.config.', suffix='.json')
+    with os.fdopen(handle, 'w') as f:
+        json.dump(config, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _groups(dataset: CXRDataset) -> Tuple[List[Any], str]:
+    patients = dataset.column('patient_id')
+    groups = [p if p is not None else f'image {i}' for i, p in enumerate(patients)]
+    return groups, 'patient' if len(set(groups)) < len(groups) else 'image'
+
+
+def evaluate(
+        logits: Sequence[torch.Tensor], labels: torch.Tensor, dataset: CXRDataset, class_names: Sequence[str],
+        temperature: float = 1.0, replicates: int = 1000, seed: int = 0,
+) -> Tuple[Dict[str, Any], torch.Tensor]:
+    """The report (metrics, 95% intervals, per source) of logits in the model's class order, and the probabilities."""
+    probs = probabilities(logits, temperature)
+    metrics = classification_metrics(probs, labels, class_names, probabilities=True)
+    groups, unit = _groups(dataset)
+    report: Dict[str, Any] = {
+        'num_images': len(labels), 'num_patients': len(set(groups)) if unit == 'patient' else None,
+        'temperature': temperature, 'metrics': metrics,
+        'intervals': bootstrap_intervals(probs, labels, class_names, groups, replicates, seed),
+        'bootstrap': {'replicates': replicates, 'seed': seed, 'level': 0.95, 'resampled': unit},
+    }
+    sources = dataset.column('source')
+    if len({s for s in sources if s is not None}) > 1:
+        report['per_source'] = {}
+        for source in sorted({s for s in sources if s is not None}):
+            keep = torch.tensor([s == source for s in sources])
+            result = classification_metrics(probs[keep], labels[keep], class_names, probabilities=True)
+            report['per_source'][source] = {'num_images': int(keep.sum()), **{k: result[k] for k in SCALARS}}
+    return report, probs
+
+
+def _plain(value: Any) -> Any:
+    """JSON without NaN (null instead), so that strict parsers read the report."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _cell(value: float, interval: Optional[Sequence[float]] = None) -> str:
+    text = 'n/a' if value is None or math.isnan(value) else f'{value:.3f}'
+    if interval is not None and not any(math.isnan(v) for v in interval):
+        text += f' [{interval[0]:.3f}, {interval[1]:.3f}]'
+    return text
+
+
+def _markdown(report: Dict[str, Any], class_names: Sequence[str]) -> str:
+    metrics, intervals = report['metrics'], report['intervals']
+    boot = report['bootstrap']
+    lines = [f"# Evaluation of {report.get('model', 'the model')} on {report.get('data', 'the data')} "
+             f"({report.get('split', '')})", '',
+             f"{report['num_images']} images" + (f", {report['num_patients']} patients" if report['num_patients'] else '')
+             + f"; temperature {report['temperature']:.3f}; attention TTA {'on' if report.get('tta') else 'off'}. "
+             f"Intervals: {boot['level']:.0%} percentile bootstrap, {boot['replicates']} resamples of "
+             f"{boot['resampled']}s (seed {boot['seed']}). n/a: undefined on these images.", '',
+             '| metric | value [95% CI] |', '|---|---|']
+    lines += [f'| {k} | {_cell(metrics[k], intervals[k])} |' for k in SCALARS]
+    lines += ['', '| class | ' + ' | '.join(PER_CLASS) + ' |', '|---|' + '---|' * len(PER_CLASS)]
+    lines += [f'| {c} | ' + ' | '.join(_cell(metrics[m][c], intervals[m][c]) for m in PER_CLASS) + ' |'
+              for c in class_names]
+    lines += ['', 'Confusion matrix (rows: true, columns: predicted):', '',
+              '| | ' + ' | '.join(class_names) + ' |', '|---|' + '---|' * len(class_names)]
+    lines += [f'| {c} | ' + ' | '.join(map(str, row)) + ' |' for c, row in zip(class_names, metrics['confusion_matrix'])]
+    if 'per_source' in report:
+        lines += ['', '| source | images | ' + ' | '.join(SCALARS) + ' |', '|---|---|' + '---|' * len(SCALARS)]
+        lines += [f"| {s} | {r['num_images']} | " + ' | '.join(_cell(r[k]) for k in SCALARS) + ' |'
+                  for s, r in report['per_source'].items()]
+    if 'calibration' in report:
+        cal = report['calibration']
+        lines += ['', f"Temperature {cal['temperature']:.3f} fitted on the {cal['split']} split "
+                      f"({cal['num_images']} images): ECE there {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}."]
+    return '\n'.join(lines) + '\n'
+
+
+def write_reports(report: Dict[str, Any], probs: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str],
+                  output: Path) -> List[Path]:
+    """evaluation.json, evaluation.md and the plots (confusion matrix, ROC, PR, reliability) in output."""
+    from .plots import plot_confusion_matrix, plot_pr_curves, plot_reliability, plot_roc_curves
+
+    output.mkdir(parents=True, exist_ok=True)
+    written = [output / 'evaluation.json', output / 'evaluation.md', output / 'confusion_matrix.png',
+               output / 'roc.png', output / 'pr.png', output / 'reliability.png']
+    written[0].write_text(json.dumps(_plain(report), indent=2))
+    written[1].write_text(_markdown(report, class_names))
+    plot_confusion_matrix(report['metrics']['confusion_matrix'], class_names, written[2])
+    plot_roc_curves(probs, labels, class_names, written[3])
+    plot_pr_curves(probs, labels, class_names, written[4])
+    plot_reliability(probs, labels, written[5])
+    return written

@@ -1,0 +1,54 @@
+"""Evaluation helpers: class alignment, temperature scaling, the saved temperature, the report."""
+import json
+import math
+
+import pytest
+import torch
+
+from magsd_timm.data import CXRDataset
+from magsd_timm.evaluation import (
+    LabelMismatchError, align_labels, evaluate, fit_temperature, save_temperature, write_reports,
+)
+
+
+def test_classes_in_another_order_are_mapped_and_other_classes_refused():
+    assert align_labels(['normal', 'pneumonia'], ['pneumonia', 'normal']).tolist() == [1, 0]
+    with pytest.raises(LabelMismatchError) as error:
+        align_labels(['COVID-19', 'normal'], ['normal', 'pneumonia'])
+    assert "['COVID-19', 'normal']" in str(error.value) and "['normal', 'pneumonia']" in str(error.value)
+
+
+def test_temperature_scaling_recovers_the_temperature_that_generated_the_labels():
+    generator = torch.Generator().manual_seed(0)
+    logits = 4 * torch.randn(20000, 3, generator=generator)
+    labels = torch.multinomial((logits / 2.5).softmax(-1), 1, generator=generator)[:, 0]
+    assert fit_temperature([logits], labels) == pytest.approx(2.5, rel=0.05)
+
+
+def test_the_temperature_is_saved_into_the_config_and_nothing_else_changes(tmp_path):
+    config = {'architecture': 'magsd_resnet18', 'label_names': ['a', 'b'], 'pretrained_cfg': {'mean': [0.5]}}
+    (tmp_path / 'config.json').write_text(json.dumps(config))
+    save_temperature(tmp_path, 1.7)
+    assert json.loads((tmp_path / 'config.json').read_text()) == dict(config, temperature=1.7)
+    assert [p.name for p in tmp_path.iterdir()] == ['config.json']  # no temporary file left
+
+
+def test_report_has_intervals_by_patient_per_source_results_and_plots(tmp_path):
+    records = [dict(path=f'x{i}.png', label='a' if i % 2 else 'b', patient_id=f'p{i // 2}', source=f's{i % 3 > 0}')
+               for i in range(12)]
+    dataset = CXRDataset(records, ['a', 'b'])
+    labels = torch.tensor(dataset.labels())
+    logits = torch.nn.functional.one_hot(labels, 2).float() * 3 + torch.randn(12, 2, generator=torch.Generator().manual_seed(0))
+    report, probs = evaluate([logits], labels, dataset, ['a', 'b'], temperature=2.0, replicates=50)
+    assert report['num_patients'] == 6 and report['bootstrap']['resampled'] == 'patient'
+    assert torch.allclose(probs, (logits / 2).softmax(-1))
+    assert set(report['per_source']) == {'sTrue', 'sFalse'} and report['per_source']['sTrue']['num_images'] == 8
+    low, high = report['intervals']['accuracy']
+    assert low <= report['metrics']['accuracy'] <= high
+    written = write_reports(dict(report, model='m', data='d', split='test'), probs, labels, ['a', 'b'], tmp_path)
+    saved = json.loads((tmp_path / 'evaluation.json').read_text())  # strict JSON: NaN written as null
+    assert saved['metrics']['accuracy'] == report['metrics']['accuracy']
+    assert '| accuracy |' in (tmp_path / 'evaluation.md').read_text() and '6 patients' in written[1].read_text()
+    for plot in written[2:]:
+        assert plot.read_bytes()[:4] == b'\x89PNG'
+    assert not any(isinstance(v, float) and math.isnan(v) for v in saved['metrics'].values())
