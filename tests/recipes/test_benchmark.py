@@ -72,3 +72,13 @@ def test_trainer_suite_compares_the_trainer_loop_with_a_bare_loop(tmp_path):
     assert [r[0] for r in rows] == ['bare objective loop', 'magsd_timm trainer loop']
     assert rows[0][2] == '1.000x' and '>= 0.95x' in rows[1][3]
     assert abs(float(rows[1][2].rstrip('x')) - float(rows[1][1]) / float(rows[0][1])) < 0.01
+
+
+def test_attention_suite_scores_the_display_map_and_grad_cam(tmp_path):
+    _run(tmp_path, '--suite', 'attention', '--attention-images', '48', '--attention-epochs', '1')
+    table = (tmp_path / 'attention.md').read_text()
+    rows = [_cells(line) for line in table.splitlines() if line.startswith('| MA-Net') or line.startswith('| Grad-CAM')]
+    assert [r[0] for r in rows] == ['MA-Net display map (MAG-SD)', 'Grad-CAM, plain backbone (cross-entropy)']
+    for cells in rows:
+        assert 0 <= float(cells[1]) <= 1 and 0 <= float(cells[2]) <= 1
+    assert '>= 0.9 and >= Grad-CAM' in rows[0][3] and '48 training images x 1 epochs' in table
