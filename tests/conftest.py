@@ -2,7 +2,7 @@
 
 huggingface_hub and datasets read their endpoint, cache and token when they are imported, so the
 environment is set here, before any test module imports them; subprocesses inherit it. The server
-itself starts with the first test that asks for the ``hub`` fixture.
+runs from here on, so that a request no test planned gets a quick 404 instead of hanging.
 """
 import os
 import shutil
@@ -16,7 +16,7 @@ from hub_server import LoopbackHub
 if 'huggingface_hub' in sys.modules:  # its constants are already read: the tests could reach huggingface.co
     raise RuntimeError('huggingface_hub was imported before tests/conftest.py set the Hub environment')
 
-HUB = LoopbackHub()
+HUB = LoopbackHub().start()
 HF_HOME = tempfile.mkdtemp(prefix='magsd-hf-home-')
 # a fake token with a recognisable shape: tests check it never shows up in output, cards or errors
 TOKEN = 'hf_loopbackSECRETtoken0123456789'
@@ -30,12 +30,11 @@ os.environ.pop('HF_HUB_OFFLINE', None)
 @pytest.fixture(scope='session')
 def hub() -> LoopbackHub:
     """The loopback Hub server, running for the whole session."""
-    HUB.start()
-    yield HUB
-    HUB.stop()
+    return HUB
 
 
 def pytest_unconfigure(config):
+    HUB.stop()
     shutil.rmtree(HF_HOME, ignore_errors=True)
 
 

@@ -9,7 +9,7 @@ from pydicom.uid import JPEG2000Lossless
 from magsd_timm.data.reader import ImageReadError, read_image
 from magsd_timm.data.sample import sample_records
 
-from .conftest import write_dicom
+from dicom_files import write_dicom
 
 REAL = [Path(r['path']) for r in sample_records()]
 

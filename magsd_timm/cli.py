@@ -1,0 +1,253 @@
+"""magsd: predict, evaluate, export and describe MA-Net checkpoints from the command line.
+
+MODEL is a registered name (magsd_resnet50, or name.tag for published weights), a Hub id
+(org/name, org/name@revision, hf-hub:org/name), or a local folder: a training output of
+recipes/train.py (its best/ checkpoint is used) or a checkpoint folder (config.json, model.safetensors).
+
+Exit codes:
+  0  done
+  1  some inputs could not be read or found (each is reported; the others were processed)
+  2  bad arguments, unknown model, unloadable or unsafe checkpoint, unreadable data, or a checkpoint
+     whose classes are not the data's
+  3  the exported model's logits differ from the eager model's (nothing was written)
+"""
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from .hub.pull import checkpoint_config, load, resolve_model_name
+
+__all__ = ['main']
+
+
+def _device(name: str) -> torch.device:
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    return torch.device(name)
+
+
+def _open(args: argparse.Namespace, pretrained: bool = True) -> Tuple[torch.nn.Module, str, Dict[str, Any]]:
+    """The model, its resolved timm name, and its checkpoint config (temperature, ...)."""
+    name = resolve_model_name(args.model)
+    model = load(name, pretrained=pretrained, allow_pickle=args.allow_pickle).eval()
+    return model, name, checkpoint_config(name)
+
+
+def _label_names(model: torch.nn.Module) -> List[str]:
+    names = model.pretrained_cfg.get('label_names')
+    return list(names) if names and len(names) == model.num_classes else [str(i) for i in range(model.num_classes)]
+
+
+# ---- predict ------------------------------------------------------------------------------------
+
+def _predictions_text(predictions, label_names: List[str], fmt: str, model: str, failures) -> str:
+    if fmt == 'json':
+        return json.dumps({
+            'model': model,
+            'predictions': [{'file': str(p.path), 'predicted': p.predicted, 'probabilities': p.probabilities,
+                             **({'heatmap': str(p.heatmap)} if p.heatmap else {})} for p in predictions],
+            'failed': [{'file': f, 'error': message} for f, message in failures]}, indent=2)
+    if fmt == 'csv':
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(['file', 'predicted', *label_names, 'heatmap'])
+        for p in predictions:
+            writer.writerow([p.path, p.predicted, *(f'{p.probabilities[c]:.6f}' for c in label_names), p.heatmap or ''])
+        return buffer.getvalue()
+    header = ['file', 'predicted', *label_names]
+    rows = [[str(p.path), p.predicted, *(f'{p.probabilities[c]:.4f}' for c in label_names)] for p in predictions]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return '\n'.join('  '.join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]) + '\n'
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .data.transforms import build_transforms, resolve_cxr_data_config
+    from .inference import collect_inputs, predict_files
+
+    files, missing = collect_inputs(args.inputs)
+    model, name, config = _open(args)
+    if args.heatmap and not hasattr(model, 'forward_with_attention'):
+        raise ValueError(f'--heatmap needs an MA-Net (magsd_*) model; {name} has no attention maps.')
+    data_config = resolve_cxr_data_config(model)
+    predictions, unreadable = predict_files(
+        model.to(_device(args.device)), files, build_transforms(data_config), _label_names(model), args.batch_size,
+        args.tta, config.get('temperature', 1.0), Path(args.heatmap) if args.heatmap else None, data_config)
+    failures = [(pattern, f'{pattern}: {reason}') for pattern, reason in missing] + unreadable
+    text = _predictions_text(predictions, _label_names(model), args.format, args.model, failures)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    for _, message in failures:
+        print(f'magsd predict: {message}', file=sys.stderr)
+    if failures:
+        print(f'magsd predict: {len(failures)} input(s) failed, {len(predictions)} image(s) predicted', file=sys.stderr)
+    return 1 if failures else 0
+
+
+# ---- evaluate -----------------------------------------------------------------------------------
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .data import open_dataset
+    from .data.transforms import build_transforms, resolve_cxr_data_config
+    from .evaluation import align_labels, evaluate, fit_temperature, predict_dataset, save_temperature, write_reports
+    from .metrics import classification_metrics
+    from .inference import probabilities
+
+    if args.calibrate and not resolve_model_name(args.model).startswith('local-dir:'):
+        raise ValueError(f'--calibrate saves the temperature into the checkpoint, so it needs a local checkpoint '
+                         f'folder; {args.model} is not one. Download it first (hf download ORG/NAME --local-dir DIR).')
+    model, name, config = _open(args)
+    model.to(_device(args.device))
+    transform = build_transforms(resolve_cxr_data_config(model))
+    class_names = _label_names(model)
+
+    def split_logits(split: str):
+        dataset = open_dataset(args.data, split, transform, seed=args.seed)
+        to_model = align_labels(class_names, dataset.class_names)
+        logits, labels = predict_dataset(model, dataset, args.batch_size, args.tta)
+        return dataset, logits, to_model[labels]
+
+    temperature, calibration = config.get('temperature', 1.0), None
+    if args.calibrate:
+        _, cal_logits, cal_labels = split_logits(args.calibration_split)
+        temperature = fit_temperature(cal_logits, cal_labels)
+        calibration = {
+            'split': args.calibration_split, 'num_images': len(cal_labels), 'temperature': temperature,
+            'ece_before': classification_metrics(probabilities(cal_logits), cal_labels, class_names, True)['ece'],
+            'ece_after': classification_metrics(probabilities(cal_logits, temperature), cal_labels, class_names,
+                                                True)['ece']}
+        save_temperature(Path(name[len('local-dir:'):]), temperature)
+    dataset, logits, labels = split_logits(args.split)
+    report, probs = evaluate(logits, labels, dataset, class_names, temperature, args.bootstrap, args.seed)
+    report.update(model=args.model, data=args.data or 'sample', split=args.split, tta=args.tta)
+    if calibration:
+        report['calibration'] = calibration
+    output = Path(args.output or f'eval/{args.split}')
+    written = write_reports(report, probs, labels, class_names, output)
+    metrics, intervals = report['metrics'], report['intervals']
+    print(f"{args.split}: {report['num_images']} images, accuracy {metrics['accuracy']:.3f} "
+          f"[{intervals['accuracy'][0]:.3f}, {intervals['accuracy'][1]:.3f}], macro F1 {metrics['macro_f1']:.3f}, "
+          f"ECE {metrics['ece']:.3f}" + (f', temperature {temperature:.3f} (saved)' if calibration else ''))
+    print('wrote ' + ', '.join(str(p) for p in written))
+    return 0
+
+
+# ---- export -------------------------------------------------------------------------------------
+
+def _export(args: argparse.Namespace) -> int:
+    from .data.transforms import resolve_cxr_data_config
+    from .export import export_model
+
+    model, name, _ = _open(args)
+    suffix = '.onnx' if args.format == 'onnx' else '.pt'
+    output = Path(args.output or (Path(args.model).name.replace('/', '_').split('@')[0] + suffix))
+    check = export_model(model, output, args.format, resolve_cxr_data_config(model)['input_size'])
+    verdict = 'same logits' if check.ok else 'DIFFERENT logits'
+    print(f'{args.format} ({check.method}): {verdict} as eager at batch {check.batch_size}: max |diff| '
+          f'{check.max_abs_diff:.2e} (tolerance {check.tolerance:.2e}, max |logit| {check.max_abs_logit:.2f})')
+    if not check.ok:
+        print(f'magsd: the export does not reproduce the model; {output} was not written', file=sys.stderr)
+        return 3
+    print(f'wrote {output} (dynamic batch dimension)')
+    return 0
+
+
+# ---- info ---------------------------------------------------------------------------------------
+
+def _info(args: argparse.Namespace) -> int:
+    from .complexity import count_macs, count_parameters
+    from .data.transforms import resolve_cxr_data_config
+
+    model, name, config = _open(args, pretrained=False)
+    data_config = resolve_cxr_data_config(model)
+    info: Dict[str, Any] = {
+        'model': args.model, 'resolved': name, 'architecture': model.pretrained_cfg.get('architecture'),
+        'backbone': getattr(model, 'backbone_name', None), 'attention_maps': getattr(model, 'num_maps', None),
+        'attention_levels': getattr(model, 'attn_levels', None), 'parameters': count_parameters(model),
+        'gmacs': round(count_macs(model, data_config['input_size']) / 1e9, 3), 'num_classes': model.num_classes,
+        'label_names': _label_names(model), 'temperature': config.get('temperature', 1.0),
+        'data_config': {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        print(f'{key.ljust(width)}  {value}')
+    return 0
+
+
+# ---- parser -------------------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='magsd', description=__doc__.split('\n\n')[0],
+                                     epilog=__doc__.split('\n\n', 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest='command', required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text, epilog=__doc__.split('\n\n', 1)[1],
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.add_argument('model', metavar='MODEL', help='registered name, Hub id or local folder (see above)')
+        sub.add_argument('--allow-pickle', action='store_true',
+                         help='load a checkpoint that only has pickle weights (only from a source you trust)')
+        return sub
+
+    predict = command('predict', 'class probabilities of radiographs (PNG, JPEG, 16-bit, DICOM), with heat maps')
+    predict.add_argument('inputs', metavar='INPUT', nargs='+', help='files, folders (searched recursively) or globs')
+    predict.add_argument('--format', choices=['table', 'json', 'csv'], default='table')
+    predict.add_argument('--output', help='write the table/JSON/CSV here instead of standard output')
+    predict.add_argument('--heatmap', metavar='DIR', help='write an attention overlay PNG per image to DIR')
+    predict.add_argument('--tta', action='store_true', help='attention test-time augmentation (raw + attention crop)')
+    predict.add_argument('--batch-size', type=int, default=16)
+    predict.add_argument('--device', default='auto', help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
+
+    evaluate = command('evaluate', 'metrics with bootstrap 95%% CIs, calibration and plots on one data split')
+    evaluate.add_argument('data', metavar='DATA', nargs='?', default=None,
+                          help="data source: prepared folder, class folders, manifest, hf-hub:org/name "
+                               "(default: the bundled sample)")
+    evaluate.add_argument('--split', default='test', choices=['train', 'validation', 'test'])
+    evaluate.add_argument('--output', help='report folder (default: eval/SPLIT)')
+    evaluate.add_argument('--bootstrap', type=int, default=1000, help='bootstrap resamples for the 95%% CIs')
+    evaluate.add_argument('--seed', type=int, default=0, help='seed of the bootstrap (and of splits made on the fly)')
+    evaluate.add_argument('--calibrate', action='store_true',
+                          help="fit temperature scaling on --calibration-split and save it in the checkpoint's config")
+    evaluate.add_argument('--calibration-split', default='validation', choices=['train', 'validation', 'test'])
+    evaluate.add_argument('--tta', action='store_true', help='attention test-time augmentation (raw + attention crop)')
+    evaluate.add_argument('--batch-size', type=int, default=16)
+    evaluate.add_argument('--device', default='auto')
+
+    export = command('export', 'ONNX or TorchScript file with a dynamic batch dimension, checked against eager')
+    export.add_argument('--format', choices=['onnx', 'torchscript'], required=True)
+    export.add_argument('--output', help='file to write (default: MODEL.onnx or MODEL.pt here)')
+
+    info = command('info', 'architecture, parameters, GMACs, label names and data config of a model')
+    info.add_argument('--json', action='store_true')
+    return parser
+
+
+def _positive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for name in ('batch_size', 'bootstrap'):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run one magsd command; the exit code says how it went (see --help)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _positive(parser, args)
+    run = {'predict': _predict, 'evaluate': _evaluate, 'export': _export, 'info': _info}[args.command]
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError, ImportError, OSError, RuntimeError) as e:
+        print(f'magsd {args.command}: {e}', file=sys.stderr)
+        return 2

@@ -1,0 +1,180 @@
+"""The magsd command, run as users run it (the installed console script), on real and generated radiographs."""
+import csv
+import io
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import timm
+import torch
+from timm.models import save_for_hf
+
+import magsd_timm
+from magsd_timm.data import build_transforms, read_image, resolve_cxr_data_config
+from magsd_timm.data.sample import sample_records
+
+from dicom_files import write_dicom
+
+CLI = shutil.which('magsd')
+SAMPLE = Path(sample_records()[0]['path']).parents[1]  # .../kermany16 with normal/ and pneumonia/
+
+
+def magsd(*args) -> subprocess.CompletedProcess:
+    assert CLI, 'the magsd console script is not installed (pip install -e .)'
+    return subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize('command', ['predict', 'evaluate', 'export', 'info'])
+def test_every_command_has_help_with_the_exit_codes(command):
+    proc = magsd(command, '--help')
+    assert proc.returncode == 0 and 'Exit codes:' in proc.stdout and 'MODEL' in proc.stdout
+
+
+def test_predict_prints_probabilities_of_the_bundled_radiographs(trained_run, tmp_path):
+    proc = magsd('predict', trained_run, SAMPLE / 'normal', str(SAMPLE / 'pneumonia' / '*.jpeg'),
+                 '--format', 'json', '--heatmap', tmp_path / 'maps')
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert len(result['predictions']) == 16 and result['failed'] == []
+    model = magsd_timm.load(str(trained_run)).eval()
+    transform = build_transforms(resolve_cxr_data_config(model))
+    for row in result['predictions']:
+        assert set(row['probabilities']) == {'normal', 'pneumonia'}
+        with torch.no_grad():
+            expected = model(transform(read_image(row['file']))[None]).softmax(-1)[0]
+        assert [row['probabilities'][c] for c in ('normal', 'pneumonia')] == pytest.approx(expected.tolist(), abs=1e-5)
+        assert row['predicted'] == max(row['probabilities'], key=row['probabilities'].get)
+        assert Path(row['heatmap']).read_bytes()[:4] == b'\x89PNG'
+    assert len(list((tmp_path / 'maps').iterdir())) == 16
+
+
+def test_predict_reads_dicom_of_both_photometries_and_bit_depths(trained_run, tmp_path):
+    ramp = np.linspace(0, 1, 96 * 80).reshape(96, 80)
+    write_dicom(tmp_path / 'mono2_16.dcm', np.round(ramp * 4095).astype(np.uint16))
+    write_dicom(tmp_path / 'mono1_16.dcm', np.round((1 - ramp) * 4095).astype(np.uint16), photometric='MONOCHROME1')
+    write_dicom(tmp_path / 'mono2_8.dcm', np.round(ramp * 255).astype(np.uint8))
+    write_dicom(tmp_path / 'mono1_8.dcm', np.round((1 - ramp) * 255).astype(np.uint8), photometric='MONOCHROME1')
+    proc = magsd('predict', trained_run, tmp_path, '--format', 'csv')
+    assert proc.returncode == 0, proc.stderr
+    rows = {Path(r['file']).name: r for r in csv.DictReader(io.StringIO(proc.stdout))}
+    assert set(rows) == {'mono1_16.dcm', 'mono2_16.dcm', 'mono1_8.dcm', 'mono2_8.dcm'}
+    # MONOCHROME1 stores the inverted image: once read, both photometries are the same radiograph
+    for bits in ('16', '8'):
+        assert float(rows[f'mono1_{bits}.dcm']['normal']) == pytest.approx(float(rows[f'mono2_{bits}.dcm']['normal']),
+                                                                           abs=1e-4)
+
+
+def test_unreadable_and_missing_inputs_are_reported_and_the_rest_predicted(trained_run, tmp_path):
+    (tmp_path / 'notes.png').write_text('not an image')
+    good = sample_records()[0]['path']
+    proc = magsd('predict', trained_run, good, tmp_path / 'notes.png', tmp_path / 'gone.jpeg')
+    assert proc.returncode == 1
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].split()[:2] == ['file', 'predicted'] and len(lines) == 2 and lines[1].startswith(good)
+    assert 'notes.png: not an image file' in proc.stderr and 'gone.jpeg: no such file or folder' in proc.stderr
+    assert '2 input(s) failed, 1 image(s) predicted' in proc.stderr
+
+
+def test_an_unknown_model_lists_close_matches():
+    proc = magsd('info', 'magsd_resnet5')
+    assert proc.returncode == 2 and 'Close matches: magsd_resnet50' in proc.stderr
+
+
+def test_evaluate_writes_reports_with_bootstrap_intervals_by_patient(trained_run, tmp_path):
+    proc = magsd('evaluate', trained_run, '--split', 'train', '--bootstrap', '200', '--output', tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / 'evaluation.json').read_text())
+    assert report['num_images'] == 12 and report['bootstrap']['resampled'] == 'patient'
+    assert report['num_patients'] == 11  # person1946's two films are one patient
+    metrics, intervals = report['metrics'], report['intervals']
+    for name in ('accuracy', 'macro_f1', 'ece'):
+        low, high = intervals[name]
+        assert low <= metrics[name] + 1e-9 and metrics[name] <= high + 1e-9
+    assert set(metrics['auprc']) == {'normal', 'pneumonia'} and len(intervals['sensitivity']['normal']) == 2
+    # the confusion matrix is that of the predictions predict gives for the same images
+    predicted = json.loads(magsd('predict', trained_run, *[r['path'] for r in _train_records()],
+                                 '--format', 'json').stdout)['predictions']
+    matrix = [[0, 0], [0, 0]]
+    for row, record in zip(predicted, _train_records()):
+        matrix[['normal', 'pneumonia'].index(record['label'])][['normal', 'pneumonia'].index(row['predicted'])] += 1
+    assert metrics['confusion_matrix'] == matrix
+    for name in ('evaluation.md', 'confusion_matrix.png', 'roc.png', 'pr.png', 'reliability.png'):
+        assert (tmp_path / name).exists(), name
+    assert '[95% CI]' in (tmp_path / 'evaluation.md').read_text()
+
+
+def _train_records():
+    from magsd_timm.data import open_dataset
+
+    return open_dataset(None, 'train').items
+
+
+def test_a_checkpoint_with_other_classes_is_refused_with_both_lists(tmp_path):
+    model = timm.create_model('magsd_custom', backbone='test_resnet', num_maps=4)  # the 4 CXR classes
+    save_for_hf(model, tmp_path / 'covid', safe_serialization=True,
+                model_config={'label_names': list(magsd_timm.CXR_LABEL_NAMES)})
+    proc = magsd('evaluate', tmp_path / 'covid', '--output', tmp_path / 'out')
+    assert proc.returncode == 2
+    assert str(list(magsd_timm.CXR_LABEL_NAMES)) in proc.stderr and "['normal', 'pneumonia']" in proc.stderr
+    assert not (tmp_path / 'out').exists()
+
+
+def test_calibration_saves_a_temperature_that_predict_then_uses(trained_run, tmp_path):
+    checkpoint = tmp_path / 'checkpoint'
+    shutil.copytree(trained_run / 'best', checkpoint)
+    image = sample_records()[0]['path']
+    before = json.loads(magsd('predict', checkpoint, image, '--format', 'json').stdout)['predictions'][0]
+    proc = magsd('evaluate', checkpoint, '--split', 'test', '--calibrate', '--calibration-split', 'train',
+                 '--bootstrap', '20', '--output', tmp_path / 'out')
+    assert proc.returncode == 0, proc.stderr
+    temperature = json.loads((checkpoint / 'config.json').read_text())['temperature']
+    report = json.loads((tmp_path / 'out' / 'evaluation.json').read_text())
+    assert report['calibration']['temperature'] == temperature == report['temperature']
+    assert report['calibration']['ece_after'] <= report['calibration']['ece_before'] + 1e-9
+    after = json.loads(magsd('predict', checkpoint, image, '--format', 'json').stdout)['predictions'][0]
+    logits = torch.tensor([before['probabilities'][c] for c in ('normal', 'pneumonia')]).log()
+    expected = (logits / temperature).softmax(-1).tolist()
+    assert [after['probabilities'][c] for c in ('normal', 'pneumonia')] == pytest.approx(expected, abs=1e-4)
+
+
+def test_calibration_needs_a_local_checkpoint():
+    proc = magsd('evaluate', 'magsd_custom', '--calibrate')
+    assert proc.returncode == 2 and 'needs a local checkpoint folder' in proc.stderr
+
+
+def test_export_onnx_and_torchscript_match_eager_at_another_batch(trained_run, tmp_path):
+    model = magsd_timm.load(str(trained_run)).eval()
+    images = torch.randn(4, 1, 224, 224)
+    with torch.no_grad():
+        expected = model(images)
+    proc = magsd('export', trained_run, '--format', 'onnx', '--output', tmp_path / 'm.onnx')
+    assert proc.returncode == 0, proc.stderr
+    assert 'same logits as eager at batch 3' in proc.stdout
+    session = onnxruntime.InferenceSession(str(tmp_path / 'm.onnx'))
+    torch.testing.assert_close(torch.from_numpy(session.run(None, {'input': images.numpy()})[0]), expected,
+                               rtol=1e-4, atol=1e-3)
+    proc = magsd('export', trained_run, '--format', 'torchscript', '--output', tmp_path / 'm.pt')
+    assert proc.returncode == 0, proc.stderr
+    torch.testing.assert_close(torch.jit.load(str(tmp_path / 'm.pt'))(images), expected, rtol=1e-4, atol=1e-3)
+
+
+def test_info_describes_the_checkpoint(trained_run):
+    proc = magsd('info', trained_run, '--json')
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    model = magsd_timm.load(str(trained_run))
+    assert info['architecture'] == 'magsd_custom' and info['backbone'] == 'test_resnet'
+    assert info['parameters'] == sum(p.numel() for p in model.parameters())
+    assert info['label_names'] == ['normal', 'pneumonia'] and info['data_config']['input_size'] == [1, 224, 224]
+    assert info['gmacs'] > 0 and info['attention_maps'] == 4
+
+
+def test_bad_arguments_are_named():
+    proc = magsd('predict', 'magsd_custom', 'x.png', '--batch-size', '0')
+    assert proc.returncode == 2 and '--batch-size must be at least 1' in proc.stderr
+    proc = magsd('export', 'magsd_custom', '--format', 'tflite')
+    assert proc.returncode == 2 and "invalid choice: 'tflite'" in proc.stderr
