@@ -4,6 +4,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from magsd_timm.data.sample import sample_records
 
 from dicom_files import write_dicom
 
-CLI = shutil.which('magsd')
+CLI = shutil.which('magsd', path=str(Path(sys.executable).parent))  # this interpreter's script
 SAMPLE = Path(sample_records()[0]['path']).parents[1]  # .../kermany16 with normal/ and pneumonia/
 
 

@@ -12,7 +12,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-CLI = shutil.which('magsd-hub')
+CLI = shutil.which('magsd-hub', path=str(Path(sys.executable).parent))  # this interpreter's script
 TOKEN = os.environ['HF_TOKEN']  # tests/conftest.py's fake token
 
 
