@@ -19,11 +19,11 @@ from timm.models._builder import resolve_pretrained_cfg
 
 from ..complexity import count_macs, count_parameters
 from ..data.build import KNOWN_SOURCES
+from ..models.weights import SAFE_WEIGHTS
 
 __all__ = ['MODEL_TAGS', 'TrainingRun', 'find_run', 'render_model_card']
 
 MODEL_TAGS = ['image-classification', 'timm', 'magsd', 'medical-imaging', 'chest-x-ray']
-WEIGHTS = 'model.safetensors'
 
 METHOD_TEXT = {
     'magsd': (
@@ -55,7 +55,7 @@ def find_run(path: Union[str, Path]) -> TrainingRun:
     else:
         raise FileNotFoundError(
             f"No checkpoint in '{path}': expected a training output folder (with best/config.json, as "
-            f"recipes/train.py leaves it) or a folder with config.json and {WEIGHTS}.")
+            f"recipes/train.py leaves it) or a folder with config.json and {SAFE_WEIGHTS}.")
     run = TrainingRun(checkpoint)
     if (run_dir / 'args.yaml').is_file():
         run.args = yaml.safe_load((run_dir / 'args.yaml').read_text()) or {}

@@ -74,12 +74,12 @@ def _predict(args: argparse.Namespace) -> int:
     model, name, config = _open(args)
     if args.heatmap and not hasattr(model, 'forward_with_attention'):
         raise ValueError(f'--heatmap needs an MA-Net (magsd_*) model; {name} has no attention maps.')
-    data_config = resolve_cxr_data_config(model)
+    data_config, label_names = resolve_cxr_data_config(model), _label_names(model)
     predictions, unreadable = predict_files(
-        model.to(_device(args.device)), files, build_transforms(data_config), _label_names(model), args.batch_size,
+        model.to(_device(args.device)), files, build_transforms(data_config), label_names, args.batch_size,
         args.tta, config.get('temperature', 1.0), Path(args.heatmap) if args.heatmap else None, data_config)
     failures = [(pattern, f'{pattern}: {reason}') for pattern, reason in missing] + unreadable
-    text = _predictions_text(predictions, _label_names(model), args.format, args.model, failures)
+    text = _predictions_text(predictions, label_names, args.format, args.model, failures)
     if args.output:
         Path(args.output).write_text(text)
     else:
@@ -97,8 +97,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .data import open_dataset
     from .data.transforms import build_transforms, resolve_cxr_data_config
     from .evaluation import align_labels, evaluate, fit_temperature, predict_dataset, save_temperature, write_reports
-    from .metrics import classification_metrics
     from .inference import probabilities
+    from .metrics import classification_metrics
 
     if args.calibrate and not resolve_model_name(args.model).startswith('local-dir:'):
         raise ValueError(f'--calibrate saves the temperature into the checkpoint, so it needs a local checkpoint '
