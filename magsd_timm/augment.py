@@ -28,6 +28,8 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .models.magsd import display_map
+
 __all__ = [
     'AttentionAugmentConfig', 'AttentionViews', 'NUM_UNIFORMS', 'attention_boxes', 'attention_crop',
     'attention_views', 'attention_views_from_uniforms', 'draw_uniforms', 'mean_attention_crop', 'sample_map_indices',
@@ -219,8 +221,7 @@ def attention_crop(
 def mean_attention_crop(images: torch.Tensor, attention: torch.Tensor, theta: float = 0.1,
                         padding: float = 0.1) -> torch.Tensor:
     """WS-DAN's test-time crop, deterministic: the padded box of the mean map >= theta x its maximum, zoomed."""
-    mean_map = F.interpolate(attention.detach().float().mean(dim=1, keepdim=True), size=images.shape[-2:],
-                             mode='bilinear', align_corners=False)[:, 0]
+    mean_map = display_map(attention.detach(), images.shape[-2:])[:, 0]
     peak = mean_map.amax(dim=(-2, -1))
     cropped = zoom_boxes(images, attention_boxes(mean_map, theta * peak, padding))
     return _keep_if_unattended(cropped, images, peak > 0)

@@ -114,10 +114,11 @@ def predict_files(
         images = torch.stack(batch).to(device)
         logits, attention = model_logits(model, images, tta)
         probs = probabilities(logits, temperature).cpu()
-        heat = display_map(attention, images.shape[-2:]).cpu() if attention is not None else None
+        drawn = heatmap_dir is not None and attention is not None
+        heat = display_map(attention, images.shape[-2:]).cpu() if drawn else None
         for i, path in enumerate(paths):
             prediction = Prediction(path, {c: float(p) for c, p in zip(label_names, probs[i])})
-            if heatmap_dir is not None and heat is not None:
+            if drawn:
                 prediction.heatmap = _heatmap_path(heatmap_dir, path, taken)
                 mean, std = (data_config or {}).get('mean', (0.,)), (data_config or {}).get('std', (1.,))
                 radiograph = images[i, 0].cpu() * std[0] + mean[0]  # the preprocessed image, before normalising
