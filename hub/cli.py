@@ -1,23 +1,22 @@
 """magsd-hub: push trained checkpoints and prepared datasets to the Hugging Face Hub.
 
-Exit codes: 0 pushed (or staged, with --dry-run); 1 the Hub refused or failed the push (nothing was
-committed; run it again); 2 bad arguments or local input (missing checkpoint, not a prepared dataset,
-pickle-only weights, weights that do not fit their config, a non-empty --dry-run folder).
+Exit codes:
+  0  pushed (or staged, with --dry-run)
+  1  the Hub refused or failed the push, or could not be reached (nothing was committed; run it again)
+  2  bad arguments or local input: missing, invalid or untrusted checkpoint (pickle-only, NaN or
+     non-float weights, an invalid temperature, weights that do not fit their config), not a prepared
+     dataset, a non-empty --dry-run folder
+An error prints one line; --traceback (or MAGSD_TRACEBACK=1) prints its traceback as well.
 """
 import argparse
-import sys
 from typing import List, Optional
 
 from huggingface_hub import get_token
 
-from .push import PushError, push_dataset, push_model
+from ..console import add_traceback_flag, display, run_command
+from .push import push_dataset, push_model
 
 __all__ = ['main']
-
-
-def _redact(text: str, token: Optional[str]) -> str:
-    """Never let a token reach the terminal, whatever an error message carries."""
-    return text.replace(token, '***') if token else text
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +31,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help='write the exact folder that would be uploaded to DIR (new or empty) and stop')
     parser.add_argument('--token', default=None,
                         help='Hub token (default: HF_TOKEN or the saved login; never printed)')
+    add_traceback_flag(parser)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,23 +56,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _push(args: argparse.Namespace) -> int:
+    common = dict(private=args.private, revision=args.revision, commit_message=args.commit_message,
+                  dry_run=args.dry_run, token=args.token)
+    if args.command == 'push-model':
+        result = push_model(args.output_dir, args.repo_id, license=args.license, dataset_id=args.dataset_id, **common)
+    else:
+        result = push_dataset(args.prepared_dir, args.repo_id, **common)
+    print(f'staged for {args.repo_id} in {display(result)}' if args.dry_run else f'pushed: {result}')
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run one magsd-hub command; the exit code says what happened (see --help)."""
     args = _parser().parse_args(argv)
-    token = args.token or get_token()
-    common = dict(private=args.private, revision=args.revision, commit_message=args.commit_message,
-                  dry_run=args.dry_run, token=args.token)
-    try:
-        if args.command == 'push-model':
-            result = push_model(args.output_dir, args.repo_id, license=args.license, dataset_id=args.dataset_id,
-                                **common)
-        else:
-            result = push_dataset(args.prepared_dir, args.repo_id, **common)
-    except PushError as e:
-        print(f'magsd-hub: {_redact(str(e), token)}', file=sys.stderr)
-        return 1
-    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
-        print(f'magsd-hub: {_redact(str(e), token)}', file=sys.stderr)
-        return 2
-    print(f'staged for {args.repo_id} in {result}' if args.dry_run else f'pushed: {result}')
-    return 0
+    # a token must never reach the terminal, whatever an error message carries
+    return run_command('magsd-hub', lambda: _push(args), args.traceback, redact=(args.token, get_token()))

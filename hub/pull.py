@@ -1,47 +1,109 @@
-"""Load MA-Net models by any name a user has for them: registered name, Hub id, or a local folder."""
+"""Load MA-Net models by any name a user has for them: registered name, Hub id, or a local folder.
+
+A config.json from a Hub repo or a folder is untrusted input: revisions are checked before any
+download, and the config is checked (bounds, temperature, model arguments) before it builds anything.
+"""
 import json
 import re
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import timm
 import torch
 from huggingface_hub import hf_hub_download
-from timm.models import split_model_name_tag
+from huggingface_hub.utils import validate_repo_id
+from timm.models import resolve_pretrained_cfg, split_model_name_tag
 
+from ..console import BadInputError, display
 from ..models import allow_pickle_weights, close_matches
+from ..models.config import ConfigError, check_checkpoint_config
 from .cards import find_run
 
-__all__ = ['checkpoint_config', 'load', 'resolve_model_name']
+__all__ = ['check_revision', 'checkpoint_config', 'load', 'resolve_model_name']
 
-_HUB_ID = re.compile(r'[\w.-]+/[\w.-]+(@[\w./-]+)?')
+_HUB_ID = re.compile(r'[\w.-]+/[\w.-]+(@.+)?')
+_REF_PART = re.compile(r'[A-Za-z0-9_][A-Za-z0-9._-]*')
+
+
+def check_revision(revision: str) -> str:
+    """A Hub revision (branch, tag, commit or refs/pr/N) as git allows it; path-like ones ('..', '/x') are refused."""
+    parts = revision.split('/')
+    if (len(revision) > 255 or any(not _REF_PART.fullmatch(p) or p.endswith(('.lock', '.')) for p in parts)
+            or '..' in revision):
+        raise BadInputError(
+            f"Invalid revision '{display(revision)}': a revision is a branch, tag or commit name of letters, digits, "
+            "'.', '_', '-' and '/' separators (no '..', no empty or dot-led parts), e.g. main, v1.0, refs/pr/1.")
+    return revision
+
+
+def _split_hub_id(hub_id: str) -> tuple:
+    repo_id, sep, revision = hub_id.partition('@')
+    try:
+        validate_repo_id(repo_id)
+    except ValueError as e:
+        raise BadInputError(f"Invalid Hub repo id '{display(repo_id)}': {e}") from None
+    return repo_id, check_revision(revision) if sep else None
 
 
 def resolve_model_name(ref: str) -> str:
     """The timm model name of a registered name, an 'hf-hub:'/'local-dir:' name, 'org/repo[@rev]' or a local folder."""
-    if ref.startswith(('hf-hub:', 'local-dir:')):
+    if ref.startswith('hf-hub:'):
+        _split_hub_id(ref[len('hf-hub:'):])
+        return ref
+    if ref.startswith('local-dir:'):
         return ref
     if Path(ref).is_dir():  # a training output (its best/) or a checkpoint folder
         return f'local-dir:{find_run(ref).checkpoint}'
     if timm.is_model(split_model_name_tag(ref)[0]):
         return ref
     if _HUB_ID.fullmatch(ref):
+        _split_hub_id(ref)
         return f'hf-hub:{ref}'
-    raise ValueError(f"Unknown model '{ref}': not a registered model, a Hub id (org/name[@revision]) or a "
-                     f"local folder.{close_matches(ref, timm.list_models('magsd_*'))}")
+    raise BadInputError(f"Unknown model '{display(ref)}': not a registered model, a Hub id (org/name[@revision]) or "
+                        f"a local folder.{close_matches(ref, timm.list_models('magsd_*'))}")
+
+
+def _config_file(name: str) -> Optional[Path]:
+    """Where the config.json behind a resolved model name lies (downloaded if it is on the Hub), or None."""
+    if name.startswith('local-dir:'):
+        path = Path(name[len('local-dir:'):]) / 'config.json'
+        if not path.is_file():
+            raise FileNotFoundError(f'{display(path)}: no such checkpoint config.')
+        return path
+    hub_id = name[len('hf-hub:'):] if name.startswith('hf-hub:') else None
+    if hub_id is None and split_model_name_tag(name)[0].startswith('magsd_') and timm.is_model(name.split('.')[0]):
+        cfg = resolve_pretrained_cfg(name)
+        hub_id = cfg.hf_hub_id if cfg is not None else None  # a published MA-Net tag (HUB_WEIGHTS)
+    if hub_id is None:
+        return None
+    repo_id, revision = _split_hub_id(hub_id)
+    return Path(hf_hub_download(repo_id, 'config.json', revision=revision))
+
+
+def checkpoint_config(name: str) -> Dict[str, Any]:
+    """The checked config.json behind a resolved model name; {} for a registered name without published weights."""
+    path = _config_file(name)
+    if path is None:
+        return {}
+    try:
+        config = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f'{display(path)}: not a valid JSON config ({e}).') from e
+    return check_checkpoint_config(config, display(path))
 
 
 def load(ref: str, pretrained: bool = True, allow_pickle: bool = False, **kwargs: Any) -> torch.nn.Module:
     """timm.create_model for ref (see resolve_model_name), with its weights; 'org/repo@rev' pulls from the Hub."""
+    name = resolve_model_name(ref)
+    config = checkpoint_config(name) if name.startswith(('local-dir:', 'hf-hub:')) else {}
+    if config and not timm.is_model(config['architecture']):
+        raise ConfigError(f"{display(ref)}: config.json names architecture '{config['architecture']}', which is not a "
+                          f"registered timm model.{close_matches(config['architecture'], timm.list_models())}")
     with allow_pickle_weights(allow_pickle):
-        return timm.create_model(resolve_model_name(ref), pretrained=pretrained, **kwargs)
-
-
-def checkpoint_config(name: str) -> Dict[str, Any]:
-    """The config.json behind a resolved model name ('local-dir:' or 'hf-hub:'); {} for a registered name."""
-    if name.startswith('local-dir:'):
-        return json.loads((Path(name[len('local-dir:'):]) / 'config.json').read_text())
-    if name.startswith('hf-hub:'):
-        repo_id, _, revision = name[len('hf-hub:'):].partition('@')
-        return json.loads(Path(hf_hub_download(repo_id, 'config.json', revision=revision or None)).read_text())
-    return {}
+        try:
+            return timm.create_model(name, pretrained=pretrained, **kwargs)
+        except TypeError as e:
+            if not config:
+                raise
+            raise ConfigError(f"{display(ref)}: config.json's model_args {config.get('model_args', {})} do not fit "
+                              f"architecture '{config['architecture']}' ({e}).") from e

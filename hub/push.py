@@ -13,8 +13,10 @@ from typing import List, Optional, Union
 
 import timm
 from huggingface_hub import DatasetCard, HfApi
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, HTTPError
 
+from ..console import BadInputError, display
+from ..models.config import check_checkpoint_config
 from ..models.weights import SAFE_WEIGHTS
 from .cards import find_run, render_model_card
 
@@ -25,14 +27,14 @@ DATASET_FILES = ('splits.json', 'skipped.json')
 MAX_SHARD_BYTES = 500 * 2 ** 20
 
 
-class PushError(RuntimeError):
-    """The Hub refused or failed a push; the repo is still at its previous commit."""
+class PushError(OSError):
+    """The Hub refused or failed a push, or could not be reached; the repo is still at its previous commit."""
 
 
 def _new_folder(folder: Path) -> Path:
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
-        raise FileExistsError(f"'{folder}' exists and is not empty: stage into a new folder.")
+        raise FileExistsError(f"'{display(folder)}' exists and is not empty: stage into a new folder.")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -48,11 +50,12 @@ def stage_model(output_dir: Union[str, Path], folder: Union[str, Path], repo_id:
             f"'{checkpoint}' has no {SAFE_WEIGHTS}" + (f' (only pickle weights: {", ".join(found)})' if found else '')
             + ': only safetensors weights are pushed. Save the model with '
               'timm.models.save_for_hf(model, folder, safe_serialization=True).')
-    config = json.loads((checkpoint / 'config.json').read_text())
+    config_path = checkpoint / 'config.json'
+    config = check_checkpoint_config(json.loads(config_path.read_text()), display(config_path))
     missing = [k for k in CONFIG_KEYS if k not in config]
     if missing:
-        raise ValueError(f"'{checkpoint / 'config.json'}' lacks {', '.join(missing)}: save it with "
-                         "timm.models.save_for_hf(..., model_config={'label_names': [...]}).")
+        raise BadInputError(f"'{display(config_path)}' lacks {', '.join(missing)}: save it with "
+                            "timm.models.save_for_hf(..., model_config={'label_names': [...]}).")
     # rebuilding from the folder proves the repo will load: config, architecture and every tensor's shape
     model = timm.create_model(f'local-dir:{checkpoint}', pretrained=True).eval()
     folder = _new_folder(folder)
@@ -110,12 +113,15 @@ def _upload(folder: Path, repo_id: str, repo_type: str, private: Optional[bool],
             api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
         commit = api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type=repo_type, revision=revision,
                                    commit_message=commit_message, delete_patterns=delete_patterns)
-    except HfHubHTTPError as e:
-        status = e.response.status_code if e.response is not None else '?'
-        server = e.server_message or str(e).splitlines()[0]
+    except (HfHubHTTPError, HTTPError, OSError) as e:
+        if isinstance(e, HfHubHTTPError):
+            status = e.response.status_code if e.response is not None else '?'
+            reason = f'HTTP {status}: {e.server_message or str(e).splitlines()[0]}'
+        else:  # the Hub could not be reached: connection refused or dropped, DNS, time-out
+            reason = f'{type(e).__name__}: {" ".join(str(e).split()) or "no answer"}'
         raise PushError(
-            f"Push to {repo_type} repo '{repo_id}' failed (HTTP {status}: {server}). Nothing was committed: the repo "
-            f"is at its previous commit and the local files are unchanged; run the same push again to retry.") from e
+            f"Push to {repo_type} repo '{repo_id}' failed ({reason}). Nothing was committed: the repo is at its "
+            f"previous commit and the local files are unchanged; run the same push again to retry.") from e
     return commit.commit_url
 
 

@@ -3,25 +3,31 @@
 MODEL is a registered name (magsd_resnet50, or name.tag for published weights), a Hub id
 (org/name, org/name@revision, hf-hub:org/name), or a local folder: a training output of
 recipes/train.py (its best/ checkpoint is used) or a checkpoint folder (config.json, model.safetensors).
+predict and evaluate refuse a model whose classifier was never trained (its config.json has no
+training record, as a bare registered name) unless --allow-untrained is given.
 
 Exit codes:
   0  done
-  1  some inputs could not be read or found (each is reported; the others were processed)
-  2  bad arguments, unknown model, unloadable or unsafe checkpoint, unreadable data, or a checkpoint
-     whose classes are not the data's
+  1  some inputs could not be read or found (each is reported; the others were processed), or the
+     disk, the network or the Hub failed
+  2  bad input: bad arguments, unknown model, unloadable, unsafe, invalid or untrained checkpoint,
+     unreadable data, or a checkpoint whose classes are not the data's
   3  the exported model's logits differ from the eager model's (nothing was written)
+An error prints one line; --traceback (or MAGSD_TRACEBACK=1) prints its traceback as well.
 """
 import argparse
 import csv
 import io
-import json
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from .console import BadInputError, add_traceback_flag, display, number, run_command
 from .hub.pull import checkpoint_config, load, resolve_model_name
+from .models.config import check_temperature, training_record
+from .outputs import strict_json, write_text_atomic
 
 __all__ = ['main']
 
@@ -33,10 +39,20 @@ def _device(name: str) -> torch.device:
 
 
 def _open(args: argparse.Namespace, pretrained: bool = True) -> Tuple[torch.nn.Module, str, Dict[str, Any]]:
-    """The model, its resolved timm name, and its checkpoint config (temperature, ...)."""
+    """The model, its resolved timm name, and its checked checkpoint config (temperature, training record)."""
     name = resolve_model_name(args.model)
+    config = checkpoint_config(name)
+    if getattr(args, 'allow_untrained', True) is False and training_record(config) is None:
+        raise BadInputError(
+            f'{display(args.model)} has no trained classifier: its config records no training, so its class '
+            'probabilities would mean nothing. Use a training output of recipes/train.py (or its best/ folder), '
+            'or a Hub repo pushed from one with magsd-hub push-model; --allow-untrained runs it anyway.')
     model = load(name, pretrained=pretrained, allow_pickle=args.allow_pickle).eval()
-    return model, name, checkpoint_config(name)
+    return model, name, config
+
+
+def _temperature(config: Dict[str, Any]) -> float:
+    return check_temperature(config.get('temperature', 1.0), 'config.json')
 
 
 def _label_names(model: torch.nn.Module) -> List[str]:
@@ -48,20 +64,21 @@ def _label_names(model: torch.nn.Module) -> List[str]:
 
 def _predictions_text(predictions, label_names: List[str], fmt: str, model: str, failures) -> str:
     if fmt == 'json':
-        return json.dumps({
-            'model': model,
-            'predictions': [{'file': str(p.path), 'predicted': p.predicted, 'probabilities': p.probabilities,
-                             **({'heatmap': str(p.heatmap)} if p.heatmap else {})} for p in predictions],
-            'failed': [{'file': f, 'error': message} for f, message in failures]}, indent=2)
+        return strict_json({
+            'model': display(model),
+            'predictions': [{'file': display(p.path), 'predicted': p.predicted, 'probabilities': p.probabilities,
+                             **({'heatmap': display(p.heatmap)} if p.heatmap else {})} for p in predictions],
+            'failed': [{'file': display(f), 'error': display(message)} for f, message in failures]})
     if fmt == 'csv':
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(['file', 'predicted', *label_names, 'heatmap'])
         for p in predictions:
-            writer.writerow([p.path, p.predicted, *(f'{p.probabilities[c]:.6f}' for c in label_names), p.heatmap or ''])
+            writer.writerow([display(p.path), p.predicted, *(f'{p.probabilities[c]:.6f}' for c in label_names),
+                             display(p.heatmap) if p.heatmap else ''])
         return buffer.getvalue()
     header = ['file', 'predicted', *label_names]
-    rows = [[str(p.path), p.predicted, *(f'{p.probabilities[c]:.4f}' for c in label_names)] for p in predictions]
+    rows = [[display(p.path), p.predicted, *(f'{p.probabilities[c]:.4f}' for c in label_names)] for p in predictions]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return '\n'.join('  '.join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]) + '\n'
 
@@ -73,19 +90,19 @@ def _predict(args: argparse.Namespace) -> int:
     files, missing = collect_inputs(args.inputs)
     model, name, config = _open(args)
     if args.heatmap and not hasattr(model, 'forward_with_attention'):
-        raise ValueError(f'--heatmap needs an MA-Net (magsd_*) model; {name} has no attention maps.')
+        raise BadInputError(f'--heatmap needs an MA-Net (magsd_*) model; {name} has no attention maps.')
     data_config, label_names = resolve_cxr_data_config(model), _label_names(model)
     predictions, unreadable = predict_files(
         model.to(_device(args.device)), files, build_transforms(data_config), label_names, args.batch_size,
-        args.tta, config.get('temperature', 1.0), Path(args.heatmap) if args.heatmap else None, data_config)
+        args.tta, _temperature(config), Path(args.heatmap) if args.heatmap else None, data_config)
     failures = [(pattern, f'{pattern}: {reason}') for pattern, reason in missing] + unreadable
     text = _predictions_text(predictions, label_names, args.format, args.model, failures)
     if args.output:
-        Path(args.output).write_text(text)
+        write_text_atomic(args.output, text, 'predictions')  # a failure keeps an earlier file whole
     else:
         sys.stdout.write(text)
     for _, message in failures:
-        print(f'magsd predict: {message}', file=sys.stderr)
+        print(f'magsd predict: {display(message)}', file=sys.stderr)
     if failures:
         print(f'magsd predict: {len(failures)} input(s) failed, {len(predictions)} image(s) predicted', file=sys.stderr)
     return 1 if failures else 0
@@ -101,7 +118,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .metrics import classification_metrics
 
     if args.calibrate and not resolve_model_name(args.model).startswith('local-dir:'):
-        raise ValueError(f'--calibrate saves the temperature into the checkpoint, so it needs a local checkpoint '
+        raise BadInputError(f'--calibrate saves the temperature into the checkpoint, so it needs a local checkpoint '
                          f'folder; {args.model} is not one. Download it first (hf download ORG/NAME --local-dir DIR).')
     model, name, config = _open(args)
     model.to(_device(args.device))
@@ -114,7 +131,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         logits, labels = predict_dataset(model, dataset, args.batch_size, args.tta)
         return dataset, logits, to_model[labels]
 
-    temperature, calibration = config.get('temperature', 1.0), None
+    temperature, calibration = _temperature(config), None
     if args.calibrate:
         _, cal_logits, cal_labels = split_logits(args.calibration_split)
         temperature = fit_temperature(cal_logits, cal_labels)
@@ -172,11 +189,12 @@ def _info(args: argparse.Namespace) -> int:
         'backbone': getattr(model, 'backbone_name', None), 'attention_maps': getattr(model, 'num_maps', None),
         'attention_levels': getattr(model, 'attn_levels', None), 'parameters': count_parameters(model),
         'gmacs': round(count_macs(model, data_config['input_size']) / 1e9, 3), 'num_classes': model.num_classes,
-        'label_names': _label_names(model), 'temperature': config.get('temperature', 1.0),
+        'label_names': _label_names(model), 'temperature': _temperature(config),
+        'trained_on': training_record(config),
         'data_config': {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
     }
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(strict_json(info))
         return 0
     width = max(len(k) for k in info)
     for key, value in info.items():
@@ -198,6 +216,10 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument('model', metavar='MODEL', help='registered name, Hub id or local folder (see above)')
         sub.add_argument('--allow-pickle', action='store_true',
                          help='load a checkpoint that only has pickle weights (only from a source you trust)')
+        if name in ('predict', 'evaluate'):
+            sub.add_argument('--allow-untrained', action='store_true',
+                             help='run a model whose classifier was never trained (its outputs mean nothing)')
+        add_traceback_flag(sub)
         return sub
 
     predict = command('predict', 'class probabilities of radiographs (PNG, JPEG, 16-bit, DICOM), with heat maps')
@@ -206,7 +228,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument('--output', help='write the table/JSON/CSV here instead of standard output')
     predict.add_argument('--heatmap', metavar='DIR', help='write an attention overlay PNG per image to DIR')
     predict.add_argument('--tta', action='store_true', help='attention test-time augmentation (raw + attention crop)')
-    predict.add_argument('--batch-size', type=int, default=16)
+    predict.add_argument('--batch-size', type=number(int, 1), default=16)
     predict.add_argument('--device', default='auto', help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
 
     evaluate = command('evaluate', 'metrics with bootstrap 95%% CIs, calibration and plots on one data split')
@@ -215,13 +237,14 @@ def _parser() -> argparse.ArgumentParser:
                                "(default: the bundled sample)")
     evaluate.add_argument('--split', default='test', choices=['train', 'validation', 'test'])
     evaluate.add_argument('--output', help='report folder (default: eval/SPLIT)')
-    evaluate.add_argument('--bootstrap', type=int, default=1000, help='bootstrap resamples for the 95%% CIs')
+    evaluate.add_argument('--bootstrap', type=number(int, 1, 1_000_000), default=1000,
+                          help='bootstrap resamples for the 95%% CIs')
     evaluate.add_argument('--seed', type=int, default=0, help='seed of the bootstrap (and of splits made on the fly)')
     evaluate.add_argument('--calibrate', action='store_true',
                           help="fit temperature scaling on --calibration-split and save it in the checkpoint's config")
     evaluate.add_argument('--calibration-split', default='validation', choices=['train', 'validation', 'test'])
     evaluate.add_argument('--tta', action='store_true', help='attention test-time augmentation (raw + attention crop)')
-    evaluate.add_argument('--batch-size', type=int, default=16)
+    evaluate.add_argument('--batch-size', type=number(int, 1), default=16)
     evaluate.add_argument('--device', default='auto')
 
     export = command('export', 'ONNX or TorchScript file with a dynamic batch dimension, checked against eager')
@@ -233,21 +256,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    for name in ('batch_size', 'bootstrap'):
-        value = getattr(args, name, None)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     """Run one magsd command; the exit code says how it went (see --help)."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    _positive(parser, args)
+    args = _parser().parse_args(argv)
     run = {'predict': _predict, 'evaluate': _evaluate, 'export': _export, 'info': _info}[args.command]
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError, ImportError, OSError, RuntimeError) as e:
-        print(f'magsd {args.command}: {e}', file=sys.stderr)
-        return 2
+    return run_command(f'magsd {args.command}', lambda: run(args), args.traceback)

@@ -8,8 +8,6 @@ negative log-likelihood, and saved into the checkpoint's config.json.
 """
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -17,16 +15,26 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
+from .console import BadInputError
 from .data.dataset import CXRDataset
 from .inference import model_logits, probabilities
 from .metrics import PER_CLASS, SCALARS, bootstrap_intervals, classification_metrics
+from .models.config import check_temperature
+from .outputs import atomic_path, strict_json, write_text_atomic
 
-__all__ = ['LabelMismatchError', 'align_labels', 'evaluate', 'fit_temperature', 'predict_dataset',
-           'save_temperature', 'write_reports']
+__all__ = ['CalibrationError', 'LabelMismatchError', 'MIN_CALIBRATION_IMAGES', 'TEMPERATURE_RANGE', 'align_labels',
+           'evaluate', 'fit_temperature', 'predict_dataset', 'save_temperature', 'write_reports']
+
+MIN_CALIBRATION_IMAGES = 20
+TEMPERATURE_RANGE = (0.01, 100.)
 
 
-class LabelMismatchError(ValueError):
+class LabelMismatchError(BadInputError):
     """The checkpoint's classes are not the data's."""
+
+
+class CalibrationError(BadInputError):
+    """Temperature scaling cannot be fitted on these images."""
 
 
 def align_labels(model_names: Sequence[str], data_names: Sequence[str]) -> torch.Tensor:
@@ -54,12 +62,21 @@ def predict_dataset(model: nn.Module, dataset: CXRDataset, batch_size: int = 16,
 
 
 def fit_temperature(logits: Sequence[torch.Tensor], labels: torch.Tensor) -> float:
-    """The temperature minimising the negative log-likelihood of the (mean) softmax, by golden-section search."""
+    """The temperature minimising the negative log-likelihood of the (mean) softmax, by golden-section search.
+
+    Refused (CalibrationError) on fewer than MIN_CALIBRATION_IMAGES images, and when the minimum lies on
+    the edge of TEMPERATURE_RANGE: the likelihood then has no minimum inside it, and the edge is no fit.
+    """
+    if len(labels) < MIN_CALIBRATION_IMAGES:
+        raise CalibrationError(
+            f'Temperature scaling needs at least {MIN_CALIBRATION_IMAGES} calibration images; the calibration split '
+            f'has {len(labels)}. Calibrate on a larger split (--calibration-split) or leave the model uncalibrated.')
+
     def nll(log_t: float) -> float:
         probs = probabilities(logits, math.exp(log_t))
         return float(-probs.gather(1, labels[:, None]).clamp(min=1e-12).log().mean())
 
-    low, high = math.log(0.01), math.log(100.)
+    bounds = low, high = math.log(TEMPERATURE_RANGE[0]), math.log(TEMPERATURE_RANGE[1])
     ratio = (math.sqrt(5) - 1) / 2
     a, b = high - ratio * (high - low), low + ratio * (high - low)
     for _ in range(60):
@@ -69,18 +86,21 @@ def fit_temperature(logits: Sequence[torch.Tensor], labels: torch.Tensor) -> flo
         else:
             low, a = a, b
             b = low + ratio * (high - low)
-    return math.exp((low + high) / 2)
+    fitted = (low + high) / 2
+    if min(abs(fitted - edge) for edge in bounds) < 0.01:  # within 1% of an edge of the range
+        raise CalibrationError(
+            f'The temperature fitted on {len(labels)} images runs into the edge of the search range '
+            f'{TEMPERATURE_RANGE} ({math.exp(fitted):.3g}): the likelihood has no minimum inside it, so this is no '
+            'calibration. Calibrate on more (and more varied) images; the model was left uncalibrated.')
+    return math.exp(fitted)
 
 
 def save_temperature(checkpoint: Path, temperature: float) -> None:
-    """Write the temperature into the checkpoint's config.json, atomically (a crash leaves the old file)."""
+    """Write a valid temperature into the checkpoint's config.json, atomically (a crash leaves the old file)."""
     path = Path(checkpoint) / 'config.json'
     config = json.loads(path.read_text())
-    config['temperature'] = temperature
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix='.config.', suffix='.json')
-    with os.fdopen(handle, 'w') as f:
-        json.dump(config, f, indent=2)
-    os.replace(tmp, path)
+    config['temperature'] = check_temperature(temperature, str(path))
+    write_text_atomic(path, strict_json(config), 'checkpoint config')
 
 
 def _groups(dataset: CXRDataset) -> Tuple[List[Any], str]:
@@ -111,17 +131,6 @@ def evaluate(
             result = classification_metrics(probs[keep], labels[keep], class_names, probabilities=True)
             report['per_source'][source] = {'num_images': int(keep.sum()), **{k: result[k] for k in SCALARS}}
     return report, probs
-
-
-def _plain(value: Any) -> Any:
-    """JSON without NaN (null instead), so that strict parsers read the report."""
-    if isinstance(value, float):
-        return None if math.isnan(value) else value
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _cell(value: float, interval: Optional[Sequence[float]] = None) -> str:
@@ -164,13 +173,15 @@ def write_reports(report: Dict[str, Any], probs: torch.Tensor, labels: torch.Ten
     """evaluation.json, evaluation.md and the plots (confusion matrix, ROC, PR, reliability) in output."""
     from .plots import plot_confusion_matrix, plot_pr_curves, plot_reliability, plot_roc_curves
 
-    output.mkdir(parents=True, exist_ok=True)
-    written = [output / 'evaluation.json', output / 'evaluation.md', output / 'confusion_matrix.png',
-               output / 'roc.png', output / 'pr.png', output / 'reliability.png']
-    written[0].write_text(json.dumps(_plain(report), indent=2))
-    written[1].write_text(_markdown(report, class_names))
-    plot_confusion_matrix(report['metrics']['confusion_matrix'], class_names, written[2])
-    plot_roc_curves(probs, labels, class_names, written[3])
-    plot_pr_curves(probs, labels, class_names, written[4])
-    plot_reliability(probs, labels, written[5])
-    return written
+    texts = {'evaluation.json': strict_json(report), 'evaluation.md': _markdown(report, class_names)}
+    plots = {'confusion_matrix.png': lambda p: plot_confusion_matrix(report['metrics']['confusion_matrix'],
+                                                                     class_names, p),
+             'roc.png': lambda p: plot_roc_curves(probs, labels, class_names, p),
+             'pr.png': lambda p: plot_pr_curves(probs, labels, class_names, p),
+             'reliability.png': lambda p: plot_reliability(probs, labels, p)}
+    for name, text in texts.items():
+        write_text_atomic(output / name, text, 'evaluation report')
+    for name, plot in plots.items():
+        with atomic_path(output / name, 'evaluation plot') as staged:
+            plot(staged)
+    return [output / name for name in (*texts, *plots)]

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from .augment import mean_attention_crop
+from .console import display
 from .data.reader import ImageReadError, read_image
 from .explain import save_overlay
 from .models import display_map
@@ -79,10 +80,11 @@ class Prediction:
 
 
 def _heatmap_path(folder: Path, path: Path, taken: set) -> Path:
-    name, n = f'{path.stem}.png', 1
+    stem = display(path.stem)  # a name any file system and terminal takes, whatever bytes the input's holds
+    name, n = f'{stem}.png', 1
     while name in taken:
         n += 1
-        name = f'{path.stem}_{n}.png'
+        name = f'{stem}_{n}.png'
     taken.add(name)
     return folder / name
 
@@ -108,7 +110,7 @@ def predict_files(
                 batch.append(transform(read_image(path)))
                 paths.append(path)
             except ImageReadError as e:
-                failures.append((str(path), str(e)))
+                failures.append((display(path), str(e)))
         if not batch:
             continue
         images = torch.stack(batch).to(device)
@@ -122,7 +124,7 @@ def predict_files(
                 prediction.heatmap = _heatmap_path(heatmap_dir, path, taken)
                 mean, std = (data_config or {}).get('mean', (0.,)), (data_config or {}).get('std', (1.,))
                 radiograph = images[i, 0].cpu() * std[0] + mean[0]  # the preprocessed image, before normalising
-                save_overlay(prediction.heatmap, radiograph, heat[i, 0],
-                             f'{path.name}: {prediction.predicted} ({prediction.probabilities[prediction.predicted]:.2f})')
+                save_overlay(prediction.heatmap, radiograph, heat[i, 0], f'{display(path.name)}: '
+                             f'{prediction.predicted} ({prediction.probabilities[prediction.predicted]:.2f})')
             predictions.append(prediction)
     return predictions, failures

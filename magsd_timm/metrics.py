@@ -7,6 +7,7 @@ value that is undefined on the data (no positives for sensitivity, AUROC or AUPR
 AUROC, no predicted positives for PPV, ...) is NaN, not 0. ``bootstrap_intervals`` gives percentile
 confidence intervals of all of them, resampling patients (clusters of images) when their ids are known.
 """
+import math
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -66,11 +67,16 @@ def classification_metrics(
     return result
 
 
+def _value(value: Optional[float]) -> str:
+    """A metric for a table: NaN, and null as JSON reports store it, read 'NaN' (undefined on these images)."""
+    return 'NaN' if value is None or math.isnan(value) else f'{value:.4f}'
+
+
 def metrics_markdown(metrics: Dict[str, Any], class_names: Sequence[str]) -> Tuple[str, str]:
     """Markdown table rows of the overall metrics, and the per-class table (sensitivity ... AUPRC)."""
-    overall = '\n'.join(f'| {k} | {metrics[k]:.4f} |' for k in SCALARS) + f"\n| images | {metrics['num_samples']} |"
+    overall = '\n'.join(f'| {k} | {_value(metrics[k])} |' for k in SCALARS) + f"\n| images | {metrics['num_samples']} |"
     header = '| class | ' + ' | '.join(PER_CLASS) + ' |\n|---|' + '---|' * len(PER_CLASS)
-    rows = '\n'.join(f'| {c} | ' + ' | '.join(f'{metrics[m][c]:.4f}' for m in PER_CLASS) + ' |' for c in class_names)
+    rows = '\n'.join(f'| {c} | ' + ' | '.join(_value(metrics[m][c]) for m in PER_CLASS) + ' |' for c in class_names)
     return overall, f'{header}\n{rows}'
 
 

@@ -5,8 +5,9 @@
     python recipes/prepare_data.py out/cxr --kermany chest_xray --ieee8023 covid-chestxray-dataset
     python recipes/prepare_data.py out/loso --folder siteA --folder siteB --holdout-source siteB
 
-Sources can be combined; exact duplicate files across them are kept once. Unreadable files are
-skipped and listed (skipped.json). The output is written to a temporary folder and moved into place.
+Sources can be combined; exact duplicate files across them are kept once, and copies with different
+labels are left out. Unreadable files are skipped and listed (skipped.json). The output is written to
+a staging folder and moved into place; one build at a time may write an output.
 """
 import argparse
 import json
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import List
 
+from magsd_timm.console import EXIT_CODES, add_traceback_flag, number, run_command
 from magsd_timm.data.build import build_dataset
 from magsd_timm.data.sample import sample_records
 from magsd_timm.data.sources import (
@@ -23,7 +25,8 @@ from magsd_timm.data.sources import (
 
 
 def _parse_args(argv: List[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, epilog=EXIT_CODES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('output', type=Path, help='folder to write (data/, README.md, splits.json, skipped.json)')
     parser.add_argument('--folder', action='append', default=[], type=Path, help='class-per-folder tree')
     parser.add_argument('--manifest', action='append', default=[], type=Path, help='CSV or Parquet manifest')
@@ -33,27 +36,28 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument('--covidx', type=Path, help='COVIDx image folder (with train/ and test/)')
     parser.add_argument('--covidx-labels', nargs='+', default=[], metavar='SPLIT=FILE',
                         help='COVIDx label files, e.g. train=train.txt test=test.txt')
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--fractions', type=float, nargs=3, default=(0.7, 0.15, 0.15),
+    parser.add_argument('--seed', type=number(int, 0, 2 ** 32 - 1), default=0)
+    parser.add_argument('--fractions', type=number(float, 0, 1), nargs=3, default=(0.7, 0.15, 0.15),
                         metavar=('TRAIN', 'VAL', 'TEST'), help='shares of the patients per split')
     parser.add_argument('--holdout-source', help='leave this source out as the test split')
-    parser.add_argument('--folds', type=int, default=0, help='also assign K folds by patient (K >= 2)')
+    parser.add_argument('--folds', type=number(int, 0), default=0, help='also assign K folds by patient (K >= 2)')
     parser.add_argument('--name', default='Chest X-rays for MAG-SD', help='pretty name in the card')
     parser.add_argument('--overwrite', action='store_true', help='replace an existing output')
+    add_traceback_flag(parser)
     args = parser.parse_args(argv)
     if args.covidx and not args.covidx_labels:
         parser.error('--covidx needs --covidx-labels SPLIT=FILE ...')
-    if args.folds == 1 or args.folds < 0:
+    if args.folds == 1:
         parser.error('--folds must be 0 (none) or at least 2')
+    if abs(sum(args.fractions) - 1) > 1e-6:
+        parser.error(f'--fractions {" ".join(map(str, args.fractions))} must sum to 1')
     if any('=' not in item for item in args.covidx_labels):
         parser.error('--covidx-labels takes SPLIT=FILE items')
     return args
 
 
-def main(argv: List[str]) -> int:
+def _prepare(args: argparse.Namespace) -> int:
     """Gather the records of every named source (the bundled sample if none) and build the dataset."""
-    logging.basicConfig(level=logging.INFO, format='%(message)s')
-    args = _parse_args(argv)
     records = []
     for folder in args.folder:
         records += folder_records(folder)
@@ -69,15 +73,19 @@ def main(argv: List[str]) -> int:
         records += covidx_records(args.covidx, dict(item.split('=', 1) for item in args.covidx_labels))
     if not records:
         records = sample_records()
-    try:
-        summary = build_dataset(
-            records, args.output, seed=args.seed, fractions=args.fractions, holdout_source=args.holdout_source,
-            folds=args.folds, pretty_name=args.name, overwrite=args.overwrite)
-    except (FileExistsError, ValueError) as e:
-        print(f'prepare_data: {e}', file=sys.stderr)
-        return 2
-    print(json.dumps({k: summary[k] for k in ('output', 'counts', 'skipped', 'duplicates', 'seed')}, indent=2))
+    summary = build_dataset(
+        records, args.output, seed=args.seed, fractions=args.fractions, holdout_source=args.holdout_source,
+        folds=args.folds, pretty_name=args.name, overwrite=args.overwrite)
+    print(json.dumps({k: summary[k] for k in ('output', 'counts', 'skipped', 'duplicates', 'conflicts', 'seed')},
+                     indent=2))
     return 0
+
+
+def main(argv: List[str]) -> int:
+    """Build the dataset; the exit code says how it went (see --help)."""
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    args = _parse_args(argv)
+    return run_command('prepare_data', lambda: _prepare(args), args.traceback)
 
 
 if __name__ == '__main__':

@@ -3,28 +3,33 @@
 
     accelerate launch recipes/train.py                          # magsd_resnet18 on the bundled sample, CPU ok
     accelerate launch recipes/train.py --model magsd_resnet50 --data out/cxr --epochs 150 --pretrained
-    accelerate launch recipes/train.py --resume runs/magsd      # continue from the last checkpoint
+    accelerate launch recipes/train.py --output runs/magsd --resume   # continue from the last checkpoint
 
 Output folder: checkpoints/step_* (accelerate state, atomic), best/ and final/ (timm Hub format:
-model.safetensors + config.json with label names; best/ also a model card draft, README.md),
-args.yaml, summary.csv, eval_best.json and eval_best.md (the best checkpoint's validation report),
-curves.png, confusion_matrix.png, and TensorBoard logs when tensorboard is installed.
+model.safetensors + config.json with label names, the trained input size and a training record;
+best/ also a model card draft, README.md), args.yaml, summary.csv, eval_best.json and eval_best.md
+(the best checkpoint's validation report), curves.png, confusion_matrix.png, skipped.json (images
+left out: duplicates, label conflicts, unreadable files), and TensorBoard logs when tensorboard is
+installed. Every image is decoded once before the first step; one run at a time may write an output.
 """
 import argparse
+import contextlib
 import csv
+import io
 import json
 import math
 import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import timm
+import timm.optim
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, is_tensorboard_available, set_seed
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, is_tensorboard_available, set_seed
 from timm.models import save_for_hf
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
@@ -33,67 +38,84 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import magsd_timm  # noqa: F401  (registers the magsd_* models)
-from magsd_timm.data.dataset import BalancedSampler, open_dataset
+from magsd_timm.console import (
+    EXIT_CODES, BadInputError, add_traceback_flag, display, json_object, number, run_command,
+)
+from magsd_timm.data.dataset import BalancedSampler, CXRDataset, open_dataset
 from magsd_timm.data.transforms import AUGMENTATIONS, build_transforms, resolve_cxr_data_config
+from magsd_timm.models import close_matches
+from magsd_timm.models.config import MAX_INPUT_SIDE, MIN_INPUT_SIDE
 from magsd_timm.objective import MagSDObjective
-from magsd_timm.train.checkpoint import TrainProgress, latest_checkpoint, save_checkpoint
-from magsd_timm.train.loop import NonFiniteLossError, evaluate, lr_factor, train_one_epoch
+from magsd_timm.outputs import atomic_folder, exclusive_lock, recover_folder, strict_json, write_text_atomic
+from magsd_timm.train.checkpoint import TrainProgress, latest_checkpoint, remove_partial_checkpoints, save_checkpoint
+from magsd_timm.train.loop import evaluate, lr_factor, train_one_epoch
 from magsd_timm.hub.cards import TrainingRun, render_model_card
 from magsd_timm.metrics import metrics_markdown
 from magsd_timm.plots import plot_confusion_matrix, plot_curves
 
 BEST_METRICS = ('macro_f1', 'accuracy')
+SCHEDULES = ('step', 'cosine', 'constant')
+TIMM_SCHEDULES = ('cosine', 'tanh', 'step', 'multistep', 'plateau', 'poly', 'rsqrt', 'constant')
+# what a resumed run must share with the run that wrote its checkpoints: they shape the saved state
+RESUME_KEYS = ('model', 'model_kwargs', 'method', 'data', 'img_size', 'opt', 'sched', 'model_ema')
 
 
 def _parse_args(argv: List[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, epilog=EXIT_CODES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--model', default='magsd_resnet18', help='magsd_* model (or, with --method baseline, any)')
     parser.add_argument('--method', default='magsd', choices=['magsd', 'baseline'],
                         help='baseline: the plain backbone with cross-entropy, for ablations')
-    parser.add_argument('--model-kwargs', type=json.loads, default={}, help='JSON of extra model arguments')
+    parser.add_argument('--model-kwargs', type=json_object, default={}, help='JSON object of extra model arguments')
     parser.add_argument('--pretrained', action='store_true', help='start from pretrained (backbone) weights')
     parser.add_argument('--data', default=None, help='data source (default: the bundled sample)')
-    parser.add_argument('--img-size', type=int, default=224)
+    parser.add_argument('--img-size', type=number(int, MIN_INPUT_SIDE, MAX_INPUT_SIDE), default=224)
     parser.add_argument('--augment', default='mild', choices=AUGMENTATIONS)
-    parser.add_argument('--batch-size', type=int, default=8)
-    parser.add_argument('--epochs', type=int, default=4)
+    parser.add_argument('--batch-size', type=number(int, 1), default=8)
+    parser.add_argument('--epochs', type=number(int, 1), default=4)
     parser.add_argument('--opt', default='paper', help="'paper' (SGD Nesterov) or any timm optimizer name (adamw, ...)")
-    parser.add_argument('--lr', type=float, default=1e-3)
-    parser.add_argument('--momentum', type=float, default=0.9)
-    parser.add_argument('--weight-decay', type=float, default=5e-4)
+    parser.add_argument('--lr', type=number(float, 0, low_open=True), default=1e-3)
+    parser.add_argument('--momentum', type=number(float, 0, 1, high_open=True), default=0.9)
+    parser.add_argument('--weight-decay', type=number(float, 0), default=5e-4)
     parser.add_argument('--sched', default='step',
                         help="step (the paper's x0.1 at 50%% and 83%% of the run), cosine, constant, "
                              "or timm:NAME for timm's scheduler factory (timm:cosine, timm:tanh, timm:poly, ...)")
-    parser.add_argument('--warmup-epochs', type=float, default=0., help='linear learning-rate warmup')
-    parser.add_argument('--clip-grad', type=float, default=None, help='clip the gradient norm to this value')
-    parser.add_argument('--model-ema', type=float, default=None, metavar='DECAY',
-                        help='keep an EMA of the weights (e.g. 0.999); it is evaluated and exported')
-    parser.add_argument('--label-smoothing', type=float, default=0., help='baseline cross-entropy only')
+    parser.add_argument('--warmup-epochs', type=number(float, 0), default=0., help='linear learning-rate warmup')
+    parser.add_argument('--clip-grad', type=number(float, 0, low_open=True), default=None,
+                        help='clip the gradient norm to this value (> 0)')
+    parser.add_argument('--model-ema', type=number(float, 0, 1, low_open=True, high_open=True), default=None,
+                        metavar='DECAY', help='keep an EMA of the weights (0 < DECAY < 1, e.g. 0.999); it is '
+                                              'evaluated and exported')
+    parser.add_argument('--label-smoothing', type=number(float, 0, 1, high_open=True), default=0.,
+                        help='baseline cross-entropy only')
     parser.add_argument('--balance', default='none', choices=['none', 'sampler', 'loss'],
                         help='class balance: draw classes equally often, or weight the cross-entropy')
-    parser.add_argument('--grad-accum', type=int, default=1)
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--workers', type=int, default=0)
+    parser.add_argument('--grad-accum', type=number(int, 1), default=1)
+    parser.add_argument('--seed', type=number(int, 0, 2 ** 32 - 1), default=0)
+    parser.add_argument('--workers', type=number(int, 0), default=0)
     parser.add_argument('--output', type=Path, default=Path('runs/magsd'))
     parser.add_argument('--resume', action='store_true', help='continue from the last checkpoint in --output')
-    parser.add_argument('--checkpoint-every', type=int, default=0, help='also checkpoint every N steps')
-    parser.add_argument('--keep-checkpoints', type=int, default=2)
+    parser.add_argument('--checkpoint-every', type=number(int, 0), default=0,
+                        help='also checkpoint every N steps (0: at epoch ends only)')
+    parser.add_argument('--keep-checkpoints', type=number(int, 1), default=2)
     parser.add_argument('--best-metric', default='macro_f1', choices=BEST_METRICS)
     parser.add_argument('--cpu', action='store_true', help='train on the CPU (Accelerator(cpu=True))')
     parser.add_argument('--mixed-precision', default=None, choices=['no', 'bf16', 'fp16'],
                         help="default: accelerate's config")
+    add_traceback_flag(parser)
     args = parser.parse_args(argv)
-    for name in ('batch_size', 'epochs', 'img_size', 'grad_accum', 'keep_checkpoints'):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.lr <= 0:
-        parser.error('--lr must be > 0')
-    if args.sched not in ('step', 'cosine', 'constant') and not args.sched.startswith('timm:'):
-        parser.error(f"--sched {args.sched}: choose step, cosine, constant or timm:NAME")
+    if args.sched not in SCHEDULES and args.sched.removeprefix('timm:') not in TIMM_SCHEDULES:
+        parser.error(f"--sched {args.sched}: choose {', '.join(SCHEDULES)} or timm:NAME with NAME one of "
+                     f"{', '.join(TIMM_SCHEDULES)}")
+    if args.sched not in SCHEDULES and not args.sched.startswith('timm:'):
+        parser.error(f'--sched {args.sched}: did you mean timm:{args.sched}?')
+    if args.opt != 'paper' and args.opt.lower() not in timm.optim.list_optimizers():
+        parser.error(f"--opt {args.opt}: not 'paper' nor a timm optimizer."
+                     f"{close_matches(args.opt.lower(), timm.optim.list_optimizers())}")
+    if not timm.is_model(args.model.split('.')[0]):
+        parser.error(f'--model {args.model}: unknown model.{close_matches(args.model, timm.list_models())}')
     if args.method == 'magsd' and not args.model.startswith('magsd_'):
         parser.error(f"--model {args.model}: the MAG-SD method needs a magsd_* model (or use --method baseline)")
-    if args.output.exists() and any(args.output.iterdir()) and not args.resume:
-        parser.error(f'--output {args.output} is not empty: pass --resume to continue it, or choose another folder')
     return args
 
 
@@ -103,17 +125,21 @@ def _create_model(args: argparse.Namespace, num_classes: int, meta: bool = False
     if args.method == 'baseline' and name.startswith('magsd_'):
         name = timm.create_model(name, device='meta').backbone_name  # the MA-Net's own backbone
     kwargs = dict(args.model_kwargs, num_classes=num_classes, in_chans=1)
-    if meta:
-        return timm.create_model(name, device='meta', **kwargs)
-    return timm.create_model(name, pretrained=args.pretrained, **kwargs)
+    try:
+        if meta:
+            return timm.create_model(name, device='meta', **kwargs)
+        return timm.create_model(name, pretrained=args.pretrained, **kwargs)
+    except TypeError as e:  # a plain timm model refusing an argument it does not take
+        raise BadInputError(f'--model-kwargs {json.dumps(args.model_kwargs)} do not fit {name} ({e}).') from e
 
 
 def _write_summary(path: Path, rows: List[Dict[str, Any]]) -> None:
+    buffer = io.StringIO()
     columns = sorted({k for row in rows for k in row}, key=lambda k: (k != 'epoch', k))
-    with path.open('w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue(), 'run summary')
 
 
 def _score(metrics: Dict[str, Any], name: str) -> float:
@@ -121,20 +147,113 @@ def _score(metrics: Dict[str, Any], name: str) -> float:
     return value if math.isfinite(value) else float('-inf')
 
 
+def _claim_output(accelerator: Accelerator, args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
+    """Hold the output's lock for the run (the main process), refuse a used output, clean what killed runs left."""
+    error = None
+    if accelerator.is_main_process:
+        try:
+            stack.enter_context(exclusive_lock(args.output, 'training run'))
+            if args.output.exists() and any(args.output.iterdir()) and not args.resume:
+                raise BadInputError(f'--output {display(args.output)} is not empty: pass --resume to continue it, or '
+                                    'choose another folder.')
+            notes = [*recover_folder(args.output / 'best'), *recover_folder(args.output / 'final')]
+            notes += [f'removed {display(p)}, left by an interrupted run'
+                      for p in remove_partial_checkpoints(args.output / 'checkpoints')]
+            for note in notes:
+                accelerator.print(f'train: {note}')
+        except BadInputError as e:
+            error = str(e)
+    error = broadcast_object_list([error])[0]  # every process stops when the main one cannot have the output
+    if error:
+        raise BadInputError(error)
+
+
+def _check_resume(args: argparse.Namespace, recorded: Dict[str, Any]) -> None:
+    """Refuse to resume a run whose checkpoints another model, data or optimizer wrote."""
+    path = args.output / 'args.yaml'
+    if not path.is_file():
+        return
+    before = yaml.safe_load(path.read_text()) or {}
+    changed = [f'{key}: {before.get(key)!r} then, {recorded.get(key)!r} now' for key in RESUME_KEYS
+               if key in before and before.get(key) != recorded.get(key)]
+    if changed:
+        raise BadInputError(f'--resume: {display(args.output)} was trained with other settings ({"; ".join(changed)}); '
+                            'resume with the same ones, or start a new --output.')
+
+
+def _checked_split(dataset: CXRDataset, split: str, accelerator: Accelerator) -> CXRDataset:
+    """The split without the images that cannot be read or are too small (each said), before any step runs."""
+    problems = dataset.check_images()
+    for _, why in problems[:10]:
+        accelerator.print(f'train: skipped from the {split} split: {display(why)}')
+    if len(problems) > 10:
+        accelerator.print(f'train: ... and {len(problems) - 10} more (all listed in skipped.json)')
+    dataset = dataset.without(problems) if problems else dataset
+    if not len(dataset):
+        raise BadInputError(f'the {split} split has no readable image: nothing to {"train" if split == "train" else "validate"} on.')
+    return dataset
+
+
+def _open_data(args: argparse.Namespace, data_config: Dict[str, Any], accelerator: Accelerator):
+    """The checked train and validation splits: readable images, at least two classes to learn."""
+    train_set = open_dataset(args.data, 'train', build_transforms(data_config, train=True, augment=args.augment),
+                             seed=args.seed, augment_seed=args.seed)
+    val_set = open_dataset(args.data, 'validation', build_transforms(data_config), seed=args.seed)
+    train_set, val_set = _checked_split(train_set, 'train', accelerator), _checked_split(val_set, 'validation',
+                                                                                         accelerator)
+    present = sorted({train_set.class_names[k] for k in train_set.labels()})
+    if len(present) < 2:
+        raise BadInputError(f"the train split of {display(args.data or 'the bundled sample')} holds one class "
+                            f"({', '.join(present)}): a classifier needs images of at least two classes.")
+    return train_set, val_set
+
+
+def _training_record(args: argparse.Namespace, class_names: List[str], train_set: CXRDataset,
+                     val_set: CXRDataset, epoch: int) -> Dict[str, Any]:
+    """What a checkpoint's classifier was trained on: it is what tells a trained checkpoint from an untrained one."""
+    return dict(data=args.data or 'sample', classes=list(class_names), train_images=len(train_set),
+                validation_images=len(val_set), epochs=args.epochs, epoch=epoch, img_size=args.img_size,
+                method=args.method, model=args.model, pretrained=args.pretrained, seed=args.seed,
+                magsd_timm=magsd_timm.__version__)
+
+
+def _save_model(model: torch.nn.Module, folder: Path, class_names: List[str], data_config: Dict[str, Any],
+                training: Dict[str, Any], card: Optional[Callable[[Path], str]] = None) -> None:
+    """A checkpoint folder in timm's Hub format, with the trained input size and the training record, atomically."""
+    with atomic_folder(folder, 'checkpoint') as staging:
+        save_for_hf(model, staging, safe_serialization=True,
+                    model_config={'label_names': list(class_names), 'training': training},
+                    data_config={k: data_config[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')})
+        if card is not None:
+            (staging / 'README.md').write_text(card(staging))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    """Train, evaluate every epoch, checkpoint, and export the best and final models."""
-    args = _parse_args(sys.argv[1:] if argv is None else argv)
+    """Train, evaluate every epoch, checkpoint, and export the best and final models; the exit code says how."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parse_args(argv)
+    return run_command('train', lambda: _train(args, argv), args.traceback)
+
+
+def _train(args: argparse.Namespace, argv: List[str]) -> int:
     accelerator = Accelerator(
         cpu=args.cpu, mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         log_with='tensorboard' if is_tensorboard_available() else None, project_dir=str(args.output))
+    with contextlib.ExitStack() as stack:
+        _claim_output(accelerator, args, stack)
+        return _run(accelerator, args, argv)
+
+
+def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str]) -> int:
     set_seed(args.seed)
-    command = 'accelerate launch recipes/train.py ' + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = 'accelerate launch recipes/train.py ' + shlex.join(argv)
+    recorded = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != 'traceback'}
+    if args.resume:
+        _check_resume(args, recorded)
 
     data_config = resolve_cxr_data_config(_create_model(args, 1, meta=True), img_size=args.img_size)
-    train_set = open_dataset(args.data, 'train', build_transforms(data_config, train=True, augment=args.augment),
-                             seed=args.seed, augment_seed=args.seed)
-    val_set = open_dataset(args.data, 'validation', build_transforms(data_config), seed=args.seed)
+    train_set, val_set = _open_data(args, data_config, accelerator)
     class_names = train_set.class_names
     model = _create_model(args, len(class_names))
     if args.opt == 'paper':
@@ -178,18 +297,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.resume:
         last = latest_checkpoint(checkpoints)
         if last is None:
-            accelerator.print(f'--resume: no checkpoint in {checkpoints}, starting afresh')
+            accelerator.print(f'--resume: no checkpoint in {display(checkpoints)}, starting afresh')
         else:
-            accelerator.load_state(str(last))
-            accelerator.print(f'resumed from {last} (epoch {progress.epoch}, step {progress.global_step})')
+            try:
+                accelerator.load_state(str(last))
+            except (RuntimeError, KeyError, ValueError) as e:
+                raise BadInputError(f'--resume: {display(last)} does not fit this run\'s model, optimizer or '
+                                    f'schedule ({" ".join(str(e).split())[:300]}).') from e
+            accelerator.print(f'resumed from {display(last)} (epoch {progress.epoch}, step {progress.global_step})')
         if (output / 'summary.json').exists():
             summary_rows = [r for r in json.loads((output / 'summary.json').read_text()) if r['epoch'] < progress.epoch]
-    recorded = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
-        (output / 'args.yaml').write_text(yaml.safe_dump(dict(recorded, command=command), sort_keys=False))
+        write_text_atomic(output / 'args.yaml', yaml.safe_dump(dict(recorded, command=command), sort_keys=False))
+        dropped = [dict(split=name, file=f, reason=why) for name, part in (('train', train_set), ('validation', val_set))
+                   for f, why in part.dropped]
+        if dropped:
+            write_text_atomic(output / 'skipped.json', strict_json(dropped))
+            accelerator.print(f'train: left out {len(dropped)} image(s) (duplicates, label conflicts, unreadable '
+                              f'files), listed in {display(output / "skipped.json")}')
 
-    accelerator.init_trackers('magsd', config={k: str(v) for k, v in vars(args).items()})
+    accelerator.init_trackers('magsd', config={k: str(v) for k, v in recorded.items()})
     bar = tqdm(total=len(train_loader) * args.epochs, initial=progress.global_step, unit='batch',
                disable=not accelerator.is_local_main_process)
     clock = [time.perf_counter()]
@@ -215,40 +343,39 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     unwrapped = accelerator.unwrap_model(model)
     exported = ema.module if ema is not None else unwrapped
-    try:
-        while progress.epoch < args.epochs:
-            train_loader.set_epoch(progress.epoch)
-            train_set.set_epoch(progress.epoch)
-            loader = accelerator.skip_first_batches(train_loader, progress.step_in_epoch)
-            logged = train_one_epoch(accelerator, model, loader, optimizer, progress, objective, args.seed, on_step,
-                                     args.label_smoothing, args.clip_grad, class_weights)
-            metrics = evaluate(accelerator, ema.module if ema is not None else model, val_loader, class_names)
-            row = {'epoch': progress.epoch, 'lr': optimizer.param_groups[0]['lr'],
-                   **{f'train_{k}': sum(float(p[k]) for p in logged) / max(len(logged), 1) for k in (logged[0] if logged else {})},
-                   **{f'val_{k}': metrics[k] for k in ('accuracy', 'macro_f1')}}
-            summary_rows.append(row)
-            progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
-            improved = progress.best_metric is None or _score(metrics, args.best_metric) > progress.best_metric
+    while progress.epoch < args.epochs:
+        train_loader.set_epoch(progress.epoch)
+        train_set.set_epoch(progress.epoch)
+        loader = accelerator.skip_first_batches(train_loader, progress.step_in_epoch)
+        logged = train_one_epoch(accelerator, model, loader, optimizer, progress, objective, args.seed, on_step,
+                                 args.label_smoothing, args.clip_grad, class_weights)
+        metrics = evaluate(accelerator, ema.module if ema is not None else model, val_loader, class_names)
+        row = {'epoch': progress.epoch, 'lr': optimizer.param_groups[0]['lr'],
+               **{f'train_{k}': sum(float(p[k]) for p in logged) / max(len(logged), 1) for k in (logged[0] if logged else {})},
+               **{f'val_{k}': metrics[k] for k in ('accuracy', 'macro_f1')}}
+        summary_rows.append(row)
+        progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
+        improved = progress.best_metric is None or _score(metrics, args.best_metric) > progress.best_metric
+        if improved:
+            progress.best_metric = _score(metrics, args.best_metric)
+        accelerator.log({f'val/{k}': row[f'val_{k}'] for k in ('accuracy', 'macro_f1')}, step=progress.global_step)
+        if accelerator.is_main_process:
             if improved:
-                progress.best_metric = _score(metrics, args.best_metric)
-            accelerator.log({f'val/{k}': row[f'val_{k}'] for k in ('accuracy', 'macro_f1')}, step=progress.global_step)
-            if accelerator.is_main_process:
-                if improved:
-                    _export_best(output, exported, metrics, row['epoch'], class_names, recorded, command)
-                (output / 'summary.json').write_text(json.dumps(summary_rows, indent=2))
-                _write_summary(output / 'summary.csv', summary_rows)
-                plot_curves(summary_rows, output / 'curves.png')
-            bar.write(f"epoch {row['epoch']}: " + ', '.join(f'{k} {v:.4f}' for k, v in row.items() if k != 'epoch'))
-            save_checkpoint(accelerator, checkpoints, progress.global_step, args.keep_checkpoints)
-    except NonFiniteLossError as e:
-        accelerator.print(f'train: {e}')
-        return 3
+                training = _training_record(args, class_names, train_set, val_set, row['epoch'])
+                _export_best(output, exported, metrics, row['epoch'], class_names, recorded, command, data_config,
+                             training)
+            write_text_atomic(output / 'summary.json', strict_json(summary_rows), 'run summary')
+            _write_summary(output / 'summary.csv', summary_rows)
+            plot_curves(summary_rows, output / 'curves.png')
+        bar.write(f"epoch {row['epoch']}: " + ', '.join(f'{k} {v:.4f}' for k, v in row.items() if k != 'epoch'))
+        save_checkpoint(accelerator, checkpoints, progress.global_step, args.keep_checkpoints)
     bar.close()
     _check_ranks_in_sync(accelerator, unwrapped)
     if accelerator.is_main_process:
-        save_for_hf(exported, output / 'final', safe_serialization=True, model_config={'label_names': list(class_names)})
-        accelerator.print(f'done: {output}. Push the best checkpoint to the Hub with:\n'
-                          f'  magsd-hub push-model {output} ORG/NAME')
+        _save_model(exported, output / 'final', class_names, data_config,
+                    _training_record(args, class_names, train_set, val_set, args.epochs - 1))
+        accelerator.print(f'done: {display(output)}. Push the best checkpoint to the Hub with:\n'
+                          f'  magsd-hub push-model {display(output)} ORG/NAME')
     accelerator.end_training()
     return 0
 
@@ -263,16 +390,15 @@ def _check_ranks_in_sync(accelerator, model: torch.nn.Module) -> None:
 
 
 def _export_best(output: Path, model: torch.nn.Module, metrics: Dict[str, Any], epoch: int,
-                 class_names: List[str], args: Dict[str, Any], command: str) -> None:
+                 class_names: List[str], args: Dict[str, Any], command: str, data_config: Dict[str, Any],
+                 training: Dict[str, Any]) -> None:
     """The best checkpoint in timm's Hub format with a model card draft, and its evaluation report."""
-    best = output / 'best'
-    save_for_hf(model, best, safe_serialization=True, model_config={'label_names': list(class_names)})
-    (best / 'README.md').write_text(
-        render_model_card(model, TrainingRun(best, args, metrics, epoch, command), repo_id='ORG/NAME'))
-    (output / 'eval_best.json').write_text(json.dumps(dict(metrics, epoch=epoch), indent=2))
+    _save_model(model, output / 'best', class_names, data_config, training, card=lambda folder: render_model_card(
+        model, TrainingRun(folder, args, metrics, epoch, command), repo_id='ORG/NAME'))
+    write_text_atomic(output / 'eval_best.json', strict_json(dict(metrics, epoch=epoch)), 'evaluation report')
     overall, per_class = metrics_markdown(metrics, class_names)
-    (output / 'eval_best.md').write_text(
-        f'# Validation report, best epoch {epoch}\n\n| metric | value |\n|---|---|\n{overall}\n\n{per_class}\n')
+    write_text_atomic(output / 'eval_best.md', f'# Validation report, best epoch {epoch}\n\n| metric | value |\n'
+                                               f'|---|---|\n{overall}\n\n{per_class}\n', 'evaluation report')
     plot_confusion_matrix(metrics['confusion_matrix'], class_names, output / 'confusion_matrix.png')
 
 

@@ -118,10 +118,29 @@ def test_a_checkpoint_with_other_classes_is_refused_with_both_lists(tmp_path):
     model = timm.create_model('magsd_custom', backbone='test_resnet', num_maps=4)  # the 4 CXR classes
     save_for_hf(model, tmp_path / 'covid', safe_serialization=True,
                 model_config={'label_names': list(magsd_timm.CXR_LABEL_NAMES)})
-    proc = magsd('evaluate', tmp_path / 'covid', '--output', tmp_path / 'out')
+    proc = magsd('evaluate', tmp_path / 'covid', '--output', tmp_path / 'out', '--allow-untrained')
     assert proc.returncode == 2
     assert str(list(magsd_timm.CXR_LABEL_NAMES)) in proc.stderr and "['normal', 'pneumonia']" in proc.stderr
     assert not (tmp_path / 'out').exists()
+
+
+def _calibration_manifest(folder: Path, images: int = 40, validation: int = 30) -> Path:
+    """Seeded crops of the bundled radiographs (distinct files), the first `validation` of them that split."""
+    import random
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng, records, rows = random.Random(0), sample_records(), ['path,label,split']
+    for i in range(images):
+        record = records[i % len(records)]
+        with Image.open(record['path']) as image:
+            image = image.convert('L')
+            w, h = image.size
+            x, y = rng.randint(0, w // 8), rng.randint(0, h // 8)
+            image.crop((x, y, x + w * 7 // 8, y + h * 7 // 8)).resize((96, 96)).save(folder / f'crop{i:02d}.png')
+        rows.append(f"crop{i:02d}.png,{record['label']},{'validation' if i < validation else 'test'}")
+    (folder / 'manifest.csv').write_text('\n'.join(rows) + '\n')
+    return folder / 'manifest.csv'
 
 
 def test_calibration_saves_a_temperature_that_predict_then_uses(trained_run, tmp_path):
@@ -129,7 +148,7 @@ def test_calibration_saves_a_temperature_that_predict_then_uses(trained_run, tmp
     shutil.copytree(trained_run / 'best', checkpoint)
     image = sample_records()[0]['path']
     before = json.loads(magsd('predict', checkpoint, image, '--format', 'json').stdout)['predictions'][0]
-    proc = magsd('evaluate', checkpoint, '--split', 'test', '--calibrate', '--calibration-split', 'train',
+    proc = magsd('evaluate', checkpoint, _calibration_manifest(tmp_path / 'data'), '--split', 'test', '--calibrate',
                  '--bootstrap', '20', '--output', tmp_path / 'out')
     assert proc.returncode == 0, proc.stderr
     temperature = json.loads((checkpoint / 'config.json').read_text())['temperature']
@@ -142,6 +161,15 @@ def test_calibration_saves_a_temperature_that_predict_then_uses(trained_run, tmp
     assert [after['probabilities'][c] for c in ('normal', 'pneumonia')] == pytest.approx(expected, abs=1e-4)
 
 
+def test_calibration_on_too_few_images_is_refused_and_saves_nothing(trained_run, tmp_path):
+    checkpoint = tmp_path / 'checkpoint'
+    shutil.copytree(trained_run / 'best', checkpoint)
+    config = (checkpoint / 'config.json').read_bytes()
+    proc = magsd('evaluate', checkpoint, '--calibrate', '--calibration-split', 'validation', '--output', tmp_path / 'o')
+    assert proc.returncode == 2 and 'needs at least 20 calibration images' in proc.stderr and 'has 2' in proc.stderr
+    assert (checkpoint / 'config.json').read_bytes() == config and not (tmp_path / 'o').exists()
+
+
 def test_calibration_needs_a_local_checkpoint():
     proc = magsd('evaluate', 'magsd_custom', '--calibrate')
     assert proc.returncode == 2 and 'needs a local checkpoint folder' in proc.stderr
@@ -149,7 +177,7 @@ def test_calibration_needs_a_local_checkpoint():
 
 def test_export_onnx_and_torchscript_match_eager_at_another_batch(trained_run, tmp_path):
     model = magsd_timm.load(str(trained_run)).eval()
-    images = torch.randn(4, 1, 224, 224)
+    images = torch.randn(4, 1, 64, 64)  # the size the checkpoint was trained at, so the size it is exported at
     with torch.no_grad():
         expected = model(images)
     proc = magsd('export', trained_run, '--format', 'onnx', '--output', tmp_path / 'm.onnx')
@@ -170,12 +198,14 @@ def test_info_describes_the_checkpoint(trained_run):
     model = magsd_timm.load(str(trained_run))
     assert info['architecture'] == 'magsd_custom' and info['backbone'] == 'test_resnet'
     assert info['parameters'] == sum(p.numel() for p in model.parameters())
-    assert info['label_names'] == ['normal', 'pneumonia'] and info['data_config']['input_size'] == [1, 224, 224]
+    # trained at 64 px (the fixture's --img-size 64): the checkpoint keeps that size, and so the model's data config
+    assert info['label_names'] == ['normal', 'pneumonia'] and info['data_config']['input_size'] == [1, 64, 64]
+    assert info['trained_on']['img_size'] == 64 and info['trained_on']['data'] == 'sample'
     assert info['gmacs'] > 0 and info['attention_maps'] == 4
 
 
 def test_bad_arguments_are_named():
     proc = magsd('predict', 'magsd_custom', 'x.png', '--batch-size', '0')
-    assert proc.returncode == 2 and '--batch-size must be at least 1' in proc.stderr
+    assert proc.returncode == 2 and 'argument --batch-size: 0 must be >= 1' in proc.stderr
     proc = magsd('export', 'magsd_custom', '--format', 'tflite')
     assert proc.returncode == 2 and "invalid choice: 'tflite'" in proc.stderr

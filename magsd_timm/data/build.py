@@ -1,14 +1,14 @@
 """Build a Hugging Face DatasetDict from records: checked images, no duplicates, patient splits, a card.
 
-Nothing half-built is ever left at the output: the dataset is written to a temporary folder beside
-it and moved into place at the end; an existing output is only replaced when asked.
+Nothing half-built is ever left at the output: the dataset is written to a staging folder beside
+it and moved into place at the end; an existing output is only replaced when asked. One build at a
+time writes an output (a second is refused), and what a killed build left beside it is recovered
+or removed by the next: a kept previous output (``.NAME.old``) is put back if the output is missing,
+and staging folders are deleted.
 """
 import importlib.resources
 import io
-import json
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 from string import Template
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from ..console import display
+from ..outputs import atomic_folder, exclusive_lock, recover_folder, strict_json
 from .reader import ImageReadError, is_dicom, read_image
-from .sources import Record
+from .sources import Record, fold_labels
 from .splits import assign_patients, deduplicate, patient_folds, patient_split, source_holdout
 
 if TYPE_CHECKING:
@@ -51,10 +53,10 @@ def _size_category(n: int) -> str:
 def _image_bytes(path: str) -> Dict[str, Any]:
     """The file's own bytes, or for DICOM a lossless 16-bit PNG of the read image (PIL cannot decode DICOM)."""
     if not is_dicom(Path(path)):
-        return {'bytes': Path(path).read_bytes(), 'path': Path(path).name}
+        return {'bytes': Path(path).read_bytes(), 'path': display(Path(path).name)}
     buffer = io.BytesIO()
     Image.fromarray(np.round(read_image(path) * 65535).astype(np.uint16)).save(buffer, format='PNG')
-    return {'bytes': buffer.getvalue(), 'path': Path(path).with_suffix('.png').name}
+    return {'bytes': buffer.getvalue(), 'path': display(Path(path).with_suffix('.png').name)}
 
 
 def _provenance(source: str) -> str:
@@ -73,7 +75,7 @@ def _table(header: str, rows: Sequence[Sequence[Any]]) -> str:
 
 def render_card(
         splits: Dict[str, List[Record]], class_names: Sequence[str], split_method: str, pretty_name: str,
-        num_skipped: int, num_duplicates: int,
+        num_skipped: int, num_duplicates: int, num_conflicts: int = 0,
 ) -> str:
     """The dataset card (README.md): YAML metadata and counts, provenance, biases, preparation."""
     records = [r for rs in splits.values() for r in rs]
@@ -106,7 +108,7 @@ def render_card(
         split_method=split_method,
         split_table='\n'.join(f'| {s} | {len(rs)} | {len({r["patient_id"] for r in rs})} |' for s, rs in splits.items()),
         class_table=per_class, source_table=per_source, provenance=provenance, biases='\n'.join(biases),
-        num_skipped=num_skipped, num_duplicates=num_duplicates,
+        num_skipped=num_skipped, num_duplicates=num_duplicates, num_conflicts=num_conflicts,
         patient_statement=(f'{unknown} image(s) had no patient id: each counts as its own patient, so images of '
                            'one person may still sit in different splits.' if unknown else
                            'Every image has a patient id; no patient is in more than one split.'),
@@ -138,15 +140,27 @@ def build_dataset(
         overwrite: bool = False,
 ) -> Dict[str, Any]:
     """Check, deduplicate and split records by patient, then write a DatasetDict with its card to output."""
+    output = Path(output)
+    with exclusive_lock(output, 'prepare_data build'):
+        for note in recover_folder(output):
+            _logger.warning('%s', note)
+        if output.exists() and not overwrite:
+            raise FileExistsError(f'{display(output)} exists: choose another output or pass overwrite=True '
+                                  '(--overwrite).')
+        return _build(records, output, seed, fractions, holdout_source, folds, pretty_name)
+
+
+def _build(records: Sequence[Record], output: Path, seed: int, fractions: Sequence[float],
+           holdout_source: Optional[str], folds: int, pretty_name: str) -> Dict[str, Any]:
     import datasets
 
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise FileExistsError(f'{output} exists: choose another output or pass overwrite=True (--overwrite).')
+    records, label_notes = fold_labels(records)
     valid, skipped = _validated(records)
     for record, reason in skipped:
         _logger.warning('skipped %s', reason)
-    kept, duplicates = deduplicate(valid)
+    kept, duplicates, conflicts = deduplicate(valid)
+    for record, reason in conflicts:
+        _logger.warning('left out %s: %s', display(record['path']), reason)
     if not kept:
         raise ValueError('No readable image left to build a dataset from.')
     kept = assign_patients(kept)
@@ -177,36 +191,26 @@ def build_dataset(
         name: datasets.Dataset.from_list([dict(
             image=_image_bytes(r['path']), label=class_names.index(r['label']),
             patient_id=r['patient_id'], patient_id_known=r['patient_id_known'], source=r['source'],
-            file_name=Path(r['path']).name, sha256=r['sha256'], fold=fold_of.get(r['path'], -1),
+            file_name=display(Path(r['path']).name), sha256=r['sha256'], fold=fold_of.get(r['path'], -1),
         ) for r in rs], features=features)
         for name, rs in splits.items() if rs
     })
-    card = render_card(splits, class_names, method, pretty_name, len(skipped), len(duplicates))
+    card = render_card(splits, class_names, method, pretty_name, len(skipped), len(duplicates), len(conflicts))
     summary = dict(
         seed=seed, fractions=list(fractions), holdout_source=holdout_source, folds=folds, method=method,
         class_names=class_names, patients={s: sorted({r['patient_id'] for r in rs}) for s, rs in splits.items()},
-        counts={s: len(rs) for s, rs in splits.items()},
+        counts={s: len(rs) for s, rs in splits.items()}, label_folds=label_notes,
     )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f'.{output.name}.', dir=output.parent))
-    try:
+    with atomic_folder(output, 'prepared dataset') as staging:
         dataset.save_to_disk(str(staging / 'data'))
         (staging / 'README.md').write_text(card)
-        (staging / 'splits.json').write_text(json.dumps(summary, indent=2))
-        (staging / 'skipped.json').write_text(json.dumps(
-            [dict(path=r['path'], reason=why) for r, why in skipped]
-            + [dict(path=r['path'], reason=why) for r, why in duplicates], indent=2))
-        if output.exists():
-            retired = output.with_name(f'.{output.name}.old')
-            output.rename(retired)
-            staging.rename(output)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(output)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return dict(summary, skipped=len(skipped), duplicates=len(duplicates), output=str(output))
+        (staging / 'splits.json').write_text(strict_json(summary))
+        (staging / 'skipped.json').write_text(strict_json(
+            [dict(path=display(r['path']), reason=why) for r, why in [*skipped, *duplicates, *conflicts]]))
+    return dict(summary, skipped=len(skipped), duplicates=len(duplicates), conflicts=len(conflicts),
+                output=display(output))
+
+
 
 
 def load_prepared(path: Path) -> 'datasets.DatasetDict':

@@ -3,7 +3,10 @@
 Sources: the bundled sample (``None`` or ``'sample'``), a folder written by ``prepare_data.py``, a
 class-per-folder tree, a CSV/Parquet manifest, or a Hugging Face dataset (``'hf-hub:org/name'``, or
 a folder saved with ``save_to_disk``). Sources without their own splits are split by patient,
-stratified and seeded (``patient_split``).
+stratified and seeded (``patient_split``). Sources of files have their label spellings folded and
+exact duplicates removed first; copies with conflicting labels are left out (``dataset.dropped``).
+``dataset.check_images()`` decodes every image once, so a trainer can refuse or skip bad ones before
+its first step.
 """
 from collections import Counter
 from pathlib import Path
@@ -13,10 +16,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .reader import image_to_array, read_image
+from ..console import BadInputError, display
+from .reader import MIN_SIZE, ImageReadError, image_to_array, read_image
 from .sample import sample_records
-from .sources import Record, folder_records, manifest_records
-from .splits import SPLITS, assign_patients, patient_split
+from .sources import Record, fold_labels, folder_records, manifest_records
+from .splits import SPLITS, assign_patients, deduplicate, patient_split
 
 if TYPE_CHECKING:
     import datasets
@@ -35,6 +39,40 @@ class CXRDataset(Dataset):
         self.items, self.class_names, self.transform = items, list(class_names), transform
         self.from_files = isinstance(items, (list, tuple))
         self.seed, self.epoch = seed, 0
+        self.dropped: List[Tuple[str, str]] = []  # (file, why) left out when the source was opened
+
+    def check_images(self) -> List[Tuple[int, str]]:
+        """Decode every image once: the index and the reason of each that cannot be read or is too small."""
+        problems = []
+        for index in range(len(self)):
+            try:
+                image = self.image(index)
+            except ImageReadError as e:
+                problems.append((index, str(e)))
+                continue
+            except Exception as e:  # noqa: BLE001 - a decoder's failure on one embedded image names that image
+                problems.append((index, f'{self.name(index)}: cannot be decoded ({type(e).__name__}: {e}).'))
+                continue
+            if min(image.shape) < MIN_SIZE:
+                problems.append((index, f'{self.name(index)}: {image.shape[1]}x{image.shape[0]} px is under the '
+                                        f'{MIN_SIZE} px minimum.'))
+        return problems
+
+    def name(self, index: int) -> str:
+        """A printable name of an item: its file, or its file name and index in a Hugging Face dataset."""
+        if self.from_files:
+            return display(self.items[index]['path'])
+        names = self.items.column_names
+        return f"{self.items[index]['file_name'] if 'file_name' in names else 'image'} (row {index})"
+
+    def without(self, problems: Sequence[Tuple[int, str]]) -> 'CXRDataset':
+        """The same dataset without the items check_images found (index, why); they join `dropped`."""
+        drop = {index for index, _ in problems}
+        keep = [i for i in range(len(self)) if i not in drop]
+        items = [self.items[i] for i in keep] if self.from_files else self.items.select(keep)
+        subset = CXRDataset(items, self.class_names, self.transform, self.seed)
+        subset.dropped = self.dropped + [(self.name(i), why) for i, why in problems]
+        return subset
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose random transforms the items get (with a seed)."""
@@ -101,11 +139,24 @@ class BalancedSampler(Sampler):
         return iter(torch.multinomial(self.weights, len(self.weights), True, generator=generator).tolist())
 
 
-def _split_records(records: List[Record], split: str, seed: int) -> Tuple[List[Record], List[str]]:
+def _split_records(records: List[Record], split: str, seed: int
+                   ) -> Tuple[List[Record], List[str], List[Tuple[str, str]]]:
+    """The records of one split, the class names, and the files left out (duplicates, label conflicts)."""
+    records, _ = fold_labels(records)
+    records, duplicates, conflicts = deduplicate(records)
+    dropped = [(display(r['path']), why) for r, why in [*duplicates, *conflicts]]
     class_names = sorted({r['label'] for r in records})
     if any(r.get('split') for r in records):
-        return [r for r in records if r.get('split') == split], class_names
-    return patient_split(assign_patients(records), seed=seed)[split], class_names
+        return [r for r in records if r.get('split') == split], class_names, dropped
+    return patient_split(assign_patients(records), seed=seed)[split], class_names, dropped
+
+
+def _from_records(records: List[Record], split: str, seed: int, transform: Optional[Transform],
+                  augment_seed: Optional[int]) -> CXRDataset:
+    items, names, dropped = _split_records(records, split, seed)
+    dataset = CXRDataset(items, names, transform, augment_seed)
+    dataset.dropped = dropped
+    return dataset
 
 
 def open_dataset(
@@ -117,12 +168,11 @@ def open_dataset(
     seed picks the patient split of sources without one; augment_seed makes transforms reproducible per item.
     """
     if split not in SPLITS:
-        raise ValueError(f"Unknown split '{split}': choose one of {', '.join(SPLITS)}.")
+        raise BadInputError(f"Unknown split '{split}': choose one of {', '.join(SPLITS)}.")
     import datasets
 
     if source in (None, 'sample'):
-        items, names = _split_records(sample_records(), split, seed)
-        return CXRDataset(items, names, transform, augment_seed)
+        return _from_records(sample_records(), split, seed, transform, augment_seed)
     if str(source).startswith('hf-hub:'):
         hub = datasets.load_dataset(str(source)[len('hf-hub:'):], split=split)
         return CXRDataset(hub, hub.features['label'].names, transform, augment_seed)
@@ -132,12 +182,11 @@ def open_dataset(
     if (path / 'dataset_dict.json').exists():
         prepared = datasets.load_from_disk(str(path))
         if split not in prepared:
-            raise ValueError(f"{source}: no '{split}' split (it has {', '.join(prepared)}).")
+            raise BadInputError(f"{display(source)}: no '{split}' split (it has {', '.join(prepared)}).")
         return CXRDataset(prepared[split], prepared[split].features['label'].names, transform, augment_seed)
     if path.is_file():
-        items, names = _split_records(manifest_records(path), split, seed)
-    elif path.is_dir():
-        items, names = _split_records(folder_records(path), split, seed)
-    else:
-        raise FileNotFoundError(f'{source}: no such data source (folder, manifest, prepared dataset or hf-hub:id).')
-    return CXRDataset(items, names, transform, augment_seed)
+        return _from_records(manifest_records(path), split, seed, transform, augment_seed)
+    if path.is_dir():
+        return _from_records(folder_records(path), split, seed, transform, augment_seed)
+    raise FileNotFoundError(f'{display(source)}: no such data source (folder, manifest, prepared dataset or '
+                            'hf-hub:id).')

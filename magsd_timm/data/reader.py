@@ -9,22 +9,27 @@
   Multi-frame files are refused. Compressed transfer syntaxes decode when pydicom's optional decoder
   packages are installed; otherwise the error names them.
 
-Every failure raises ImageReadError with the file and the reason.
+Every failure raises ImageReadError with the file (its name printable whatever bytes it holds) and
+the reason: a decoder's own exceptions, decompression bombs (images of more than MAX_PIXELS pixels)
+and memory errors included, so one bad file never stops a batch of good ones.
 """
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ['ImageReadError', 'MIN_SIZE', 'image_to_array', 'is_dicom', 'read_image']
+from ..console import BadInputError, display
+
+__all__ = ['ImageReadError', 'MAX_PIXELS', 'MIN_SIZE', 'image_to_array', 'is_dicom', 'read_image']
 
 MIN_SIZE = 32  # pixels, the shorter side
+MAX_PIXELS = 16384 * 16384  # far above any radiograph; PIL refuses at twice its own 89 Mpx warning limit
 DICOM_SUFFIXES = ('.dcm', '.dicom', '.dic')
 DECODER_PACKAGES = 'pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle (or python-gdcm)'
 
 
-class ImageReadError(ValueError):
+class ImageReadError(BadInputError):
     """A file that cannot be read as a radiograph; the message names the file and the reason."""
 
 
@@ -46,19 +51,28 @@ def _scaled(pixels: np.ndarray) -> np.ndarray:
     return ((pixels - low) / (high - low)).astype(np.float32)
 
 
+def _too_large(path: Path, width: int, height: int) -> ImageReadError:
+    return ImageReadError(f'{display(path)}: {width}x{height} px is over the {MAX_PIXELS:,} pixel limit '
+                          '(a decompression bomb, or not a radiograph).')
+
+
 def _read_pil(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise _too_large(path, image.width, image.height)
             if getattr(image, 'n_frames', 1) > 1:
-                raise ImageReadError(f'{path}: has {image.n_frames} frames; one radiograph per file is expected.')
+                raise ImageReadError(f'{display(path)}: has {image.n_frames} frames; one radiograph per file is expected.')
             image.load()  # decodes now, so a truncated file fails here
             image = ImageOps.exif_transpose(image)
     except ImageReadError:
         raise
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f'{display(path)}: {e}') from e
     except UnidentifiedImageError as e:
-        raise ImageReadError(f'{path}: not an image file PIL can read (PNG, JPEG, ...) nor DICOM.') from e
+        raise ImageReadError(f'{display(path)}: not an image file PIL can read (PNG, JPEG, ...) nor DICOM.') from e
     except (OSError, SyntaxError, ValueError) as e:
-        raise ImageReadError(f'{path}: corrupt or truncated image ({e}).') from e
+        raise ImageReadError(f'{display(path)}: corrupt or truncated image ({e}).') from e
     return image_to_array(image)
 
 
@@ -79,25 +93,29 @@ def _read_dicom(path: Path) -> np.ndarray:
     try:
         ds = pydicom.dcmread(path)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as e:
-        raise ImageReadError(f'{path}: unreadable DICOM ({e}).') from e
+        raise ImageReadError(f'{display(path)}: unreadable DICOM ({e}).') from e
     if 'PixelData' not in ds:
-        raise ImageReadError(f'{path}: DICOM without pixel data (no PixelData element).')
+        raise ImageReadError(f'{display(path)}: DICOM without pixel data (no PixelData element).')
     frames = int(ds.get('NumberOfFrames', 1) or 1)
     if frames > 1:
-        raise ImageReadError(f'{path}: multi-frame DICOM ({frames} frames); one radiograph per file is expected.')
+        raise ImageReadError(f'{display(path)}: multi-frame DICOM ({frames} frames); one radiograph per file is '
+                             'expected.')
+    rows, columns = int(ds.get('Rows', 0) or 0), int(ds.get('Columns', 0) or 0)
+    if rows * columns > MAX_PIXELS:
+        raise _too_large(path, columns, rows)
     syntax = getattr(getattr(ds, 'file_meta', None), 'TransferSyntaxUID', None)
     try:
         pixels = ds.pixel_array
     except (NotImplementedError, RuntimeError) as e:
         name = getattr(syntax, 'name', syntax)
         raise ImageReadError(
-            f'{path}: cannot decode DICOM transfer syntax {name!r}; install the decoders: '
+            f'{display(path)}: cannot decode DICOM transfer syntax {name!r}; install the decoders: '
             f'pip install {DECODER_PACKAGES} ({e}).') from e
     except (ValueError, AttributeError, KeyError, TypeError) as e:
-        raise ImageReadError(f'{path}: DICOM pixel data does not match its header ({e}).') from e
+        raise ImageReadError(f'{display(path)}: DICOM pixel data does not match its header ({e}).') from e
     photometric = str(ds.get('PhotometricInterpretation', 'MONOCHROME2')).upper()
     if photometric in ('RGB', 'YBR_FULL', 'YBR_FULL_422') or pixels.ndim == 3:
-        raise ImageReadError(f'{path}: colour DICOM ({photometric}); a grey radiograph is expected.')
+        raise ImageReadError(f'{display(path)}: colour DICOM ({photometric}); a grey radiograph is expected.')
     pixels = apply_voi_lut(apply_modality_lut(pixels, ds), ds)
     image = _scaled(pixels)
     return 1. - image if photometric == 'MONOCHROME1' else image
@@ -107,12 +125,25 @@ def read_image(path: Union[str, Path]) -> np.ndarray:
     """Read a radiograph (PNG, JPEG, TIFF, DICOM) as float32 (H, W) in [0, 1]; ImageReadError on bad input."""
     path = Path(path)
     if not path.is_file():
-        raise ImageReadError(f'{path}: no such file.')
+        raise ImageReadError(f'{display(path)}: no such file.')
     if path.stat().st_size == 0:
-        raise ImageReadError(f'{path}: empty file.')
-    image = _read_dicom(path) if is_dicom(path) else _read_pil(path)
+        raise ImageReadError(f'{display(path)}: empty file.')
+    image = _decoded(path, _read_dicom if is_dicom(path) else _read_pil)
     if min(image.shape) < MIN_SIZE:
-        raise ImageReadError(f'{path}: {image.shape[1]}x{image.shape[0]} px is under the {MIN_SIZE} px minimum.')
+        raise ImageReadError(f'{display(path)}: {image.shape[1]}x{image.shape[0]} px is under the {MIN_SIZE} px '
+                             'minimum.')
     if not np.isfinite(image).all():
-        raise ImageReadError(f'{path}: pixel values are not finite.')
+        raise ImageReadError(f'{display(path)}: pixel values are not finite.')
     return image
+
+
+def _decoded(path: Path, decode: Callable[[Path], np.ndarray]) -> np.ndarray:
+    """Run a decoder on untrusted bytes: whatever it raises becomes an ImageReadError naming the file."""
+    try:
+        return decode(path)
+    except ImageReadError:
+        raise
+    except MemoryError as e:
+        raise ImageReadError(f'{display(path)}: too large to decode in the memory available.') from e
+    except Exception as e:  # noqa: BLE001 - a decoder's failure on one file must not stop the others
+        raise ImageReadError(f'{display(path)}: cannot be decoded ({type(e).__name__}: {e}).') from e

@@ -3,18 +3,21 @@
 Every source yields records: dicts with ``path``, ``label``, ``patient_id`` (None when unknown),
 ``source`` and ``split`` (None, or the split the layout itself gives). Labels are mapped to the
 project's class names by each converter's (configurable) map; a record whose label maps to None is
-left out and counted.
+left out and counted. ``fold_labels`` makes spellings of one class that differ only in case or
+surrounding white space one class, and says so; an empty label or an unknown split is an error.
 """
 import csv
 import logging
+from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
+from ..console import BadInputError, display
 from .sample import kermany_patient_id
 
 __all__ = [
-    'IMAGE_SUFFIXES', 'Record', 'SPLIT_NAMES', 'covid_radiography_records', 'covidx_records', 'folder_records',
-    'ieee8023_records', 'kermany_records', 'manifest_records',
+    'IMAGE_SUFFIXES', 'Record', 'SPLIT_NAMES', 'covid_radiography_records', 'covidx_records', 'fold_labels',
+    'folder_records', 'ieee8023_records', 'kermany_records', 'manifest_records',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -52,52 +55,89 @@ def _mapped(records: Iterable[Record], label_map: Optional[Mapping[str, Optional
 def _require_dir(root: PathLike) -> Path:
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f'{root}: no such folder.')
+        raise FileNotFoundError(f'{display(root)}: no such folder.')
     return root
+
+
+def fold_labels(records: Iterable[Record]) -> Tuple[List[Record], List[str]]:
+    """Records whose label variants ('Normal', 'normal ', 'NORMAL') are one class, and a note per folded class.
+
+    The class keeps its most frequent stripped spelling (ties: the first in sorted order). An empty
+    label is an error naming the record.
+    """
+    records = list(records)
+    variants: Dict[str, Counter] = defaultdict(Counter)  # case-folded, stripped label -> raw spellings
+    for record in records:
+        raw = str(record['label'] if record['label'] is not None else '')
+        if not raw.strip():
+            raise BadInputError(f"{display(record['path'])}: empty label; every image needs its class.")
+        variants[raw.strip().casefold()][raw] += 1
+    canonical = {}
+    for key, counts in variants.items():
+        stripped = Counter()
+        for raw, count in counts.items():
+            stripped[raw.strip()] += count
+        canonical[key] = min(stripped, key=lambda label: (-stripped[label], label))
+    notes = [f"labels {', '.join(repr(v) for v in sorted(variants[key]))} are one class, '{canonical[key]}'"
+             for key in sorted(variants) if len(variants[key]) > 1]
+    for note in notes:
+        _logger.warning('%s', note)
+    return [dict(r, label=canonical[str(r['label']).strip().casefold()]) for r in records], notes
 
 
 def folder_records(root: PathLike, source: Optional[str] = None) -> List[Record]:
     """A class-per-folder tree, optionally under split folders (train/val/test): root/[split/]class/*."""
     root = _require_dir(root)
-    source = source or root.name
+    source = source or display(root.name)
     folders = sorted(p for p in root.iterdir() if p.is_dir())
     if folders and all(p.name.lower() in SPLIT_NAMES for p in folders):
         tops = [(SPLIT_NAMES[p.name.lower()], p) for p in folders]
     else:
         tops = [(None, root)]
     records = [
-        _record(path, class_dir.name, None, source, split)
+        _record(path, display(class_dir.name), None, source, split)
         for split, top in tops for class_dir in sorted(p for p in top.iterdir() if p.is_dir())
         for path in _images(class_dir)
     ]
     if not records:
-        raise ValueError(f'{root}: no images in class folders (expected root/[train|val|test/]class/image).')
-    return records
+        raise BadInputError(f'{display(root)}: no images in class folders (expected root/[train|val|test/]class/image).')
+    return fold_labels(records)[0]
 
 
 def manifest_records(path: PathLike) -> List[Record]:
     """A CSV or Parquet manifest: path, label, and optionally patient_id, source, split; paths relative to it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'{path}: no such manifest.')
+        raise FileNotFoundError(f'{display(path)}: no such manifest.')
     if path.suffix.lower() == '.parquet':
         import pyarrow.parquet as pq
         rows = pq.read_table(path).to_pylist()
     else:
         with path.open(newline='') as f:
             rows = list(csv.DictReader(f))
-    missing = {'path', 'label'} - set(rows[0] if rows else ())
+    if not rows:
+        raise BadInputError(f'{display(path)}: the manifest has no rows.')
+    missing = {'path', 'label'} - set(rows[0])
     if missing:
-        raise ValueError(f'{path}: manifest lacks the column(s) {", ".join(sorted(missing))}.')
+        raise BadInputError(f'{display(path)}: manifest lacks the column(s) {", ".join(sorted(missing))}.')
     records = []
-    for row in rows:
+    for number, row in enumerate(rows, start=1):
+        where = f'{display(path)}, row {number}'
+        if not str(row['path'] or '').strip():
+            raise BadInputError(f'{where}: empty path.')
+        label = str(row['label'] if row['label'] is not None else '').strip()
+        if not label:
+            raise BadInputError(f'{where} ({display(row["path"])}): empty label; every image needs its class.')
+        split = str(row.get('split') or '').strip()
+        if split and split.lower() not in SPLIT_NAMES:
+            raise BadInputError(f"{where} ({display(row['path'])}): unknown split '{split}'; use train, validation "
+                                "(or val, valid), test, or leave it empty.")
         image = Path(row['path'])
-        split = row.get('split') or None
         records.append(_record(
-            image if image.is_absolute() else path.parent / image, str(row['label']),
+            image if image.is_absolute() else path.parent / image, row['label'],
             str(row['patient_id']) if row.get('patient_id') not in (None, '') else None,
-            row.get('source') or path.stem, SPLIT_NAMES.get(split.lower(), split) if split else None))
-    return records
+            row.get('source') or path.stem, SPLIT_NAMES[split.lower()] if split else None))
+    return fold_labels(records)[0]
 
 
 KERMANY_LABELS = {'normal': 'normal', 'bacteria': 'bacterial pneumonia', 'virus': 'viral pneumonia'}

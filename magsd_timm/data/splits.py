@@ -3,7 +3,8 @@
 A patient's images always share one split, so no patient is both trained on and tested on. Records
 without a patient id count as one patient per image (``patient_id_known`` says which). Exact
 duplicate files (the same bytes, as public sets share images) keep one copy: the first by
-(source, path) order, so the choice is reproducible.
+(source, path) order, so the choice is reproducible. Copies that carry different labels are a label
+conflict: no order can say which label is right, so every copy is left out and reported.
 """
 import hashlib
 import random
@@ -11,6 +12,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Dict, List, Mapping, Sequence, Tuple
 
+from ..console import display
 from .sources import Record
 
 __all__ = [
@@ -30,18 +32,28 @@ def content_hash(path: str) -> str:
     return digest.hexdigest()
 
 
-def deduplicate(records: Sequence[Record]) -> Tuple[List[Record], List[Tuple[Record, str]]]:
-    """Records with a 'sha256' added, exact duplicates dropped; and the dropped ones with the reason."""
-    kept, dropped, first = [], [], {}
+def deduplicate(records: Sequence[Record]
+                ) -> Tuple[List[Record], List[Tuple[Record, str]], List[Tuple[Record, str]]]:
+    """Records with a 'sha256' added, one per distinct file; the dropped duplicates and the label conflicts, with why.
+
+    Copies of one file with one label keep the first by (source, path); copies with different labels
+    are all left out as conflicts.
+    """
+    groups: Dict[str, List[Record]] = defaultdict(list)
     for record in sorted(records, key=lambda r: (r['source'] or '', r['path'])):
         digest = record.get('sha256') or content_hash(record['path'])
-        if digest in first:
-            dropped.append((record, f"exact duplicate of {first[digest]['path']}"))
+        groups[digest].append(dict(record, sha256=digest))
+    kept, duplicates, conflicts = [], [], []
+    for copies in groups.values():
+        labels = sorted({r['label'] for r in copies})
+        if len(labels) > 1:
+            listed = '; '.join(f"{display(r['path'])} as '{r['label']}'" for r in copies)
+            conflicts += [(r, f'label conflict: the same image (sha256 {r["sha256"][:12]}) is labelled '
+                              f'{", ".join(repr(x) for x in labels)}: {listed}') for r in copies]
             continue
-        record = dict(record, sha256=digest)
-        first[digest] = record
-        kept.append(record)
-    return kept, dropped
+        kept.append(copies[0])
+        duplicates += [(r, f"exact duplicate of {display(copies[0]['path'])}") for r in copies[1:]]
+    return kept, duplicates, conflicts
 
 
 def assign_patients(records: Sequence[Record]) -> List[Record]:
@@ -49,7 +61,8 @@ def assign_patients(records: Sequence[Record]) -> List[Record]:
     out = []
     for record in records:
         known = bool(record.get('patient_id'))
-        patient = f"{record['source']}/{record['patient_id']}" if known else f"{record['source']}/image:{Path(record['path']).name}"
+        patient = (f"{record['source']}/{record['patient_id']}" if known
+                   else f"{record['source']}/image:{display(Path(record['path']).name)}")
         out.append(dict(record, patient_id=patient, patient_id_known=known))
     return out
 

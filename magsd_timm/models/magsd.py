@@ -19,7 +19,9 @@ timm's API maps onto MA-Net as follows:
 * ``forward_with_attention`` returns the logits and the attention maps of one single pass.
 """
 import difflib
+import inspect
 import re
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
@@ -32,10 +34,13 @@ from timm.layers import register_notrace_function
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models._features import FeatureGetterNet, feature_take_indices
+from safetensors import SafetensorError
 
-from .weights import check_state_dict, require_safe_weights
+from .config import check_head_size, check_input_size, check_model_args
+from .weights import WeightsMismatchError, check_state_dict, require_safe_weights
 
-__all__ = ['MANet', 'bilinear_attention_pool', 'close_matches', 'display_map', 'CXR_LABEL_NAMES']
+__all__ = ['MANet', 'UntrainedClassifierWarning', 'bilinear_attention_pool', 'close_matches', 'display_map',
+           'CXR_LABEL_NAMES']
 
 CXR_LABEL_NAMES = ('COVID-19', 'viral pneumonia', 'bacterial pneumonia', 'normal')
 
@@ -251,6 +256,7 @@ class MANet(nn.Module):
             for i in levels
         ])
         self.top_chs = channels[levels[-1]]
+        check_head_size(num_maps, self.top_chs, num_classes)
         self.num_features = self.top_chs + num_maps
         self.head_hidden_size = num_maps * self.top_chs
         self.global_pool = self._checked_pool(global_pool, num_classes)
@@ -411,21 +417,56 @@ def _load_backbone_pretrained(model: MANet, cache_dir: Optional[str] = None) -> 
     model.backbone.load_state_dict(source.state_dict())
 
 
+# what timm's factory and builder pass besides MANet's own arguments
+_BUILDER_KWARGS = ('pretrained_cfg', 'pretrained_cfg_overlay', 'pretrained_model_args', 'pretrained_strict',
+                   'cache_dir', 'features_only', 'out_indices', 'feature_cls', 'feature_cfg')
+_warned_untrained: Set[str] = set()
+
+
+class UntrainedClassifierWarning(UserWarning):
+    """An MA-Net was created with pretrained=True but no chest X-ray weights exist: its classifier is untrained."""
+
+
+def _warn_untrained(variant: str) -> None:
+    """Say once per variant that only the backbone is pretrained, as timm says of models without weights."""
+    if variant in _warned_untrained:
+        return
+    _warned_untrained.add(variant)
+    warnings.warn(
+        f'{variant} has no published chest X-ray weights: pretrained=True loads the ImageNet weights of its '
+        'backbone only, and its attention and classifier are untrained, so its class probabilities mean nothing '
+        'until it is trained (recipes/train.py) or loaded from a trained checkpoint.',
+        UntrainedClassifierWarning, stacklevel=4)
+
+
+def _weights_source(cfg: Any, variant: str) -> str:
+    return str(cfg.hf_hub_id or cfg.file or cfg.url or variant)
+
+
 def _create_magsd(variant: str, pretrained: bool = False, **kwargs: Any) -> MANet:
     """Build an MA-Net variant; pretrained loads its safetensors weights, or without any the backbone's ImageNet weights."""
     cfg = resolve_pretrained_cfg(
         variant, pretrained_cfg=kwargs.get('pretrained_cfg'), pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+    where = _weights_source(cfg, variant)
+    check_model_args(kwargs, [*inspect.signature(MANet).parameters, *_BUILDER_KWARGS], where)
+    if cfg.input_size is not None:
+        check_input_size(list(cfg.input_size), where)
     backbone_only = pretrained and not cfg.has_weights
     if pretrained and not backbone_only:
         require_safe_weights(cfg.to_dict(), kwargs.get('cache_dir'))
-    model = build_model_with_cfg(
-        MANet, variant, pretrained and not backbone_only,
-        pretrained_filter_fn=check_state_dict,
-        feature_cfg=dict(feature_cls='getter', out_indices=None),
-        **kwargs,
-    )
+    try:
+        model = build_model_with_cfg(
+            MANet, variant, pretrained and not backbone_only,
+            pretrained_filter_fn=check_state_dict,
+            feature_cfg=dict(feature_cls='getter', out_indices=None),
+            **kwargs,
+        )
+    except SafetensorError as e:
+        raise WeightsMismatchError(f'The weights of {where} are not a readable safetensors file ({e}): the file is '
+                                   'truncated or corrupt; download or save it again.') from e
     if backbone_only:
         _load_backbone_pretrained(model.model if isinstance(model, FeatureGetterNet) else model, kwargs.get('cache_dir'))
+        _warn_untrained(variant)
     return model
 
 

@@ -17,6 +17,8 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 from timm.models._input import get_model_traits
 
+from ..console import BadInputError
+
 __all__ = ['UnsafeWeightsError', 'WeightsMismatchError', 'allow_pickle_weights', 'check_state_dict',
            'require_safe_weights']
 
@@ -25,12 +27,12 @@ ALLOW_PICKLE_ENV = 'MAGSD_TIMM_ALLOW_PICKLE'
 _allow_pickle: contextvars.ContextVar[bool] = contextvars.ContextVar('allow_pickle', default=False)
 
 
-class UnsafeWeightsError(RuntimeError):
+class UnsafeWeightsError(BadInputError):
     """The checkpoint holds only pickle weights and the user did not opt in to unpickling them."""
 
 
-class WeightsMismatchError(ValueError):
-    """The checkpoint's tensors do not fit the architecture built from its config."""
+class WeightsMismatchError(BadInputError):
+    """The checkpoint's tensors do not fit the architecture built from its config, or hold no usable numbers."""
 
 
 @contextlib.contextmanager
@@ -101,6 +103,15 @@ def check_state_dict(state_dict: Dict[str, torch.Tensor], model: torch.nn.Module
     unexpected = [k for k in state_dict if k not in expected and k not in adapted]
     wrong = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}'
              for k, v in state_dict.items() if k in expected and k not in adapted and v.shape != expected[k].shape]
+    unusable = [f'{k}: {v.dtype}' for k, v in state_dict.items()
+                if k in expected and expected[k].is_floating_point() and not v.is_floating_point()]
+    unusable += [f'{k}: holds NaN or infinite values' for k, v in state_dict.items()
+                 if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if unusable:
+        more = f' (+{len(unusable) - 10} more)' if len(unusable) > 10 else ''
+        raise WeightsMismatchError(
+            f"Checkpoint weights of {cfg.get('architecture')} are not usable floating-point numbers: "
+            + '; '.join(unusable[:10]) + more + '. The checkpoint is corrupt or was saved from a diverged run.')
     if missing or unexpected or wrong:
         problems: List[str] = []
         for title, names in (('shape mismatch', wrong), ('missing from the checkpoint', missing),

@@ -3,14 +3,18 @@
 Each checkpoint is a folder ``step_<global step>`` under the run's ``checkpoints/``. It is written
 whole to a hidden temporary folder beside it and renamed into place, so a process killed at any
 moment leaves either the previous checkpoints or a complete new one; only the newest ``keep`` are
-kept. State registered with ``accelerator.register_for_checkpointing`` (the trainer's progress, EMA,
+kept. A save that fails (a full disk) removes its partial folder and says so, naming the last
+complete checkpoint, which stays as it was; ``remove_partial_checkpoints`` clears what killed runs left. State registered with ``accelerator.register_for_checkpointing`` (the trainer's progress, EMA,
 scheduler) travels with the model, optimizer and RNG states.
 """
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
-__all__ = ['TrainProgress', 'latest_checkpoint', 'save_checkpoint']
+from ..console import display
+from ..outputs import write_failure
+
+__all__ = ['TrainProgress', 'latest_checkpoint', 'remove_partial_checkpoints', 'save_checkpoint']
 
 PREFIX = 'step_'
 
@@ -37,6 +41,14 @@ def latest_checkpoint(root: Path) -> Optional[Path]:
     return max(found, key=lambda p: int(p.name[len(PREFIX):])) if found else None
 
 
+def remove_partial_checkpoints(root: Path) -> List[Path]:
+    """Remove the staging folders that runs killed while saving left under root; the removed ones."""
+    partial = sorted(Path(root).glob(f'.{PREFIX}*.tmp'))
+    for path in partial:
+        shutil.rmtree(path, ignore_errors=True)
+    return partial
+
+
 def save_checkpoint(accelerator, root: Path, global_step: int, keep: int = 2) -> Path:
     """Save the accelerator's state as root/step_<global_step>, atomically, keeping the newest `keep`."""
     root = Path(root)
@@ -46,7 +58,13 @@ def save_checkpoint(accelerator, root: Path, global_step: int, keep: int = 2) ->
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)  # left by a process killed while saving
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
+    try:
+        accelerator.save_state(str(staging))
+    except (OSError, RuntimeError) as e:  # torch reports a full disk as "basic_ios::clear: iostream error"
+        shutil.rmtree(staging, ignore_errors=True)
+        last = latest_checkpoint(root)
+        kept = f'; the last complete checkpoint, {display(last)}, is intact' if last else ''
+        raise write_failure(final, e, 'checkpoint', f' (the partial {display(staging)} was removed{kept})') from e
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)

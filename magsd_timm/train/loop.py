@@ -5,6 +5,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..console import DivergedError
 from ..metrics import classification_metrics
 from ..objective import MagSDObjective
 from .checkpoint import TrainProgress
@@ -12,7 +13,7 @@ from .checkpoint import TrainProgress
 __all__ = ['NonFiniteLossError', 'evaluate', 'lr_factor', 'train_one_epoch']
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(DivergedError):
     """The loss became NaN or infinite: the run stops before any checkpoint takes the broken weights."""
 
 

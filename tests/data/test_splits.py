@@ -74,7 +74,8 @@ def test_exact_duplicates_keep_the_first_by_source_and_path(tmp_path):
     (tmp_path / 'three.png').write_bytes(b'other')
     records = [dict(path=str(tmp_path / n), label='a', patient_id=None, source=s)
                for n, s in (('two.png', 'b'), ('one.png', 'a'), ('three.png', 'a'))]
-    kept, dropped = deduplicate(records)
+    kept, dropped, conflicts = deduplicate(records)
+    assert conflicts == []
     assert sorted(r['path'] for r in kept) == [str(tmp_path / 'one.png'), str(tmp_path / 'three.png')]
     assert dropped[0][0]['path'] == str(tmp_path / 'two.png') and 'duplicate of' in dropped[0][1]
     assert all(len(r['sha256']) == 64 for r in kept)

@@ -78,7 +78,7 @@ def test_a_non_finite_loss_stops_the_run_without_saving_after_it(tmp_path):
     out = tmp_path / 'nan'
     proc = _train(out, '--epochs', '2', '--lr', '1e12', '--checkpoint-every', '1', check=False)
     assert proc.returncode == 3, proc.stderr[-2000:]
-    message = next(line for line in proc.stdout.splitlines() if 'loss is' in line)
+    message = next(line for line in proc.stderr.splitlines() if 'loss is' in line)
     failing_step = int(message.split('step ')[1].split(':')[0])
     saved = [int(p.name.split('_')[1]) for p in (out / 'checkpoints').iterdir()]
     assert saved and max(saved) <= failing_step  # nothing written after the step that broke

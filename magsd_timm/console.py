@@ -1,0 +1,147 @@
+"""The command-line convention of magsd, magsd-hub and the recipes: exit codes, one-line errors, checked flags.
+
+Every command ends with one of four exit codes, and an expected failure prints one line that names
+the problem (never a traceback): 2 when the input is wrong (an argument, a file, an image, a data
+set, a checkpoint), 1 when the work failed for another reason (the disk, the network, the Hub), 3
+when a training diverged. ``--traceback`` or ``MAGSD_TRACEBACK=1`` prints the traceback instead.
+"""
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Union
+
+__all__ = [
+    'EXIT_BAD_INPUT', 'EXIT_CODES', 'EXIT_DIVERGED', 'EXIT_FAILED', 'EXIT_OK', 'BadInputError', 'DivergedError',
+    'add_traceback_flag', 'display', 'error_line', 'exit_code', 'json_object', 'number', 'run_command',
+]
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+TRACEBACK_ENV = 'MAGSD_TRACEBACK'
+
+EXIT_CODES = f"""Exit codes (magsd, magsd-hub, recipes/prepare_data.py and recipes/train.py alike):
+  0  done
+  1  failed: the disk, the network or the Hub failed, or some inputs of a batch could not be read
+  2  bad input: an argument, file, image, data set or checkpoint is wrong (the message names it)
+  3  training diverged (a NaN or infinite loss); the last checkpoint is kept
+An error prints one line; --traceback (or {TRACEBACK_ENV}=1) prints its traceback as well."""
+
+
+class BadInputError(ValueError):
+    """The user's input (argument, file, data, checkpoint) is wrong: exit code 2."""
+
+
+class DivergedError(RuntimeError):
+    """A training run diverged: exit code 3."""
+
+
+def display(value: Union[str, Path, bytes]) -> str:
+    """Text that can be printed and written as UTF-8 whatever a file name holds (undecodable bytes as \\xNN)."""
+    if isinstance(value, bytes):
+        return value.decode('utf-8', 'backslashreplace')
+    text = str(value)
+    try:
+        return text.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
+    except UnicodeEncodeError:  # surrogates that no file name decoding made
+        return text.encode('utf-8', 'backslashreplace').decode('utf-8')
+
+
+def _hub_exit_code(error: BaseException) -> Optional[int]:
+    """Exit code of a huggingface_hub error, when the library is in use (it is never imported for this)."""
+    if 'huggingface_hub' not in sys.modules:
+        return None
+    from huggingface_hub import errors
+
+    if isinstance(error, errors.LocalEntryNotFoundError):  # offline, or the Hub unreachable: not the user's input
+        return EXIT_FAILED
+    if isinstance(error, (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.EntryNotFoundError,
+                          errors.GatedRepoError, errors.HFValidationError)):
+        return EXIT_BAD_INPUT
+    if isinstance(error, errors.HTTPError):
+        return EXIT_FAILED
+    return None
+
+
+def exit_code(error: BaseException) -> int:
+    """The documented exit code of an error: 2 bad input, 1 failure, 3 diverged, 130 interrupted."""
+    if isinstance(error, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(error, DivergedError):
+        return EXIT_DIVERGED
+    hub = _hub_exit_code(error)
+    if hub is not None:
+        return hub
+    if isinstance(error, (BadInputError, FileNotFoundError, FileExistsError, NotADirectoryError,
+                          IsADirectoryError, ImportError)):
+        return EXIT_BAD_INPUT
+    if isinstance(error, OSError):  # the disk, the network: the input was fine
+        return EXIT_FAILED
+    if isinstance(error, ValueError):  # this package raises ValueError for what is wrong in the input
+        return EXIT_BAD_INPUT
+    return EXIT_FAILED
+
+
+def error_line(prog: str, error: BaseException) -> str:
+    """One printable line for an error: the program, then the message (the error's type when unexpected)."""
+    message = display(' '.join(str(error).split())) or type(error).__name__
+    if isinstance(error, KeyboardInterrupt):
+        message = 'interrupted'
+    elif not isinstance(error, (ValueError, OSError, ImportError, DivergedError, RuntimeError)):
+        message = f'unexpected {type(error).__name__}: {message} (run again with --traceback and report it)'
+    return f'{prog}: {message}'
+
+
+def run_command(prog: str, command: Callable[[], int], traceback: bool = False,
+                redact: Iterable[Optional[str]] = ()) -> int:
+    """Run a command's body and turn any error into its one-line message and exit code."""
+    try:
+        return command()
+    except (Exception, KeyboardInterrupt) as error:  # noqa: BLE001 - the one place errors become exit codes
+        if traceback or os.environ.get(TRACEBACK_ENV, '').lower() in ('1', 'true', 'yes'):
+            import traceback as tb
+            tb.print_exc()
+        line = error_line(prog, error)
+        for secret in redact:
+            if secret:
+                line = line.replace(secret, '***')
+        print(line, file=sys.stderr)
+        return exit_code(error)
+
+
+def add_traceback_flag(parser: argparse.ArgumentParser) -> None:
+    """The --traceback flag every command has."""
+    parser.add_argument('--traceback', action='store_true',
+                        help=f'print the traceback of an error (also {TRACEBACK_ENV}=1)')
+
+
+def number(kind: type = float, low: Optional[float] = None, high: Optional[float] = None,
+           low_open: bool = False, high_open: bool = False) -> Callable[[str], Union[int, float]]:
+    """An argparse type: a finite int or float within [low, high] (open ends when asked)."""
+    def parse(text: str) -> Union[int, float]:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not {'an integer' if kind is int else 'a number'}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
+        if low is not None and (value < low or (low_open and value == low)):
+            raise argparse.ArgumentTypeError(f"{text} must be {'>' if low_open else '>='} {low:g}")
+        if high is not None and (value > high or (high_open and value == high)):
+            raise argparse.ArgumentTypeError(f"{text} must be {'<' if high_open else '<='} {high:g}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def json_object(text: str) -> dict:
+    """An argparse type: a JSON object ({"key": value, ...})."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f'not valid JSON ({e})')
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f'a JSON object ({{"key": value}}) is expected, not {type(value).__name__}')
+    return value

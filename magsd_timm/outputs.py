@@ -1,0 +1,194 @@
+"""Writing outputs safely: whole files or none, JSON without NaN, one writer per output, clear disk errors.
+
+* ``atomic_path`` gives a temporary path beside the destination; it replaces the destination only
+  when the block succeeds, and is removed when it fails, so an earlier output is never truncated.
+  ``atomic_folder`` does the same for a folder (a checkpoint, a prepared dataset), and
+  ``recover_folder`` puts back or cleans up what a killed writer left beside one.
+* ``exclusive_lock`` lets one process at a time write an output (a run folder, a prepared dataset);
+  a second one is refused at once. The lock is the kernel's (``flock``), so a killed process leaves
+  no stale lock behind.
+* ``OutputWriteError`` says what could not be written, where, and why (a full disk by name).
+"""
+import contextlib
+import errno
+import fcntl
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, List, Union
+
+from .console import BadInputError, display
+
+__all__ = ['OutputBusyError', 'OutputWriteError', 'atomic_folder', 'atomic_path', 'exclusive_lock', 'recover_folder',
+           'strict_json', 'write_failure', 'write_text_atomic']
+
+PathLike = Union[str, Path]
+
+
+class OutputBusyError(BadInputError):
+    """Another process is writing the same output."""
+
+
+class OutputWriteError(OSError):
+    """An output could not be written (full disk, no permission, ...); the message says which and where."""
+
+
+def _free_space(path: Path) -> str:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            free = shutil.disk_usage(candidate).free
+            return f'{free / 2 ** 20:.1f} MiB free on the file system of {display(candidate)}'
+    return 'free space unknown'
+
+
+def _disk_full(error: BaseException) -> bool:
+    """Whether an error says the disk is full: errno, or torch's C++ stream error text."""
+    text = str(error)
+    return getattr(error, 'errno', None) in (errno.ENOSPC, errno.EDQUOT) or 'iostream error' in text \
+        or 'No space left' in text
+
+
+def write_failure(path: PathLike, error: BaseException, what: str = 'output', after: str = '') -> OutputWriteError:
+    """The error to raise when writing path failed: a full disk is named as such, with the free space."""
+    path = Path(path)
+    if _disk_full(error):
+        reason = f'the disk is full ({_free_space(path)})'
+    elif getattr(error, 'errno', None) in (errno.EACCES, errno.EPERM, errno.EROFS):
+        reason = f'no permission to write there ({getattr(error, "strerror", None) or error})'
+    else:
+        reason = ' '.join(str(error).split())
+    failure = OutputWriteError(f'could not write the {what} {display(path)}: {reason}{after}')
+    failure.errno = getattr(error, 'errno', None) or (errno.ENOSPC if _disk_full(error) else errno.EIO)
+    return failure
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, what: str = 'output') -> Iterator[Path]:
+    """A temporary path beside path (same suffix) to write; it becomes path only if the block succeeds."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, staged = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.stem}.', suffix=f'.partial{path.suffix}')
+        os.close(handle)
+    except OSError as e:
+        raise write_failure(path, e, what) from e
+    staged = Path(staged)
+    try:
+        yield staged
+        os.replace(staged, path)
+    except OSError as e:
+        raise write_failure(path, e, what) from e
+    except RuntimeError as e:  # torch's writers report a full disk as a RuntimeError
+        if _disk_full(e):
+            raise write_failure(path, e, what) from e
+        raise
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def recover_folder(path: PathLike) -> List[str]:
+    """Undo what a killed atomic_folder left beside path (call it holding path's lock); what was done, said.
+
+    A retired previous folder (.NAME.old) is put back when path is missing and removed otherwise;
+    staging folders (.NAME.staging-*) are removed.
+    """
+    path = Path(path)
+    done = []
+    retired = path.with_name(f'.{path.name}.old')
+    if retired.exists():
+        if path.exists():
+            shutil.rmtree(retired)
+            done.append(f'removed {display(retired)}, left by an interrupted run')
+        else:
+            retired.rename(path)
+            done.append(f'restored {display(path)} from {display(retired)}, left by an interrupted run')
+    for staging in path.parent.glob(f'.{path.name}.staging-*'):
+        shutil.rmtree(staging, ignore_errors=True)
+        done.append(f'removed {display(staging)}, left by an interrupted run')
+    return done
+
+
+@contextlib.contextmanager
+def atomic_folder(path: PathLike, what: str = 'output') -> Iterator[Path]:
+    """A staging folder beside path to fill; it replaces path only if the block succeeds, and is removed if not."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f'.{path.name}.staging-', dir=path.parent))
+    except OSError as e:
+        raise write_failure(path, e, what) from e
+    try:
+        yield staging
+        if path.exists():
+            retired = path.with_name(f'.{path.name}.old')
+            path.rename(retired)
+            staging.rename(path)
+            shutil.rmtree(retired)
+        else:
+            staging.rename(path)
+    except OSError as e:
+        raise write_failure(path, e, what) from e
+    except RuntimeError as e:
+        if _disk_full(e):
+            raise write_failure(path, e, what) from e
+        raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def write_text_atomic(path: PathLike, text: str, what: str = 'output') -> Path:
+    """Write text (UTF-8) to path atomically: a failure leaves the earlier file as it was."""
+    with atomic_path(path, what) as staged:
+        staged.write_text(text, encoding='utf-8')
+    return Path(path)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def strict_json(value: Any, indent: int = 2) -> str:
+    """JSON that every parser reads: NaN and infinities become null, never a bare NaN."""
+    return json.dumps(_finite_or_none(value), indent=indent, allow_nan=False)
+
+
+@contextlib.contextmanager
+def exclusive_lock(output: PathLike, what: str) -> Iterator[Path]:
+    """Hold the lock of an output (a hidden .NAME.lock beside it) for the block, or refuse at once if it is held."""
+    output = Path(output)
+    lock = output.with_name(f'.{output.name}.lock')
+    output.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors='replace').strip() or '?'
+            os.close(fd)
+            raise OutputBusyError(
+                f'{display(output)} is being written by another {what} (process {holder}): wait for it to end, '
+                'or choose another output.') from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # not a lock file its last holder removed while we waited on it
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)  # removed while held, so no other process can hold a removed file
+        os.close(fd)
