@@ -103,7 +103,7 @@ def load(ref: str, pretrained: bool = True, allow_pickle: bool = False, **kwargs
         try:
             return timm.create_model(name, pretrained=pretrained, **kwargs)
         except TypeError as e:
-            if not config:
+            if not config or isinstance(e, ConfigError):  # a ConfigError already names the argument
                 raise
             raise ConfigError(f"{display(ref)}: config.json's model_args {config.get('model_args', {})} do not fit "
                               f"architecture '{config['architecture']}' ({e}).") from e

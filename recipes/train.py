@@ -310,8 +310,8 @@ def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str]) ->
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
         write_text_atomic(output / 'args.yaml', yaml.safe_dump(dict(recorded, command=command), sort_keys=False))
-        dropped = [dict(split=name, file=f, reason=why) for name, part in (('train', train_set), ('validation', val_set))
-                   for f, why in part.dropped]
+        # each split's opening dedups the whole source, so a duplicate is listed by both: once is enough
+        dropped = [dict(file=f, reason=why) for f, why in dict.fromkeys(train_set.dropped + val_set.dropped)]
         if dropped:
             write_text_atomic(output / 'skipped.json', strict_json(dropped))
             accelerator.print(f'train: left out {len(dropped)} image(s) (duplicates, label conflicts, unreadable '

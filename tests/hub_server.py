@@ -92,8 +92,9 @@ class LoopbackHub:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def fail_next(self, method: str, path_pattern: str, status: int = 500) -> None:
-        """Answer the next request whose method matches and path matches the regex with ``status``."""
+    def fail_next(self, method: str, path_pattern: str, status: Optional[int] = 500) -> None:
+        """Answer the next request whose method matches and path matches the regex with ``status``; with
+        None, close the connection without answering (a network failure)."""
         with self._lock:
             self._failures.append((method, path_pattern, status))
 
@@ -202,6 +203,9 @@ class _Handler(BaseHTTPRequestHandler):
             for i, (m, pattern, status) in enumerate(self.hub._failures):
                 if m == method and re.search(pattern, path):
                     del self.hub._failures[i]
+                    if status is None:
+                        self.close_connection = True
+                        return
                     self._json(status, {'error': 'injected failure'}, {'X-Error-Message': 'injected failure'})
                     return
         try:

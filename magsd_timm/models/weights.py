@@ -103,7 +103,7 @@ def check_state_dict(state_dict: Dict[str, torch.Tensor], model: torch.nn.Module
     unexpected = [k for k in state_dict if k not in expected and k not in adapted]
     wrong = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}'
              for k, v in state_dict.items() if k in expected and k not in adapted and v.shape != expected[k].shape]
-    unusable = [f'{k}: {v.dtype}' for k, v in state_dict.items()
+    unusable = [f'{k}: {v.dtype}, not floating point' for k, v in state_dict.items()
                 if k in expected and expected[k].is_floating_point() and not v.is_floating_point()]
     unusable += [f'{k}: holds NaN or infinite values' for k, v in state_dict.items()
                  if v.is_floating_point() and not bool(torch.isfinite(v).all())]

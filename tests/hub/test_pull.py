@@ -156,3 +156,19 @@ def test_pickle_checkpoint_files_are_refused_locally_too(pushed, tmp_path):
     with pytest.raises(UnsafeWeightsError, match='pytorch_model.bin'):
         timm.create_model(f'local-dir:{folder}', pretrained=True)
 
+
+
+@pytest.mark.parametrize('ref', ['tester/magsd-pull@../../etc', 'tester/magsd-pull@/abs', 'hf-hub:tester/magsd-pull@a//b',
+                                 'tester/magsd-pull@.hidden', 'tester/magsd-pull@main/..', 'tester/magsd-pull@x.lock'])
+def test_path_like_revisions_are_refused_before_any_download(hub, ref):
+    since = len(hub.requests)
+    with pytest.raises(ValueError, match='Invalid revision'):
+        magsd_timm.load(ref)
+    assert hub.requests[since:] == []
+
+
+@pytest.mark.parametrize('revision', ['main', 'v1.0', 'refs/pr/1', 'a' * 40, 'exp_2-b'])
+def test_revisions_as_the_hub_names_them_are_accepted(revision):
+    from magsd_timm.hub.pull import check_revision
+
+    assert check_revision(revision) == revision

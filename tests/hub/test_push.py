@@ -95,6 +95,37 @@ def test_a_push_that_fails_leaves_the_repo_and_the_output_as_they_were_and_can_b
     assert _digest(trained_run) == local
 
 
+def test_a_network_failure_during_a_push_says_nothing_was_committed(hub, trained_run):
+    assert magsd_hub('push-model', trained_run, 'tester/magsd-drop').returncode == 0
+    repo = hub.repo('tester/magsd-drop')
+    head = repo.branches['main']
+    hub.fail_next('POST', r'/api/models/tester/magsd-drop/commit/', status=None)  # the connection just drops
+    failed = magsd_hub('push-model', trained_run, 'tester/magsd-drop', '--license', 'cc-by-4.0')
+    assert failed.returncode == 1 and 'Traceback' not in failed.stderr
+    assert failed.stderr.count('\n') == 1 and 'Nothing was committed' in failed.stderr and 'HTTP' not in failed.stderr
+    _no_token(failed)
+    assert repo.branches['main'] == head
+
+
+@pytest.mark.parametrize('corrupt, message', [
+    (lambda c, w: c.update(temperature=-1), 'temperature -1 is invalid'),
+    (lambda c, w: c.update(temperature=0), 'temperature 0 is invalid'),
+    (lambda c, w: w['fc.weight'].fill_(float('nan')), 'fc.weight: holds NaN'),
+])
+def test_a_checkpoint_with_invalid_values_is_not_pushed(hub, trained_run, tmp_path, corrupt, message):
+    from safetensors.torch import save_file
+
+    checkpoint = tmp_path / 'bad'
+    shutil.copytree(trained_run / 'best', checkpoint)
+    config, weights = json.loads((checkpoint / 'config.json').read_text()), load_file(checkpoint / 'model.safetensors')
+    corrupt(config, weights)
+    (checkpoint / 'config.json').write_text(json.dumps(config))
+    save_file(weights, checkpoint / 'model.safetensors')
+    proc = magsd_hub('push-model', checkpoint, 'tester/magsd-invalid')
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert ('model', 'tester/magsd-invalid') not in hub.repos
+
+
 def test_a_checkpoint_with_only_pickle_weights_is_not_pushed(hub, trained_run, tmp_path):
     checkpoint = tmp_path / 'pickled'
     shutil.copytree(trained_run / 'best', checkpoint)

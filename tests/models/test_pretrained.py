@@ -94,3 +94,38 @@ def test_saved_pretrained_model_reloads_offline_without_the_backbone_cache(pretr
     empty_home = tmp_path / 'empty_hf_home'
     empty_home.mkdir()
     assert _run(RELOAD, empty_home, str(out))['equal']
+
+
+WARN = """
+    import json, sys, warnings, timm, magsd_timm
+    from magsd_timm.models import UntrainedClassifierWarning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        for _ in range(2):
+            timm.create_model('magsd_custom', backbone=sys.argv[1], pretrained=True)
+        timm.create_model('magsd_custom', backbone=sys.argv[1])  # no pretrained weights asked: nothing to say
+    untrained = [str(w.message) for w in caught if issubclass(w.category, UntrainedClassifierWarning)]
+    print(json.dumps(dict(untrained=untrained)))
+"""
+
+
+def test_pretrained_without_cxr_weights_warns_once_that_the_classifier_is_untrained(hub_cache):
+    result = _run(WARN, hub_cache, BACKBONE)
+    assert len(result['untrained']) == 1
+    assert 'magsd_custom has no published chest X-ray weights' in result['untrained'][0]
+    assert 'classifier are untrained' in result['untrained'][0]
+
+
+def test_magsd_refuses_to_predict_with_a_classifier_that_never_trained(pretrained_export, tmp_path):
+    _, out = pretrained_export  # ImageNet backbone, fresh head, saved: no training record
+    cli = Path(sys.executable).parent / 'magsd'
+    image = tmp_path / 'x.png'
+    from PIL import Image
+    Image.new('L', (64, 64), 128).save(image)
+    for command in (['predict', str(out), str(image)], ['evaluate', str(out)], ['predict', 'magsd_resnet50', str(image)]):
+        proc = subprocess.run([str(cli), *command], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and 'has no trained classifier' in proc.stderr, proc.stderr
+        assert '--allow-untrained' in proc.stderr and proc.stdout == ''
+    proc = subprocess.run([str(cli), 'predict', str(out), str(image), '--allow-untrained', '--format', 'json'],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and len(json.loads(proc.stdout)['predictions']) == 1

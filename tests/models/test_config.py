@@ -1,0 +1,111 @@
+"""What a config may ask of MA-Net: bounded sizes, known arguments, usable weights, a valid temperature."""
+import json
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+from timm.models import save_for_hf
+
+import magsd_timm  # noqa: F401  (registers the models)
+from magsd_timm.models import ConfigError, WeightsMismatchError
+from magsd_timm.models.config import (
+    MAX_INPUT_SIDE, check_checkpoint_config, check_input_size, check_temperature, training_record,
+)
+
+TINY = dict(backbone='test_resnet', num_maps=4, num_classes=2)
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A saved tiny MA-Net: config.json and model.safetensors."""
+    model = timm.create_model('magsd_custom', **TINY)
+    save_for_hf(model, tmp_path / 'ckpt', safe_serialization=True, model_config={'label_names': ['a', 'b']})
+    return tmp_path / 'ckpt'
+
+
+def _edit(folder, change):
+    config = json.loads((folder / 'config.json').read_text())
+    change(config)
+    (folder / 'config.json').write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(num_maps=3_000_000), 'num_maps 3000000 is invalid'),
+    (dict(num_maps=0), 'num_maps 0 is invalid'),
+    (dict(num_classes=10 ** 9), 'num_classes 1000000000 is invalid'),
+    (dict(num_maps=1024, num_classes=10_000), 'over the 268,435,456 limit'),
+    (dict(attn_levels=list(range(-20, 0))), 'attn_levels'),
+    (dict(drop_rate=1.5), 'drop_rate 1.5 is invalid'),
+])
+def test_unbounded_sizes_are_refused_before_anything_is_allocated(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        timm.create_model('magsd_custom', **dict(TINY, **kwargs))
+
+
+def test_an_unknown_argument_is_a_type_error_that_names_it():
+    with pytest.raises(TypeError, match='unknown model argument.*not_an_argument') as error:
+        timm.create_model('magsd_custom', not_an_argument=1, **TINY)
+    assert isinstance(error.value, ConfigError)
+
+
+@pytest.mark.parametrize('size', [[1, 100_000, 100_000], [1, 8, 8], [1, 64, 100_000], [1, 64], 'big'])
+def test_a_checkpoint_input_size_out_of_bounds_is_refused(checkpoint, size):
+    _edit(checkpoint, lambda c: c['pretrained_cfg'].update(input_size=size))
+    with pytest.raises(ConfigError, match='input_size'):
+        timm.create_model(f'local-dir:{checkpoint}', pretrained=True)
+
+
+def test_a_checkpoint_with_huge_num_maps_is_refused_by_name(checkpoint):
+    _edit(checkpoint, lambda c: c['model_args'].update(num_maps=3_000_000))
+    with pytest.raises(ConfigError, match='num_maps 3000000 is invalid: expected an integer from 1 to 1024'):
+        timm.create_model(f'local-dir:{checkpoint}', pretrained=True)
+
+
+@pytest.mark.parametrize('value, kind', [(float('nan'), 'NaN'), (float('inf'), 'infinite'), (None, 'int')])
+def test_weights_that_are_not_finite_floats_are_refused(checkpoint, value, kind):
+    weights = load_file(checkpoint / 'model.safetensors')
+    if value is None:
+        weights['fc.weight'] = (weights['fc.weight'] * 1000).to(torch.int32)
+    else:
+        weights['fc.weight'][0, 0] = value
+    save_file(weights, checkpoint / 'model.safetensors')
+    expected = 'fc.weight: torch.int32, not floating point' if kind == 'int' else 'fc.weight: holds NaN or infinite'
+    with pytest.raises(WeightsMismatchError, match=expected):
+        timm.create_model(f'local-dir:{checkpoint}', pretrained=True)
+
+
+def test_integer_buffers_that_the_model_has_as_integers_are_fine(checkpoint):
+    model = timm.create_model(f'local-dir:{checkpoint}', pretrained=True)
+    assert any(not v.is_floating_point() for v in model.state_dict().values())  # BatchNorm's num_batches_tracked
+
+
+def test_a_truncated_weights_file_is_named_as_such(checkpoint):
+    data = (checkpoint / 'model.safetensors').read_bytes()
+    (checkpoint / 'model.safetensors').write_bytes(data[:len(data) // 2])
+    with pytest.raises(WeightsMismatchError, match='not a readable safetensors file.*truncated or corrupt'):
+        timm.create_model(f'local-dir:{checkpoint}', pretrained=True)
+
+
+@pytest.mark.parametrize('value', [-1, 0, float('nan'), float('inf'), '2', True])
+def test_a_temperature_must_be_finite_and_positive(value):
+    with pytest.raises(ConfigError, match='temperature .* is invalid'):
+        check_temperature(value)
+    assert check_temperature(0.5) == 0.5
+
+
+def test_a_checkpoint_config_is_checked_as_a_whole():
+    good = {'architecture': 'magsd_custom', 'num_classes': 2, 'label_names': ['a', 'b'], 'model_args': {},
+            'pretrained_cfg': {'input_size': [1, 64, 64]}, 'temperature': 1.5}
+    assert check_checkpoint_config(dict(good)) == good
+    for bad, message in ((dict(good, label_names=['a', 'a']), 'distinct'), (dict(good, label_names=['a']), '1 label'),
+                         (dict(good, temperature=-1), 'temperature'), (dict(good, architecture=None), 'architecture'),
+                         (dict(good, training='yes'), 'training'), ([], 'JSON object')):
+        with pytest.raises(ConfigError, match=message):
+            check_checkpoint_config(bad)
+    assert check_input_size([1, MAX_INPUT_SIDE, 32]) == (1, MAX_INPUT_SIDE, 32)
+
+
+def test_only_a_training_record_makes_a_classifier_trained():
+    assert training_record({}) is None and training_record({'training': {}}) is None
+    assert training_record({'training': {'epochs': 3}}) == {'epochs': 3}

@@ -1,0 +1,92 @@
+"""The command-line convention: exit codes by kind of error, one printable line, checked flag values."""
+import argparse
+import errno
+
+import pytest
+
+from magsd_timm.console import (
+    EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_FAILED, BadInputError, DivergedError, display, exit_code, json_object, number,
+    run_command,
+)
+from magsd_timm.data.reader import ImageReadError
+from magsd_timm.hub.push import PushError
+from magsd_timm.models import UnsafeWeightsError, WeightsMismatchError
+from magsd_timm.outputs import OutputBusyError, OutputWriteError
+from magsd_timm.train.loop import NonFiniteLossError
+
+
+@pytest.mark.parametrize('error, code', [
+    (BadInputError('x'), EXIT_BAD_INPUT), (ImageReadError('x'), EXIT_BAD_INPUT),
+    (UnsafeWeightsError('x'), EXIT_BAD_INPUT), (WeightsMismatchError('x'), EXIT_BAD_INPUT),
+    (OutputBusyError('x'), EXIT_BAD_INPUT), (FileNotFoundError('x'), EXIT_BAD_INPUT), (ValueError('x'), EXIT_BAD_INPUT),
+    (OutputWriteError('x'), EXIT_FAILED), (PushError('x'), EXIT_FAILED), (OSError(errno.EIO, 'x'), EXIT_FAILED),
+    (RuntimeError('x'), EXIT_FAILED), (NonFiniteLossError('x'), EXIT_DIVERGED), (DivergedError('x'), EXIT_DIVERGED),
+])
+def test_each_kind_of_error_has_its_documented_exit_code(error, code):
+    assert exit_code(error) == code
+
+
+def test_an_error_becomes_one_line_and_its_exit_code_without_a_traceback(capsys):
+    def fails():
+        raise BadInputError('first line\nsecond line')
+
+    assert run_command('prog', fails) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err == 'prog: first line second line\n' and 'Traceback' not in err
+
+
+def test_the_traceback_flag_and_variable_print_it(capsys, monkeypatch):
+    def fails():
+        raise RuntimeError('boom')
+
+    assert run_command('prog', fails, traceback=True) == EXIT_FAILED
+    assert 'Traceback' in capsys.readouterr().err
+    monkeypatch.setenv('MAGSD_TRACEBACK', '1')
+    run_command('prog', fails)
+    assert 'Traceback' in capsys.readouterr().err
+
+
+def test_an_unexpected_error_says_so_and_how_to_see_more(capsys):
+    def fails():
+        raise KeyError('k')
+
+    assert run_command('prog', fails) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert 'unexpected KeyError' in err and 'run again with --traceback' in err
+
+
+def test_secrets_are_redacted_from_the_message(capsys):
+    def fails():
+        raise OSError('token hf_secret was refused')
+
+    run_command('prog', fails, redact=('hf_secret', None))
+    assert capsys.readouterr().err == 'prog: token *** was refused\n'
+
+
+def test_file_names_that_are_not_utf8_display_as_escapes():
+    name = b'scan_\xff.png'.decode('utf-8', 'surrogateescape')  # as Python decodes such a name from the OS
+    assert display(name) == 'scan_\\xff.png'
+    assert display(name).encode('utf-8')  # printable and writable as UTF-8
+    assert display('\ud800') == '\\ud800' and display('plain') == 'plain'
+
+
+@pytest.mark.parametrize('kind, bounds, text, ok', [
+    (float, dict(low=0, low_open=True), '1e-3', True), (float, dict(low=0, low_open=True), '0', False),
+    (float, dict(low=0, low_open=True), '-1', False), (float, dict(), 'nan', False), (float, dict(), 'inf', False),
+    (float, dict(low=0, high=1, high_open=True), '1', False), (int, dict(low=1), '0', False), (int, dict(), '1.5', False),
+    (int, dict(low=0), '7', True),
+])
+def test_number_accepts_only_finite_values_in_range(kind, bounds, text, ok):
+    parse = number(kind, **bounds)
+    if ok:
+        assert parse(text) == kind(text)
+    else:
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(text)
+
+
+def test_json_object_takes_objects_only():
+    assert json_object('{"num_maps": 4}') == {'num_maps': 4}
+    for text in ('[1]', '{bad', '3'):
+        with pytest.raises(argparse.ArgumentTypeError):
+            json_object(text)

@@ -1,0 +1,115 @@
+"""Outputs are whole or absent, JSON has no bare NaN, one writer per output, and a full disk is named."""
+import errno
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from magsd_timm.outputs import (
+    OutputBusyError, OutputWriteError, atomic_folder, atomic_path, exclusive_lock, recover_folder, strict_json,
+    write_failure, write_text_atomic,
+)
+
+
+def test_a_failed_write_leaves_the_earlier_file_whole(tmp_path):
+    target = tmp_path / 'out.txt'
+    target.write_text('earlier')
+    with pytest.raises(UnicodeEncodeError):
+        write_text_atomic(target, 'bad \udcff')  # a lone surrogate cannot be written as UTF-8
+    assert target.read_text() == 'earlier' and os.listdir(tmp_path) == ['out.txt']
+    write_text_atomic(target, 'new')
+    assert target.read_text() == 'new' and os.listdir(tmp_path) == ['out.txt']
+
+
+def test_a_block_that_fails_leaves_no_partial_file(tmp_path):
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / 'plot.png') as staged:
+            assert staged.suffix == '.png' and staged.parent == tmp_path
+            staged.write_bytes(b'half')
+            raise RuntimeError('drawing failed')
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_folder_is_replaced_only_when_its_new_content_is_complete(tmp_path):
+    folder = tmp_path / 'best'
+    folder.mkdir()
+    (folder / 'weights').write_text('old')
+    with pytest.raises(OSError):
+        with atomic_folder(folder) as staging:
+            (staging / 'weights').write_text('new, half')
+            raise OSError(errno.ENOSPC, 'No space left on device')
+    assert (folder / 'weights').read_text() == 'old' and sorted(os.listdir(tmp_path)) == ['best']
+    with atomic_folder(folder) as staging:
+        (staging / 'weights').write_text('new')
+    assert (folder / 'weights').read_text() == 'new' and sorted(os.listdir(tmp_path)) == ['best']
+
+
+def test_what_a_killed_writer_left_is_put_back_or_removed(tmp_path):
+    output = tmp_path / 'data'
+    retired = tmp_path / '.data.old'
+    retired.mkdir()
+    (retired / 'x').write_text('previous')
+    (tmp_path / '.data.staging-abc').mkdir()
+    notes = recover_folder(output)  # killed between retiring the old output and moving the new one in
+    assert (output / 'x').read_text() == 'previous' and sorted(os.listdir(tmp_path)) == ['data']
+    assert any('restored' in n for n in notes) and any('staging' in n for n in notes)
+    retired.mkdir()
+    recover_folder(output)  # killed after the move: the retired copy is stale
+    assert sorted(os.listdir(tmp_path)) == ['data'] and (output / 'x').read_text() == 'previous'
+
+
+def test_json_never_holds_a_bare_nan():
+    text = strict_json({'auroc': math.nan, 'scores': [1.0, math.inf, -math.inf], 'n': 3})
+    assert 'NaN' not in text and 'Infinity' not in text
+    assert json.loads(text) == {'auroc': None, 'scores': [1.0, None, None], 'n': 3}
+
+
+def test_a_full_disk_is_said_by_name_with_the_free_space(tmp_path):
+    for error in (OSError(errno.ENOSPC, 'No space left on device'), RuntimeError('basic_ios::clear: iostream error')):
+        failure = write_failure(tmp_path / 'ckpt', error, 'checkpoint')
+        assert isinstance(failure, OutputWriteError) and failure.errno == errno.ENOSPC
+        assert str(failure).startswith(f'could not write the checkpoint {tmp_path / "ckpt"}: the disk is full (')
+        assert 'MiB free' in str(failure)
+
+
+LOCK_HOLDER = """
+    import sys, time
+    from magsd_timm.outputs import exclusive_lock
+    with exclusive_lock(sys.argv[1], 'test'):
+        print('held', flush=True)
+        sys.stdin.readline()
+"""
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_output(tmp_path):
+    output = tmp_path / 'run'
+    holder = subprocess.Popen([sys.executable, '-c', textwrap.dedent(LOCK_HOLDER), str(output)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'held'
+        with pytest.raises(OutputBusyError, match=rf'being written by another training run \(process {holder.pid}\)'):
+            with exclusive_lock(output, 'training run'):
+                pass
+    finally:
+        holder.stdin.write('\n')
+        holder.stdin.flush()
+        holder.wait(timeout=60)
+    with exclusive_lock(output, 'training run') as lock:  # released with its holder
+        assert lock.exists()
+    assert not lock.exists()
+
+
+def test_a_killed_holder_leaves_no_lock_behind(tmp_path):
+    output = tmp_path / 'run'
+    holder = subprocess.Popen([sys.executable, '-c', textwrap.dedent(LOCK_HOLDER), str(output)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == 'held'
+    holder.kill()
+    holder.wait(timeout=60)
+    assert (tmp_path / '.run.lock').exists()  # the file stays, the kernel's lock does not
+    with exclusive_lock(output, 'training run'):
+        pass
