@@ -87,7 +87,8 @@ def fit_temperature(logits: Sequence[torch.Tensor], labels: torch.Tensor) -> flo
             low, a = a, b
             b = low + ratio * (high - low)
     fitted = (low + high) / 2
-    if min(abs(fitted - edge) for edge in bounds) < 0.01:  # within 1% of an edge of the range
+    # a minimum that is no lower than an edge of the range (the edge itself, or a plateau reaching it) is no fit
+    if nll(fitted) >= min(nll(edge) for edge in bounds) - 1e-6:
         raise CalibrationError(
             f'The temperature fitted on {len(labels)} images runs into the edge of the search range '
             f'{TEMPERATURE_RANGE} ({math.exp(fitted):.3g}): the likelihood has no minimum inside it, so this is no '

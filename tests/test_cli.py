@@ -209,3 +209,84 @@ def test_bad_arguments_are_named():
     assert proc.returncode == 2 and 'argument --batch-size: 0 must be >= 1' in proc.stderr
     proc = magsd('export', 'magsd_custom', '--format', 'tflite')
     assert proc.returncode == 2 and "invalid choice: 'tflite'" in proc.stderr
+
+
+def _strict_json(text: str):
+    """JSON as strict parsers read it: a bare NaN or Infinity is an error."""
+    def refuse(constant):
+        raise ValueError(f'bare {constant} in JSON')
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_predict_handles_names_that_are_not_utf8_and_bombs_and_writes_its_output_whole(trained_run, tmp_path):
+    import os
+    from data.test_reader import bomb_png
+
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    odd = os.fsencode(str(folder)) + b'/scan_\xff.jpeg'
+    shutil.copyfile(sample_records()[0]['path'], odd)
+    bomb_png(folder / 'bomb.png')
+    output = tmp_path / 'existing.json'
+    output.write_text('earlier output')
+    proc = magsd('predict', trained_run, folder, '--format', 'json', '--output', output, '--heatmap', tmp_path / 'maps')
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+    result = _strict_json(output.read_text(encoding='utf-8'))
+    assert [Path(p['file']).name for p in result['predictions']] == ['scan_\\xff.jpeg']
+    assert [Path(f['file']).name for f in result['failed']] == ['bomb.png'] and 'bomb' in result['failed'][0]['error']
+    assert [p.name for p in (tmp_path / 'maps').iterdir()] == ['scan_\\xff.png']
+    assert 'bomb.png' in proc.stderr and '1 input(s) failed, 1 image(s) predicted' in proc.stderr
+
+
+def _with_config(trained_run, tmp_path, **values) -> Path:
+    checkpoint = tmp_path / 'checkpoint'
+    shutil.copytree(trained_run / 'best', checkpoint)
+    config = json.loads((checkpoint / 'config.json').read_text())
+    (checkpoint / 'config.json').write_text(json.dumps(dict(config, **values)))
+    return checkpoint
+
+
+@pytest.mark.parametrize('temperature', [-1, 0, float('nan')])
+def test_an_invalid_temperature_is_refused_and_an_earlier_output_kept(trained_run, tmp_path, temperature):
+    checkpoint = _with_config(trained_run, tmp_path, temperature=temperature)
+    output = tmp_path / 'existing.txt'
+    output.write_text('earlier output')
+    proc = magsd('predict', checkpoint, sample_records()[0]['path'], '--output', output)
+    assert proc.returncode == 2 and f'temperature {temperature!r} is invalid' in proc.stderr
+    assert proc.stderr.count('\n') == 1 and output.read_text() == 'earlier output'
+
+
+def test_predict_and_evaluate_outputs_are_strict_json(trained_run, tmp_path):
+    proc = magsd('predict', trained_run, sample_records()[0]['path'], '--format', 'json')
+    assert proc.returncode == 0 and _strict_json(proc.stdout)['predictions']
+    manifest = tmp_path / 'm.csv'  # a test split of normal images only: the pneumonia metrics are undefined (NaN)
+    manifest.write_text('path,label,split\n' + ''.join(
+        f"{r['path']},{r['label']},{'test' if r['label'] == 'normal' and n < 2 else 'train'}\n"
+        for n, r in enumerate(sample_records())))
+    proc = magsd('evaluate', trained_run, manifest, '--bootstrap', '20', '--output', tmp_path / 'eval')
+    assert proc.returncode == 0, proc.stderr
+    report = _strict_json((tmp_path / 'eval' / 'evaluation.json').read_text())
+    assert report['num_images'] == 2 and report['metrics']['auroc']['pneumonia'] is None
+    assert report['metrics']['sensitivity']['pneumonia'] is None
+    proc = magsd('info', trained_run, '--json')
+    assert _strict_json(proc.stdout)['temperature'] == 1.0
+
+
+@pytest.mark.parametrize('change, message', [
+    (dict(model_args={'backbone': 'test_resnet', 'num_maps': 4, 'num_classes': 2, 'not_an_argument': 1}),
+     'unknown model argument(s) not_an_argument'),
+    (dict(architecture='resnet18'), "do not fit architecture 'resnet18'"),
+    (dict(architecture='magsd_resnet19'), "architecture 'magsd_resnet19', which is not a registered timm model"),
+    (dict(model_args={'backbone': 'test_resnet', 'num_maps': 3_000_000, 'num_classes': 2}), 'num_maps 3000000'),
+])
+def test_an_invalid_config_is_one_line_and_exit_2(trained_run, tmp_path, change, message):
+    proc = magsd('info', _with_config(trained_run, tmp_path, **change))
+    assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count('\n') == 1, proc.stderr
+
+
+def test_a_truncated_weights_file_is_one_line_and_exit_2(trained_run, tmp_path):
+    checkpoint = _with_config(trained_run, tmp_path)
+    data = (checkpoint / 'model.safetensors').read_bytes()
+    (checkpoint / 'model.safetensors').write_bytes(data[:len(data) // 3])
+    proc = magsd('predict', checkpoint, sample_records()[0]['path'])
+    assert proc.returncode == 2 and 'truncated or corrupt' in proc.stderr and proc.stderr.count('\n') == 1

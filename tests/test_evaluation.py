@@ -7,8 +7,10 @@ import torch
 
 from magsd_timm.data import CXRDataset
 from magsd_timm.evaluation import (
-    LabelMismatchError, align_labels, evaluate, fit_temperature, save_temperature, write_reports,
+    MIN_CALIBRATION_IMAGES, CalibrationError, LabelMismatchError, align_labels, evaluate, fit_temperature,
+    save_temperature, write_reports,
 )
+from magsd_timm.models import ConfigError
 
 
 def test_classes_in_another_order_are_mapped_and_other_classes_refused():
@@ -25,12 +27,36 @@ def test_temperature_scaling_recovers_the_temperature_that_generated_the_labels(
     assert fit_temperature([logits], labels) == pytest.approx(2.5, rel=0.05)
 
 
+def test_calibration_on_too_few_images_is_refused_saying_how_many_are_needed():
+    logits, labels = torch.randn(MIN_CALIBRATION_IMAGES - 1, 2), torch.zeros(MIN_CALIBRATION_IMAGES - 1).long()
+    with pytest.raises(CalibrationError, match=f'at least {MIN_CALIBRATION_IMAGES} calibration images; '
+                                               f'the calibration split has {MIN_CALIBRATION_IMAGES - 1}'):
+        fit_temperature([logits], labels)
+
+
+@pytest.mark.parametrize('sign, edge', [(1, '0.01'), (-1, '100')])
+def test_a_fit_on_the_edge_of_the_search_range_is_refused(sign, edge):
+    # all right with a margin: sharper is always better (T -> 0); all wrong: flatter is always better (T -> inf)
+    labels = torch.arange(40) % 2
+    logits = sign * 5 * torch.nn.functional.one_hot(labels, 2).float()
+    with pytest.raises(CalibrationError, match=rf'edge of the search range .*\({edge}'):
+        fit_temperature([logits], labels)
+
+
 def test_the_temperature_is_saved_into_the_config_and_nothing_else_changes(tmp_path):
     config = {'architecture': 'magsd_resnet18', 'label_names': ['a', 'b'], 'pretrained_cfg': {'mean': [0.5]}}
     (tmp_path / 'config.json').write_text(json.dumps(config))
     save_temperature(tmp_path, 1.7)
     assert json.loads((tmp_path / 'config.json').read_text()) == dict(config, temperature=1.7)
     assert [p.name for p in tmp_path.iterdir()] == ['config.json']  # no temporary file left
+
+
+@pytest.mark.parametrize('value', [-1., 0., math.nan, math.inf])
+def test_an_invalid_temperature_is_never_saved(tmp_path, value):
+    (tmp_path / 'config.json').write_text('{"architecture": "x"}')
+    with pytest.raises(ConfigError, match='temperature'):
+        save_temperature(tmp_path, value)
+    assert (tmp_path / 'config.json').read_text() == '{"architecture": "x"}'
 
 
 def test_report_has_intervals_by_patient_per_source_results_and_plots(tmp_path):

@@ -24,7 +24,7 @@ from ..console import BadInputError, display
 __all__ = ['ImageReadError', 'MAX_PIXELS', 'MIN_SIZE', 'image_to_array', 'is_dicom', 'read_image']
 
 MIN_SIZE = 32  # pixels, the shorter side
-MAX_PIXELS = 16384 * 16384  # far above any radiograph; PIL refuses at twice its own 89 Mpx warning limit
+MAX_PIXELS = 8192 * 8192  # twice the largest detector's side; below PIL's own bomb limits (89 Mpx warns)
 DICOM_SUFFIXES = ('.dcm', '.dicom', '.dic')
 DECODER_PACKAGES = 'pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle (or python-gdcm)'
 

@@ -120,3 +120,52 @@ def test_garbage_with_a_dicom_suffix_is_an_unreadable_dicom(tmp_path):
     path.write_bytes(b'\x00' * 200)
     with pytest.raises(ImageReadError, match='unreadable DICOM'):
         read_image(path)
+
+
+def bomb_png(path, width: int = 30_000, height: int = 30_000):
+    """A small PNG whose header claims width x height pixels, as a decompression bomb does."""
+    import io
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    Image.new('L', (64, 64)).save(buffer, format='PNG')
+    data = bytearray(buffer.getvalue())
+    header = data[12:29]  # IHDR: type, width, height, ...
+    header[4:12] = struct.pack('>II', width, height)
+    data[12:29] = header
+    data[29:33] = struct.pack('>I', zlib.crc32(bytes(header)))
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize('size', [(30_000, 30_000), (10_000, 10_000)])  # over PIL's own limit; over ours only
+def test_a_decompression_bomb_is_an_image_read_error(tmp_path, size):
+    path = bomb_png(tmp_path / 'bomb.png', *size)
+    with pytest.raises(ImageReadError, match='bomb') as info:
+        read_image(path)
+    assert str(path) in str(info.value)
+
+
+def test_any_decoder_failure_is_an_image_read_error(tmp_path, monkeypatch):
+    import magsd_timm.data.reader as reader
+
+    def broken(path):
+        raise TypeError('decoder bug')
+
+    monkeypatch.setattr(reader, '_read_pil', broken)
+    path = tmp_path / 'x.png'
+    Image.fromarray(_ramp()).save(path)
+    with pytest.raises(ImageReadError, match=r'cannot be decoded \(TypeError: decoder bug\)'):
+        read_image(path)
+
+
+def test_a_file_name_that_is_not_utf8_is_named_printably(tmp_path):
+    import os
+
+    path = Path(os.fsdecode(os.fsencode(str(tmp_path)) + b'/scan_\xff.png'))
+    path.write_text('not an image')
+    with pytest.raises(ImageReadError) as info:
+        read_image(path)
+    assert 'scan_\\xff.png: not an image file' in str(info.value)
+    str(info.value).encode('utf-8')  # the message prints anywhere

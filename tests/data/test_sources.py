@@ -123,3 +123,39 @@ def test_covidx_label_files(tmp_path):
     records = covidx_records(root, {'train': tmp_path / 'train.txt', 'test': tmp_path / 'test.txt'})
     assert [(r['label'], r['patient_id'], r['source'], r['split']) for r in records] == [
         ('COVID-19', 'p1', 'covidx/cohen', 'train'), ('normal', 'p2', 'covidx/rsna', 'test')]
+
+
+def _manifest(tmp_path: Path, rows) -> Path:
+    for name in {r[0] for r in rows}:
+        _image(tmp_path / name, value=sum(map(ord, name)) % 255)
+    path = tmp_path / 'm.csv'
+    path.write_text('path,label,split\n' + ''.join(f'{a},{b},{c}\n' for a, b, c in rows))
+    return path
+
+
+def test_manifest_label_variants_are_one_class_and_said(tmp_path, caplog):
+    path = _manifest(tmp_path, [('a.png', 'normal', ''), ('b.png', 'Normal', ''), ('c.png', 'normal ', ''),
+                                ('d.png', 'NORMAL', ''), ('e.png', 'pneumonia', '')])
+    records = manifest_records(path)
+    assert Counter(r['label'] for r in records) == {'normal': 4, 'pneumonia': 1}
+    assert "labels 'NORMAL', 'Normal', 'normal', 'normal ' are one class, 'normal'" in caplog.text
+
+
+@pytest.mark.parametrize('rows, message', [
+    ([('a.png', 'normal', ''), ('b.png', '', '')], r'm.csv, row 2 \(b.png\): empty label'),
+    ([('a.png', 'normal', 'train'), ('b.png', 'normal', 'tset')], r"m.csv, row 2 \(b.png\): unknown split 'tset'"),
+])
+def test_manifest_rows_without_a_label_or_with_an_unknown_split_are_errors_that_name_the_row(tmp_path, rows, message):
+    with pytest.raises(ValueError, match=message):
+        manifest_records(_manifest(tmp_path, rows))
+
+
+def test_manifest_split_names_are_normalised(tmp_path):
+    path = _manifest(tmp_path, [('a.png', 'x', 'Train'), ('b.png', 'x', ' val '), ('c.png', 'y', 'TEST')])
+    assert [r['split'] for r in manifest_records(path)] == ['train', 'validation', 'test']
+
+
+def test_folder_class_names_that_differ_in_case_are_one_class(tmp_path):
+    _image(tmp_path / 'train' / 'Normal' / 'a.png', 1)
+    _image(tmp_path / 'test' / 'normal' / 'b.png', 2)
+    assert {r['label'] for r in folder_records(tmp_path)} == {'Normal'}  # a tie keeps the first spelling, sorted

@@ -79,3 +79,16 @@ def test_exact_duplicates_keep_the_first_by_source_and_path(tmp_path):
     assert sorted(r['path'] for r in kept) == [str(tmp_path / 'one.png'), str(tmp_path / 'three.png')]
     assert dropped[0][0]['path'] == str(tmp_path / 'two.png') and 'duplicate of' in dropped[0][1]
     assert all(len(r['sha256']) == 64 for r in kept)
+
+
+def test_copies_of_one_file_with_different_labels_are_all_left_out_as_a_conflict(tmp_path):
+    (tmp_path / 'n.png').write_bytes(b'same')
+    (tmp_path / 'p.png').write_bytes(b'same')
+    (tmp_path / 'n2.png').write_bytes(b'same')
+    (tmp_path / 'other.png').write_bytes(b'other')
+    records = [dict(path=str(tmp_path / n), label=label, patient_id=None, source='s')
+               for n, label in (('n.png', 'normal'), ('p.png', 'pneumonia'), ('n2.png', 'normal'), ('other.png', 'normal'))]
+    kept, duplicates, conflicts = deduplicate(records)
+    assert [r['path'] for r in kept] == [str(tmp_path / 'other.png')] and duplicates == []
+    assert sorted(r['path'] for r, _ in conflicts) == sorted(str(tmp_path / n) for n in ('n.png', 'n2.png', 'p.png'))
+    assert all("labelled 'normal', 'pneumonia'" in why for _, why in conflicts)
