@@ -41,7 +41,11 @@ def deduplicate(records: Sequence[Record]
     """
     groups: Dict[str, List[Record]] = defaultdict(list)
     for record in sorted(records, key=lambda r: (r['source'] or '', r['path'])):
-        digest = record.get('sha256') or content_hash(record['path'])
+        try:
+            digest = record.get('sha256') or content_hash(record['path'])
+        except OSError:  # missing or unreadable: no copy of anything; the reader names it when it is read
+            groups[f"unreadable:{record['path']}"].append(dict(record, sha256=None))
+            continue
         groups[digest].append(dict(record, sha256=digest))
     kept, duplicates, conflicts = [], [], []
     for copies in groups.values():

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 RECIPE = Path(__file__).resolve().parents[2] / 'recipes' / 'prepare_data.py'
 
 
@@ -27,3 +29,86 @@ def test_bad_arguments_are_refused_by_name(tmp_path):
     assert proc.returncode == 2 and '--folds' in proc.stderr
     proc = _run(tmp_path / 'x', '--covidx', tmp_path)
     assert proc.returncode == 2 and '--covidx-labels' in proc.stderr
+
+
+def _tree(root: Path) -> Path:
+    """Class folders holding copies of the bundled radiographs."""
+    import shutil
+
+    from magsd_timm.data import sample_records
+
+    for n, record in enumerate(sample_records()):
+        (root / record['label']).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(record['path'], root / record['label'] / f'{n}.jpeg')
+    return root
+
+
+def test_odd_names_bombs_and_label_conflicts_are_handled_and_listed(tmp_path):
+    import os
+    import shutil
+
+    from PIL import Image
+
+    from data.test_reader import bomb_png
+
+    root = _tree(tmp_path / 'src')
+    with Image.open(root / 'normal' / '0.jpeg') as image:  # a new image (not a duplicate) under a non-UTF-8 name
+        image.convert('L').rotate(3).save(os.fsencode(str(root / 'normal')) + b'/odd_\xff.png')
+    bomb_png(root / 'normal' / 'bomb.png')
+    shutil.copyfile(root / 'normal' / '1.jpeg', root / 'pneumonia' / 'also_normal.jpeg')  # one file, two labels
+    out = tmp_path / 'out'
+    proc = _run(out, '--folder', root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout[proc.stdout.index('{'):])
+    assert summary['conflicts'] == 2 and summary['skipped'] == 1 and sum(summary['counts'].values()) == 16
+    skipped = {Path(s['path']).name: s['reason'] for s in json.loads((out / 'skipped.json').read_text())}
+    assert 'bomb' in skipped['bomb.png']
+    assert skipped['1.jpeg'].startswith('label conflict') and skipped['also_normal.jpeg'].startswith('label conflict')
+    from magsd_timm.data.build import load_prepared
+    names = [n for split in load_prepared(out).values() for n in split['file_name']]
+    assert 'odd_\\xff.png' in names and '1.jpeg' not in names
+    assert '2 such copies were left out' in (out / 'README.md').read_text().replace('\n  ', ' ')
+
+
+def test_a_second_build_into_the_same_output_is_refused(tmp_path):
+    from magsd_timm.outputs import exclusive_lock
+
+    out = tmp_path / 'out'
+    with exclusive_lock(out, 'prepare_data build'):  # another build is writing it
+        proc = _run(out)
+    assert proc.returncode == 2 and 'being written by another prepare_data build' in proc.stderr
+    assert not out.exists()
+
+
+def test_leftovers_of_a_killed_build_are_recovered_or_removed(tmp_path):
+    out = tmp_path / 'out'
+    assert _run(out).returncode == 0
+    (tmp_path / '.out.old').mkdir()  # killed while replacing: a stale retired copy and a staging folder
+    (tmp_path / '.out.staging-x1').mkdir()
+    proc = _run(out, '--overwrite', '--seed', 1)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['out'] and 'left by an interrupted run' in proc.stderr
+    out.rename(tmp_path / '.out.old')  # killed after retiring the output, before the new one moved in
+    proc = _run(out)
+    assert proc.returncode == 2 and 'restored' in proc.stderr and 'exists' in proc.stderr
+    assert (out / 'data' / 'dataset_dict.json').exists() and sorted(p.name for p in tmp_path.iterdir()) == ['out']
+
+
+@pytest.mark.parametrize('make, message', [
+    (lambda d: d / 'missing', 'missing: no such folder'),
+    (lambda d: (d / 'm.csv').write_text('path,label,split\na.png,normal,train\nb.png,,train\n') and d / 'm.csv',
+     'row 2 (b.png): empty label'),
+    (lambda d: (d / 'm.csv').write_text('path,label,split\na.png,normal,tst\n') and d / 'm.csv',
+     "row 1 (a.png): unknown split 'tst'"),
+    (lambda d: (d / 'm.csv').write_text('file,label\na.png,normal\n') and d / 'm.csv', 'lacks the column(s) path'),
+])
+def test_source_errors_are_one_line_and_exit_2(tmp_path, make, message):
+    source = make(tmp_path)
+    flag = '--manifest' if source.suffix == '.csv' else '--folder'
+    proc = _run(tmp_path / 'out', flag, source)
+    assert proc.returncode == 2 and message in proc.stderr and 'Traceback' not in proc.stderr, proc.stderr
+
+
+def test_fractions_that_do_not_sum_to_one_are_refused(tmp_path):
+    proc = _run(tmp_path / 'x', '--fractions', '0.7', '0.7', '0.1')
+    assert proc.returncode == 2 and 'must sum to 1' in proc.stderr

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import timm
 import torch
 import yaml
@@ -42,7 +43,14 @@ def test_a_run_leaves_checkpoints_exports_and_a_summary(tmp_path):
     assert '| macro_f1 |' in (out / 'eval_best.md').read_text()
     for plot in ('curves.png', 'confusion_matrix.png'):
         assert (out / plot).read_bytes()[:4] == b'\x89PNG'
+    for folder in ('best', 'final'):  # the size it was trained at, and what it was trained on
+        config = json.loads((out / folder / 'config.json').read_text())
+        assert config['pretrained_cfg']['input_size'] == [1, 64, 64]
+        assert config['training']['img_size'] == 64 and config['training']['data'] == 'sample'
+        assert config['training']['classes'] == ['normal', 'pneumonia'] and config['training']['train_images'] == 12
+    assert model.pretrained_cfg['input_size'] == (1, 64, 64)
     card = (out / 'best' / 'README.md').read_text()
+    assert '1 x 64 x 64' in card
     meta = yaml.safe_load(card.split('---')[1])
     assert meta['library_name'] == 'timm' and {'magsd', 'medical-imaging'} <= set(meta['tags'])
     assert 'import magsd_timm' in card and 'not a medical device' in card and '--epochs 2' in card
@@ -85,11 +93,101 @@ def test_a_non_finite_loss_stops_the_run_without_saving_after_it(tmp_path):
     assert not (out / 'final').exists()
 
 
-def test_bad_arguments_are_refused_by_name(tmp_path):
-    proc = _train(tmp_path / 'x', '--epochs', '0', check=False)
-    assert proc.returncode == 2 and '--epochs' in proc.stderr
-    proc = _train(tmp_path / 'x', '--model', 'resnet18', check=False)
-    assert proc.returncode == 2 and 'magsd_*' in proc.stderr
+def _recipe():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location('train_recipe', RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--epochs', '0'], 'argument --epochs: 0 must be >= 1'),
+    (['--model', 'resnet18'], 'magsd_*'),
+    (['--clip-grad', '-1'], 'argument --clip-grad: -1 must be > 0'),
+    (['--model-ema', '5'], 'argument --model-ema: 5 must be < 1'),
+    (['--lr', 'nan'], "argument --lr: 'nan' is not a finite number"),
+    (['--lr', '0'], 'argument --lr: 0 must be > 0'),
+    (['--warmup-epochs', '-1'], 'argument --warmup-epochs: -1 must be >= 0'),
+    (['--checkpoint-every', '-1'], 'argument --checkpoint-every: -1 must be >= 0'),
+    (['--momentum', '1'], 'argument --momentum: 1 must be < 1'),
+    (['--label-smoothing', '-0.1'], 'argument --label-smoothing: -0.1 must be >= 0'),
+    (['--img-size', '8'], 'argument --img-size: 8 must be >= 32'),
+    (['--model', 'magsd_resnet19'], 'Close matches: magsd_resnet18'),
+    (['--opt', 'adamx'], "--opt adamx: not 'paper' nor a timm optimizer. Close matches: adamax"),
+    (['--sched', 'linear'], '--sched linear: choose step, cosine, constant or timm:NAME'),
+    (['--sched', 'timm:linear'], '--sched timm:linear'),
+    (['--model-kwargs', '[1]'], 'a JSON object'),
+    (['--model-kwargs', '{bad'], 'not valid JSON'),
+])
+def test_bad_arguments_are_refused_by_name(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _recipe()._parse_args(flags)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_help_documents_the_exit_codes():
+    proc = subprocess.run([sys.executable, str(RECIPE), '--help'], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and 'Exit codes' in proc.stdout and '3  training diverged' in proc.stdout
+
+
+def _one_line(proc: subprocess.CompletedProcess, code: int, message: str) -> None:
+    assert proc.returncode == code and message in proc.stderr, proc.stderr[-2000:]
+    assert 'Traceback' not in proc.stderr and proc.stderr.strip().count('\n') == 0
+
+
+def test_data_and_model_errors_stop_the_run_before_it_starts(tmp_path, trained_run):
+    import shutil
+
+    from magsd_timm.data.sample import sample_records
+    one_class = tmp_path / 'one'
+    for record in sample_records()[:8]:
+        (one_class / record['label']).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(record['path'], one_class / record['label'] / Path(record['path']).name)
+    _one_line(_train(tmp_path / 'a', '--data', one_class, check=False), 2, 'holds one class (normal)')
+    _one_line(_train(tmp_path / 'b', '--data', tmp_path / 'missing.csv', check=False), 2,
+              'missing.csv: no such data source')
+    _one_line(_train(tmp_path / 'c', '--model-kwargs', '{"not_an_argument": 1}', check=False), 2,
+              'unknown model argument(s) not_an_argument')
+    resumed = tmp_path / 'resumed'
+    shutil.copytree(trained_run, resumed)  # trained as magsd_custom over test_resnet
+    _one_line(_train(resumed, '--resume', '--model', 'magsd_resnet18', check=False), 2,
+              "--resume: " + str(resumed) + " was trained with other settings (model: 'magsd_custom' then, "
+              "'magsd_resnet18' now")
+    assert not any((tmp_path / name).exists() for name in 'abc')
+
+
+def test_a_second_run_into_a_busy_output_is_refused(tmp_path):
+    from magsd_timm.outputs import exclusive_lock
+
+    out = tmp_path / 'run'
+    with exclusive_lock(out, 'training run'):
+        proc = _train(out, '--epochs', '1', check=False)
+    _one_line(proc, 2, 'is being written by another training run')
+    assert not out.exists()
+    (out / 'checkpoints').mkdir(parents=True)
+    (out / 'x').write_text('earlier run')
+    _one_line(_train(out, '--epochs', '1', check=False), 2, 'is not empty: pass --resume')
+
+
+def test_unreadable_images_are_skipped_and_listed_before_the_first_step(tmp_path):
+    from PIL import Image
+
+    from magsd_timm.data.sample import sample_records
+    rows = ['path,label,split'] + [f"{r['path']},{r['label']},{'validation' if i in (0, 8) else 'train'}"
+                                   for i, r in enumerate(sample_records())]
+    Image.new('L', (20, 20)).save(tmp_path / 'tiny.png')
+    (tmp_path / 'gone.png').write_bytes(b'')
+    rows += ['tiny.png,normal,train', 'missing.png,pneumonia,train', 'gone.png,normal,validation']
+    (tmp_path / 'm.csv').write_text('\n'.join(rows) + '\n')
+    out = tmp_path / 'run'
+    proc = _train(out, '--data', tmp_path / 'm.csv', '--epochs', '1')
+    skipped = {Path(s['file']).name: s['reason'] for s in json.loads((out / 'skipped.json').read_text())}
+    assert set(skipped) == {'tiny.png', 'missing.png', 'gone.png'}
+    assert 'under the 32 px minimum' in skipped['tiny.png'] and 'no such file' in skipped['missing.png']
+    assert 'left out 3 image(s)' in proc.stdout
+    assert json.loads((out / 'final' / 'config.json').read_text())['training']['train_images'] == 14
 
 
 def test_two_cpu_ranks_stay_in_sync_and_count_each_validation_image_once(tmp_path):
@@ -120,5 +218,3 @@ def test_baseline_trains_the_plain_backbone_and_options_run(tmp_path):
     _train(tmp_path / 'timm', '--epochs', '2', '--sched', 'timm:cosine', '--warmup-epochs', '1')
     lrs = [float(line.split(',')[1]) for line in (tmp_path / 'timm' / 'summary.csv').read_text().splitlines()[1:]]
     assert len(lrs) == 2 and lrs[0] != lrs[1]  # the factory's schedule moved the learning rate
-    proc = _train(tmp_path / 'bad', '--sched', 'linear', check=False)
-    assert proc.returncode == 2 and '--sched linear' in proc.stderr

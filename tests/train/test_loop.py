@@ -35,3 +35,37 @@ def test_checkpoints_are_complete_folders_and_only_the_newest_are_kept(tmp_path)
     accelerator.load_state(str(latest_checkpoint(tmp_path)))
     assert progress.global_step == 3
     assert latest_checkpoint(tmp_path / 'none') is None
+
+
+def test_a_full_disk_while_checkpointing_says_so_and_keeps_the_last_complete_checkpoint(tmp_path, monkeypatch):
+    from magsd_timm.outputs import OutputWriteError
+
+    accelerator = Accelerator(cpu=True)
+    progress = TrainProgress()
+    accelerator.register_for_checkpointing(progress)
+    good = save_checkpoint(accelerator, tmp_path, 1)
+    saved = sorted(p.name for p in good.iterdir())
+    real_save = accelerator.save_state
+
+    def disk_fills_up(output_dir):
+        real_save(output_dir)  # most of the checkpoint is written, then torch's stream fails
+        raise RuntimeError('[enforce fail at inline_container.cc:626] . unexpected pos 64; basic_ios::clear: '
+                           'iostream error')
+
+    monkeypatch.setattr(accelerator, 'save_state', disk_fills_up)
+    with pytest.raises(OutputWriteError) as error:
+        save_checkpoint(accelerator, tmp_path, 2)
+    message = str(error.value)
+    assert 'could not write the checkpoint' in message and 'the disk is full' in message
+    assert f'the last complete checkpoint, {good}, is intact' in message and 'was removed' in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == [good.name]  # no partial .tmp left behind
+    assert sorted(p.name for p in good.iterdir()) == saved and latest_checkpoint(tmp_path) == good
+
+
+def test_what_killed_saves_left_is_removed(tmp_path):
+    from magsd_timm.train.checkpoint import remove_partial_checkpoints
+
+    (tmp_path / '.step_00000004.tmp').mkdir()
+    (tmp_path / 'step_00000002').mkdir()
+    assert [p.name for p in remove_partial_checkpoints(tmp_path)] == ['.step_00000004.tmp']
+    assert [p.name for p in tmp_path.iterdir()] == ['step_00000002']
