@@ -66,25 +66,31 @@ def write_failure(path: PathLike, error: BaseException, what: str = 'output', af
 
 
 @contextlib.contextmanager
-def atomic_path(path: PathLike, what: str = 'output') -> Iterator[Path]:
-    """A temporary path beside path (same suffix) to write; it becomes path only if the block succeeds."""
-    path = Path(path)
+def _failures_named(path: Path, what: str) -> Iterator[None]:
+    """Turn a failed write in the block into an OutputWriteError that says what, where and why."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, staged = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.stem}.', suffix=f'.partial{path.suffix}')
-        os.close(handle)
-    except OSError as e:
-        raise write_failure(path, e, what) from e
-    staged = Path(staged)
-    try:
-        yield staged
-        os.replace(staged, path)
+        yield
     except OSError as e:
         raise write_failure(path, e, what) from e
     except RuntimeError as e:  # torch's writers report a full disk as a RuntimeError
         if _disk_full(e):
             raise write_failure(path, e, what) from e
         raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, what: str = 'output') -> Iterator[Path]:
+    """A temporary path beside path (same suffix) to write; it becomes path only if the block succeeds."""
+    path = Path(path)
+    with _failures_named(path, what):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, staged = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.stem}.', suffix=f'.partial{path.suffix}')
+        os.close(handle)
+    staged = Path(staged)
+    try:
+        with _failures_named(path, what):
+            yield staged
+            os.replace(staged, path)
     finally:
         staged.unlink(missing_ok=True)
 
@@ -115,26 +121,19 @@ def recover_folder(path: PathLike) -> List[str]:
 def atomic_folder(path: PathLike, what: str = 'output') -> Iterator[Path]:
     """A staging folder beside path to fill; it replaces path only if the block succeeds, and is removed if not."""
     path = Path(path)
-    try:
+    with _failures_named(path, what):
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f'.{path.name}.staging-', dir=path.parent))
-    except OSError as e:
-        raise write_failure(path, e, what) from e
     try:
-        yield staging
-        if path.exists():
-            retired = path.with_name(f'.{path.name}.old')
-            path.rename(retired)
-            staging.rename(path)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(path)
-    except OSError as e:
-        raise write_failure(path, e, what) from e
-    except RuntimeError as e:
-        if _disk_full(e):
-            raise write_failure(path, e, what) from e
-        raise
+        with _failures_named(path, what):
+            yield staging
+            if path.exists():
+                retired = path.with_name(f'.{path.name}.old')
+                path.rename(retired)
+                staging.rename(path)
+                shutil.rmtree(retired)
+            else:
+                staging.rename(path)
     finally:
         if staging.exists():
             shutil.rmtree(staging)

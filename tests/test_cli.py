@@ -29,10 +29,28 @@ def magsd(*args) -> subprocess.CompletedProcess:
     return subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize('command', ['predict', 'evaluate', 'export', 'info'])
-def test_every_command_has_help_with_the_exit_codes(command):
-    proc = magsd(command, '--help')
-    assert proc.returncode == 0 and 'Exit codes:' in proc.stdout and 'MODEL' in proc.stdout
+@pytest.fixture
+def magsd_here(capsys):
+    """The magsd command's main in this process (no interpreter start-up): (exit code, stdout, stderr)."""
+    from magsd_timm.cli import main
+
+    def run(*args):
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+    return run
+
+
+def test_the_console_script_runs_and_every_command_has_help_with_the_exit_codes(capsys):
+    from magsd_timm.cli import main
+
+    proc = magsd('predict', '--help')  # the installed script itself, once
+    assert proc.returncode == 0 and 'Exit codes:' in proc.stdout and '--allow-untrained' in proc.stdout
+    for command in ('predict', 'evaluate', 'export', 'info'):
+        with pytest.raises(SystemExit) as exit_:
+            main([command, '--help'])
+        out = capsys.readouterr().out
+        assert exit_.value.code == 0 and 'Exit codes:' in out and 'MODEL' in out and '--traceback' in out
 
 
 def test_predict_prints_probabilities_of_the_bundled_radiographs(trained_run, tmp_path):
@@ -53,13 +71,13 @@ def test_predict_prints_probabilities_of_the_bundled_radiographs(trained_run, tm
     assert len(list((tmp_path / 'maps').iterdir())) == 16
 
 
-def test_predict_reads_dicom_of_both_photometries_and_bit_depths(trained_run, tmp_path):
+def test_predict_reads_dicom_of_both_photometries_and_bit_depths(trained_run, tmp_path, magsd_here):
     ramp = np.linspace(0, 1, 96 * 80).reshape(96, 80)
     write_dicom(tmp_path / 'mono2_16.dcm', np.round(ramp * 4095).astype(np.uint16))
     write_dicom(tmp_path / 'mono1_16.dcm', np.round((1 - ramp) * 4095).astype(np.uint16), photometric='MONOCHROME1')
     write_dicom(tmp_path / 'mono2_8.dcm', np.round(ramp * 255).astype(np.uint8))
     write_dicom(tmp_path / 'mono1_8.dcm', np.round((1 - ramp) * 255).astype(np.uint8), photometric='MONOCHROME1')
-    proc = magsd('predict', trained_run, tmp_path, '--format', 'csv')
+    proc = magsd_here('predict', trained_run, tmp_path, '--format', 'csv')
     assert proc.returncode == 0, proc.stderr
     rows = {Path(r['file']).name: r for r in csv.DictReader(io.StringIO(proc.stdout))}
     assert set(rows) == {'mono1_16.dcm', 'mono2_16.dcm', 'mono1_8.dcm', 'mono2_8.dcm'}
@@ -69,10 +87,10 @@ def test_predict_reads_dicom_of_both_photometries_and_bit_depths(trained_run, tm
                                                                            abs=1e-4)
 
 
-def test_unreadable_and_missing_inputs_are_reported_and_the_rest_predicted(trained_run, tmp_path):
+def test_unreadable_and_missing_inputs_are_reported_and_the_rest_predicted(trained_run, tmp_path, magsd_here):
     (tmp_path / 'notes.png').write_text('not an image')
     good = sample_records()[0]['path']
-    proc = magsd('predict', trained_run, good, tmp_path / 'notes.png', tmp_path / 'gone.jpeg')
+    proc = magsd_here('predict', trained_run, good, tmp_path / 'notes.png', tmp_path / 'gone.jpeg')
     assert proc.returncode == 1
     lines = proc.stdout.strip().splitlines()
     assert lines[0].split()[:2] == ['file', 'predicted'] and len(lines) == 2 and lines[1].startswith(good)
@@ -80,13 +98,13 @@ def test_unreadable_and_missing_inputs_are_reported_and_the_rest_predicted(train
     assert '2 input(s) failed, 1 image(s) predicted' in proc.stderr
 
 
-def test_an_unknown_model_lists_close_matches():
-    proc = magsd('info', 'magsd_resnet5')
+def test_an_unknown_model_lists_close_matches(magsd_here):
+    proc = magsd_here('info', 'magsd_resnet5')
     assert proc.returncode == 2 and 'Close matches: magsd_resnet50' in proc.stderr
 
 
-def test_evaluate_writes_reports_with_bootstrap_intervals_by_patient(trained_run, tmp_path):
-    proc = magsd('evaluate', trained_run, '--split', 'train', '--bootstrap', '200', '--output', tmp_path)
+def test_evaluate_writes_reports_with_bootstrap_intervals_by_patient(trained_run, tmp_path, magsd_here):
+    proc = magsd_here('evaluate', trained_run, '--split', 'train', '--bootstrap', '200', '--output', tmp_path)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / 'evaluation.json').read_text())
     assert report['num_images'] == 12 and report['bootstrap']['resampled'] == 'patient'
@@ -97,7 +115,7 @@ def test_evaluate_writes_reports_with_bootstrap_intervals_by_patient(trained_run
         assert low <= metrics[name] + 1e-9 and metrics[name] <= high + 1e-9
     assert set(metrics['auprc']) == {'normal', 'pneumonia'} and len(intervals['sensitivity']['normal']) == 2
     # the confusion matrix is that of the predictions predict gives for the same images
-    predicted = json.loads(magsd('predict', trained_run, *[r['path'] for r in _train_records()],
+    predicted = json.loads(magsd_here('predict', trained_run, *[r['path'] for r in _train_records()],
                                  '--format', 'json').stdout)['predictions']
     matrix = [[0, 0], [0, 0]]
     for row, record in zip(predicted, _train_records()):
@@ -114,11 +132,11 @@ def _train_records():
     return open_dataset(None, 'train').items
 
 
-def test_a_checkpoint_with_other_classes_is_refused_with_both_lists(tmp_path):
+def test_a_checkpoint_with_other_classes_is_refused_with_both_lists(tmp_path, magsd_here):
     model = timm.create_model('magsd_custom', backbone='test_resnet', num_maps=4)  # the 4 CXR classes
     save_for_hf(model, tmp_path / 'covid', safe_serialization=True,
                 model_config={'label_names': list(magsd_timm.CXR_LABEL_NAMES)})
-    proc = magsd('evaluate', tmp_path / 'covid', '--output', tmp_path / 'out', '--allow-untrained')
+    proc = magsd_here('evaluate', tmp_path / 'covid', '--output', tmp_path / 'out', '--allow-untrained')
     assert proc.returncode == 2
     assert str(list(magsd_timm.CXR_LABEL_NAMES)) in proc.stderr and "['normal', 'pneumonia']" in proc.stderr
     assert not (tmp_path / 'out').exists()
@@ -143,56 +161,56 @@ def _calibration_manifest(folder: Path, images: int = 40, validation: int = 30) 
     return folder / 'manifest.csv'
 
 
-def test_calibration_saves_a_temperature_that_predict_then_uses(trained_run, tmp_path):
+def test_calibration_saves_a_temperature_that_predict_then_uses(trained_run, tmp_path, magsd_here):
     checkpoint = tmp_path / 'checkpoint'
     shutil.copytree(trained_run / 'best', checkpoint)
     image = sample_records()[0]['path']
-    before = json.loads(magsd('predict', checkpoint, image, '--format', 'json').stdout)['predictions'][0]
-    proc = magsd('evaluate', checkpoint, _calibration_manifest(tmp_path / 'data'), '--split', 'test', '--calibrate',
+    before = json.loads(magsd_here('predict', checkpoint, image, '--format', 'json').stdout)['predictions'][0]
+    proc = magsd_here('evaluate', checkpoint, _calibration_manifest(tmp_path / 'data'), '--split', 'test', '--calibrate',
                  '--bootstrap', '20', '--output', tmp_path / 'out')
     assert proc.returncode == 0, proc.stderr
     temperature = json.loads((checkpoint / 'config.json').read_text())['temperature']
     report = json.loads((tmp_path / 'out' / 'evaluation.json').read_text())
     assert report['calibration']['temperature'] == temperature == report['temperature']
     assert report['calibration']['ece_after'] <= report['calibration']['ece_before'] + 1e-9
-    after = json.loads(magsd('predict', checkpoint, image, '--format', 'json').stdout)['predictions'][0]
+    after = json.loads(magsd_here('predict', checkpoint, image, '--format', 'json').stdout)['predictions'][0]
     logits = torch.tensor([before['probabilities'][c] for c in ('normal', 'pneumonia')]).log()
     expected = (logits / temperature).softmax(-1).tolist()
     assert [after['probabilities'][c] for c in ('normal', 'pneumonia')] == pytest.approx(expected, abs=1e-4)
 
 
-def test_calibration_on_too_few_images_is_refused_and_saves_nothing(trained_run, tmp_path):
+def test_calibration_on_too_few_images_is_refused_and_saves_nothing(trained_run, tmp_path, magsd_here):
     checkpoint = tmp_path / 'checkpoint'
     shutil.copytree(trained_run / 'best', checkpoint)
     config = (checkpoint / 'config.json').read_bytes()
-    proc = magsd('evaluate', checkpoint, '--calibrate', '--calibration-split', 'validation', '--output', tmp_path / 'o')
+    proc = magsd_here('evaluate', checkpoint, '--calibrate', '--calibration-split', 'validation', '--output', tmp_path / 'o')
     assert proc.returncode == 2 and 'needs at least 20 calibration images' in proc.stderr and 'has 2' in proc.stderr
     assert (checkpoint / 'config.json').read_bytes() == config and not (tmp_path / 'o').exists()
 
 
-def test_calibration_needs_a_local_checkpoint():
-    proc = magsd('evaluate', 'magsd_custom', '--calibrate')
+def test_calibration_needs_a_local_checkpoint(magsd_here):
+    proc = magsd_here('evaluate', 'magsd_custom', '--calibrate')
     assert proc.returncode == 2 and 'needs a local checkpoint folder' in proc.stderr
 
 
-def test_export_onnx_and_torchscript_match_eager_at_another_batch(trained_run, tmp_path):
+def test_export_onnx_and_torchscript_match_eager_at_another_batch(trained_run, tmp_path, magsd_here):
     model = magsd_timm.load(str(trained_run)).eval()
     images = torch.randn(4, 1, 64, 64)  # the size the checkpoint was trained at, so the size it is exported at
     with torch.no_grad():
         expected = model(images)
-    proc = magsd('export', trained_run, '--format', 'onnx', '--output', tmp_path / 'm.onnx')
+    proc = magsd_here('export', trained_run, '--format', 'onnx', '--output', tmp_path / 'm.onnx')
     assert proc.returncode == 0, proc.stderr
     assert 'same logits as eager at batch 3' in proc.stdout
     session = onnxruntime.InferenceSession(str(tmp_path / 'm.onnx'))
     torch.testing.assert_close(torch.from_numpy(session.run(None, {'input': images.numpy()})[0]), expected,
                                rtol=1e-4, atol=1e-3)
-    proc = magsd('export', trained_run, '--format', 'torchscript', '--output', tmp_path / 'm.pt')
+    proc = magsd_here('export', trained_run, '--format', 'torchscript', '--output', tmp_path / 'm.pt')
     assert proc.returncode == 0, proc.stderr
     torch.testing.assert_close(torch.jit.load(str(tmp_path / 'm.pt'))(images), expected, rtol=1e-4, atol=1e-3)
 
 
-def test_info_describes_the_checkpoint(trained_run):
-    proc = magsd('info', trained_run, '--json')
+def test_info_describes_the_checkpoint(trained_run, magsd_here):
+    proc = magsd_here('info', trained_run, '--json')
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     model = magsd_timm.load(str(trained_run))
@@ -204,11 +222,17 @@ def test_info_describes_the_checkpoint(trained_run):
     assert info['gmacs'] > 0 and info['attention_maps'] == 4
 
 
-def test_bad_arguments_are_named():
-    proc = magsd('predict', 'magsd_custom', 'x.png', '--batch-size', '0')
-    assert proc.returncode == 2 and 'argument --batch-size: 0 must be >= 1' in proc.stderr
-    proc = magsd('export', 'magsd_custom', '--format', 'tflite')
-    assert proc.returncode == 2 and "invalid choice: 'tflite'" in proc.stderr
+@pytest.mark.parametrize('args, message', [
+    (['predict', 'magsd_custom', 'x.png', '--batch-size', '0'], 'argument --batch-size: 0 must be >= 1'),
+    (['evaluate', 'magsd_custom', '--bootstrap', 'nan'], "argument --bootstrap: 'nan' is not an integer"),
+    (['export', 'magsd_custom', '--format', 'tflite'], "invalid choice: 'tflite'"),
+])
+def test_bad_arguments_are_named(args, message, capsys):
+    from magsd_timm.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 def _strict_json(text: str):
@@ -218,7 +242,8 @@ def _strict_json(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
-def test_predict_handles_names_that_are_not_utf8_and_bombs_and_writes_its_output_whole(trained_run, tmp_path):
+def test_predict_handles_names_that_are_not_utf8_and_bombs_and_writes_its_output_whole(trained_run, tmp_path,
+                                                                                       magsd_here):
     import os
     from data.test_reader import bomb_png
 
@@ -229,7 +254,7 @@ def test_predict_handles_names_that_are_not_utf8_and_bombs_and_writes_its_output
     bomb_png(folder / 'bomb.png')
     output = tmp_path / 'existing.json'
     output.write_text('earlier output')
-    proc = magsd('predict', trained_run, folder, '--format', 'json', '--output', output, '--heatmap', tmp_path / 'maps')
+    proc = magsd_here('predict', trained_run, folder, '--format', 'json', '--output', output, '--heatmap', tmp_path / 'maps')
     assert proc.returncode == 1 and 'Traceback' not in proc.stderr
     result = _strict_json(output.read_text(encoding='utf-8'))
     assert [Path(p['file']).name for p in result['predictions']] == ['scan_\\xff.jpeg']
@@ -247,28 +272,28 @@ def _with_config(trained_run, tmp_path, **values) -> Path:
 
 
 @pytest.mark.parametrize('temperature', [-1, 0, float('nan')])
-def test_an_invalid_temperature_is_refused_and_an_earlier_output_kept(trained_run, tmp_path, temperature):
+def test_an_invalid_temperature_is_refused_and_an_earlier_output_kept(trained_run, tmp_path, temperature, magsd_here):
     checkpoint = _with_config(trained_run, tmp_path, temperature=temperature)
     output = tmp_path / 'existing.txt'
     output.write_text('earlier output')
-    proc = magsd('predict', checkpoint, sample_records()[0]['path'], '--output', output)
+    proc = magsd_here('predict', checkpoint, sample_records()[0]['path'], '--output', output)
     assert proc.returncode == 2 and f'temperature {temperature!r} is invalid' in proc.stderr
     assert proc.stderr.count('\n') == 1 and output.read_text() == 'earlier output'
 
 
-def test_predict_and_evaluate_outputs_are_strict_json(trained_run, tmp_path):
-    proc = magsd('predict', trained_run, sample_records()[0]['path'], '--format', 'json')
+def test_predict_and_evaluate_outputs_are_strict_json(trained_run, tmp_path, magsd_here):
+    proc = magsd_here('predict', trained_run, sample_records()[0]['path'], '--format', 'json')
     assert proc.returncode == 0 and _strict_json(proc.stdout)['predictions']
     manifest = tmp_path / 'm.csv'  # a test split of normal images only: the pneumonia metrics are undefined (NaN)
     manifest.write_text('path,label,split\n' + ''.join(
         f"{r['path']},{r['label']},{'test' if r['label'] == 'normal' and n < 2 else 'train'}\n"
         for n, r in enumerate(sample_records())))
-    proc = magsd('evaluate', trained_run, manifest, '--bootstrap', '20', '--output', tmp_path / 'eval')
+    proc = magsd_here('evaluate', trained_run, manifest, '--bootstrap', '20', '--output', tmp_path / 'eval')
     assert proc.returncode == 0, proc.stderr
     report = _strict_json((tmp_path / 'eval' / 'evaluation.json').read_text())
     assert report['num_images'] == 2 and report['metrics']['auroc']['pneumonia'] is None
     assert report['metrics']['sensitivity']['pneumonia'] is None
-    proc = magsd('info', trained_run, '--json')
+    proc = magsd_here('info', trained_run, '--json')
     assert _strict_json(proc.stdout)['temperature'] == 1.0
 
 
@@ -279,14 +304,14 @@ def test_predict_and_evaluate_outputs_are_strict_json(trained_run, tmp_path):
     (dict(architecture='magsd_resnet19'), "architecture 'magsd_resnet19', which is not a registered timm model"),
     (dict(model_args={'backbone': 'test_resnet', 'num_maps': 3_000_000, 'num_classes': 2}), 'num_maps 3000000'),
 ])
-def test_an_invalid_config_is_one_line_and_exit_2(trained_run, tmp_path, change, message):
-    proc = magsd('info', _with_config(trained_run, tmp_path, **change))
+def test_an_invalid_config_is_one_line_and_exit_2(trained_run, tmp_path, change, message, magsd_here):
+    proc = magsd_here('info', _with_config(trained_run, tmp_path, **change))
     assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count('\n') == 1, proc.stderr
 
 
-def test_a_truncated_weights_file_is_one_line_and_exit_2(trained_run, tmp_path):
+def test_a_truncated_weights_file_is_one_line_and_exit_2(trained_run, tmp_path, magsd_here):
     checkpoint = _with_config(trained_run, tmp_path)
     data = (checkpoint / 'model.safetensors').read_bytes()
     (checkpoint / 'model.safetensors').write_bytes(data[:len(data) // 3])
-    proc = magsd('predict', checkpoint, sample_records()[0]['path'])
+    proc = magsd_here('predict', checkpoint, sample_records()[0]['path'])
     assert proc.returncode == 2 and 'truncated or corrupt' in proc.stderr and proc.stderr.count('\n') == 1

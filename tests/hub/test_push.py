@@ -112,8 +112,10 @@ def test_a_network_failure_during_a_push_says_nothing_was_committed(hub, trained
     (lambda c, w: c.update(temperature=0), 'temperature 0 is invalid'),
     (lambda c, w: w['fc.weight'].fill_(float('nan')), 'fc.weight: holds NaN'),
 ])
-def test_a_checkpoint_with_invalid_values_is_not_pushed(hub, trained_run, tmp_path, corrupt, message):
+def test_a_checkpoint_with_invalid_values_is_not_pushed(hub, trained_run, tmp_path, corrupt, message, capsys):
     from safetensors.torch import save_file
+
+    from magsd_timm.hub.cli import main
 
     checkpoint = tmp_path / 'bad'
     shutil.copytree(trained_run / 'best', checkpoint)
@@ -121,8 +123,8 @@ def test_a_checkpoint_with_invalid_values_is_not_pushed(hub, trained_run, tmp_pa
     corrupt(config, weights)
     (checkpoint / 'config.json').write_text(json.dumps(config))
     save_file(weights, checkpoint / 'model.safetensors')
-    proc = magsd_hub('push-model', checkpoint, 'tester/magsd-invalid')
-    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert main(['push-model', str(checkpoint), 'tester/magsd-invalid']) == 2
+    assert message in capsys.readouterr().err
     assert ('model', 'tester/magsd-invalid') not in hub.repos
 
 

@@ -116,16 +116,18 @@ def test_pretrained_without_cxr_weights_warns_once_that_the_classifier_is_untrai
     assert 'classifier are untrained' in result['untrained'][0]
 
 
-def test_magsd_refuses_to_predict_with_a_classifier_that_never_trained(pretrained_export, tmp_path):
-    _, out = pretrained_export  # ImageNet backbone, fresh head, saved: no training record
-    cli = Path(sys.executable).parent / 'magsd'
-    image = tmp_path / 'x.png'
+def test_magsd_refuses_to_predict_with_a_classifier_that_never_trained(pretrained_export, tmp_path, capsys):
     from PIL import Image
+
+    from magsd_timm.cli import main
+
+    _, out = pretrained_export  # ImageNet backbone, fresh head, saved: no training record
+    image = tmp_path / 'x.png'
     Image.new('L', (64, 64), 128).save(image)
     for command in (['predict', str(out), str(image)], ['evaluate', str(out)], ['predict', 'magsd_resnet50', str(image)]):
-        proc = subprocess.run([str(cli), *command], capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 2 and 'has no trained classifier' in proc.stderr, proc.stderr
-        assert '--allow-untrained' in proc.stderr and proc.stdout == ''
-    proc = subprocess.run([str(cli), 'predict', str(out), str(image), '--allow-untrained', '--format', 'json'],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and len(json.loads(proc.stdout)['predictions']) == 1
+        assert main(command) == 2
+        captured = capsys.readouterr()
+        assert 'has no trained classifier' in captured.err and '--allow-untrained' in captured.err
+        assert captured.out == ''
+    assert main(['predict', str(out), str(image), '--allow-untrained', '--format', 'json']) == 0
+    assert len(json.loads(capsys.readouterr().out)['predictions']) == 1

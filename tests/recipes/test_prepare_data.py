@@ -13,6 +13,22 @@ def _run(*args):
     return subprocess.run([sys.executable, str(RECIPE), *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
+@pytest.fixture
+def run_here(capsys):
+    """The recipe's main in this process (no interpreter start-up): (exit code, stdout, stderr)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location('prepare_data_recipe', RECIPE)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+
+    def run(*args):
+        code = recipe.main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+    return run
+
+
 def test_default_is_the_bundled_sample_and_an_existing_output_is_kept(tmp_path):
     out = tmp_path / 'k16'
     proc = _run(out, '--seed', 3, '--folds', 2)
@@ -24,11 +40,14 @@ def test_default_is_the_bundled_sample_and_an_existing_output_is_kept(tmp_path):
     assert again.returncode == 2 and 'exists' in again.stderr
 
 
-def test_bad_arguments_are_refused_by_name(tmp_path):
-    proc = _run(tmp_path / 'x', '--folds', 1)
-    assert proc.returncode == 2 and '--folds' in proc.stderr
-    proc = _run(tmp_path / 'x', '--covidx', tmp_path)
-    assert proc.returncode == 2 and '--covidx-labels' in proc.stderr
+@pytest.mark.parametrize('args, message', [
+    (['--folds', '1'], '--folds'), (['--covidx', '.'], '--covidx-labels'), (['--seed', '-1'], 'argument --seed'),
+    (['--fractions', '0.5', '0.5', 'nan'], 'argument --fractions'),
+])
+def test_bad_arguments_are_refused_by_name(tmp_path, run_here, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        run_here(tmp_path / 'x', *args)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 def _tree(root: Path) -> Path:
@@ -43,7 +62,7 @@ def _tree(root: Path) -> Path:
     return root
 
 
-def test_odd_names_bombs_and_label_conflicts_are_handled_and_listed(tmp_path):
+def test_odd_names_bombs_and_label_conflicts_are_handled_and_listed(tmp_path, run_here):
     import os
     import shutil
 
@@ -57,7 +76,7 @@ def test_odd_names_bombs_and_label_conflicts_are_handled_and_listed(tmp_path):
     bomb_png(root / 'normal' / 'bomb.png')
     shutil.copyfile(root / 'normal' / '1.jpeg', root / 'pneumonia' / 'also_normal.jpeg')  # one file, two labels
     out = tmp_path / 'out'
-    proc = _run(out, '--folder', root)
+    proc = run_here(out, '--folder', root)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout[proc.stdout.index('{'):])
     assert summary['conflicts'] == 2 and summary['skipped'] == 1 and sum(summary['counts'].values()) == 16
@@ -70,27 +89,27 @@ def test_odd_names_bombs_and_label_conflicts_are_handled_and_listed(tmp_path):
     assert '2 such copies were left out' in (out / 'README.md').read_text().replace('\n  ', ' ')
 
 
-def test_a_second_build_into_the_same_output_is_refused(tmp_path):
+def test_a_second_build_into_the_same_output_is_refused(tmp_path, run_here):
     from magsd_timm.outputs import exclusive_lock
 
     out = tmp_path / 'out'
     with exclusive_lock(out, 'prepare_data build'):  # another build is writing it
-        proc = _run(out)
+        proc = run_here(out)
     assert proc.returncode == 2 and 'being written by another prepare_data build' in proc.stderr
     assert not out.exists()
 
 
-def test_leftovers_of_a_killed_build_are_recovered_or_removed(tmp_path):
+def test_leftovers_of_a_killed_build_are_recovered_or_removed(tmp_path, run_here, caplog):
     out = tmp_path / 'out'
-    assert _run(out).returncode == 0
+    assert run_here(out).returncode == 0
     (tmp_path / '.out.old').mkdir()  # killed while replacing: a stale retired copy and a staging folder
     (tmp_path / '.out.staging-x1').mkdir()
-    proc = _run(out, '--overwrite', '--seed', 1)
+    proc = run_here(out, '--overwrite', '--seed', 1)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['out'] and 'left by an interrupted run' in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['out'] and 'left by an interrupted run' in caplog.text
     out.rename(tmp_path / '.out.old')  # killed after retiring the output, before the new one moved in
-    proc = _run(out)
-    assert proc.returncode == 2 and 'restored' in proc.stderr and 'exists' in proc.stderr
+    proc = run_here(out)
+    assert proc.returncode == 2 and 'restored' in caplog.text and 'exists' in proc.stderr
     assert (out / 'data' / 'dataset_dict.json').exists() and sorted(p.name for p in tmp_path.iterdir()) == ['out']
 
 
@@ -102,13 +121,14 @@ def test_leftovers_of_a_killed_build_are_recovered_or_removed(tmp_path):
      "row 1 (a.png): unknown split 'tst'"),
     (lambda d: (d / 'm.csv').write_text('file,label\na.png,normal\n') and d / 'm.csv', 'lacks the column(s) path'),
 ])
-def test_source_errors_are_one_line_and_exit_2(tmp_path, make, message):
+def test_source_errors_are_one_line_and_exit_2(tmp_path, make, message, run_here):
     source = make(tmp_path)
     flag = '--manifest' if source.suffix == '.csv' else '--folder'
-    proc = _run(tmp_path / 'out', flag, source)
+    proc = run_here(tmp_path / 'out', flag, source)
     assert proc.returncode == 2 and message in proc.stderr and 'Traceback' not in proc.stderr, proc.stderr
 
 
-def test_fractions_that_do_not_sum_to_one_are_refused(tmp_path):
-    proc = _run(tmp_path / 'x', '--fractions', '0.7', '0.7', '0.1')
-    assert proc.returncode == 2 and 'must sum to 1' in proc.stderr
+def test_fractions_that_do_not_sum_to_one_are_refused(tmp_path, run_here, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_here(tmp_path / 'x', '--fractions', '0.7', '0.7', '0.1')
+    assert exit_.value.code == 2 and 'must sum to 1' in capsys.readouterr().err

@@ -132,12 +132,19 @@ def test_the_help_documents_the_exit_codes():
     assert proc.returncode == 0 and 'Exit codes' in proc.stdout and '3  training diverged' in proc.stdout
 
 
+def _train_here(capsys, output: Path, *args) -> subprocess.CompletedProcess:
+    """The recipe's main in this process (no interpreter start-up), for runs that stop before training."""
+    code = _recipe().main(['--output', str(output), *FAST, *map(str, args)])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
 def _one_line(proc: subprocess.CompletedProcess, code: int, message: str) -> None:
     assert proc.returncode == code and message in proc.stderr, proc.stderr[-2000:]
     assert 'Traceback' not in proc.stderr and proc.stderr.strip().count('\n') == 0
 
 
-def test_data_and_model_errors_stop_the_run_before_it_starts(tmp_path, trained_run):
+def test_data_and_model_errors_stop_the_run_before_it_starts(tmp_path, trained_run, capsys):
     import shutil
 
     from magsd_timm.data.sample import sample_records
@@ -145,30 +152,30 @@ def test_data_and_model_errors_stop_the_run_before_it_starts(tmp_path, trained_r
     for record in sample_records()[:8]:
         (one_class / record['label']).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(record['path'], one_class / record['label'] / Path(record['path']).name)
-    _one_line(_train(tmp_path / 'a', '--data', one_class, check=False), 2, 'holds one class (normal)')
-    _one_line(_train(tmp_path / 'b', '--data', tmp_path / 'missing.csv', check=False), 2,
+    _one_line(_train_here(capsys, tmp_path / 'a', '--data', one_class), 2, 'holds one class (normal)')
+    _one_line(_train_here(capsys, tmp_path / 'b', '--data', tmp_path / 'missing.csv'), 2,
               'missing.csv: no such data source')
-    _one_line(_train(tmp_path / 'c', '--model-kwargs', '{"not_an_argument": 1}', check=False), 2,
+    _one_line(_train_here(capsys, tmp_path / 'c', '--model-kwargs', '{"not_an_argument": 1}'), 2,
               'unknown model argument(s) not_an_argument')
     resumed = tmp_path / 'resumed'
     shutil.copytree(trained_run, resumed)  # trained as magsd_custom over test_resnet
-    _one_line(_train(resumed, '--resume', '--model', 'magsd_resnet18', check=False), 2,
+    _one_line(_train_here(capsys, resumed, '--resume', '--model', 'magsd_resnet18'), 2,
               "--resume: " + str(resumed) + " was trained with other settings (model: 'magsd_custom' then, "
               "'magsd_resnet18' now")
     assert not any((tmp_path / name).exists() for name in 'abc')
 
 
-def test_a_second_run_into_a_busy_output_is_refused(tmp_path):
+def test_a_second_run_into_a_busy_output_is_refused(tmp_path, capsys):
     from magsd_timm.outputs import exclusive_lock
 
     out = tmp_path / 'run'
     with exclusive_lock(out, 'training run'):
-        proc = _train(out, '--epochs', '1', check=False)
+        proc = _train_here(capsys, out, '--epochs', '1')
     _one_line(proc, 2, 'is being written by another training run')
     assert not out.exists()
     (out / 'checkpoints').mkdir(parents=True)
     (out / 'x').write_text('earlier run')
-    _one_line(_train(out, '--epochs', '1', check=False), 2, 'is not empty: pass --resume')
+    _one_line(_train_here(capsys, out, '--epochs', '1'), 2, 'is not empty: pass --resume')
 
 
 def test_unreadable_images_are_skipped_and_listed_before_the_first_step(tmp_path):
