@@ -95,15 +95,19 @@ def test_a_push_that_fails_leaves_the_repo_and_the_output_as_they_were_and_can_b
     assert _digest(trained_run) == local
 
 
-def test_a_network_failure_during_a_push_says_nothing_was_committed(hub, trained_run):
-    assert magsd_hub('push-model', trained_run, 'tester/magsd-drop').returncode == 0
+def test_a_network_failure_during_a_push_says_nothing_was_committed(hub, trained_run, capsys):
+    from magsd_timm.hub.cli import main
+
+    assert main(['push-model', str(trained_run), 'tester/magsd-drop']) == 0
     repo = hub.repo('tester/magsd-drop')
     head = repo.branches['main']
+    capsys.readouterr()
     hub.fail_next('POST', r'/api/models/tester/magsd-drop/commit/', status=None)  # the connection just drops
-    failed = magsd_hub('push-model', trained_run, 'tester/magsd-drop', '--license', 'cc-by-4.0')
-    assert failed.returncode == 1 and 'Traceback' not in failed.stderr
-    assert failed.stderr.count('\n') == 1 and 'Nothing was committed' in failed.stderr and 'HTTP' not in failed.stderr
-    _no_token(failed)
+    assert main(['push-model', str(trained_run), 'tester/magsd-drop', '--license', 'cc-by-4.0']) == 1
+    failed = capsys.readouterr()
+    assert 'Traceback' not in failed.err and failed.err.count('\n') == 1
+    assert 'Nothing was committed' in failed.err and 'HTTP' not in failed.err
+    assert TOKEN not in failed.out + failed.err
     assert repo.branches['main'] == head
 
 
