@@ -245,7 +245,7 @@ def _strict_json(text: str):
 def test_predict_handles_names_that_are_not_utf8_and_bombs_and_writes_its_output_whole(trained_run, tmp_path,
                                                                                        magsd_here):
     import os
-    from data.test_reader import bomb_png
+    from image_files import bomb_png
 
     folder = tmp_path / 'in'
     folder.mkdir()

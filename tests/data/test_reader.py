@@ -10,6 +10,7 @@ from magsd_timm.data.reader import ImageReadError, read_image
 from magsd_timm.data.sample import sample_records
 
 from dicom_files import write_dicom
+from image_files import bomb_png
 
 REAL = [Path(r['path']) for r in sample_records()]
 
@@ -120,23 +121,6 @@ def test_garbage_with_a_dicom_suffix_is_an_unreadable_dicom(tmp_path):
     path.write_bytes(b'\x00' * 200)
     with pytest.raises(ImageReadError, match='unreadable DICOM'):
         read_image(path)
-
-
-def bomb_png(path, width: int = 30_000, height: int = 30_000):
-    """A small PNG whose header claims width x height pixels, as a decompression bomb does."""
-    import io
-    import struct
-    import zlib
-
-    buffer = io.BytesIO()
-    Image.new('L', (64, 64)).save(buffer, format='PNG')
-    data = bytearray(buffer.getvalue())
-    header = data[12:29]  # IHDR: type, width, height, ...
-    header[4:12] = struct.pack('>II', width, height)
-    data[12:29] = header
-    data[29:33] = struct.pack('>I', zlib.crc32(bytes(header)))
-    path.write_bytes(bytes(data))
-    return path
 
 
 @pytest.mark.parametrize('size', [(30_000, 30_000), (10_000, 10_000)])  # over PIL's own limit; over ours only

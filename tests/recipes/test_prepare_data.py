@@ -68,7 +68,7 @@ def test_odd_names_bombs_and_label_conflicts_are_handled_and_listed(tmp_path, ru
 
     from PIL import Image
 
-    from data.test_reader import bomb_png
+    from image_files import bomb_png
 
     root = _tree(tmp_path / 'src')
     with Image.open(root / 'normal' / '0.jpeg') as image:  # a new image (not a duplicate) under a non-UTF-8 name
