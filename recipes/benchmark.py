@@ -66,13 +66,15 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
                         help='autocast dtype of the MA-Net and MAG-SD cases (float32: no autocast)')
     parser.add_argument('--compile', action='store_true', help='add a torch.compile case to the step suite')
     parser.add_argument('--min-run-time', type=float, default=20., help='seconds of timing per suite part')
+    parser.add_argument('--min-rounds', type=int, default=5,
+                        help='timed rounds per case at least, whatever --min-run-time (1 for a quick smoke run)')
     parser.add_argument('--attention-images', type=int, default=1200, help='training images of the attention suite')
     parser.add_argument('--attention-epochs', type=int, default=6, help='training epochs of the attention suite')
     parser.add_argument('--output-dir', type=Path, default=Path('benchmark_results'),
                         help='folder for the Markdown tables (one per suite)')
     args = parser.parse_args(argv)
-    if args.batch_size < 1 or args.img_size < 32 or args.threads < 1 or args.min_run_time <= 0:
-        parser.error('--batch-size and --threads must be >= 1, --img-size >= 32, --min-run-time > 0')
+    if args.batch_size < 1 or args.img_size < 32 or args.threads < 1 or args.min_run_time <= 0 or args.min_rounds < 1:
+        parser.error('--batch-size, --threads and --min-rounds must be >= 1, --img-size >= 32, --min-run-time > 0')
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda: no CUDA device is available here')
     return args
@@ -108,13 +110,13 @@ def _synced(step: Step, args: argparse.Namespace) -> Step:
     return synced
 
 
-def _interleaved_medians(steps: Dict[str, Step], min_run_time: float) -> Dict[str, float]:
+def _interleaved_medians(steps: Dict[str, Step], min_run_time: float, min_rounds: int) -> Dict[str, float]:
     """Median seconds per step, alternating the steps round by round so that drift hits all alike."""
     for step in steps.values():
         step(), step()  # warm-up: allocator, kernel selection, gradient buffers, compilation
     times: Dict[str, List[float]] = {k: [] for k in steps}
     start = time.perf_counter()
-    while time.perf_counter() - start < min_run_time or min(len(v) for v in times.values()) < 5:
+    while time.perf_counter() - start < min_run_time or min(len(v) for v in times.values()) < min_rounds:
         for key, step in steps.items():
             t0 = time.perf_counter()
             step()
@@ -178,7 +180,8 @@ def run_model_suite(args: argparse.Namespace) -> str:
         '|---|---|---|---|---|---|',
     ]
     for mode in modes:
-        seconds = _interleaved_medians({name: _model_step(name, mode, args) for name in names}, args.min_run_time)
+        seconds = _interleaved_medians({name: _model_step(name, mode, args) for name in names}, args.min_run_time,
+                                       args.min_rounds)
         ratio = seconds[args.model] / seconds[args.baseline]
         lines.append(
             f'| {mode} | {1e3 * seconds[args.baseline]:.1f} | {1e3 * seconds[args.model]:.1f} | {ratio:.3f}x | '
@@ -271,8 +274,9 @@ def run_step_suite(args: argparse.Namespace) -> str:
     memory = {name: _isolated_peak_memory_mib(make, step_args, args)
               for name, (make, step_args) in cases.items() if not name.endswith('torch.compile')}
     seconds = _interleaved_medians({name: make(*step_args) for name, (make, step_args) in cases.items()},
-                                   args.min_run_time)
-    extra = _interleaved_medians({'augment+loss': _augment_and_loss(args)}, max(1., args.min_run_time / 10))
+                                   args.min_run_time, args.min_rounds)
+    extra = _interleaved_medians({'augment+loss': _augment_and_loss(args)}, max(1., args.min_run_time / 10),
+                                 args.min_rounds)
     magsd = {k: v for k, v in seconds.items() if k.startswith('MAG-SD')}
     best = min(magsd, key=magsd.get)
     lines = ['| step | ms | ratio to the reference | target | peak MiB |', '|---|---|---|---|---|']
@@ -325,10 +329,10 @@ def run_data_suite(args: argparse.Namespace) -> str:
         torch.set_num_threads(1)
         cv2.setNumThreads(1)
         loaders = {kind: (lambda paths=paths: [transform(read_image(p)) for p in paths]) for kind, paths in files.items()}
-        seconds = _interleaved_medians(loaders, max(1., args.min_run_time / 4))
+        seconds = _interleaved_medians(loaders, max(1., args.min_run_time / 4), args.min_rounds)
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(-1)
-    step = _interleaved_medians({'step': _magsd_train_step(args, True, False, 'joint')}, 1.)['step']
+    step = _interleaved_medians({'step': _magsd_train_step(args, True, False, 'joint')}, 1., args.min_rounds)['step']
     consumed = args.batch_size / step
     lines = ['| source (1024-2048 px) | ms per image | images/s per worker | x what training consumes | target |',
              '|---|---|---|---|---|']
@@ -388,7 +392,7 @@ def run_trainer_suite(args: argparse.Namespace) -> str:
         return epoch
 
     seconds = _interleaved_medians({'bare objective loop': bare(), 'magsd_timm trainer loop': trainer()},
-                                   args.min_run_time)
+                                   args.min_run_time, args.min_rounds)
     per_second = {k: len(dataset) / v for k, v in seconds.items()}
     ratio = per_second['magsd_timm trainer loop'] / per_second['bare objective loop']
     lines = ['| loop (one epoch of the bundled sample) | images/s | ratio | target |', '|---|---|---|---|']

@@ -6,7 +6,7 @@ from pathlib import Path
 
 RECIPE = Path(__file__).resolve().parents[2] / 'recipes' / 'benchmark.py'
 SMALL = ['--model', 'magsd_resnet18', '--baseline', 'resnet18', '--batch-size', '2', '--img-size', '64',
-         '--min-run-time', '0.2']
+         '--min-run-time', '0.2', '--min-rounds', '1']
 
 
 def _run(tmp_path: Path, *args: str) -> str:
@@ -71,7 +71,10 @@ def test_trainer_suite_compares_the_trainer_loop_with_a_bare_loop(tmp_path):
     rows = [_cells(line) for line in (tmp_path / 'trainer.md').read_text().splitlines()[4:]]
     assert [r[0] for r in rows] == ['bare objective loop', 'magsd_timm trainer loop']
     assert rows[0][2] == '1.000x' and '>= 0.95x' in rows[1][3]
-    assert abs(float(rows[1][2].rstrip('x')) - float(rows[1][1]) / float(rows[0][1])) < 0.01
+    # the ratio is computed at full precision, the images/s are printed to 2 decimals: allow what rounding can do
+    bare, ours, ratio = float(rows[0][1]), float(rows[1][1]), float(rows[1][2].rstrip('x'))
+    rounding = (ours + 0.005) / max(bare - 0.005, 1e-9) - (ours - 0.005) / (bare + 0.005)
+    assert abs(ratio - ours / bare) <= rounding + 0.0005
 
 
 def test_attention_suite_scores_the_display_map_and_grad_cam(tmp_path):
