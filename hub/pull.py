@@ -92,10 +92,16 @@ def checkpoint_config(name: str) -> Dict[str, Any]:
     return check_checkpoint_config(config, display(path))
 
 
-def load(ref: str, pretrained: bool = True, allow_pickle: bool = False, **kwargs: Any) -> torch.nn.Module:
-    """timm.create_model for ref (see resolve_model_name), with its weights; 'org/repo@rev' pulls from the Hub."""
+def load(ref: str, pretrained: bool = True, allow_pickle: bool = False, config: Optional[Dict[str, Any]] = None,
+         **kwargs: Any) -> torch.nn.Module:
+    """timm.create_model for ref (see resolve_model_name), with its weights; 'org/repo@rev' pulls from the Hub.
+
+    config: ref's checked config.json when the caller has read it already (checkpoint_config), so it is
+    not read twice.
+    """
     name = resolve_model_name(ref)
-    config = checkpoint_config(name) if name.startswith(('local-dir:', 'hf-hub:')) else {}
+    if config is None:
+        config = checkpoint_config(name) if name.startswith(('local-dir:', 'hf-hub:')) else {}
     if config and not timm.is_model(config['architecture']):
         raise ConfigError(f"{display(ref)}: config.json names architecture '{config['architecture']}', which is not a "
                           f"registered timm model.{close_matches(config['architecture'], timm.list_models())}")

@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional, Union
 
-import timm
 from huggingface_hub import DatasetCard, HfApi
 from huggingface_hub.errors import HfHubHTTPError, HTTPError
 
@@ -19,6 +18,7 @@ from ..console import BadInputError, display
 from ..models.config import check_checkpoint_config
 from ..models.weights import SAFE_WEIGHTS
 from .cards import find_run, render_model_card
+from .pull import load
 
 __all__ = ['PushError', 'push_dataset', 'push_model', 'stage_dataset', 'stage_model']
 
@@ -57,7 +57,7 @@ def stage_model(output_dir: Union[str, Path], folder: Union[str, Path], repo_id:
         raise BadInputError(f"'{display(config_path)}' lacks {', '.join(missing)}: save it with "
                             "timm.models.save_for_hf(..., model_config={'label_names': [...]}).")
     # rebuilding from the folder proves the repo will load: config, architecture and every tensor's shape
-    model = timm.create_model(f'local-dir:{checkpoint}', pretrained=True).eval()
+    model = load(f'local-dir:{checkpoint}', config=config).eval()
     folder = _new_folder(folder)
     shutil.copyfile(checkpoint / SAFE_WEIGHTS, folder / SAFE_WEIGHTS)
     shutil.copyfile(checkpoint / 'config.json', folder / 'config.json')

@@ -26,7 +26,7 @@ import torch
 
 from .console import BadInputError, add_traceback_flag, display, number, run_command
 from .hub.pull import checkpoint_config, load, resolve_model_name
-from .models.config import check_temperature, training_record
+from .models.config import training_record
 from .outputs import strict_json, write_text_atomic
 
 __all__ = ['main']
@@ -47,12 +47,12 @@ def _open(args: argparse.Namespace, pretrained: bool = True) -> Tuple[torch.nn.M
             f'{display(args.model)} has no trained classifier: its config records no training, so its class '
             'probabilities would mean nothing. Use a training output of recipes/train.py (or its best/ folder), '
             'or a Hub repo pushed from one with magsd-hub push-model; --allow-untrained runs it anyway.')
-    model = load(name, pretrained=pretrained, allow_pickle=args.allow_pickle).eval()
+    model = load(name, pretrained=pretrained, allow_pickle=args.allow_pickle, config=config).eval()
     return model, name, config
 
 
 def _temperature(config: Dict[str, Any]) -> float:
-    return check_temperature(config.get('temperature', 1.0), 'config.json')
+    return float(config.get('temperature', 1.0))  # checkpoint_config refused an invalid one
 
 
 def _label_names(model: torch.nn.Module) -> List[str]:

@@ -3,8 +3,8 @@
 Sources: the bundled sample (``None`` or ``'sample'``), a folder written by ``prepare_data.py``, a
 class-per-folder tree, a CSV/Parquet manifest, or a Hugging Face dataset (``'hf-hub:org/name'``, or
 a folder saved with ``save_to_disk``). Sources without their own splits are split by patient,
-stratified and seeded (``patient_split``). Sources of files have their label spellings folded and
-exact duplicates removed first; copies with conflicting labels are left out (``dataset.dropped``).
+stratified and seeded (``patient_split``). Sources of files (their label spellings folded as they are
+read) have exact duplicates removed first; copies with conflicting labels are left out (``dataset.dropped``).
 ``dataset.check_images()`` decodes every image once, so a trainer can refuse or skip bad ones before
 its first step.
 """
@@ -17,9 +17,9 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..console import BadInputError, display
-from .reader import MIN_SIZE, ImageReadError, image_to_array, read_image
+from .reader import ImageReadError, decode_checked, image_to_array, read_image
 from .sample import sample_records
-from .sources import Record, fold_labels, folder_records, manifest_records
+from .sources import Record, folder_records, manifest_records
 from .splits import SPLITS, assign_patients, deduplicate, patient_split
 
 if TYPE_CHECKING:
@@ -42,20 +42,13 @@ class CXRDataset(Dataset):
         self.dropped: List[Tuple[str, str]] = []  # (file, why) left out when the source was opened
 
     def check_images(self) -> List[Tuple[int, str]]:
-        """Decode every image once: the index and the reason of each that cannot be read or is too small."""
+        """Decode every image once: the index and the reason of each that cannot be read (or is too small)."""
         problems = []
         for index in range(len(self)):
             try:
-                image = self.image(index)
+                self.image(index)
             except ImageReadError as e:
                 problems.append((index, str(e)))
-                continue
-            except Exception as e:  # noqa: BLE001 - a decoder's failure on one embedded image names that image
-                problems.append((index, f'{self.name(index)}: cannot be decoded ({type(e).__name__}: {e}).'))
-                continue
-            if min(image.shape) < MIN_SIZE:
-                problems.append((index, f'{self.name(index)}: {image.shape[1]}x{image.shape[0]} px is under the '
-                                        f'{MIN_SIZE} px minimum.'))
         return problems
 
     def name(self, index: int) -> str:
@@ -85,7 +78,7 @@ class CXRDataset(Dataset):
         """The decoded image: float32 (H, W) in [0, 1]."""
         if self.from_files:
             return read_image(self.items[index]['path'])
-        return image_to_array(self.items[index]['image'])
+        return decode_checked(self.name(index), lambda: image_to_array(self.items[index]['image']))
 
     def label(self, index: int) -> int:
         """The class index of an item."""
@@ -142,8 +135,7 @@ class BalancedSampler(Sampler):
 def _split_records(records: List[Record], split: str, seed: int
                    ) -> Tuple[List[Record], List[str], List[Tuple[str, str]]]:
     """The records of one split, the class names, and the files left out (duplicates, label conflicts)."""
-    records, _ = fold_labels(records)
-    records, duplicates, conflicts = deduplicate(records)
+    records, duplicates, conflicts = deduplicate(records)  # labels were folded by the source's reader
     dropped = [(display(r['path']), why) for r, why in [*duplicates, *conflicts]]
     class_names = sorted({r['label'] for r in records})
     if any(r.get('split') for r in records):

@@ -21,7 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..console import BadInputError, display
 
-__all__ = ['ImageReadError', 'MAX_PIXELS', 'MIN_SIZE', 'image_to_array', 'is_dicom', 'read_image']
+__all__ = ['ImageReadError', 'MAX_PIXELS', 'MIN_SIZE', 'decode_checked', 'image_to_array', 'is_dicom', 'read_image']
 
 MIN_SIZE = 32  # pixels, the shorter side
 MAX_PIXELS = 8192 * 8192  # twice the largest detector's side; below PIL's own bomb limits (89 Mpx warns)
@@ -128,22 +128,25 @@ def read_image(path: Union[str, Path]) -> np.ndarray:
         raise ImageReadError(f'{display(path)}: no such file.')
     if path.stat().st_size == 0:
         raise ImageReadError(f'{display(path)}: empty file.')
-    image = _decoded(path, _read_dicom if is_dicom(path) else _read_pil)
-    if min(image.shape) < MIN_SIZE:
-        raise ImageReadError(f'{display(path)}: {image.shape[1]}x{image.shape[0]} px is under the {MIN_SIZE} px '
-                             'minimum.')
-    if not np.isfinite(image).all():
-        raise ImageReadError(f'{display(path)}: pixel values are not finite.')
-    return image
+    return decode_checked(display(path), lambda: (_read_dicom if is_dicom(path) else _read_pil)(path))
 
 
-def _decoded(path: Path, decode: Callable[[Path], np.ndarray]) -> np.ndarray:
-    """Run a decoder on untrusted bytes: whatever it raises becomes an ImageReadError naming the file."""
+def decode_checked(name: str, decode: Callable[[], np.ndarray]) -> np.ndarray:
+    """Run a decoder on untrusted bytes and check its image as every radiograph is checked.
+
+    Whatever the decoder raises, an image under MIN_SIZE or with non-finite pixels: an ImageReadError
+    naming `name` (a file, or an image embedded in a dataset).
+    """
     try:
-        return decode(path)
+        image = decode()
     except ImageReadError:
         raise
     except MemoryError as e:
-        raise ImageReadError(f'{display(path)}: too large to decode in the memory available.') from e
+        raise ImageReadError(f'{name}: too large to decode in the memory available.') from e
     except Exception as e:  # noqa: BLE001 - a decoder's failure on one file must not stop the others
-        raise ImageReadError(f'{display(path)}: cannot be decoded ({type(e).__name__}: {e}).') from e
+        raise ImageReadError(f'{name}: cannot be decoded ({type(e).__name__}: {e}).') from e
+    if min(image.shape) < MIN_SIZE:
+        raise ImageReadError(f'{name}: {image.shape[1]}x{image.shape[0]} px is under the {MIN_SIZE} px minimum.')
+    if not np.isfinite(image).all():
+        raise ImageReadError(f'{name}: pixel values are not finite.')
+    return image
