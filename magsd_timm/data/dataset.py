@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..console import BadInputError, display
+from ..seeds import mix_seed, seeded_generator
 from .reader import ImageReadError, decode_checked, image_to_array, read_image
 from .sample import sample_records
 from .sources import Record, folder_records, manifest_records
@@ -108,7 +109,7 @@ class CXRDataset(Dataset):
             return self.transform(image), self.label(index)
         # independent of the global RNG, which loader look-ahead and resumption would otherwise shift
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index)
+            torch.manual_seed(mix_seed(self.seed, self.epoch, index))
             return self.transform(image), self.label(index)
 
 
@@ -128,7 +129,7 @@ class BalancedSampler(Sampler):
         return len(self.weights)
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = seeded_generator(self.seed, self.epoch)
         return iter(torch.multinomial(self.weights, len(self.weights), True, generator=generator).tolist())
 
 
