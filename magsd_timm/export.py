@@ -5,7 +5,6 @@ that was frozen in shows up as an error, and compares the logits with the eager 
 is written beside its destination and only moved there when the check passes: an existing export is
 never replaced by a wrong one.
 """
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,8 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
+
+from .outputs import atomic_path
 
 __all__ = ['ExportCheck', 'export_model']
 
@@ -32,6 +33,14 @@ class ExportCheck:
     @property
     def ok(self) -> bool:
         return self.max_abs_diff <= self.tolerance
+
+
+class _Rejected(Exception):
+    """An export whose logits differ from eager's: it must not take the destination's place."""
+
+    def __init__(self, result: ExportCheck):
+        super().__init__(f'{result.path}: max |diff| {result.max_abs_diff} > {result.tolerance}')
+        self.result = result
 
 
 def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> str:
@@ -82,21 +91,20 @@ def export_model(model: nn.Module, path: Path, fmt: str, input_size: Sequence[in
                               'pip install "magsd-timm[export]"') from e
     model = model.eval().float().cpu()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(2, *input_size, generator=generator)
     check = torch.randn(3, *input_size, generator=generator)
-    staged = path.with_name(f'.{path.stem}.partial{path.suffix}')
     try:
-        with torch.no_grad():
-            method = (_export_onnx if fmt == 'onnx' else _export_torchscript)(model, example, staged)
-            expected = model(check)
-            got = (_run_onnx if fmt == 'onnx' else _run_torchscript)(staged, check)
-        scale = float(expected.abs().max())
-        result = ExportCheck(path, method, check.shape[0], float((got - expected).abs().max()), scale,
-                             rtol * max(scale, 1.0))
-        if result.ok:
-            os.replace(staged, path)
-        return result
-    finally:
-        staged.unlink(missing_ok=True)
+        with atomic_path(path, f'{fmt} export') as staged:
+            with torch.no_grad():
+                method = (_export_onnx if fmt == 'onnx' else _export_torchscript)(model, example, staged)
+                expected = model(check)
+                got = (_run_onnx if fmt == 'onnx' else _run_torchscript)(staged, check)
+            scale = float(expected.abs().max())
+            result = ExportCheck(path, method, check.shape[0], float((got - expected).abs().max()), scale,
+                                 rtol * max(scale, 1.0))
+            if not result.ok:
+                raise _Rejected(result)
+    except _Rejected as rejected:  # the staged file is gone and an earlier export untouched
+        return rejected.result
+    return result

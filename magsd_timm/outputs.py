@@ -23,7 +23,7 @@ from typing import Any, Iterator, List, Union
 from .console import BadInputError, display
 
 __all__ = ['OutputBusyError', 'OutputWriteError', 'atomic_folder', 'atomic_path', 'exclusive_lock', 'recover_folder',
-           'strict_json', 'write_failure', 'write_text_atomic']
+           'replace_folder', 'staging_folder', 'strict_json', 'write_failure', 'write_text_atomic']
 
 PathLike = Union[str, Path]
 
@@ -111,10 +111,28 @@ def recover_folder(path: PathLike) -> List[str]:
         else:
             retired.rename(path)
             done.append(f'restored {display(path)} from {display(retired)}, left by an interrupted run')
-    for staging in path.parent.glob(f'.{path.name}.staging-*'):
+    for staging in path.parent.glob(staging_folder(path, '*').name):
         shutil.rmtree(staging, ignore_errors=True)
         done.append(f'removed {display(staging)}, left by an interrupted run')
     return done
+
+
+def staging_folder(path: PathLike, tag: str) -> Path:
+    """The staging folder of path named by tag (.NAME.staging-TAG), which recover_folder clears after a kill."""
+    path = Path(path)
+    return path.with_name(f'.{path.name}.staging-{tag}')
+
+
+def replace_folder(staging: PathLike, path: PathLike) -> None:
+    """Move a filled staging folder to path; an earlier path is retired beside it (.NAME.old) until then."""
+    staging, path = Path(staging), Path(path)
+    if path.exists():
+        retired = path.with_name(f'.{path.name}.old')
+        path.rename(retired)
+        staging.rename(path)
+        shutil.rmtree(retired)
+    else:
+        staging.rename(path)
 
 
 @contextlib.contextmanager
@@ -123,17 +141,11 @@ def atomic_folder(path: PathLike, what: str = 'output') -> Iterator[Path]:
     path = Path(path)
     with _failures_named(path, what):
         path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f'.{path.name}.staging-', dir=path.parent))
+        staging = Path(tempfile.mkdtemp(prefix=staging_folder(path, '').name, dir=path.parent))
     try:
         with _failures_named(path, what):
             yield staging
-            if path.exists():
-                retired = path.with_name(f'.{path.name}.old')
-                path.rename(retired)
-                staging.rename(path)
-                shutil.rmtree(retired)
-            else:
-                staging.rename(path)
+            replace_folder(staging, path)
     finally:
         if staging.exists():
             shutil.rmtree(staging)

@@ -1,18 +1,20 @@
 """Training checkpoints that are never half-written: accelerate's save_state, then a rename.
 
-Each checkpoint is a folder ``step_<global step>`` under the run's ``checkpoints/``. It is written
-whole to a hidden temporary folder beside it and renamed into place, so a process killed at any
-moment leaves either the previous checkpoints or a complete new one; only the newest ``keep`` are
-kept. A save that fails (a full disk) removes its partial folder and says so, naming the last
-complete checkpoint, which stays as it was; ``remove_partial_checkpoints`` clears what killed runs left. State registered with ``accelerator.register_for_checkpointing`` (the trainer's progress, EMA,
-scheduler) travels with the model, optimizer and RNG states.
+Each checkpoint is a folder ``step_<global step>`` under the run's ``checkpoints/``. Every process
+writes its part to one staging folder beside it (``outputs.staging_folder``), which the main process
+then moves into place (``outputs.replace_folder``), so a process killed at any moment leaves either
+the previous checkpoints or a complete new one; only the newest ``keep`` are kept. A save that fails
+(a full disk) removes its partial folder and says so, naming the last complete checkpoint, which
+stays as it was; ``remove_partial_checkpoints`` clears what killed runs left. State registered with
+``accelerator.register_for_checkpointing`` (the trainer's progress, EMA, schedule) travels with the
+model, optimizer and RNG states.
 """
 import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..console import display
-from ..outputs import write_failure
+from ..outputs import replace_folder, staging_folder, write_failure
 
 __all__ = ['TrainProgress', 'latest_checkpoint', 'remove_partial_checkpoints', 'save_checkpoint']
 
@@ -20,19 +22,19 @@ PREFIX = 'step_'
 
 
 class TrainProgress:
-    """Where a run is: epoch, step within it, global step and the best metric so far (checkpointed)."""
+    """Where a run is (checkpointed): epoch, batch within it, batches and optimizer updates so far, best metric."""
 
     def __init__(self):
-        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.epoch, self.step_in_epoch, self.global_step, self.updates = 0, 0, 0, 0
         self.best_metric: Optional[float] = None
 
     def state_dict(self) -> Dict[str, Any]:
         return dict(epoch=self.epoch, step_in_epoch=self.step_in_epoch, global_step=self.global_step,
-                    best_metric=self.best_metric)
+                    updates=self.updates, best_metric=self.best_metric)
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.epoch, self.step_in_epoch = state['epoch'], state['step_in_epoch']
-        self.global_step, self.best_metric = state['global_step'], state['best_metric']
+        self.global_step, self.updates, self.best_metric = state['global_step'], state['updates'], state['best_metric']
 
 
 def latest_checkpoint(root: Path) -> Optional[Path]:
@@ -43,7 +45,7 @@ def latest_checkpoint(root: Path) -> Optional[Path]:
 
 def remove_partial_checkpoints(root: Path) -> List[Path]:
     """Remove the staging folders that runs killed while saving left under root; the removed ones."""
-    partial = sorted(Path(root).glob(f'.{PREFIX}*.tmp'))
+    partial = sorted(Path(root).glob(staging_folder(f'{PREFIX}*', '*').name))
     for path in partial:
         shutil.rmtree(path, ignore_errors=True)
     return partial
@@ -53,7 +55,7 @@ def save_checkpoint(accelerator, root: Path, global_step: int, keep: int = 2) ->
     """Save the accelerator's state as root/step_<global_step>, atomically, keeping the newest `keep`."""
     root = Path(root)
     final = root / f'{PREFIX}{global_step:08d}'
-    staging = root / f'.{final.name}.tmp'
+    staging = staging_folder(final, 'save')  # one name that every process knows
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)  # left by a process killed while saving
@@ -67,8 +69,7 @@ def save_checkpoint(accelerator, root: Path, global_step: int, keep: int = 2) ->
         raise write_failure(final, e, 'checkpoint', f' (the partial {display(staging)} was removed{kept})') from e
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
-        staging.rename(final)
+        replace_folder(staging, final)
         complete = sorted((p for p in root.glob(f'{PREFIX}*') if p.is_dir()), key=lambda p: p.name)
         for old in complete[:-keep] if keep > 0 else []:
             shutil.rmtree(old)
