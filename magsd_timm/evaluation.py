@@ -9,7 +9,7 @@ negative log-likelihood, and saved into the checkpoint's config.json.
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from .console import BadInputError
 from .data.dataset import CXRDataset
 from .inference import model_logits, probabilities
-from .metrics import PER_CLASS, SCALARS, bootstrap_intervals, classification_metrics
+from .metrics import SCALARS, bootstrap_intervals, classification_metrics, markdown_table, metric_cell, metrics_markdown
 from .models.config import check_temperature
 from .outputs import atomic_path, strict_json, write_text_atomic
 
@@ -134,15 +134,7 @@ def evaluate(
     return report, probs
 
 
-def _cell(value: float, interval: Optional[Sequence[float]] = None) -> str:
-    text = 'n/a' if value is None or math.isnan(value) else f'{value:.3f}'
-    if interval is not None and not any(math.isnan(v) for v in interval):
-        text += f' [{interval[0]:.3f}, {interval[1]:.3f}]'
-    return text
-
-
 def _markdown(report: Dict[str, Any], class_names: Sequence[str]) -> str:
-    metrics, intervals = report['metrics'], report['intervals']
     boot = report['bootstrap']
     lines = [f"# Evaluation of {report.get('model', 'the model')} on {report.get('data', 'the data')} "
              f"({report.get('split', '')})", '',
@@ -150,18 +142,11 @@ def _markdown(report: Dict[str, Any], class_names: Sequence[str]) -> str:
              + f"; temperature {report['temperature']:.3f}; attention TTA {'on' if report.get('tta') else 'off'}. "
              f"Intervals: {boot['level']:.0%} percentile bootstrap, {boot['replicates']} resamples of "
              f"{boot['resampled']}s (seed {boot['seed']}). n/a: undefined on these images.", '',
-             '| metric | value [95% CI] |', '|---|---|']
-    lines += [f'| {k} | {_cell(metrics[k], intervals[k])} |' for k in SCALARS]
-    lines += ['', '| class | ' + ' | '.join(PER_CLASS) + ' |', '|---|' + '---|' * len(PER_CLASS)]
-    lines += [f'| {c} | ' + ' | '.join(_cell(metrics[m][c], intervals[m][c]) for m in PER_CLASS) + ' |'
-              for c in class_names]
-    lines += ['', 'Confusion matrix (rows: true, columns: predicted):', '',
-              '| | ' + ' | '.join(class_names) + ' |', '|---|' + '---|' * len(class_names)]
-    lines += [f'| {c} | ' + ' | '.join(map(str, row)) + ' |' for c, row in zip(class_names, metrics['confusion_matrix'])]
+             metrics_markdown(report['metrics'], class_names, report['intervals'])]
     if 'per_source' in report:
-        lines += ['', '| source | images | ' + ' | '.join(SCALARS) + ' |', '|---|---|' + '---|' * len(SCALARS)]
-        lines += [f"| {s} | {r['num_images']} | " + ' | '.join(_cell(r[k]) for k in SCALARS) + ' |'
-                  for s, r in report['per_source'].items()]
+        lines += ['Per source:', '', markdown_table(
+            ['source', 'images', *SCALARS],
+            [[s, r['num_images'], *(metric_cell(r[k]) for k in SCALARS)] for s, r in report['per_source'].items()])]
     if 'calibration' in report:
         cal = report['calibration']
         lines += ['', f"Temperature {cal['temperature']:.3f} fitted on the {cal['split']} split "

@@ -6,18 +6,18 @@ class against the rest): sensitivity (recall), specificity, PPV (precision), NPV
 value that is undefined on the data (no positives for sensitivity, AUROC or AUPRC, no negatives for
 AUROC, no predicted positives for PPV, ...) is NaN, not 0. ``bootstrap_intervals`` gives percentile
 confidence intervals of all of them, resampling patients (clusters of images) when their ids are known.
+``metrics_markdown`` and ``markdown_table`` are the one way reports, model cards and dataset cards
+render their tables. torchmetrics is imported when metrics are computed, so that rendering a card
+does not load it.
 """
 import math
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import torch
-from torchmetrics.functional.classification import (
-    multiclass_accuracy, multiclass_auroc, multiclass_average_precision, multiclass_calibration_error,
-    multiclass_confusion_matrix, multiclass_f1_score,
-)
 
-__all__ = ['PER_CLASS', 'SCALARS', 'bootstrap_intervals', 'classification_metrics', 'metrics_markdown']
+__all__ = ['PER_CLASS', 'SCALARS', 'bootstrap_intervals', 'classification_metrics', 'markdown_table', 'metric_cell',
+           'metrics_markdown']
 
 SCALARS = ('accuracy', 'macro_f1', 'ece')
 PER_CLASS = ('sensitivity', 'specificity', 'ppv', 'npv', 'auroc', 'auprc')
@@ -32,6 +32,11 @@ def classification_metrics(
         logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], probabilities: bool = False,
 ) -> Dict[str, object]:
     """Metrics of logits (or probabilities) (N, K) against labels (N,): floats, per-class dicts, confusion matrix."""
+    from torchmetrics.functional.classification import (
+        multiclass_accuracy, multiclass_auroc, multiclass_average_precision, multiclass_calibration_error,
+        multiclass_confusion_matrix, multiclass_f1_score,
+    )
+
     num_classes = len(class_names)
     if logits.ndim != 2 or logits.shape[1] != num_classes or logits.shape[0] != labels.shape[0]:
         raise ValueError(
@@ -67,17 +72,41 @@ def classification_metrics(
     return result
 
 
-def _value(value: Optional[float]) -> str:
-    """A metric for a table: NaN, and null as JSON reports store it, read 'NaN' (undefined on these images)."""
-    return 'NaN' if value is None or math.isnan(value) else f'{value:.4f}'
+def markdown_table(header: Sequence[Any], rows: Iterable[Sequence[Any]]) -> str:
+    """A Markdown table: the header cells, then one line per row."""
+    lines = ['| ' + ' | '.join(map(str, header)) + ' |', '|' + '---|' * len(header)]
+    return '\n'.join(lines + ['| ' + ' | '.join(map(str, row)) + ' |' for row in rows])
 
 
-def metrics_markdown(metrics: Dict[str, Any], class_names: Sequence[str]) -> Tuple[str, str]:
-    """Markdown table rows of the overall metrics, and the per-class table (sensitivity ... AUPRC)."""
-    overall = '\n'.join(f'| {k} | {_value(metrics[k])} |' for k in SCALARS) + f"\n| images | {metrics['num_samples']} |"
-    header = '| class | ' + ' | '.join(PER_CLASS) + ' |\n|---|' + '---|' * len(PER_CLASS)
-    rows = '\n'.join(f'| {c} | ' + ' | '.join(_value(metrics[m][c]) for m in PER_CLASS) + ' |' for c in class_names)
-    return overall, f'{header}\n{rows}'
+def metric_cell(value: Optional[float], interval: Optional[Sequence[Optional[float]]] = None) -> str:
+    """A metric to 3 decimals with its interval; undefined (NaN, or null as JSON stores it) reads 'n/a'."""
+    def defined(v: Optional[float]) -> bool:
+        return v is not None and not math.isnan(v)
+
+    text = f'{value:.3f}' if defined(value) else 'n/a'
+    if interval is not None and all(defined(v) for v in interval):
+        text += f' [{interval[0]:.3f}, {interval[1]:.3f}]'
+    return text
+
+
+def metrics_markdown(metrics: Dict[str, Any], class_names: Sequence[str],
+                     intervals: Optional[Dict[str, Any]] = None) -> str:
+    """The overall, per-class (one against the rest) and confusion-matrix tables of classification_metrics."""
+    def cell(name: str, cls: Optional[str] = None) -> str:
+        bounds = (intervals or {}).get(name)
+        value = metrics[name]
+        if cls is not None:
+            value, bounds = value[cls], bounds[cls] if bounds else None
+        return metric_cell(value, bounds)
+
+    value_header = 'value [95% CI]' if intervals else 'value'
+    overall = markdown_table(['metric', value_header],
+                             [[k, cell(k)] for k in SCALARS] + [['images', metrics['num_samples']]])
+    per_class = markdown_table(['class', *PER_CLASS], [[c, *(cell(m, c) for m in PER_CLASS)] for c in class_names])
+    confusion = markdown_table(['true \\ predicted', *class_names],
+                               [[c, *row] for c, row in zip(class_names, metrics['confusion_matrix'])])
+    return (f'{overall}\n\nPer class (one against the rest):\n\n{per_class}\n\n'
+            f'Confusion matrix (rows: true class, columns: predicted):\n\n{confusion}\n')
 
 
 def bootstrap_intervals(

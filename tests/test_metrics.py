@@ -86,3 +86,19 @@ def test_bootstrap_resamples_patients_not_images():
 def test_bootstrap_needs_one_group_per_image():
     with pytest.raises(ValueError, match='3 group ids for 4 images'):
         bootstrap_intervals(torch.full((4, 3), 1 / 3), torch.zeros(4, dtype=torch.long), NAMES, groups=[1, 2, 3])
+
+
+def test_markdown_tables_are_rendered_one_way_for_reports_and_cards():
+    from magsd_timm.metrics import markdown_table, metric_cell, metrics_markdown
+
+    assert markdown_table(['a', 'b'], [[1, 'x'], [2, 'y']]) == '| a | b |\n|---|---|\n| 1 | x |\n| 2 | y |'
+    assert metric_cell(0.12345) == '0.123' and metric_cell(float('nan')) == 'n/a' and metric_cell(None) == 'n/a'
+    assert metric_cell(0.5, [0.25, 0.75]) == '0.500 [0.250, 0.750]' and metric_cell(0.5, [None, 0.7]) == '0.500'
+    metrics = classification_metrics(torch.tensor([[2., 0.], [0., 2.], [2., 0.]]), torch.tensor([0, 1, 1]), ['a', 'b'])
+    intervals = {k: [0.1, 0.9] for k in ('accuracy', 'macro_f1', 'ece')}
+    intervals.update({k: {'a': [0.1, 0.9], 'b': [0.2, 0.8]} for k in metrics if isinstance(metrics[k], dict)})
+    text = metrics_markdown(metrics, ['a', 'b'], intervals)
+    assert '| metric | value [95% CI] |' in text and '| accuracy | 0.667 [0.100, 0.900] |' in text
+    assert '| images | 3 |' in text and '| b | 0.500 [0.200, 0.800] | 1.000 [0.200, 0.800] |' in text
+    assert '| true \\ predicted | a | b |' in text and '| b | 1 | 1 |' in text
+    assert '| metric | value |' in metrics_markdown(metrics, ['a', 'b'])

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ..console import display
+from ..metrics import markdown_table
 from ..outputs import atomic_folder, exclusive_lock, recover_folder, strict_json
 from .reader import ImageReadError, is_dicom, read_image
 from .sources import Record, fold_labels
@@ -68,11 +69,6 @@ def _provenance(source: str) -> str:
     return f'{reference}; {note} (licence: {licence})'
 
 
-def _table(header: str, rows: Sequence[Sequence[Any]]) -> str:
-    columns = header.count('|') - 1
-    return '\n'.join([header, '|' + '---|' * columns] + ['| ' + ' | '.join(map(str, r)) + ' |' for r in rows])
-
-
 def render_card(
         splits: Dict[str, List[Record]], class_names: Sequence[str], split_method: str, pretty_name: str,
         num_skipped: int, num_duplicates: int, num_conflicts: int = 0,
@@ -94,10 +90,10 @@ def render_card(
     if pediatric:
         biases.insert(0, f'- Pediatric images (sources {", ".join(pediatric)}: age 1-5) next to adult ones: '
                          'age is a confounder of every class they carry.')
-    per_class = _table('| class | ' + ' | '.join(splits) + ' |',
-                       [[c] + [sum(r['label'] == c for r in splits[s]) for s in splits] for c in class_names])
-    per_source = _table('| source | ' + ' | '.join(splits) + ' |',
-                        [[src] + [sum(r['source'] == src for r in splits[s]) for s in splits] for src in sources])
+    per_class = markdown_table(['class', *splits],
+                               [[c] + [sum(r['label'] == c for r in splits[s]) for s in splits] for c in class_names])
+    per_source = markdown_table(['source', *splits],
+                                [[src] + [sum(r['source'] == src for r in splits[s]) for s in splits] for src in sources])
     values = dict(
         license=licences.pop() if len(licences) == 1 else 'other',
         pretty_name=pretty_name, size_category=_size_category(len(records)),
@@ -106,7 +102,8 @@ def render_card(
         num_images=len(records), num_patients=len({r['patient_id'] for r in records}),
         num_classes=len(class_names), class_list=', '.join(class_names), num_sources=len(sources),
         split_method=split_method,
-        split_table='\n'.join(f'| {s} | {len(rs)} | {len({r["patient_id"] for r in rs})} |' for s, rs in splits.items()),
+        split_table=markdown_table(['split', 'images', 'patients'],
+                                   [[s, len(rs), len({r['patient_id'] for r in rs})] for s, rs in splits.items()]),
         class_table=per_class, source_table=per_source, provenance=provenance, biases='\n'.join(biases),
         num_skipped=num_skipped, num_duplicates=num_duplicates, num_conflicts=num_conflicts,
         patient_statement=(f'{unknown} image(s) had no patient id: each counts as its own patient, so images of '
