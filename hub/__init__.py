@@ -1,5 +1,6 @@
 """Hugging Face Hub side of magsd-timm (importable as magsd_timm.hub): push, pull, and the cards."""
-from .cards import TrainingRun, find_run, render_model_card
+from ..train.run_folder import TrainingRun, find_run
+from .cards import render_model_card
 from .pull import checkpoint_config, load, resolve_model_name
 from .push import PushError, push_dataset, push_model, stage_dataset, stage_model
 

@@ -17,7 +17,7 @@ from timm.models import resolve_pretrained_cfg, split_model_name_tag
 from ..console import BadInputError, display
 from ..models import allow_pickle_weights, close_matches
 from ..models.config import ConfigError, check_checkpoint_config
-from .cards import find_run
+from ..train.run_folder import find_run
 
 __all__ = ['check_revision', 'checkpoint_config', 'load', 'resolve_model_name']
 

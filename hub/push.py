@@ -17,7 +17,8 @@ from huggingface_hub.errors import HfHubHTTPError, HTTPError
 from ..console import BadInputError, display
 from ..models.config import check_checkpoint_config
 from ..models.weights import SAFE_WEIGHTS
-from .cards import find_run, render_model_card
+from ..train.run_folder import find_run
+from .cards import render_model_card
 from .pull import load
 
 __all__ = ['PushError', 'push_dataset', 'push_model', 'stage_dataset', 'stage_model']

@@ -5,34 +5,27 @@
     accelerate launch recipes/train.py --model magsd_resnet50 --data out/cxr --epochs 150 --pretrained
     accelerate launch recipes/train.py --output runs/magsd --resume   # continue from the last checkpoint
 
-Output folder: checkpoints/step_* (accelerate state, atomic), best/ and final/ (timm Hub format:
-model.safetensors + config.json with label names, the trained input size and a training record;
-best/ also a model card draft, README.md), args.yaml, summary.csv, eval_best.json and eval_best.md
-(the best checkpoint's validation report), curves.png, confusion_matrix.png, skipped.json (images
-left out: duplicates, label conflicts, unreadable files), and TensorBoard logs when tensorboard is
-installed. Every image is decoded once before the first step; one run at a time may write an output.
+The output folder (magsd_timm/train/run_folder.py) holds resumable checkpoints, best/ and final/ in
+timm's Hub format, the run's arguments, per-epoch summary and curves, the best checkpoint's validation
+report, the images left out, and TensorBoard logs when tensorboard is installed. One training update
+is magsd_timm.train.loop.train_step. Every image is decoded once before the first step; one run at a
+time may write an output.
 """
 import argparse
 import contextlib
-import csv
-import io
 import json
 import math
 import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import timm
 import timm.optim
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, is_tensorboard_available, set_seed
-from timm.models import save_for_hf
-from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -43,19 +36,17 @@ from magsd_timm.console import (
 )
 from magsd_timm.data.dataset import BalancedSampler, CXRDataset, open_dataset
 from magsd_timm.data.transforms import AUGMENTATIONS, build_transforms, resolve_cxr_data_config
+from magsd_timm.hub.cards import render_model_card
 from magsd_timm.models import close_matches
 from magsd_timm.models.config import MAX_INPUT_SIDE, MIN_INPUT_SIDE
 from magsd_timm.objective import MagSDObjective
-from magsd_timm.outputs import atomic_folder, exclusive_lock, recover_folder, strict_json, write_text_atomic
-from magsd_timm.train.checkpoint import TrainProgress, latest_checkpoint, remove_partial_checkpoints, save_checkpoint
-from magsd_timm.train.loop import evaluate, lr_factor, train_one_epoch
-from magsd_timm.hub.cards import TrainingRun, render_model_card
-from magsd_timm.metrics import metrics_markdown
-from magsd_timm.plots import plot_confusion_matrix, plot_curves
+from magsd_timm.seeds import seeded_generator
+from magsd_timm.train.checkpoint import TrainProgress, latest_checkpoint, save_checkpoint
+from magsd_timm.train.loop import TrainSetup, evaluate, train_step
+from magsd_timm.train.optim import SCHEDULES, TIMM_SCHEDULES, create_optimizer, create_schedule
+from magsd_timm.train.run_folder import BEST, FINAL, RunFolder, TrainingRun
 
 BEST_METRICS = ('macro_f1', 'accuracy')
-SCHEDULES = ('step', 'cosine', 'constant')
-TIMM_SCHEDULES = ('cosine', 'tanh', 'step', 'multistep', 'plateau', 'poly', 'rsqrt', 'constant')
 # what a resumed run must share with the run that wrote its checkpoints: they shape the saved state
 RESUME_KEYS = ('model', 'model_kwargs', 'method', 'data', 'img_size', 'opt', 'sched', 'model_ema')
 
@@ -133,47 +124,28 @@ def _create_model(args: argparse.Namespace, num_classes: int, meta: bool = False
         raise BadInputError(f'--model-kwargs {json.dumps(args.model_kwargs)} do not fit {name} ({e}).') from e
 
 
-def _write_summary(path: Path, rows: List[Dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    columns = sorted({k for row in rows for k in row}, key=lambda k: (k != 'epoch', k))
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(path, buffer.getvalue(), 'run summary')
-
-
 def _score(metrics: Dict[str, Any], name: str) -> float:
     value = float(metrics[name])
     return value if math.isfinite(value) else float('-inf')
 
 
-def _claim_output(accelerator: Accelerator, args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
-    """Hold the output's lock for the run (the main process), refuse a used output, clean what killed runs left."""
+def _claim_output(accelerator: Accelerator, run: RunFolder, resume: bool, stack: contextlib.ExitStack) -> None:
+    """The main process claims the run folder for the run; every process stops if it cannot."""
     error = None
     if accelerator.is_main_process:
         try:
-            stack.enter_context(exclusive_lock(args.output, 'training run'))
-            if args.output.exists() and any(args.output.iterdir()) and not args.resume:
-                raise BadInputError(f'--output {display(args.output)} is not empty: pass --resume to continue it, or '
-                                    'choose another folder.')
-            notes = [*recover_folder(args.output / 'best'), *recover_folder(args.output / 'final')]
-            notes += [f'removed {display(p)}, left by an interrupted run'
-                      for p in remove_partial_checkpoints(args.output / 'checkpoints')]
-            for note in notes:
+            for note in run.claim(stack, resume):
                 accelerator.print(f'train: {note}')
         except BadInputError as e:
             error = str(e)
-    error = broadcast_object_list([error])[0]  # every process stops when the main one cannot have the output
+    error = broadcast_object_list([error])[0]
     if error:
         raise BadInputError(error)
 
 
-def _check_resume(args: argparse.Namespace, recorded: Dict[str, Any]) -> None:
+def _check_resume(args: argparse.Namespace, run: RunFolder, recorded: Dict[str, Any]) -> None:
     """Refuse to resume a run whose checkpoints another model, data or optimizer wrote."""
-    path = args.output / 'args.yaml'
-    if not path.is_file():
-        return
-    before = yaml.safe_load(path.read_text()) or {}
+    before = run.read_args()
     changed = [f'{key}: {before.get(key)!r} then, {recorded.get(key)!r} now' for key in RESUME_KEYS
                if key in before and before.get(key) != recorded.get(key)]
     if changed:
@@ -208,6 +180,23 @@ def _open_data(args: argparse.Namespace, data_config: Dict[str, Any], accelerato
     return train_set, val_set
 
 
+def _loaders(args: argparse.Namespace, train_set: CXRDataset, val_set: CXRDataset):
+    """The training loader (shuffled, or class-balanced draws) and the validation loader."""
+    sampler = BalancedSampler(train_set.labels(), args.seed) if args.balance == 'sampler' else None
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler,
+                              num_workers=args.workers, generator=seeded_generator(args.seed))
+    return train_loader, DataLoader(val_set, batch_size=args.batch_size, num_workers=args.workers)
+
+
+def _class_weights(args: argparse.Namespace, train_set: CXRDataset) -> Optional[Tuple[float, ...]]:
+    """Cross-entropy weights inverse to the class frequencies (--balance loss), else None."""
+    if args.balance != 'loss':
+        return None
+    labels = train_set.labels()
+    counts = [max(labels.count(k), 1) for k in range(len(train_set.class_names))]
+    return tuple(len(labels) / (len(counts) * c) for c in counts)
+
+
 def _training_record(args: argparse.Namespace, class_names: List[str], train_set: CXRDataset,
                      val_set: CXRDataset, epoch: int) -> Dict[str, Any]:
     """What a checkpoint's classifier was trained on: it is what tells a trained checkpoint from an untrained one."""
@@ -215,17 +204,6 @@ def _training_record(args: argparse.Namespace, class_names: List[str], train_set
                 validation_images=len(val_set), epochs=args.epochs, epoch=epoch, img_size=args.img_size,
                 method=args.method, model=args.model, pretrained=args.pretrained, seed=args.seed,
                 magsd_timm=magsd_timm.__version__)
-
-
-def _save_model(model: torch.nn.Module, folder: Path, class_names: List[str], data_config: Dict[str, Any],
-                training: Dict[str, Any], card: Optional[Callable[[Path], str]] = None) -> None:
-    """A checkpoint folder in timm's Hub format, with the trained input size and the training record, atomically."""
-    with atomic_folder(folder, 'checkpoint') as staging:
-        save_for_hf(model, staging, safe_serialization=True,
-                    model_config={'label_names': list(class_names), 'training': training},
-                    data_config={k: data_config[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')})
-        if card is not None:
-            (staging / 'README.md').write_text(card(staging))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -240,118 +218,70 @@ def _train(args: argparse.Namespace, argv: List[str]) -> int:
         cpu=args.cpu, mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         log_with='tensorboard' if is_tensorboard_available() else None, project_dir=str(args.output))
+    run = RunFolder(args.output)
     with contextlib.ExitStack() as stack:
-        _claim_output(accelerator, args, stack)
-        return _run(accelerator, args, argv)
+        _claim_output(accelerator, run, args.resume, stack)
+        return _run(accelerator, args, argv, run)
 
 
-def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str]) -> int:
+def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str], run: RunFolder) -> int:
+    # set up: data, model, optimizer, schedule, EMA, objective
     set_seed(args.seed)
     command = 'accelerate launch recipes/train.py ' + shlex.join(argv)
     recorded = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != 'traceback'}
     if args.resume:
-        _check_resume(args, recorded)
-
+        _check_resume(args, run, recorded)
     data_config = resolve_cxr_data_config(_create_model(args, 1, meta=True), img_size=args.img_size)
     train_set, val_set = _open_data(args, data_config, accelerator)
     class_names = train_set.class_names
     model = _create_model(args, len(class_names))
-    if args.opt == 'paper':
-        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, nesterov=True,
-                                    weight_decay=args.weight_decay)
-    else:
-        optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
-                                        momentum=args.momentum)
-    steps_per_epoch = math.ceil(len(train_set) / args.batch_size / args.grad_accum)  # over all processes
-    if args.sched.startswith('timm:'):  # timm's factory, stepped per update
-        scheduler, _ = create_scheduler_v2(
-            optimizer, sched=args.sched[len('timm:'):], num_epochs=args.epochs, warmup_epochs=args.warmup_epochs,
-            step_on_epochs=False, updates_per_epoch=steps_per_epoch)
-    else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(
-            args.sched, steps_per_epoch * args.epochs, round(args.warmup_epochs * steps_per_epoch)))
+    optimizer = create_optimizer(model, args.opt, args.lr, args.momentum, args.weight_decay)
     ema = ModelEmaV3(model, decay=args.model_ema) if args.model_ema else None
-    labels = train_set.labels()
-    counts = [max(labels.count(k), 1) for k in range(len(class_names))]
-    class_weights = tuple(len(labels) / (len(counts) * c) for c in counts) if args.balance == 'loss' else None
-    sampler = BalancedSampler(labels, args.seed) if args.balance == 'sampler' else None
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler,
-                              num_workers=args.workers, generator=torch.Generator().manual_seed(args.seed))
-    val_loader = DataLoader(val_set, batch_size=args.batch_size, num_workers=args.workers)
-    timm_scheduler = args.sched.startswith('timm:')
+    train_loader, val_loader = _loaders(args, train_set, val_set)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    scheduler = create_schedule(optimizer, args.sched, args.epochs, math.ceil(len(train_loader) / args.grad_accum),
+                                args.warmup_epochs)
+    class_weights = _class_weights(args, train_set)
+    setup = TrainSetup(model, optimizer, scheduler, MagSDObjective(class_weights=class_weights)
+                       if args.method == 'magsd' else None, ema, args.clip_grad, args.label_smoothing,
+                       class_weights, args.seed)
     progress = TrainProgress()
-    accelerator.register_for_checkpointing(progress)
-    if timm_scheduler:
-        accelerator.register_for_checkpointing(scheduler)
-    else:
-        scheduler = accelerator.prepare(scheduler)
-    if ema is not None:
-        ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
-    objective = MagSDObjective(class_weights=class_weights) if args.method == 'magsd' else None
-
-    output = args.output
-    checkpoints = output / 'checkpoints'
-    summary_rows: List[Dict[str, Any]] = []
-    if args.resume:
-        last = latest_checkpoint(checkpoints)
-        if last is None:
-            accelerator.print(f'--resume: no checkpoint in {display(checkpoints)}, starting afresh')
-        else:
-            try:
-                accelerator.load_state(str(last))
-            except (RuntimeError, KeyError, ValueError) as e:
-                raise BadInputError(f'--resume: {display(last)} does not fit this run\'s model, optimizer or '
-                                    f'schedule ({" ".join(str(e).split())[:300]}).') from e
-            accelerator.print(f'resumed from {display(last)} (epoch {progress.epoch}, step {progress.global_step})')
-        if (output / 'summary.json').exists():
-            summary_rows = [r for r in json.loads((output / 'summary.json').read_text()) if r['epoch'] < progress.epoch]
+    for state in (progress, scheduler, *([ema.to(accelerator.device)] if ema is not None else [])):
+        accelerator.register_for_checkpointing(state)
+    summary_rows = _resume(accelerator, args, run, progress) if args.resume else []
     if accelerator.is_main_process:
-        output.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(output / 'args.yaml', yaml.safe_dump(dict(recorded, command=command), sort_keys=False))
+        run.write_args(recorded, command)
         # each split's opening dedups the whole source, so a duplicate is listed by both: once is enough
         dropped = [dict(file=f, reason=why) for f, why in dict.fromkeys(train_set.dropped + val_set.dropped)]
         if dropped:
-            write_text_atomic(output / 'skipped.json', strict_json(dropped))
             accelerator.print(f'train: left out {len(dropped)} image(s) (duplicates, label conflicts, unreadable '
-                              f'files), listed in {display(output / "skipped.json")}')
-
+                              f'files), listed in {display(run.write_skipped(dropped))}')
     accelerator.init_trackers('magsd', config={k: str(v) for k, v in recorded.items()})
+    exported = ema.module if ema is not None else accelerator.unwrap_model(model)
+
+    # the loop: train an epoch, evaluate, save the best, checkpoint
     bar = tqdm(total=len(train_loader) * args.epochs, initial=progress.global_step, unit='batch',
                disable=not accelerator.is_local_main_process)
-    clock = [time.perf_counter()]
-
-    def on_step(parts: Dict[str, float]) -> None:
-        if ema is not None:
-            ema.update(unwrapped, step=progress.global_step)
-        now = time.perf_counter()
-        images_per_s = args.batch_size * args.grad_accum * accelerator.num_processes / max(now - clock[0], 1e-9)
-        clock[0] = now
-        bar.update()
-        bar.set_postfix(loss=f"{parts['loss']:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}",
-                        img_s=f'{images_per_s:.1f}')
-        accelerator.log({f'train/{k}': v for k, v in parts.items()} | {'train/images_per_s': images_per_s},
-                        step=progress.global_step)
-        if timm_scheduler:
-            # global optimizer updates, the unit of steps_per_epoch (accelerate counts the LambdaLR alike)
-            scheduler.step_update(progress.global_step * accelerator.num_processes // args.grad_accum)
-        else:
-            scheduler.step()  # accelerate's wrapper only steps when the optimizer did
-        if args.checkpoint_every and progress.global_step % args.checkpoint_every == 0 and accelerator.sync_gradients:
-            save_checkpoint(accelerator, checkpoints, progress.global_step, args.keep_checkpoints)
-
-    unwrapped = accelerator.unwrap_model(model)
-    exported = ema.module if ema is not None else unwrapped
     while progress.epoch < args.epochs:
+        model.train()
         train_loader.set_epoch(progress.epoch)
         train_set.set_epoch(progress.epoch)
-        loader = accelerator.skip_first_batches(train_loader, progress.step_in_epoch)
-        logged = train_one_epoch(accelerator, model, loader, optimizer, progress, objective, args.seed, on_step,
-                                 args.label_smoothing, args.clip_grad, class_weights)
+        logged, clock = [], time.perf_counter()
+        for images, labels in accelerator.skip_first_batches(train_loader, progress.step_in_epoch):
+            parts = train_step(accelerator, setup, images, labels, progress)
+            last, clock = clock, time.perf_counter()
+            images_per_s = len(images) * accelerator.num_processes / max(clock - last, 1e-9)
+            bar.update()
+            bar.set_postfix(loss=f"{parts['loss']:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}",
+                            img_s=f'{images_per_s:.1f}')
+            accelerator.log({f'train/{k}': v for k, v in parts.items()} | {'train/images_per_s': images_per_s},
+                            step=progress.global_step)
+            logged.append(parts)
+            if args.checkpoint_every and progress.global_step % args.checkpoint_every == 0 and accelerator.sync_gradients:
+                save_checkpoint(accelerator, run.checkpoints, progress.global_step, args.keep_checkpoints)
         metrics = evaluate(accelerator, ema.module if ema is not None else model, val_loader, class_names)
         row = {'epoch': progress.epoch, 'lr': optimizer.param_groups[0]['lr'],
-               **{f'train_{k}': sum(float(p[k]) for p in logged) / max(len(logged), 1) for k in (logged[0] if logged else {})},
+               **{f'train_{k}': sum(p[k] for p in logged) / len(logged) for k in (logged[0] if logged else {})},
                **{f'val_{k}': metrics[k] for k in ('accuracy', 'macro_f1')}}
         summary_rows.append(row)
         progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
@@ -362,22 +292,39 @@ def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str]) ->
         if accelerator.is_main_process:
             if improved:
                 training = _training_record(args, class_names, train_set, val_set, row['epoch'])
-                _export_best(output, exported, metrics, row['epoch'], class_names, recorded, command, data_config,
-                             training)
-            write_text_atomic(output / 'summary.json', strict_json(summary_rows), 'run summary')
-            _write_summary(output / 'summary.csv', summary_rows)
-            plot_curves(summary_rows, output / 'curves.png')
+                run.save_model(BEST, exported, class_names, data_config, training, card=lambda folder: render_model_card(
+                    exported, TrainingRun(folder, recorded, metrics, row['epoch'], command), repo_id='ORG/NAME'))
+                run.write_best_report(metrics, row['epoch'], class_names)
+            run.write_summary(summary_rows)
         bar.write(f"epoch {row['epoch']}: " + ', '.join(f'{k} {v:.4f}' for k, v in row.items() if k != 'epoch'))
-        save_checkpoint(accelerator, checkpoints, progress.global_step, args.keep_checkpoints)
+        save_checkpoint(accelerator, run.checkpoints, progress.global_step, args.keep_checkpoints)
     bar.close()
-    _check_ranks_in_sync(accelerator, unwrapped)
+
+    # the end: every process agrees, the final model is saved
+    _check_ranks_in_sync(accelerator, accelerator.unwrap_model(model))
     if accelerator.is_main_process:
-        _save_model(exported, output / 'final', class_names, data_config,
-                    _training_record(args, class_names, train_set, val_set, args.epochs - 1))
-        accelerator.print(f'done: {display(output)}. Push the best checkpoint to the Hub with:\n'
-                          f'  magsd-hub push-model {display(output)} ORG/NAME')
+        run.save_model(FINAL, exported, class_names, data_config,
+                       _training_record(args, class_names, train_set, val_set, args.epochs - 1))
+        accelerator.print(f'done: {display(run.path)}. Push the best checkpoint to the Hub with:\n'
+                          f'  magsd-hub push-model {display(run.path)} ORG/NAME')
     accelerator.end_training()
     return 0
+
+
+def _resume(accelerator: Accelerator, args: argparse.Namespace, run: RunFolder, progress: TrainProgress
+            ) -> List[Dict[str, Any]]:
+    """Load the last checkpoint (if any) into the prepared state; the summary rows of the epochs it completed."""
+    last = latest_checkpoint(run.checkpoints)
+    if last is None:
+        accelerator.print(f'--resume: no checkpoint in {display(run.checkpoints)}, starting afresh')
+        return []
+    try:
+        accelerator.load_state(str(last))
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise BadInputError(f'--resume: {display(last)} does not fit this run\'s model, optimizer or '
+                            f'schedule ({" ".join(str(e).split())[:300]}).') from e
+    accelerator.print(f'resumed from {display(last)} (epoch {progress.epoch}, step {progress.global_step})')
+    return run.read_summary(progress.epoch)
 
 
 def _check_ranks_in_sync(accelerator, model: torch.nn.Module) -> None:
@@ -387,19 +334,6 @@ def _check_ranks_in_sync(accelerator, model: torch.nn.Module) -> None:
     if not torch.all(sums == sums[0]):
         raise RuntimeError(f'processes ended with different weights (checksums {sums.tolist()})')
     accelerator.print(f'{accelerator.num_processes} process(es) in sync: weight checksum {float(sums[0]):.6f}')
-
-
-def _export_best(output: Path, model: torch.nn.Module, metrics: Dict[str, Any], epoch: int,
-                 class_names: List[str], args: Dict[str, Any], command: str, data_config: Dict[str, Any],
-                 training: Dict[str, Any]) -> None:
-    """The best checkpoint in timm's Hub format with a model card draft, and its evaluation report."""
-    _save_model(model, output / 'best', class_names, data_config, training, card=lambda folder: render_model_card(
-        model, TrainingRun(folder, args, metrics, epoch, command), repo_id='ORG/NAME'))
-    write_text_atomic(output / 'eval_best.json', strict_json(dict(metrics, epoch=epoch)), 'evaluation report')
-    overall, per_class = metrics_markdown(metrics, class_names)
-    write_text_atomic(output / 'eval_best.md', f'# Validation report, best epoch {epoch}\n\n| metric | value |\n'
-                                               f'|---|---|\n{overall}\n\n{per_class}\n', 'evaluation report')
-    plot_confusion_matrix(metrics['confusion_matrix'], class_names, output / 'confusion_matrix.png')
 
 
 if __name__ == '__main__':

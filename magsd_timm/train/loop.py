@@ -1,87 +1,84 @@
-"""One training epoch and one evaluation pass, the way accelerate's examples write them."""
+"""One training update and one evaluation pass, the way accelerate's examples write them.
+
+``train_step`` is everything one batch does to the weights: the forward and backward pass (the
+MAG-SD objective, or cross-entropy for the baseline), and at each optimizer update (every
+``gradient_accumulation_steps`` batches, ``accelerator.sync_gradients``) the gradient clipping, the
+optimizer step, the learning-rate schedule and the weight EMA. A training loop calls it once per
+batch and does the rest (logging, checkpoints, evaluation) itself.
+"""
 import math
-from typing import Callable, Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from timm.scheduler.scheduler import Scheduler
+from timm.utils import ModelEmaV3
 
 from ..console import DivergedError
 from ..metrics import classification_metrics
 from ..objective import MagSDObjective
+from ..seeds import seeded_generator
 from .checkpoint import TrainProgress
 
-__all__ = ['NonFiniteLossError', 'evaluate', 'lr_factor', 'train_one_epoch']
+__all__ = ['NonFiniteLossError', 'TrainSetup', 'evaluate', 'train_step']
 
 
 class NonFiniteLossError(DivergedError):
     """The loss became NaN or infinite: the run stops before any checkpoint takes the broken weights."""
 
 
-def lr_factor(schedule: str, total_steps: int, warmup_steps: int = 0) -> Callable[[int], float]:
-    """Learning-rate factor per step: linear warmup, then 'step' (x0.1 at 50% and 83%, the paper's),
-    'cosine' (to zero at the end) or 'constant'."""
-    if schedule not in ('step', 'cosine', 'constant'):
-        raise ValueError(f"Unknown schedule '{schedule}': choose step, cosine or constant.")
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if schedule == 'step':
-            return 0.1 ** sum(step >= int(total_steps * m) for m in (0.5, 0.83))
-        if schedule == 'cosine':
-            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.)))
-        return 1.
-    return factor
+@dataclass
+class TrainSetup:
+    """What a training update works on (prepared by accelerate) and how: objective, clipping, schedule, EMA."""
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Optional[Scheduler] = None  # timm's, stepped per update (train.optim.create_schedule)
+    objective: Optional[MagSDObjective] = None  # None: cross-entropy on the raw images (the baseline)
+    ema: Optional[ModelEmaV3] = None
+    clip_grad: Optional[float] = None
+    label_smoothing: float = 0.  # of the baseline's cross-entropy
+    class_weights: Optional[Sequence[float]] = None  # of the baseline's cross-entropy
+    seed: int = 0  # with the global step, it draws the MAG-SD views: a resumed run draws the same ones
 
 
-def _step_generator(seed: int, global_step: int) -> torch.Generator:
-    """The augmentation randomness of one step: a function of the seed and the step, so resumes repeat it."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + global_step)
+def _loss(accelerator, setup: TrainSetup, images: torch.Tensor, labels: torch.Tensor,
+          global_step: int) -> Dict[str, torch.Tensor]:
+    """Forward and backward of one batch; the detached loss and its parts."""
+    if setup.objective is not None:
+        return setup.objective.backward(setup.model, images, labels, seeded_generator(setup.seed, global_step),
+                                        accelerator.backward).parts
+    logits = setup.model(images)
+    weight = torch.tensor(setup.class_weights, device=logits.device) if setup.class_weights is not None else None
+    loss = F.cross_entropy(logits, labels, weight=weight, label_smoothing=setup.label_smoothing)
+    accelerator.backward(loss)
+    return {'loss': loss.detach(), 'accuracy': (logits.argmax(-1) == labels).float().mean()}
 
 
-def train_one_epoch(
-        accelerator,
-        model: torch.nn.Module,
-        loader,
-        optimizer: torch.optim.Optimizer,
-        progress: TrainProgress,
-        objective: Optional[MagSDObjective],
-        seed: int,
-        on_step: Optional[Callable[[Dict[str, float]], None]] = None,
-        label_smoothing: float = 0.,
-        clip_grad: Optional[float] = None,
-        class_weights: Optional[Sequence[float]] = None,
-) -> List[Dict[str, torch.Tensor]]:
-    """Train over loader (already advanced to progress.step_in_epoch); objective None is plain cross-entropy."""
-    model.train()
-    logged = []
-    for images, labels in loader:
-        with accelerator.accumulate(model):
-            if objective is not None:
-                out = objective.backward(
-                    model, images, labels, _step_generator(seed, progress.global_step), accelerator.backward)
-                loss, parts = out.loss, out.parts
-            else:
-                logits = model(images)
-                weight = torch.tensor(class_weights, device=logits.device) if class_weights is not None else None
-                loss = F.cross_entropy(logits, labels, weight=weight, label_smoothing=label_smoothing)
-                accelerator.backward(loss)
-                parts = {'loss': loss.detach(), 'accuracy': (logits.argmax(-1) == labels).float().mean()}
-            if not math.isfinite(loss.item()):
-                raise NonFiniteLossError(
-                    f'loss is {loss.item()} at epoch {progress.epoch}, step {progress.global_step}: stopping; '
-                    'the last checkpoint is untouched (lower the learning rate or use bf16 instead of fp16).')
-            if clip_grad is not None and accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(model.parameters(), clip_grad)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        progress.step_in_epoch += 1
-        progress.global_step += 1
-        logged.append(parts)
-        if on_step is not None:
-            on_step({k: float(v) for k, v in parts.items()})
-    return logged
+def train_step(accelerator, setup: TrainSetup, images: torch.Tensor, labels: torch.Tensor,
+               progress: TrainProgress) -> Dict[str, float]:
+    """Train on one batch (model in train mode); at an optimizer update also clip, step, schedule and EMA."""
+    with accelerator.accumulate(setup.model):
+        parts = _loss(accelerator, setup, images, labels, progress.global_step)
+        loss = float(parts['loss'])
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f'loss is {loss} at epoch {progress.epoch}, step {progress.global_step}: stopping; '
+                'the last checkpoint is untouched (lower the learning rate or use bf16 instead of fp16).')
+        if accelerator.sync_gradients:
+            if setup.clip_grad is not None:
+                accelerator.clip_grad_norm_(setup.model.parameters(), setup.clip_grad)
+            setup.optimizer.step()
+            setup.optimizer.zero_grad(set_to_none=True)
+    progress.step_in_epoch += 1
+    progress.global_step += 1
+    if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:  # fp16 skips overflowing steps
+        progress.updates += 1
+        if setup.scheduler is not None:
+            setup.scheduler.step_update(progress.updates)
+        if setup.ema is not None:
+            setup.ema.update(accelerator.unwrap_model(setup.model), step=progress.updates)
+    return {k: float(v) for k, v in parts.items()}
 
 
 @torch.no_grad()

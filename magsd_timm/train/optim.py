@@ -1,0 +1,45 @@
+"""The optimizer and the learning-rate schedule of a run, from timm's factories.
+
+``create_optimizer`` gives the authors' SGD (``'paper'``: Nesterov momentum) or any optimizer timm
+names. ``create_schedule`` gives a timm scheduler stepped once per optimizer update: the paper's
+step schedule is timm's ``multistep`` (x0.1 at 50% and 83% of the run), ``cosine`` decays to zero,
+``constant`` holds, and ``timm:NAME`` is any schedule of timm's factory with its defaults. Every
+schedule starts with an optional linear warmup from one update's share of the learning rate.
+"""
+from typing import Tuple
+
+import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.scheduler.scheduler import Scheduler
+
+__all__ = ['PAPER_MILESTONES', 'SCHEDULES', 'TIMM_SCHEDULES', 'create_optimizer', 'create_schedule']
+
+SCHEDULES = ('step', 'cosine', 'constant')
+TIMM_SCHEDULES = ('cosine', 'tanh', 'step', 'multistep', 'plateau', 'poly', 'rsqrt', 'wsd', 'constant')
+PAPER_MILESTONES: Tuple[float, ...] = (0.5, 0.83)  # fractions of the run where the paper's schedule drops x0.1
+
+
+def create_optimizer(model: torch.nn.Module, opt: str, lr: float, momentum: float,
+                     weight_decay: float) -> torch.optim.Optimizer:
+    """'paper': the authors' SGD with Nesterov momentum over every parameter; else timm's optimizer of that name."""
+    if opt == 'paper':
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+    return create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum)
+
+
+def create_schedule(optimizer: torch.optim.Optimizer, sched: str, epochs: int, updates_per_epoch: int,
+                    warmup_epochs: float = 0.) -> Scheduler:
+    """A timm scheduler for `sched` (see SCHEDULES, or timm:NAME), to step with step_update(updates done)."""
+    name = sched.removeprefix('timm:') if sched.startswith('timm:') else {'step': 'multistep'}.get(sched, sched)
+    if sched not in SCHEDULES and (not sched.startswith('timm:') or name not in TIMM_SCHEDULES):
+        raise ValueError(f"Unknown schedule '{sched}': choose {', '.join(SCHEDULES)} or timm:NAME with NAME one of "
+                         f"{', '.join(TIMM_SCHEDULES)}.")
+    warmup_updates = warmup_epochs * updates_per_epoch
+    lr = optimizer.param_groups[0]['lr']
+    kwargs = dict(decay_milestones=[m * epochs for m in PAPER_MILESTONES], decay_rate=0.1) if sched == 'step' else {}
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched=name, num_epochs=epochs, warmup_epochs=warmup_epochs,
+        warmup_lr=lr / max(warmup_updates, 1), min_lr=0., step_on_epochs=False, updates_per_epoch=updates_per_epoch,
+        **kwargs)
+    return scheduler

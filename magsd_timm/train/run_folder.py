@@ -1,0 +1,142 @@
+"""A training run's output folder: what it holds, written by the trainer and read back, in one place.
+
+    OUTPUT/
+      args.yaml              the run's arguments and the command that started it
+      checkpoints/step_*     accelerate states to resume from (train.checkpoint)
+      best/, final/          timm Hub format: model.safetensors and config.json (label names, the trained
+                             input size, a training record); best/README.md is a model card draft
+      eval_best.json, .md    the best checkpoint's validation report
+      confusion_matrix.png   of that report
+      summary.json, .csv     one row per epoch; curves.png plots them
+      skipped.json           images left out (duplicates, label conflicts, unreadable files)
+
+Every file and checkpoint folder is written atomically; one process at a time may write a run folder
+(``claim``). ``find_run`` reads a run back for model cards and Hub pushes.
+"""
+import contextlib
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import torch
+import yaml
+from timm.models import save_for_hf
+
+from ..console import BadInputError, display
+from ..models.weights import SAFE_WEIGHTS
+from ..outputs import atomic_folder, atomic_path, exclusive_lock, recover_folder, strict_json, write_text_atomic
+from .checkpoint import remove_partial_checkpoints
+
+__all__ = ['BEST', 'FINAL', 'RunFolder', 'TrainingRun', 'find_run']
+
+BEST, FINAL = 'best', 'final'
+ARGS, EVAL_BEST, SUMMARY, SKIPPED = 'args.yaml', 'eval_best.json', 'summary.json', 'skipped.json'
+_DATA_CONFIG_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')
+
+
+@dataclass
+class TrainingRun:
+    """A checkpoint and what its training run recorded about it."""
+    checkpoint: Path
+    args: Dict[str, Any] = field(default_factory=dict)
+    metrics: Optional[Dict[str, Any]] = None
+    epoch: Optional[int] = None
+    command: Optional[str] = None
+
+
+def find_run(path: Union[str, Path]) -> TrainingRun:
+    """The checkpoint of a run folder (its best/) or a checkpoint folder, with the run's records."""
+    path = Path(path)
+    if (path / BEST / 'config.json').is_file():
+        checkpoint, run_dir = path / BEST, path
+    elif (path / 'config.json').is_file():
+        checkpoint, run_dir = path, path.parent
+    else:
+        raise FileNotFoundError(
+            f"No checkpoint in '{path}': expected a training output folder (with best/config.json, as "
+            f"recipes/train.py leaves it) or a folder with config.json and {SAFE_WEIGHTS}.")
+    run = TrainingRun(checkpoint)
+    folder = RunFolder(run_dir)
+    run.args = folder.read_args()
+    run.command = run.args.pop('command', None)
+    if (run_dir / EVAL_BEST).is_file() and checkpoint.name == BEST:
+        metrics = json.loads((run_dir / EVAL_BEST).read_text())
+        run.epoch = metrics.pop('epoch', None)
+        run.metrics = metrics
+    return run
+
+
+class RunFolder:
+    """The output folder of one training run (see the module's docstring for its layout)."""
+
+    def __init__(self, path: Union[str, Path]):
+        self.path = Path(path)
+        self.checkpoints = self.path / 'checkpoints'
+
+    def claim(self, stack: contextlib.ExitStack, resume: bool) -> List[str]:
+        """Hold the folder's lock for the stack's life, refuse a used folder unless resuming; clean-ups done, said."""
+        stack.enter_context(exclusive_lock(self.path, 'training run'))
+        if self.path.exists() and any(self.path.iterdir()) and not resume:
+            raise BadInputError(f'--output {display(self.path)} is not empty: pass --resume to continue it, or '
+                                'choose another folder.')
+        notes = [*recover_folder(self.path / BEST), *recover_folder(self.path / FINAL)]
+        return notes + [f'removed {display(p)}, left by an interrupted run'
+                        for p in remove_partial_checkpoints(self.checkpoints)]
+
+    def read_args(self) -> Dict[str, Any]:
+        """The arguments the run recorded (with its command), or {} before the run started."""
+        path = self.path / ARGS
+        return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+    def write_args(self, args: Dict[str, Any], command: str) -> None:
+        """Record the run's arguments and the command that started it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.path / ARGS, yaml.safe_dump(dict(args, command=command), sort_keys=False), 'run arguments')
+
+    def write_skipped(self, dropped: Sequence[Dict[str, str]]) -> Path:
+        """List the images the run left out."""
+        return write_text_atomic(self.path / SKIPPED, strict_json(list(dropped)), 'list of skipped images')
+
+    def read_summary(self, before_epoch: int) -> List[Dict[str, Any]]:
+        """The per-epoch rows of the epochs before before_epoch (what a resumed run keeps)."""
+        path = self.path / SUMMARY
+        return [r for r in json.loads(path.read_text()) if r['epoch'] < before_epoch] if path.is_file() else []
+
+    def write_summary(self, rows: List[Dict[str, Any]]) -> None:
+        """The per-epoch rows as summary.json and summary.csv, plotted in curves.png."""
+        from ..plots import plot_curves  # matplotlib, only where a run writes its figures
+
+        write_text_atomic(self.path / SUMMARY, strict_json(rows), 'run summary')
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=sorted({k for row in rows for k in row}, key=lambda k: (k != 'epoch', k)))
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text_atomic(self.path / 'summary.csv', buffer.getvalue(), 'run summary')
+        with atomic_path(self.path / 'curves.png', 'learning curves') as staged:
+            plot_curves(rows, staged)
+
+    def save_model(self, name: str, model: torch.nn.Module, class_names: Sequence[str], data_config: Dict[str, Any],
+                   training: Dict[str, Any], card: Optional[Callable[[Path], str]] = None) -> Path:
+        """best/ or final/ in timm's Hub format, with the trained input size, the training record and a card."""
+        folder = self.path / name
+        with atomic_folder(folder, 'checkpoint') as staging:
+            save_for_hf(model, staging, safe_serialization=True,
+                        model_config={'label_names': list(class_names), 'training': training},
+                        data_config={k: data_config[k] for k in _DATA_CONFIG_KEYS})
+            if card is not None:
+                (staging / 'README.md').write_text(card(staging))
+        return folder
+
+    def write_best_report(self, metrics: Dict[str, Any], epoch: int, class_names: Sequence[str]) -> None:
+        """The best checkpoint's validation report (eval_best.json, eval_best.md) and its confusion matrix."""
+        from ..metrics import metrics_markdown
+        from ..plots import plot_confusion_matrix
+
+        write_text_atomic(self.path / EVAL_BEST, strict_json(dict(metrics, epoch=epoch)), 'evaluation report')
+        write_text_atomic(self.path / 'eval_best.md', f'# Validation report, best epoch {epoch}\n\n'
+                                                      f'{metrics_markdown(metrics, class_names)}', 'evaluation report')
+        with atomic_path(self.path / 'confusion_matrix.png', 'confusion matrix') as staged:
+            plot_confusion_matrix(metrics['confusion_matrix'], class_names, staged)

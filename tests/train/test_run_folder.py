@@ -1,0 +1,72 @@
+"""A run folder: written by the trainer's calls, read back by find_run, claimed by one run at a time."""
+import contextlib
+import json
+
+import pytest
+import timm
+
+import magsd_timm  # noqa: F401
+from magsd_timm.console import BadInputError
+from magsd_timm.outputs import OutputBusyError
+from magsd_timm.train.run_folder import BEST, FINAL, RunFolder, find_run
+
+CLASSES = ['bacterial pneumonia', 'normal']
+DATA_CONFIG = dict(input_size=(1, 64, 64), interpolation='bilinear', mean=(0.449,), std=(0.226,), crop_pct=1.0)
+
+
+def _metrics():
+    per_class = {c: 0.5 for c in CLASSES}
+    return dict(accuracy=0.75, macro_f1=float('nan'), ece=0.1, num_samples=4, confusion_matrix=[[1, 1], [0, 2]],
+                **{m: dict(per_class) for m in ('sensitivity', 'specificity', 'ppv', 'npv', 'auroc', 'auprc')})
+
+
+def test_what_the_trainer_writes_find_run_reads_back(tmp_path):
+    run = RunFolder(tmp_path / 'run')
+    model = timm.create_model('magsd_custom', backbone='test_resnet', num_classes=2)
+    run.write_args({'model': 'magsd_custom', 'epochs': 2}, 'accelerate launch recipes/train.py --epochs 2')
+    run.save_model(BEST, model, CLASSES, DATA_CONFIG, {'epoch': 1}, card=lambda folder: f'card of {folder.name}')
+    run.write_best_report(_metrics(), 1, CLASSES)
+    run.save_model(FINAL, model, CLASSES, DATA_CONFIG, {'epoch': 1})
+    run.write_summary([{'epoch': 0, 'train_loss': 1.0}, {'epoch': 1, 'train_loss': 0.5}])
+
+    found = find_run(run.path)
+    assert found.checkpoint == run.path / BEST and found.epoch == 1
+    assert found.args == {'model': 'magsd_custom', 'epochs': 2}
+    assert found.command == 'accelerate launch recipes/train.py --epochs 2'
+    assert found.metrics['accuracy'] == 0.75 and found.metrics['macro_f1'] is None  # strict JSON: NaN is null
+    config = json.loads((run.path / BEST / 'config.json').read_text())
+    assert config['label_names'] == CLASSES and config['training'] == {'epoch': 1}
+    assert config['pretrained_cfg']['input_size'] == [1, 64, 64]
+    assert (run.path / BEST / 'README.md').read_text().startswith('card of ')  # rendered from the staged folder
+    report = (run.path / 'eval_best.md').read_text()
+    assert '| accuracy | 0.750 |' in report and '| macro_f1 | n/a |' in report
+    assert find_run(run.path / FINAL).metrics is None  # the report belongs to best/ only
+    assert run.read_summary(before_epoch=1) == [{'epoch': 0, 'train_loss': 1.0}]
+    assert (run.path / 'summary.csv').read_text().splitlines()[0] == 'epoch,train_loss'
+    assert {p.name for p in run.path.iterdir()} >= {'args.yaml', 'best', 'final', 'eval_best.json', 'eval_best.md',
+                                                    'confusion_matrix.png', 'summary.json', 'summary.csv', 'curves.png'}
+    assert not [p for p in run.path.iterdir() if p.name.startswith('.')]  # no staging file left behind
+
+
+def test_a_used_folder_is_refused_unless_resumed_and_a_held_one_always(tmp_path):
+    run = RunFolder(tmp_path / 'run')
+    run.write_args({}, 'train')
+    with contextlib.ExitStack() as stack:
+        with pytest.raises(BadInputError, match='is not empty: pass --resume'):
+            run.claim(stack, resume=False)
+    with contextlib.ExitStack() as stack:
+        assert run.claim(stack, resume=True) == []
+        with contextlib.ExitStack() as other, pytest.raises(OutputBusyError, match='another training run'):
+            RunFolder(tmp_path / 'run').claim(other, resume=True)
+
+
+def test_claiming_clears_what_a_killed_run_left(tmp_path):
+    run = RunFolder(tmp_path / 'run')
+    (run.path / '.best.old').mkdir(parents=True)  # killed while replacing best/: the earlier best comes back
+    (run.path / '.final.staging-abc').mkdir()
+    (run.checkpoints / '.step_00000004.staging-save').mkdir(parents=True)
+    with contextlib.ExitStack() as stack:
+        notes = run.claim(stack, resume=True)
+    assert (run.path / BEST).is_dir() and len(notes) == 3
+    assert sorted(p.name for p in run.path.iterdir()) == ['best', 'checkpoints']
+    assert list(run.checkpoints.iterdir()) == []
