@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from ..console import BadInputError, display
-from .sample import kermany_patient_id
+from .sample import KERMANY_LABELS, kermany_kind, kermany_patient_id
 
 __all__ = [
     'IMAGE_SUFFIXES', 'Record', 'SPLIT_NAMES', 'covid_radiography_records', 'covidx_records', 'fold_labels',
@@ -140,20 +140,13 @@ def manifest_records(path: PathLike) -> List[Record]:
     return fold_labels(records)[0]
 
 
-KERMANY_LABELS = {'normal': 'normal', 'bacteria': 'bacterial pneumonia', 'virus': 'viral pneumonia'}
-
-
 def kermany_records(root: PathLike, label_map: Optional[Mapping[str, Optional[str]]] = None) -> List[Record]:
     """Kermany 'chest_xray': {train,test,val}/{NORMAL,PNEUMONIA}/*.jpeg; personN_bacteria_M is patient N."""
     root = _require_dir(root)
     records = []
     for path in _images(root):
         split_dir = next((p for p in path.relative_to(root).parts if p.lower() in SPLIT_NAMES), None)
-        name = path.stem.lower()
-        kind = 'bacteria' if '_bacteria_' in name else 'virus' if '_virus_' in name else 'normal'
-        if kind == 'normal' and path.parent.name.upper() != 'NORMAL':
-            kind = 'pneumonia (unspecified)'
-        records.append(_record(path, kind, kermany_patient_id(path.name), 'kermany',
+        records.append(_record(path, kermany_kind(path), kermany_patient_id(path.name), 'kermany',
                                SPLIT_NAMES[split_dir.lower()] if split_dir else None))
     return _mapped(records, dict(KERMANY_LABELS, **(label_map or {})), 'kermany')
 

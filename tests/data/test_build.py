@@ -28,7 +28,7 @@ def test_sample_dataset_has_patient_splits_card_and_saved_assignment(tmp_path):
     dataset = load_prepared(out)
     assert set(dataset) == {'train', 'validation', 'test'}
     assert sum(len(d) for d in dataset.values()) == 16 == sum(summary['counts'].values())
-    assert dataset['train'].features['label'].names == ['normal', 'pneumonia']
+    assert dataset['train'].features['label'].names == ['bacterial pneumonia', 'normal']
     homes = {split for split, d in dataset.items() for p in d['patient_id'] if p == 'kermany16/person1946'}
     assert len(homes) == 1  # person1946's two films share a split
     assert summary['skipped'] == 1 and summary['duplicates'] == 1
@@ -42,7 +42,7 @@ def test_sample_dataset_has_patient_splits_card_and_saved_assignment(tmp_path):
     meta = yaml.safe_load(card.split('---')[1])
     assert meta['license'] == 'cc-by-4.0' and meta['task_categories'] == ['image-classification']
     assert meta['size_categories'] == ['n<1K'] and meta['source_datasets'] == ['kermany16']
-    assert meta['class_names'] == ['normal', 'pneumonia']
+    assert meta['class_names'] == ['bacterial pneumonia', 'normal']
     assert 'seed 5' in card and 'Pediatric' in card and 'Source decides label' in card
     assert '| normal |' in card and '| kermany16 |' in card
 

@@ -22,7 +22,7 @@ def test_bundled_sample_is_split_by_patient():
     assert sum(len(d) for d in splits.values()) == 16
     image, label = splits['train'][0]
     assert image.shape == (1, 64, 64) and label in (0, 1)
-    assert splits['train'].class_names == ['normal', 'pneumonia']
+    assert splits['train'].class_names == ['bacterial pneumonia', 'normal']
 
 
 def test_prepared_dataset_folder_gives_its_own_splits(tmp_path):

@@ -43,7 +43,7 @@ def test_create_model_from_the_hub_rebuilds_the_exact_model(hub, pushed):
     x = torch.randn(2, 1, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(x), local(x))
-    assert list(model.pretrained_cfg['label_names']) == ['normal', 'pneumonia']
+    assert list(model.pretrained_cfg['label_names']) == ['bacterial pneumonia', 'normal']
     assert resolve_cxr_data_config(model) == resolve_cxr_data_config(local)
     assert model.backbone_name == 'test_resnet' and model.num_maps == 4
     assert _hub_requests(hub, since) == {REPO}  # the backbone's weights were not downloaded
@@ -80,7 +80,7 @@ def test_a_registered_tag_pulls_its_weights_from_the_hub(pushed):
         from timm.models import register_model
         import magsd_timm.models.magsd as magsd
         magsd.default_cfgs = magsd._default_cfgs({{'magsd_custom.loopback': dict(
-            hf_hub_id='{REPO}', num_classes=2, label_names=('normal', 'pneumonia'))}})
+            hf_hub_id='{REPO}', num_classes=2, label_names=('bacterial pneumonia', 'normal'))}})
         register_model(magsd.magsd_custom)
         model = timm.create_model('magsd_custom.loopback', pretrained=True, backbone='test_resnet', num_maps=4)
         saved = load_file('{pushed / 'model.safetensors'}')
@@ -92,7 +92,7 @@ def test_a_registered_tag_pulls_its_weights_from_the_hub(pushed):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.splitlines()[-1])
     assert 'magsd_custom.loopback' in result['tags']
-    assert result['equal'] and result['labels'] == ['normal', 'pneumonia']
+    assert result['equal'] and result['labels'] == ['bacterial pneumonia', 'normal']
 
 
 def test_the_cache_serves_the_model_offline_without_the_server(pushed):

@@ -41,7 +41,7 @@ def test_push_model_commits_weights_config_and_card_in_one_commit(hub, trained_r
         '.gitattributes', 'model.safetensors', 'config.json', 'README.md'}
     assert hub.file('tester/magsd-push', 'model.safetensors') == (trained_run / 'best' / 'model.safetensors').read_bytes()
     config = json.loads(hub.file('tester/magsd-push', 'config.json'))
-    assert config['architecture'] == 'magsd_custom' and config['label_names'] == ['normal', 'pneumonia']
+    assert config['architecture'] == 'magsd_custom' and config['label_names'] == ['bacterial pneumonia', 'normal']
     assert config['model_args']['backbone'] == 'test_resnet' and 'pretrained' not in config['model_args']
     card = hub.file('tester/magsd-push', 'README.md').decode()
     meta = yaml.safe_load(card.split('---')[1])
@@ -183,11 +183,11 @@ def test_push_dataset_round_trips_through_load_dataset_with_its_card(hub, prepar
 
     card = DatasetCard.load('tester/cxr', repo_type='dataset')
     assert card.data.license == 'cc-by-4.0' and card.data.pretty_name == 'Kermany sample'
-    assert card.data.class_names == ['normal', 'pneumonia']
+    assert card.data.class_names == ['bacterial pneumonia', 'normal']
     assert card.data.configs[0]['data_files'][0]['path'] == 'data/train-*'
     assert '## Known biases' in card.content
 
     images, local_images = open_dataset('hf-hub:tester/cxr', 'train'), open_dataset(prepared, 'train')
-    assert images.class_names == local_images.class_names == ['normal', 'pneumonia']
+    assert images.class_names == local_images.class_names == ['bacterial pneumonia', 'normal']
     assert images.labels() == local_images.labels()
     assert all(torch.equal(images[i][0], local_images[i][0]) for i in range(len(images)))

@@ -74,7 +74,7 @@ def test_odd_names_bombs_and_label_conflicts_are_handled_and_listed(tmp_path, ru
     with Image.open(root / 'normal' / '0.jpeg') as image:  # a new image (not a duplicate) under a non-UTF-8 name
         image.convert('L').rotate(3).save(os.fsencode(str(root / 'normal')) + b'/odd_\xff.png')
     bomb_png(root / 'normal' / 'bomb.png')
-    shutil.copyfile(root / 'normal' / '1.jpeg', root / 'pneumonia' / 'also_normal.jpeg')  # one file, two labels
+    shutil.copyfile(root / 'normal' / '1.jpeg', root / 'bacterial pneumonia' / 'also_normal.jpeg')  # one file, two labels
     out = tmp_path / 'out'
     proc = run_here(out, '--folder', root)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -37,10 +37,10 @@ def test_a_run_leaves_checkpoints_exports_and_a_summary(tmp_path):
     # 12 training images of the sample, batch 4: 3 steps an epoch, a checkpoint at each epoch's end
     assert sorted(p.name for p in (out / 'checkpoints').iterdir()) == ['step_00000003', 'step_00000006']
     model = timm.create_model(f'local-dir:{out / "final"}', pretrained=True)
-    assert list(model.pretrained_cfg['label_names']) == ['normal', 'pneumonia']
+    assert list(model.pretrained_cfg['label_names']) == ['bacterial pneumonia', 'normal']
     assert {p.name for p in (out / 'final').iterdir()} == {'model.safetensors', 'config.json'}
     report = json.loads((out / 'eval_best.json').read_text())
-    assert report['num_samples'] == 2 and set(report['sensitivity']) == {'normal', 'pneumonia'}
+    assert report['num_samples'] == 2 and set(report['sensitivity']) == {'bacterial pneumonia', 'normal'}
     assert '| macro_f1 |' in (out / 'eval_best.md').read_text()
     for plot in ('curves.png', 'confusion_matrix.png'):
         assert (out / plot).read_bytes()[:4] == b'\x89PNG'
@@ -48,7 +48,7 @@ def test_a_run_leaves_checkpoints_exports_and_a_summary(tmp_path):
         config = json.loads((out / folder / 'config.json').read_text())
         assert config['pretrained_cfg']['input_size'] == [1, 64, 64]
         assert config['training']['img_size'] == 64 and config['training']['data'] == 'sample'
-        assert config['training']['classes'] == ['normal', 'pneumonia'] and config['training']['train_images'] == 12
+        assert config['training']['classes'] == ['bacterial pneumonia', 'normal'] and config['training']['train_images'] == 12
     assert model.pretrained_cfg['input_size'] == (1, 64, 64)
     card = (out / 'best' / 'README.md').read_text()
     assert '1 x 64 x 64' in card
