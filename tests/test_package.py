@@ -1,0 +1,31 @@
+"""The package as a timm plugin: importing it registers the models and loads nothing else heavy."""
+import importlib.resources
+import subprocess
+import sys
+
+import magsd_timm
+
+
+def test_import_registers_the_models_without_opencv_datasets_matplotlib_or_the_hub_code():
+    code = ('import sys, timm, magsd_timm; '
+            'print(len(timm.list_models("magsd_*")), *sorted(m for m in ("cv2", "datasets", "matplotlib", '
+            '"torchmetrics", "magsd_timm.data", "magsd_timm.hub", "magsd_timm.train") if m in sys.modules))')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ['12']
+
+
+def test_the_lazy_submodules_and_load_arrive_on_first_use():
+    assert magsd_timm.hub.load is magsd_timm.load
+    assert magsd_timm.data.open_dataset and magsd_timm.train.__name__ == 'magsd_timm.train'
+    try:
+        magsd_timm.no_such_thing
+    except AttributeError as e:
+        assert "no attribute 'no_such_thing'" in str(e)
+    else:
+        raise AssertionError('an unknown attribute must raise AttributeError')
+
+
+def test_the_card_templates_ship_with_the_hub_code():
+    hub = importlib.resources.files('magsd_timm.hub')
+    assert '$evaluation' in hub.joinpath('model_card.md').read_text()
+    assert '$split_table' in hub.joinpath('dataset_card.md').read_text()
