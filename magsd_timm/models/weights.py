@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import torch
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-from timm.models._input import get_model_traits
+from timm.models import get_model_traits
 
 from ..console import BadInputError
 
