@@ -31,12 +31,11 @@ import torch.nn.functional as F
 import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import register_notrace_function
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._builder import resolve_pretrained_cfg
-from timm.models._features import FeatureGetterNet, feature_take_indices
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from safetensors import SafetensorError
 
 from .config import check_head_size, check_input_size, check_model_args
+from .timm_private import FeatureGetterNet, feature_take_indices
 from .weights import WeightsMismatchError, check_state_dict, require_safe_weights
 
 __all__ = ['MANet', 'UntrainedClassifierWarning', 'bilinear_attention_pool', 'close_matches', 'display_map',
@@ -398,8 +397,16 @@ class MANet(nn.Module):
             self.attention = nn.ModuleList()
         return take_indices
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits (B, num_classes)."""
+    def forward(self, x: torch.Tensor, return_attention: bool = False
+                ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        """Class logits (B, num_classes); with return_attention, also the attention maps of the same pass.
+
+        The flag lets wrappers (DistributedDataParallel, DataParallel, torch.compile) run the MAG-SD
+        objective's raw pass through their own forward, as they run every other pass. Only a real bool
+        selects the maps: FX, which passes a proxy for every argument, traces the logits path.
+        """
+        if isinstance(return_attention, bool) and return_attention:
+            return self.forward_with_attention(x)
         x = self.forward_features(x)
         return self.forward_head(x)
 
@@ -464,8 +471,11 @@ def _create_magsd(variant: str, pretrained: bool = False, **kwargs: Any) -> MANe
     except SafetensorError as e:
         raise WeightsMismatchError(f'The weights of {where} are not a readable safetensors file ({e}): the file is '
                                    'truncated or corrupt; download or save it again.') from e
+    net = model.model if isinstance(model, FeatureGetterNet) else model
+    # the cfg names the stem of the variant's usual backbone; a saved config.json must name this one's
+    net.pretrained_cfg = dict(net.pretrained_cfg, first_conv=getattr(net, '_traits', {}).get('first_conv'))
     if backbone_only:
-        _load_backbone_pretrained(model.model if isinstance(model, FeatureGetterNet) else model, kwargs.get('cache_dir'))
+        _load_backbone_pretrained(net, kwargs.get('cache_dir'))
         _warn_untrained(variant)
     return model
 

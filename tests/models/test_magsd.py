@@ -115,14 +115,6 @@ def test_display_map_is_the_mean_map_upsampled_to_the_input():
     torch.testing.assert_close(display_map(torch.ones(3, 32, 7, 7), (20, 30)), torch.ones(3, 1, 20, 30))
 
 
-def test_options_change_the_architecture():
-    model = _tiny(num_maps=8, in_chans=3, num_classes=3, drop_rate=.25)
-    assert model.attention[0][0].out_channels == 8
-    assert model.get_submodule(model._traits['first_conv']).in_channels == 3
-    assert model.fc.out_features == 3 and model.head_drop.p == .25
-    assert model(_randn(2, 3, 64, 64)).shape == (2, 3)
-
-
 def test_reset_classifier_keeps_device_dtype_and_mode():
     model = _tiny().eval().to(torch.bfloat16)
     model.reset_classifier(7)
@@ -130,14 +122,48 @@ def test_reset_classifier_keeps_device_dtype_and_mode():
     assert model(_randn(1, 1, 64, 64).to(torch.bfloat16)).shape == (1, 7)
 
 
-@pytest.mark.parametrize('backbone', ['test_efficientnet', 'test_convnext', 'test_vit', 'test_byobnet'])
-def test_generic_entry_wraps_any_backbone(backbone):
-    kwargs = dict(dynamic_img_size=True) if 'vit' in backbone else {}
-    model = timm.create_model('magsd_custom', backbone=backbone, backbone_kwargs=kwargs).eval()
-    with torch.no_grad():
-        logits, attention = model.forward_with_attention(_randn(2, 1, 64, 64))
-    assert logits.shape == (2, 4) and attention.shape[:2] == (2, 32)
-    assert (attention >= 0).all()
+# MA-Net's options, one row each, in the manner of MONAI's network tests: the arguments, then what the
+# built model must be on a (2, in_chans, 64, 64) batch: its output shape, its attention maps' shape,
+# the backbone's top channels, the attended levels, and the stem its config names.
+CASES = [
+    # id, arguments, output, attention maps, top channels, levels, first conv
+    ('defaults', {}, (2, 4), (2, 32, 2, 2), 96, [3, 4], 'backbone.conv1.0'),
+    ('8 maps', dict(num_maps=8), (2, 4), (2, 8, 2, 2), 96, [3, 4], 'backbone.conv1.0'),
+    ('top level only', dict(attn_levels=(-1,)), (2, 4), (2, 32, 2, 2), 96, [4], 'backbone.conv1.0'),
+    ('three levels', dict(attn_levels=(-3, -2, -1)), (2, 4), (2, 32, 2, 2), 96, [2, 3, 4], 'backbone.conv1.0'),
+    ('3 channels', dict(in_chans=3), (2, 4), (2, 32, 2, 2), 96, [3, 4], 'backbone.conv1.0'),
+    ('3 classes, dropout', dict(num_classes=3, drop_rate=.25), (2, 3), (2, 32, 2, 2), 96, [3, 4], 'backbone.conv1.0'),
+    ('BAP embedding', dict(num_classes=0), (2, 32 * 96), (2, 32, 2, 2), 96, [3, 4], 'backbone.conv1.0'),
+    ('no pooling', dict(num_classes=0, global_pool=''), (2, 96 + 32, 2, 2), (2, 32, 2, 2), 96, [3, 4],
+     'backbone.conv1.0'),
+    ('EfficientNet', dict(backbone='test_efficientnet'), (2, 4), (2, 32, 2, 2), 64, [3, 4], 'backbone.conv_stem'),
+    ('ConvNeXt', dict(backbone='test_convnext'), (2, 4), (2, 32, 2, 2), 64, [2, 3], 'backbone.stem_0'),
+    ('ViT', dict(backbone='test_vit', backbone_kwargs=dict(dynamic_img_size=True)), (2, 4), (2, 32, 4, 4), 64, [1, 2],
+     'backbone.model.patch_embed.proj'),
+    ('ByobNet', dict(backbone='test_byobnet'), (2, 4), (2, 32, 2, 2), 256, [3, 4], 'backbone.stem.conv'),
+]
+
+
+@pytest.mark.parametrize('kwargs, output, maps, top_chs, levels, first_conv',
+                         [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_options_build_the_architecture_they_name(kwargs, output, maps, top_chs, levels, first_conv, tmp_path):
+    model = timm.create_model('magsd_custom', **dict(dict(backbone='test_resnet'), **kwargs)).train()
+    x = _randn(2, model.in_chans, 64, 64)
+    out = model(x)
+    features, attention = model.forward_features_and_attention(x)
+    assert tuple(out.shape) == output and tuple(attention.shape) == maps and (attention >= 0).all()
+    assert (model.top_chs, model.attn_levels, len(model.attention)) == (top_chs, levels, len(levels))
+    assert model.num_features == top_chs + maps[1] and features.shape[1] == top_chs
+    if model.num_classes:
+        assert model.fc.in_features == maps[1] * top_chs and model.fc.out_features == output[1]
+    assert model.head_drop.p == kwargs.get('drop_rate', 0.)
+    # the stem the config names is this backbone's own, taking in_chans channels, in the saved config too
+    assert model.pretrained_cfg['first_conv'] == first_conv
+    assert model.get_submodule(first_conv).in_channels == model.in_chans
+    save_for_hf(model, tmp_path, safe_serialization=True)
+    assert json.loads((tmp_path / 'config.json').read_text())['pretrained_cfg']['first_conv'] == first_conv
+    out.float().pow(2).mean().backward()
+    assert all(p.grad is not None for p in model.backbone.parameters() if p.requires_grad)
 
 
 def test_generic_entry_reads_channels_last_backbones():
