@@ -9,8 +9,11 @@ batch (one forward, BatchNorm statistics over all three).
 ``objective(model, images, labels)`` returns the loss for the loop to back-propagate.
 ``objective.backward(model, images, labels)`` back-propagates it itself, pass by pass: the raw
 target is detached, so the loss splits into one term per pass, and each pass's activations are
-freed before the next pass runs. Same gradients, a quarter of the activation memory, and faster on
-CPUs; under DistributedDataParallel only the last pass synchronises the accumulated gradients.
+freed before the next pass runs: the same gradients with one pass's activations alive at a time
+instead of four. In the README's step benchmark (``recipes/benchmark.py --suite step``) that is about
+a third of the step's peak memory, for a step about 4% slower on a 2-core CPU. Under
+DistributedDataParallel only the last pass synchronises the accumulated gradients. Every pass, the raw one included, runs through the model's own forward, so wrappers
+(DistributedDataParallel, DataParallel, torch.compile) see all four.
 """
 import contextlib
 from dataclasses import dataclass, field
@@ -34,16 +37,16 @@ class ObjectiveOutput(NamedTuple):
     logits: torch.Tensor
 
 
-def _attention_model(model: nn.Module) -> nn.Module:
-    """The MA-Net inside wrappers (DistributedDataParallel, DataParallel, torch.compile)."""
+def _raw_pass(model: nn.Module, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Logits and attention maps of the raw images, through model's own forward (and so its wrappers')."""
     inner = model
-    while not hasattr(inner, 'forward_with_attention'):
+    while not hasattr(inner, 'forward_with_attention'):  # a magsd_* model inside DDP, DataParallel, torch.compile
         wrapped = getattr(inner, 'module', None) or getattr(inner, '_orig_mod', None)
         if wrapped is None:
             raise TypeError(
                 f'MAG-SD needs a model with forward_with_attention (a magsd_* model), got {type(model).__name__}.')
         inner = wrapped
-    return inner
+    return model(images, return_attention=True)
 
 
 @dataclass
@@ -72,7 +75,7 @@ class MagSDObjective:
             self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, uniforms: torch.Tensor,
     ) -> ObjectiveOutput:
         """The objective with its randomness given (see draw_uniforms): a form torch.compile takes whole."""
-        logits, attention = _attention_model(model).forward_with_attention(images)
+        logits, attention = _raw_pass(model, images)
         views = attention_views_from_uniforms(images, attention, uniforms, self.augment)
         view_logits = [
             out for _, batch in self._view_batches(views) for out in model(batch).split(images.shape[0])]
@@ -100,7 +103,7 @@ class MagSDObjective:
         no_sync: Callable[[], ContextManager] = getattr(model, 'no_sync', contextlib.nullcontext)
         uniforms = draw_uniforms(images.shape[0], generator, images.device)
         with no_sync():
-            logits, attention = _attention_model(model).forward_with_attention(images)
+            logits, attention = _raw_pass(model, images)
             ce_raw, target, parts = raw_terms(
                 logits, labels, self.confidence, self.smoothing, self.authors_target, self.class_weights)
             backward(ce_raw)

@@ -137,3 +137,48 @@ def test_pass_by_pass_backward_uses_the_given_backward_once_per_pass():
     calls = []
     MagSDObjective().backward(_tiny().train(), *_batch(), backward=lambda loss: (calls.append(1), loss.backward()))
     assert len(calls) == 4
+
+
+class _CountingDataParallel(torch.nn.DataParallel):
+    """DataParallel (on the CPU it calls its module directly) that counts the passes made through it."""
+
+    def __init__(self, module):
+        super().__init__(module)
+        self.passes = 0
+
+    def forward(self, *args, **kwargs):
+        self.passes += 1
+        return super().forward(*args, **kwargs)
+
+
+def _spied_and_wrapped(wrapper: str):
+    """A tiny MA-Net whose forward records each call's return_attention, and its wrapper."""
+    model, entered = _tiny().train(), []
+    forward = model.forward
+    model.forward = lambda *a, **k: (entered.append(k.get('return_attention', False)), forward(*a, **k))[1]
+    if wrapper == 'DataParallel':
+        return model, _CountingDataParallel(model), entered
+    torch._dynamo.reset()
+    # the 'eager' backend runs the captured graph as is: what matters is that the raw pass enters the compiled forward
+    return model, torch.compile(model, backend='eager'), entered
+
+
+@pytest.mark.parametrize('wrapper', ['DataParallel', 'torch.compile'])
+@pytest.mark.parametrize('pass_by_pass', [False, True])
+def test_every_pass_goes_through_the_wrapper_with_the_unwrapped_models_loss_and_gradients(wrapper, pass_by_pass):
+    images, labels = _batch()
+    objective = MagSDObjective()
+    reference = _tiny().train()
+    expected = objective(reference, images, labels, torch.Generator().manual_seed(2))
+    expected.loss.backward()
+    model, wrapped, entered = _spied_and_wrapped(wrapper)
+    run = objective.backward if pass_by_pass else objective
+    out = run(wrapped, images, labels, torch.Generator().manual_seed(2))
+    if not pass_by_pass:
+        out.loss.backward()
+    if wrapper == 'DataParallel':
+        assert wrapped.passes == 4
+    assert entered == [True, False, False, False]  # the raw pass (with its maps), then the three views
+    torch.testing.assert_close(out.loss.detach(), expected.loss.detach())
+    for (name, a), b in zip(reference.named_parameters(), model.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, msg=name)
