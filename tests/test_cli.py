@@ -21,7 +21,7 @@ from magsd_timm.data.sample import sample_records
 from dicom_files import write_dicom
 
 CLI = shutil.which('magsd', path=str(Path(sys.executable).parent))  # this interpreter's script
-SAMPLE = Path(sample_records()[0]['path']).parents[1]  # .../kermany16 with normal/ and pneumonia/
+SAMPLE = Path(sample_records()[0]['path']).parents[1]  # .../kermany16 with normal/ and pneumonia/ folders
 
 
 def magsd(*args) -> subprocess.CompletedProcess:
@@ -62,10 +62,10 @@ def test_predict_prints_probabilities_of_the_bundled_radiographs(trained_run, tm
     model = magsd_timm.load(str(trained_run)).eval()
     transform = build_transforms(resolve_cxr_data_config(model))
     for row in result['predictions']:
-        assert set(row['probabilities']) == {'normal', 'pneumonia'}
+        assert set(row['probabilities']) == {'bacterial pneumonia', 'normal'}
         with torch.no_grad():
             expected = model(transform(read_image(row['file']))[None]).softmax(-1)[0]
-        assert [row['probabilities'][c] for c in ('normal', 'pneumonia')] == pytest.approx(expected.tolist(), abs=1e-5)
+        assert [row['probabilities'][c] for c in ('bacterial pneumonia', 'normal')] == pytest.approx(expected.tolist(), abs=1e-5)
         assert row['predicted'] == max(row['probabilities'], key=row['probabilities'].get)
         assert Path(row['heatmap']).read_bytes()[:4] == b'\x89PNG'
     assert len(list((tmp_path / 'maps').iterdir())) == 16
@@ -113,13 +113,14 @@ def test_evaluate_writes_reports_with_bootstrap_intervals_by_patient(trained_run
     for name in ('accuracy', 'macro_f1', 'ece'):
         low, high = intervals[name]
         assert low <= metrics[name] + 1e-9 and metrics[name] <= high + 1e-9
-    assert set(metrics['auprc']) == {'normal', 'pneumonia'} and len(intervals['sensitivity']['normal']) == 2
+    assert set(metrics['auprc']) == {'bacterial pneumonia', 'normal'} and len(intervals['sensitivity']['normal']) == 2
     # the confusion matrix is that of the predictions predict gives for the same images
     predicted = json.loads(magsd_here('predict', trained_run, *[r['path'] for r in _train_records()],
                                  '--format', 'json').stdout)['predictions']
     matrix = [[0, 0], [0, 0]]
     for row, record in zip(predicted, _train_records()):
-        matrix[['normal', 'pneumonia'].index(record['label'])][['normal', 'pneumonia'].index(row['predicted'])] += 1
+        classes = ['bacterial pneumonia', 'normal']
+        matrix[classes.index(record['label'])][classes.index(row['predicted'])] += 1
     assert metrics['confusion_matrix'] == matrix
     for name in ('evaluation.md', 'confusion_matrix.png', 'roc.png', 'pr.png', 'reliability.png'):
         assert (tmp_path / name).exists(), name
@@ -138,25 +139,35 @@ def test_a_checkpoint_with_other_classes_is_refused_with_both_lists(tmp_path, ma
                 model_config={'label_names': list(magsd_timm.CXR_LABEL_NAMES)})
     proc = magsd_here('evaluate', tmp_path / 'covid', '--output', tmp_path / 'out', '--allow-untrained')
     assert proc.returncode == 2
-    assert str(list(magsd_timm.CXR_LABEL_NAMES)) in proc.stderr and "['normal', 'pneumonia']" in proc.stderr
+    assert str(list(magsd_timm.CXR_LABEL_NAMES)) in proc.stderr and "['bacterial pneumonia', 'normal']" in proc.stderr
     assert not (tmp_path / 'out').exists()
 
 
-def _calibration_manifest(folder: Path, images: int = 40, validation: int = 30) -> Path:
-    """Seeded crops of the bundled radiographs (distinct files), the first `validation` of them that split."""
+def _calibration_manifest(folder: Path, checkpoint: Path, magsd_here, images: int = 40, validation: int = 30) -> Path:
+    """Seeded crops of the bundled radiographs (distinct files), the first `validation` of them that split.
+
+    Each crop is labelled with the checkpoint's own prediction, except every fifth with the other
+    class: a model right on 80% of the images, whatever the training gave, has a likelihood with a
+    minimum inside the temperature range (a perfect or hopeless one would not).
+    """
     import random
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
-    rng, records, rows = random.Random(0), sample_records(), ['path,label,split']
+    rng, records = random.Random(0), sample_records()
     for i in range(images):
-        record = records[i % len(records)]
-        with Image.open(record['path']) as image:
+        with Image.open(records[i % len(records)]['path']) as image:
             image = image.convert('L')
             w, h = image.size
             x, y = rng.randint(0, w // 8), rng.randint(0, h // 8)
             image.crop((x, y, x + w * 7 // 8, y + h * 7 // 8)).resize((96, 96)).save(folder / f'crop{i:02d}.png')
-        rows.append(f"crop{i:02d}.png,{record['label']},{'validation' if i < validation else 'test'}")
+    crops = [folder / f'crop{i:02d}.png' for i in range(images)]
+    predicted = [row['predicted'] for row in json.loads(
+        magsd_here('predict', checkpoint, *crops, '--format', 'json').stdout)['predictions']]
+    classes = ['bacterial pneumonia', 'normal']
+    rows = ['path,label,split'] + [
+        f"{crop.name},{label if i % 5 else classes[1 - classes.index(label)]},{'validation' if i < validation else 'test'}"
+        for i, (crop, label) in enumerate(zip(crops, predicted))]
     (folder / 'manifest.csv').write_text('\n'.join(rows) + '\n')
     return folder / 'manifest.csv'
 
@@ -166,7 +177,7 @@ def test_calibration_saves_a_temperature_that_predict_then_uses(trained_run, tmp
     shutil.copytree(trained_run / 'best', checkpoint)
     image = sample_records()[0]['path']
     before = json.loads(magsd_here('predict', checkpoint, image, '--format', 'json').stdout)['predictions'][0]
-    proc = magsd_here('evaluate', checkpoint, _calibration_manifest(tmp_path / 'data'), '--split', 'test', '--calibrate',
+    proc = magsd_here('evaluate', checkpoint, _calibration_manifest(tmp_path / 'data', checkpoint, magsd_here), '--split', 'test', '--calibrate',
                  '--bootstrap', '20', '--output', tmp_path / 'out')
     assert proc.returncode == 0, proc.stderr
     temperature = json.loads((checkpoint / 'config.json').read_text())['temperature']
@@ -174,9 +185,9 @@ def test_calibration_saves_a_temperature_that_predict_then_uses(trained_run, tmp
     assert report['calibration']['temperature'] == temperature == report['temperature']
     assert report['calibration']['ece_after'] <= report['calibration']['ece_before'] + 1e-9
     after = json.loads(magsd_here('predict', checkpoint, image, '--format', 'json').stdout)['predictions'][0]
-    logits = torch.tensor([before['probabilities'][c] for c in ('normal', 'pneumonia')]).log()
+    logits = torch.tensor([before['probabilities'][c] for c in ('bacterial pneumonia', 'normal')]).log()
     expected = (logits / temperature).softmax(-1).tolist()
-    assert [after['probabilities'][c] for c in ('normal', 'pneumonia')] == pytest.approx(expected, abs=1e-4)
+    assert [after['probabilities'][c] for c in ('bacterial pneumonia', 'normal')] == pytest.approx(expected, abs=1e-4)
 
 
 def test_calibration_on_too_few_images_is_refused_and_saves_nothing(trained_run, tmp_path, magsd_here):
@@ -217,7 +228,7 @@ def test_info_describes_the_checkpoint(trained_run, magsd_here):
     assert info['architecture'] == 'magsd_custom' and info['backbone'] == 'test_resnet'
     assert info['parameters'] == sum(p.numel() for p in model.parameters())
     # trained at 64 px (the fixture's --img-size 64): the checkpoint keeps that size, and so the model's data config
-    assert info['label_names'] == ['normal', 'pneumonia'] and info['data_config']['input_size'] == [1, 64, 64]
+    assert info['label_names'] == ['bacterial pneumonia', 'normal'] and info['data_config']['input_size'] == [1, 64, 64]
     assert info['trained_on']['img_size'] == 64 and info['trained_on']['data'] == 'sample'
     assert info['gmacs'] > 0 and info['attention_maps'] == 4
 
@@ -284,15 +295,15 @@ def test_an_invalid_temperature_is_refused_and_an_earlier_output_kept(trained_ru
 def test_predict_and_evaluate_outputs_are_strict_json(trained_run, tmp_path, magsd_here):
     proc = magsd_here('predict', trained_run, sample_records()[0]['path'], '--format', 'json')
     assert proc.returncode == 0 and _strict_json(proc.stdout)['predictions']
-    manifest = tmp_path / 'm.csv'  # a test split of normal images only: the pneumonia metrics are undefined (NaN)
+    manifest = tmp_path / 'm.csv'  # a test split of normal images only: the bacterial pneumonia metrics are undefined (NaN)
     manifest.write_text('path,label,split\n' + ''.join(
         f"{r['path']},{r['label']},{'test' if r['label'] == 'normal' and n < 2 else 'train'}\n"
         for n, r in enumerate(sample_records())))
     proc = magsd_here('evaluate', trained_run, manifest, '--bootstrap', '20', '--output', tmp_path / 'eval')
     assert proc.returncode == 0, proc.stderr
     report = _strict_json((tmp_path / 'eval' / 'evaluation.json').read_text())
-    assert report['num_images'] == 2 and report['metrics']['auroc']['pneumonia'] is None
-    assert report['metrics']['sensitivity']['pneumonia'] is None
+    assert report['num_images'] == 2 and report['metrics']['auroc']['bacterial pneumonia'] is None
+    assert report['metrics']['sensitivity']['bacterial pneumonia'] is None
     proc = magsd_here('info', trained_run, '--json')
     assert _strict_json(proc.stdout)['temperature'] == 1.0
 

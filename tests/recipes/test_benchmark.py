@@ -21,6 +21,22 @@ def _cells(row: str) -> list:
     return [c.strip() for c in row.strip().strip('|').split('|')]
 
 
+def _printed_quotient(printed: str, numerator: str, denominator: str) -> bool:
+    """Whether `printed` can be numerator / denominator when all three were rounded as printed.
+
+    Timings are not judged, but the tables must compute what they claim: this holds at any speed,
+    on a fast machine (few ms) as on a slow, loaded one (a fraction of an image per second).
+    """
+    def half(text: str) -> float:
+        text = text.rstrip('x')
+        return 0.5 * 10 ** -(len(text.split('.')[1]) if '.' in text else 0)
+
+    value, a, b = (float(t.rstrip('x')) for t in (printed, numerator, denominator))
+    low = (a - half(numerator)) / (b + half(denominator))
+    high = (a + half(numerator)) / max(b - half(denominator), 1e-12)
+    return low - half(printed) <= value <= high + half(printed)
+
+
 def test_model_suite_writes_a_ratio_table_with_memory(tmp_path):
     stdout = _run(tmp_path, '--suite', 'model')
     table = (tmp_path / 'model.md').read_text()
@@ -29,8 +45,7 @@ def test_model_suite_writes_a_ratio_table_with_memory(tmp_path):
     assert len(rows) == 2
     for row in rows:
         cells = _cells(row)
-        base, ours, ratio = float(cells[1]), float(cells[2]), float(cells[3].rstrip('x'))
-        assert abs(ratio - ours / base) < 0.02 * ratio
+        assert _printed_quotient(cells[3], cells[2], cells[1]), cells
         assert re.fullmatch(r'\d+ / \d+', cells[5])
 
 
@@ -41,9 +56,8 @@ def test_step_suite_compares_each_magsd_step_with_the_plain_reference(tmp_path):
     assert names[0] == 'plain, eager, contiguous fp32' and rows[0][2] == '1.000x'
     assert {'MAG-SD, eager, contiguous', 'MAG-SD, channels_last', 'MAG-SD, channels_last, fused views',
             'MAG-SD, channels_last, pass-by-pass backward'} <= set(names)
-    reference = float(rows[0][1])
     for cells in rows[:-1]:
-        assert abs(float(cells[2].rstrip('x')) - float(cells[1]) / reference) < 0.02 * float(cells[2].rstrip('x'))
+        assert _printed_quotient(cells[2], cells[1], rows[0][1]), cells
     assert sum('<= 2.6x' in cells[3] for cells in rows) == 1  # the fastest MAG-SD step is judged
     assert names[-1] == 'augmentations + loss alone' and 'of the fastest MAG-SD step' in rows[-1][2]
 
@@ -58,11 +72,10 @@ def test_data_suite_compares_a_worker_with_what_training_consumes(tmp_path):
     _run(tmp_path, '--suite', 'data')
     rows = [_cells(line) for line in (tmp_path / 'data.md').read_text().splitlines()[4:]]
     assert [r[0] for r in rows[:2]] == ['8-bit JPEG', '16-bit PNG']
-    consumed = float(rows[2][2].split()[0])
+    consumed = rows[2][2].split()[0]
     for cells in rows[:2]:
-        per_second = float(cells[2])
-        assert abs(per_second - 1000 / float(cells[1])) < 0.02 * per_second
-        assert abs(float(cells[3].rstrip('x')) - per_second / consumed) < 0.05 * float(cells[3].rstrip('x')) + 0.1
+        assert _printed_quotient(cells[2], '1000', cells[1]), cells  # images/s from ms per image
+        assert _printed_quotient(cells[3], cells[2], consumed), cells  # against what one training step consumes
         assert '>= 4x' in cells[4]
 
 
@@ -71,10 +84,7 @@ def test_trainer_suite_compares_the_trainer_loop_with_a_bare_loop(tmp_path):
     rows = [_cells(line) for line in (tmp_path / 'trainer.md').read_text().splitlines()[4:]]
     assert [r[0] for r in rows] == ['bare objective loop', 'magsd_timm trainer loop']
     assert rows[0][2] == '1.000x' and '>= 0.95x' in rows[1][3]
-    # the ratio is computed at full precision, the images/s are printed to 2 decimals: allow what rounding can do
-    bare, ours, ratio = float(rows[0][1]), float(rows[1][1]), float(rows[1][2].rstrip('x'))
-    rounding = (ours + 0.005) / max(bare - 0.005, 1e-9) - (ours - 0.005) / (bare + 0.005)
-    assert abs(ratio - ours / bare) <= rounding + 0.0005
+    assert _printed_quotient(rows[1][2], rows[1][1], rows[0][1]), rows
 
 
 def test_attention_suite_scores_the_display_map_and_grad_cam(tmp_path):
