@@ -46,6 +46,8 @@ from typing import Callable, Dict, List, Tuple
 import torch
 import torch.nn.functional as F
 
+from magsd_timm.console import json_object
+
 MODEL_TARGET = 1.10  # MA-Net over the plain backbone, for inference and for forward+backward
 STEP_TARGET = 2.6  # a MAG-SD training step over one plain eager contiguous fp32 step
 AUGMENT_LOSS_TARGET = 0.05  # share of the MAG-SD step spent in the augmentations and the loss
@@ -57,6 +59,8 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--suite', default='all', choices=['model', 'step', 'data', 'trainer', 'attention', 'all'])
     parser.add_argument('--model', default='magsd_resnet50', help='magsd_* model to time')
+    parser.add_argument('--model-kwargs', type=json_object, default={},
+                        help='JSON object of its extra arguments, e.g. \'{"backbone": "convnext_tiny"}\' for magsd_custom')
     parser.add_argument('--baseline', default='resnet50', help='plain timm model to compare with')
     parser.add_argument('--batch-size', type=int, default=8)
     parser.add_argument('--img-size', type=int, default=224)
@@ -92,7 +96,8 @@ def _create(name: str, args: argparse.Namespace, channels_last: bool = False) ->
     import magsd_timm  # noqa: F401  (registers magsd_* models)
 
     torch.manual_seed(0)
-    model = timm.create_model(name, in_chans=1, num_classes=4).to(args.device)
+    kwargs = args.model_kwargs if name == args.model else {}
+    model = timm.create_model(name, in_chans=1, num_classes=4, **kwargs).to(args.device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
@@ -165,7 +170,10 @@ def _peak_memory_mib(make_step: Callable[..., Step], step_args: tuple, args: arg
 
 
 def _isolated_peak_memory_mib(make_step: Callable[..., Step], step_args: tuple, args: argparse.Namespace) -> float:
-    with mp.get_context('spawn').Pool(1) as pool:
+    """_peak_memory_mib in a fresh process, forked from a server that imported torch and timm (but ran nothing)."""
+    context = mp.get_context('forkserver')
+    context.set_forkserver_preload(['torch', 'timm', 'magsd_timm'])
+    with context.Pool(1) as pool:
         return pool.apply(_peak_memory_mib, (make_step, step_args, args))
 
 

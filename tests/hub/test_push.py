@@ -22,6 +22,18 @@ def magsd_hub(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
+@pytest.fixture
+def hub_here(capfd):
+    """magsd-hub's main in this process (no interpreter start-up), its output captured at the file descriptors."""
+    from magsd_timm.hub.cli import main
+
+    def run(*args) -> subprocess.CompletedProcess:
+        code = main([str(a) for a in args])
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+    return run
+
+
 def _digest(folder: Path) -> dict:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob('*')) if p.is_file()}
@@ -51,21 +63,21 @@ def test_push_model_commits_weights_config_and_card_in_one_commit(hub, trained_r
     assert any(auth == f'Bearer {TOKEN}' for method, path, auth in hub.requests if path.endswith('/commit/main'))
 
 
-def test_dry_run_writes_exactly_the_folder_that_is_pushed(hub, trained_run, tmp_path):
-    proc = magsd_hub('push-model', trained_run, 'tester/magsd-dry', '--dry-run', tmp_path / 'staged')
+def test_dry_run_writes_exactly_the_folder_that_is_pushed(hub, trained_run, tmp_path, hub_here):
+    proc = hub_here('push-model', trained_run, 'tester/magsd-dry', '--dry-run', tmp_path / 'staged')
     assert proc.returncode == 0, proc.stderr
     assert ('model', 'tester/magsd-dry') not in hub.repos  # a dry run does not touch the Hub
-    assert magsd_hub('push-model', trained_run, 'tester/magsd-dry').returncode == 0
+    assert hub_here('push-model', trained_run, 'tester/magsd-dry').returncode == 0
     staged = tmp_path / 'staged'
     assert sorted(p.name for p in staged.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
     for path in staged.iterdir():
         assert hub.file('tester/magsd-dry', path.name) == path.read_bytes(), path.name
-    again = magsd_hub('push-model', trained_run, 'tester/magsd-dry', '--dry-run', tmp_path / 'staged')
+    again = hub_here('push-model', trained_run, 'tester/magsd-dry', '--dry-run', tmp_path / 'staged')
     assert again.returncode == 2 and 'not empty' in again.stderr
 
 
-def test_private_branch_and_commit_message(hub, trained_run):
-    proc = magsd_hub('push-model', trained_run, 'tester/magsd-private', '--private', '--revision', 'exp',
+def test_private_branch_and_commit_message(hub, trained_run, hub_here):
+    proc = hub_here('push-model', trained_run, 'tester/magsd-private', '--private', '--revision', 'exp',
                      '--commit-message', 'first try')
     assert proc.returncode == 0, proc.stderr
     repo = hub.repo('tester/magsd-private')
@@ -75,19 +87,19 @@ def test_private_branch_and_commit_message(hub, trained_run):
     assert set(repo.commits[repo.branches['main']].files) == {'.gitattributes'}  # main untouched
 
 
-def test_a_push_that_fails_leaves_the_repo_and_the_output_as_they_were_and_can_be_retried(hub, trained_run):
-    assert magsd_hub('push-model', trained_run, 'tester/magsd-retry').returncode == 0
+def test_a_push_that_fails_leaves_the_repo_and_the_output_as_they_were_and_can_be_retried(hub, trained_run, hub_here):
+    assert hub_here('push-model', trained_run, 'tester/magsd-retry').returncode == 0
     repo = hub.repo('tester/magsd-retry')
     head, local = repo.branches['main'], _digest(trained_run)
 
     hub.fail_next('POST', r'/api/models/tester/magsd-retry/commit/')  # after the LFS upload, at the commit
-    failed = magsd_hub('push-model', trained_run, 'tester/magsd-retry', '--license', 'cc-by-4.0')
+    failed = magsd_hub('push-model', trained_run, 'tester/magsd-retry', '--license', 'cc-by-4.0')  # as users run it
     assert failed.returncode == 1
     assert 'Nothing was committed' in failed.stderr and 'HTTP 500' in failed.stderr
     _no_token(failed)
     assert repo.branches['main'] == head and _digest(trained_run) == local
 
-    retried = magsd_hub('push-model', trained_run, 'tester/magsd-retry', '--license', 'cc-by-4.0')
+    retried = hub_here('push-model', trained_run, 'tester/magsd-retry', '--license', 'cc-by-4.0')
     assert retried.returncode == 0, retried.stderr
     history = repo.history()
     assert len(history) == 3 and history[1].oid == head  # exactly one commit more, on top of the old head
@@ -132,19 +144,19 @@ def test_a_checkpoint_with_invalid_values_is_not_pushed(hub, trained_run, tmp_pa
     assert ('model', 'tester/magsd-invalid') not in hub.repos
 
 
-def test_a_checkpoint_with_only_pickle_weights_is_not_pushed(hub, trained_run, tmp_path):
+def test_a_checkpoint_with_only_pickle_weights_is_not_pushed(hub, trained_run, tmp_path, hub_here):
     checkpoint = tmp_path / 'pickled'
     shutil.copytree(trained_run / 'best', checkpoint)
     torch.save(load_file(checkpoint / 'model.safetensors'), checkpoint / 'pytorch_model.bin')
     (checkpoint / 'model.safetensors').unlink()
-    proc = magsd_hub('push-model', checkpoint, 'tester/magsd-pickle')
+    proc = hub_here('push-model', checkpoint, 'tester/magsd-pickle')
     assert proc.returncode == 2
     assert 'pytorch_model.bin' in proc.stderr and 'only safetensors' in proc.stderr
     assert ('model', 'tester/magsd-pickle') not in hub.repos
 
 
-def test_a_missing_checkpoint_is_named(tmp_path):
-    proc = magsd_hub('push-model', tmp_path, 'tester/none')
+def test_a_missing_checkpoint_is_named(tmp_path, hub_here):
+    proc = hub_here('push-model', tmp_path, 'tester/none')
     assert proc.returncode == 2 and f"No checkpoint in '{tmp_path}'" in proc.stderr
 
 

@@ -5,7 +5,8 @@ import sys
 from pathlib import Path
 
 RECIPE = Path(__file__).resolve().parents[2] / 'recipes' / 'benchmark.py'
-SMALL = ['--model', 'magsd_resnet18', '--baseline', 'resnet18', '--batch-size', '2', '--img-size', '64',
+SMALL = ['--model', 'magsd_custom', '--model-kwargs', '{"backbone": "test_resnet"}', '--baseline', 'test_resnet',
+         '--batch-size', '2', '--img-size', '64',
          '--min-run-time', '0.2', '--min-rounds', '1']
 
 

@@ -27,7 +27,7 @@ def test_what_the_trainer_writes_find_run_reads_back(tmp_path):
     run.save_model(BEST, model, CLASSES, DATA_CONFIG, {'epoch': 1}, card=lambda folder: f'card of {folder.name}')
     run.write_best_report(_metrics(), 1, CLASSES)
     run.save_model(FINAL, model, CLASSES, DATA_CONFIG, {'epoch': 1})
-    run.write_summary([{'epoch': 0, 'train_loss': 1.0}, {'epoch': 1, 'train_loss': 0.5}])
+    run.write_summary([{'epoch': 0, 'train_loss': 1.0, 'val_accuracy': 0.5}, {'epoch': 1, 'train_loss': 0.5, 'val_accuracy': 0.75}])
 
     found = find_run(run.path)
     assert found.checkpoint == run.path / BEST and found.epoch == 1
@@ -41,8 +41,8 @@ def test_what_the_trainer_writes_find_run_reads_back(tmp_path):
     report = (run.path / 'eval_best.md').read_text()
     assert '| accuracy | 0.750 |' in report and '| macro_f1 | n/a |' in report
     assert find_run(run.path / FINAL).metrics is None  # the report belongs to best/ only
-    assert run.read_summary(before_epoch=1) == [{'epoch': 0, 'train_loss': 1.0}]
-    assert (run.path / 'summary.csv').read_text().splitlines()[0] == 'epoch,train_loss'
+    assert run.read_summary(before_epoch=1) == [{'epoch': 0, 'train_loss': 1.0, 'val_accuracy': 0.5}]
+    assert (run.path / 'summary.csv').read_text().splitlines()[0] == 'epoch,train_loss,val_accuracy'
     assert {p.name for p in run.path.iterdir()} >= {'args.yaml', 'best', 'final', 'eval_best.json', 'eval_best.md',
                                                     'confusion_matrix.png', 'summary.json', 'summary.csv', 'curves.png'}
     assert not [p for p in run.path.iterdir() if p.name.startswith('.')]  # no staging file left behind
