@@ -2,11 +2,13 @@
 """Prepare chest X-rays as a Hugging Face DatasetDict with patient-level splits and a dataset card.
 
     python recipes/prepare_data.py out/kermany16                       # the bundled sample
-    python recipes/prepare_data.py out/cxr --kermany chest_xray --ieee8023 covid-chestxray-dataset
+    python recipes/prepare_data.py out/cxr --kermany chest_xray --ieee8023 covid-chestxray-dataset   # the paper's 4 classes
     python recipes/prepare_data.py out/loso --folder siteA --folder siteB --holdout-source siteB
 
 Sources can be combined; exact duplicate files across them are kept once, and copies with different
-labels are left out. Unreadable files are skipped and listed (skipped.json). The output is written to
+labels are left out. Unreadable files are skipped and listed (skipped.json), as are the rows a source
+does not take (ieee8023: lateral or unknown views, 'todo' findings, findings outside the task, images
+listed but missing; by default only its COVID-19 films, as in the paper's task). The output is written to
 a staging folder and moved into place; one build at a time may write an output.
 """
 import argparse
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import List
 
+from magsd_timm import CXR_LABEL_NAMES
 from magsd_timm.console import EXIT_CODES, add_traceback_flag, number, run_command
 from magsd_timm.data.build import build_dataset
 from magsd_timm.data.sample import sample_records
@@ -32,6 +35,9 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument('--manifest', action='append', default=[], type=Path, help='CSV or Parquet manifest')
     parser.add_argument('--kermany', type=Path, help="Kermany 'chest_xray' folder")
     parser.add_argument('--ieee8023', type=Path, help='ieee8023 covid-chestxray-dataset folder')
+    parser.add_argument('--ieee8023-classes', nargs='+', default=['COVID-19'], metavar='CLASS',
+                        help="classes to take from ieee8023 (default: COVID-19, as the paper's four-class task does, "
+                             "with the other three from Kermany); 'all' takes every class its findings name")
     parser.add_argument('--covid-radiography', type=Path, help='COVID-19 Radiography Database folder')
     parser.add_argument('--covidx', type=Path, help='COVIDx image folder (with train/ and test/)')
     parser.add_argument('--covidx-labels', nargs='+', default=[], metavar='SPLIT=FILE',
@@ -45,6 +51,9 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument('--overwrite', action='store_true', help='replace an existing output')
     add_traceback_flag(parser)
     args = parser.parse_args(argv)
+    unknown = [c for c in args.ieee8023_classes if c not in ('all', *CXR_LABEL_NAMES)]
+    if unknown:
+        parser.error(f"--ieee8023-classes {' '.join(unknown)}: choose among {', '.join(CXR_LABEL_NAMES)}, or all")
     if args.covidx and not args.covidx_labels:
         parser.error('--covidx needs --covidx-labels SPLIT=FILE ...')
     if args.folds == 1:
@@ -58,26 +67,23 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
 
 def _prepare(args: argparse.Namespace) -> int:
     """Gather the records of every named source (the bundled sample if none) and build the dataset."""
-    records = []
-    for folder in args.folder:
-        records += folder_records(folder)
-    for manifest in args.manifest:
-        records += manifest_records(manifest)
+    sources = [*map(folder_records, args.folder), *map(manifest_records, args.manifest)]
     if args.kermany:
-        records += kermany_records(args.kermany)
+        sources.append(kermany_records(args.kermany))
     if args.ieee8023:
-        records += ieee8023_records(args.ieee8023)
+        classes = None if args.ieee8023_classes == ['all'] else args.ieee8023_classes
+        sources.append(ieee8023_records(args.ieee8023, classes=classes))
     if args.covid_radiography:
-        records += covid_radiography_records(args.covid_radiography)
+        sources.append(covid_radiography_records(args.covid_radiography))
     if args.covidx:
-        records += covidx_records(args.covidx, dict(item.split('=', 1) for item in args.covidx_labels))
-    if not records:
-        records = sample_records()
+        sources.append(covidx_records(args.covidx, dict(item.split('=', 1) for item in args.covidx_labels)))
+    records = [record for source in sources for record in source] or sample_records()
+    left_out = [row for source in sources for row in getattr(source, 'left_out', [])]
     summary = build_dataset(
         records, args.output, seed=args.seed, fractions=args.fractions, holdout_source=args.holdout_source,
-        folds=args.folds, pretty_name=args.name, overwrite=args.overwrite)
-    print(json.dumps({k: summary[k] for k in ('output', 'counts', 'skipped', 'duplicates', 'conflicts', 'seed')},
-                     indent=2))
+        folds=args.folds, pretty_name=args.name, overwrite=args.overwrite, left_out=left_out)
+    print(json.dumps({k: summary[k] for k in ('output', 'counts', 'left_out', 'skipped', 'duplicates', 'conflicts',
+                                              'seed')}, indent=2))
     return 0
 
 

@@ -9,6 +9,7 @@ and staging folders are deleted.
 import importlib.resources
 import io
 import logging
+from collections import Counter
 from pathlib import Path
 from string import Template
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
@@ -71,7 +72,7 @@ def _provenance(source: str) -> str:
 
 def render_card(
         splits: Dict[str, List[Record]], class_names: Sequence[str], split_method: str, pretty_name: str,
-        num_skipped: int, num_duplicates: int, num_conflicts: int = 0,
+        num_skipped: int, num_duplicates: int, num_conflicts: int = 0, left_out: Sequence[Tuple[str, str]] = (),
 ) -> str:
     """The dataset card (README.md): YAML metadata and counts, provenance, biases, preparation."""
     records = [r for rs in splits.values() for r in rs]
@@ -90,10 +91,23 @@ def render_card(
     if pediatric:
         biases.insert(0, f'- Pediatric images (sources {", ".join(pediatric)}: age 1-5) next to adult ones: '
                          'age is a confounder of every class they carry.')
+    homes = {c: sorted({r['source'] for r in records if r['label'] == c}) for c in class_names}
+    alone = [f'{c} only from {srcs[0]}' for c, srcs in homes.items() if len(srcs) == 1 and len(sources) > 1]
+    if alone:
+        biases.insert(0, f"- Class and source coincide here ({'; '.join(alone)}): every image of such a class shares "
+                         'its hospital, device, population and processing, so accuracy on these classes can be '
+                         'accuracy at telling the sources apart. See the class-by-source table.')
     per_class = markdown_table(['class', *splits],
                                [[c] + [sum(r['label'] == c for r in splits[s]) for s in splits] for c in class_names])
     per_source = markdown_table(['source', *splits],
                                 [[src] + [sum(r['source'] == src for r in splits[s]) for s in splits] for src in sources])
+    class_source = markdown_table(['class', *sources], [[c] + [sum(r['label'] == c and r['source'] == src
+                                                                    for r in records) for src in sources]
+                                                         for c in class_names])
+    reasons = Counter(why for _, why in left_out)
+    left_out_text = (f'The sources listed {len(left_out)} row(s) that were left out before any image was read '
+                     f'(each in `skipped.json`): ' + '; '.join(f'{why} ({n})' for why, n in reasons.most_common())
+                     + '.' if left_out else 'The sources left no listed row out.')
     values = dict(
         license=licences.pop() if len(licences) == 1 else 'other',
         pretty_name=pretty_name, size_category=_size_category(len(records)),
@@ -104,7 +118,7 @@ def render_card(
         split_method=split_method,
         split_table=markdown_table(['split', 'images', 'patients'],
                                    [[s, len(rs), len({r['patient_id'] for r in rs})] for s, rs in splits.items()]),
-        class_table=per_class, source_table=per_source, provenance=provenance, biases='\n'.join(biases),
+        class_table=per_class, source_table=per_source, class_source_table=class_source, left_out_text=left_out_text, provenance=provenance, biases='\n'.join(biases),
         num_skipped=num_skipped, num_duplicates=num_duplicates, num_conflicts=num_conflicts,
         patient_statement=(f'{unknown} image(s) had no patient id: each counts as its own patient, so images of '
                            'one person may still sit in different splits.' if unknown else
@@ -135,8 +149,13 @@ def build_dataset(
         folds: int = 0,
         pretty_name: str = 'Chest X-rays for MAG-SD',
         overwrite: bool = False,
+        left_out: Sequence[Tuple[str, str]] = (),
 ) -> Dict[str, Any]:
-    """Check, deduplicate and split records by patient, then write a DatasetDict with its card to output."""
+    """Check, deduplicate and split records by patient, then write a DatasetDict with its card to output.
+
+    left_out: (path, reason) of the rows the sources did not take (SourceRecords.left_out), listed with
+    the rest in skipped.json and counted in the card.
+    """
     output = Path(output)
     with exclusive_lock(output, 'prepare_data build'):
         for note in recover_folder(output):
@@ -144,11 +163,12 @@ def build_dataset(
         if output.exists() and not overwrite:
             raise FileExistsError(f'{display(output)} exists: choose another output or pass overwrite=True '
                                   '(--overwrite).')
-        return _build(records, output, seed, fractions, holdout_source, folds, pretty_name)
+        return _build(records, output, seed, fractions, holdout_source, folds, pretty_name, left_out)
 
 
 def _build(records: Sequence[Record], output: Path, seed: int, fractions: Sequence[float],
-           holdout_source: Optional[str], folds: int, pretty_name: str) -> Dict[str, Any]:
+           holdout_source: Optional[str], folds: int, pretty_name: str,
+           left_out: Sequence[Tuple[str, str]]) -> Dict[str, Any]:
     import datasets
 
     records, label_notes = fold_labels(records)
@@ -192,7 +212,8 @@ def _build(records: Sequence[Record], output: Path, seed: int, fractions: Sequen
         ) for r in rs], features=features)
         for name, rs in splits.items() if rs
     })
-    card = render_card(splits, class_names, method, pretty_name, len(skipped), len(duplicates), len(conflicts))
+    card = render_card(splits, class_names, method, pretty_name, len(skipped), len(duplicates), len(conflicts),
+                       left_out)
     summary = dict(
         seed=seed, fractions=list(fractions), holdout_source=holdout_source, folds=folds, method=method,
         class_names=class_names, patients={s: sorted({r['patient_id'] for r in rs}) for s, rs in splits.items()},
@@ -203,9 +224,10 @@ def _build(records: Sequence[Record], output: Path, seed: int, fractions: Sequen
         (staging / 'README.md').write_text(card)
         (staging / 'splits.json').write_text(strict_json(summary))
         (staging / 'skipped.json').write_text(strict_json(
-            [dict(path=display(r['path']), reason=why) for r, why in [*skipped, *duplicates, *conflicts]]))
+            [dict(path=path, reason=why) for path, why in left_out]
+            + [dict(path=display(r['path']), reason=why) for r, why in [*skipped, *duplicates, *conflicts]]))
     return dict(summary, skipped=len(skipped), duplicates=len(duplicates), conflicts=len(conflicts),
-                output=display(output))
+                left_out=len(left_out), output=display(output))
 
 
 

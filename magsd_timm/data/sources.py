@@ -2,8 +2,9 @@
 
 Every source yields records: dicts with ``path``, ``label``, ``patient_id`` (None when unknown),
 ``source`` and ``split`` (None, or the split the layout itself gives). Labels are mapped to the
-project's class names by each converter's (configurable) map; a record whose label maps to None is
-left out and counted. ``fold_labels`` makes spellings of one class that differ only in case or
+project's class names by each converter's (configurable) map. A converter returns ``SourceRecords``:
+the records, and in ``left_out`` each row it did not take with the reason (a label outside the task,
+a lateral view, a missing image, ...), for skipped.json and the dataset card. ``fold_labels`` makes spellings of one class that differ only in case or
 surrounding white space one class, and says so; an empty label or an unknown split is an error.
 """
 import csv
@@ -16,7 +17,8 @@ from ..console import BadInputError, display
 from .sample import KERMANY_LABELS, kermany_kind, kermany_patient_id
 
 __all__ = [
-    'IMAGE_SUFFIXES', 'Record', 'SPLIT_NAMES', 'covid_radiography_records', 'covidx_records', 'fold_labels',
+    'IEEE8023_FRONTAL_VIEWS', 'IEEE8023_LABELS', 'IMAGE_SUFFIXES', 'Record', 'SPLIT_NAMES', 'SourceRecords',
+    'covid_radiography_records', 'covidx_records', 'fold_labels',
     'folder_records', 'ieee8023_records', 'kermany_records', 'manifest_records',
 ]
 
@@ -37,18 +39,29 @@ def _images(folder: Path) -> List[Path]:
     return sorted(p for p in folder.rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _mapped(records: Iterable[Record], label_map: Optional[Mapping[str, Optional[str]]], what: str) -> List[Record]:
-    """Apply a label map (None: keep labels); records mapped to None are dropped, and counted in the log."""
-    kept, dropped = [], 0
+class SourceRecords(list):
+    """A source's records, and what it left out before any image was read: (path, reason) pairs."""
+
+    def __init__(self, records: Iterable[Record] = (), left_out: Iterable[Tuple[str, str]] = ()):
+        super().__init__(records)
+        self.left_out = list(left_out)
+
+
+def _mapped(records: Iterable[Record], label_map: Optional[Mapping[str, Optional[str]]], what: str,
+            left_out: Iterable[Tuple[str, str]] = ()) -> SourceRecords:
+    """Apply a label map (None: keep labels); records mapped to None are left out, each with its reason."""
+    kept = SourceRecords(left_out=left_out)
     for record in records:
         if label_map is not None:
-            record = dict(record, label=label_map.get(record['label']))
+            record = dict(record, label=label_map.get(record['label']), original=record['label'])
         if record['label'] is None:
-            dropped += 1
+            kept.left_out.append((display(record['path']), f"{what}: label '{record.get('original')}' is not a class "
+                                                           'of the task'))
         else:
+            record.pop('original', None)
             kept.append(record)
-    if dropped:
-        _logger.info('%s: left out %d images whose label maps to no class', what, dropped)
+    if kept.left_out:
+        _logger.info('%s: left out %d rows (listed in skipped.json)', what, len(kept.left_out))
     return kept
 
 
@@ -151,31 +164,67 @@ def kermany_records(root: PathLike, label_map: Optional[Mapping[str, Optional[st
     return _mapped(records, dict(KERMANY_LABELS, **(label_map or {})), 'kermany')
 
 
-IEEE8023_LABELS = {'COVID-19': 'COVID-19', 'Viral': 'viral pneumonia', 'Bacterial': 'bacterial pneumonia',
-                   'No Finding': 'normal'}
+IEEE8023_LABELS = {
+    'COVID-19': 'COVID-19', 'Viral': 'viral pneumonia', 'Bacterial': 'bacterial pneumonia', 'No Finding': 'normal',
+    # the June 2020 snapshot names the organism alone
+    'SARS': 'viral pneumonia', 'MERS': 'viral pneumonia', 'Influenza': 'viral pneumonia',
+    'Varicella': 'viral pneumonia', 'Streptococcus': 'bacterial pneumonia', 'Klebsiella': 'bacterial pneumonia',
+    'Legionella': 'bacterial pneumonia', 'E.Coli': 'bacterial pneumonia', 'Staphylococcus': 'bacterial pneumonia',
+    'Mycoplasma Bacterial Pneumonia': 'bacterial pneumonia', 'Chlamydophila': 'bacterial pneumonia',
+}
+IEEE8023_FRONTAL_VIEWS = ('PA', 'AP', 'AP Supine')
 
 
-def _ieee8023_class(finding: str, label_map: Mapping[str, Optional[str]]) -> Optional[str]:
-    """The most specific mapped part of a finding like 'Pneumonia/Viral/COVID-19'."""
-    for part in reversed(finding.split('/')):
-        if part in label_map:
-            return label_map[part]
-    return None
+def _ieee8023_class(finding: str, label_map: Mapping[str, Optional[str]]) -> Tuple[Optional[str], str]:
+    """The class of a finding, and why not when it has none.
+
+    A hierarchical finding ('Pneumonia/Viral/COVID-19') takes its most specific mapped part; a combined
+    one ('COVID-19, ARDS') the one class its parts name.
+    """
+    if finding.strip().lower() in ('', 'todo'):
+        return None, f"finding not given ('{finding}')"
+    named = []
+    for combined in finding.split(','):
+        parts = [p.strip() for p in combined.split('/')]
+        known = [p for p in reversed(parts) if p in label_map]
+        if known and label_map[known[0]] is not None:
+            named.append(label_map[known[0]])
+    classes = sorted(set(named))
+    if len(classes) == 1:
+        return classes[0], ''
+    if classes:
+        return None, f"finding '{finding}' names {len(classes)} classes ({', '.join(classes)})"
+    return None, f"finding '{finding}' is not a class of the task"
 
 
-def ieee8023_records(root: PathLike, label_map: Optional[Mapping[str, Optional[str]]] = None) -> List[Record]:
-    """ieee8023 covid-chestxray-dataset: metadata.csv + images/; PA and AP X-rays only."""
+def ieee8023_records(root: PathLike, label_map: Optional[Mapping[str, Optional[str]]] = None,
+                     classes: Optional[Iterable[str]] = None) -> SourceRecords:
+    """ieee8023 covid-chestxray-dataset: metadata.csv + images/; frontal X-rays only; classes: those to keep."""
     root = _require_dir(root)
     label_map = dict(IEEE8023_LABELS, **(label_map or {}))
+    keep = set(classes) if classes is not None else None
     with (root / 'metadata.csv').open(newline='') as f:
         rows = list(csv.DictReader(f))
-    records = [
-        _record(root / (row.get('folder') or 'images') / row['filename'],
-                _ieee8023_class(row['finding'], label_map), row['patientid'], 'ieee8023')
-        for row in rows
-        if row.get('modality') == 'X-ray' and row.get('view', '').split(' ')[0] in ('PA', 'AP')
-    ]
-    return _mapped(records, None, 'ieee8023')
+    records = SourceRecords()
+    for row in rows:
+        path = root / (row.get('folder') or 'images') / row['filename']
+        view = row.get('view', '').strip()
+        label, why = _ieee8023_class(row.get('finding', ''), label_map)
+        if row.get('modality') != 'X-ray':
+            why = f"modality {row.get('modality') or 'not given'}, not X-ray"
+        elif view not in IEEE8023_FRONTAL_VIEWS:
+            why = f"view '{view}' is not frontal ({', '.join(IEEE8023_FRONTAL_VIEWS)})" if view else 'view not given'
+        elif not path.is_file():
+            why = 'listed in metadata.csv, but the image is missing'
+        elif label is not None and keep is not None and label not in keep:
+            why = f"class '{label}' is not taken from ieee8023 here (it takes {', '.join(sorted(keep))})"
+        if label is None or why:
+            records.left_out.append((display(path), f'ieee8023: {why}'))
+        else:
+            records.append(_record(path, label, row['patientid'], 'ieee8023'))
+    if records.left_out:
+        _logger.info('ieee8023: left out %d rows (listed in skipped.json)', len(records.left_out))
+    return records
 
 
 COVID_RADIOGRAPHY_LABELS = {'COVID': 'COVID-19', 'Normal': 'normal', 'Viral Pneumonia': 'viral pneumonia',

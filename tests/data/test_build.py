@@ -23,7 +23,8 @@ def _sample_plus(tmp_path):
 
 
 def test_sample_dataset_has_patient_splits_card_and_saved_assignment(tmp_path):
-    summary = build_dataset(_sample_plus(tmp_path), tmp_path / 'out', seed=5)
+    left_out = [('lateral.png', 'ieee8023: view not given')]  # what a source did not take
+    summary = build_dataset(_sample_plus(tmp_path), tmp_path / 'out', seed=5, left_out=left_out)
     out = tmp_path / 'out'
     dataset = load_prepared(out)
     assert set(dataset) == {'train', 'validation', 'test'}
@@ -35,6 +36,7 @@ def test_sample_dataset_has_patient_splits_card_and_saved_assignment(tmp_path):
     skipped = json.loads((out / 'skipped.json').read_text())
     assert any('broken.jpeg' in s['path'] and 'truncated' in s['reason'] for s in skipped)
     assert any('copy.jpeg' in s['path'] and 'duplicate' in s['reason'] for s in skipped)
+    assert {'path': 'lateral.png', 'reason': 'ieee8023: view not given'} in skipped and summary['left_out'] == 1
     saved = json.loads((out / 'splits.json').read_text())
     assert saved['seed'] == 5 and set(saved['patients']['test']) == set(dataset['test']['patient_id'])
 
@@ -45,6 +47,8 @@ def test_sample_dataset_has_patient_splits_card_and_saved_assignment(tmp_path):
     assert meta['class_names'] == ['bacterial pneumonia', 'normal']
     assert 'seed 5' in card and 'Pediatric' in card and 'Source decides label' in card
     assert '| normal |' in card and '| kermany16 |' in card
+    assert 'left out before any image was read' in card and 'ieee8023: view not given (1)' in card
+    assert '| class | kermany16 |\n|---|---|\n| bacterial pneumonia | 8 |' in card  # per class and source
 
 
 def test_images_decode_back_to_the_files(tmp_path):

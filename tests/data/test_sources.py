@@ -90,16 +90,48 @@ def test_ieee8023_layout_keeps_pa_and_ap_x_rays_and_maps_findings(tmp_path):
         ('6', 'Pneumonia/Viral/COVID-19', 'Axial', 'CT', 'g.jpg'),
         ('7', 'Tuberculosis', 'PA', 'X-ray', 'h.jpg'),
     ]
-    root.mkdir()
+    for *_, name in rows:
+        _image(root / 'images' / name)
     (root / 'metadata.csv').write_text('patientid,finding,view,modality,folder,filename\n' + ''.join(
         f'{p},{f},{v},{m},images,{n}\n' for p, f, v, m, n in rows))
-    records = {Path(r['path']).name: r for r in ieee8023_records(root)}
+    source = ieee8023_records(root)
+    records = {Path(r['path']).name: r for r in source}
     assert sorted(records) == ['a.jpg', 'b.jpg', 'c.jpg', 'd.jpg', 'e.jpg']
+    left_out = {Path(path).name: why for path, why in source.left_out}
+    assert left_out == {'f.jpg': "ieee8023: view 'L' is not frontal (PA, AP, AP Supine)",
+                        'g.jpg': 'ieee8023: modality CT, not X-ray',
+                        'h.jpg': "ieee8023: finding 'Tuberculosis' is not a class of the task"}
     assert [records[f'{n}.jpg']['label'] for n in 'abcde'] == [
         'COVID-19', 'COVID-19', 'bacterial pneumonia', 'viral pneumonia', 'normal']
     assert records['a.jpg']['patient_id'] == '1' and records['a.jpg']['path'] == str(root / 'images' / 'a.jpg')
     without_sars = ieee8023_records(root, label_map={'SARS': None})
     assert sorted(Path(r['path']).name for r in without_sars) == ['a.jpg', 'b.jpg', 'c.jpg', 'e.jpg']
+
+
+def test_ieee8023_june_2020_snapshot_quirks_are_taken_or_left_out_with_their_reason(tmp_path):
+    root = tmp_path / 'covid-chestxray-dataset'
+    rows = [  # findings as that snapshot writes them: the organism alone, combined, or not yet given
+        ('1', 'COVID-19', 'PA', 'a.jpg'), ('2', 'COVID-19, ARDS', 'AP Supine', 'b.jpg'),
+        ('3', 'Streptococcus', 'AP', 'c.jpg'), ('4', 'todo', 'PA', 'd.jpg'), ('5', '', 'PA', 'e.jpg'),
+        ('6', 'COVID-19', '', 'f.jpg'), ('7', 'COVID-19', 'PA', 'gone.jpg'), ('8', 'Lipoid', 'PA', 'h.jpg'),
+        ('9', 'COVID-19, Streptococcus', 'PA', 'i.jpg'),
+    ]
+    for *_, name in rows:
+        if name != 'gone.jpg':
+            _image(root / 'images' / name)
+    (root / 'metadata.csv').write_text('patientid,finding,view,modality,filename\n' + ''.join(
+        f'{p},"{f}",{v},X-ray,{n}\n' for p, f, v, n in rows))
+    source = ieee8023_records(root, classes=['COVID-19'])
+    assert {Path(r['path']).name: r['label'] for r in source} == {'a.jpg': 'COVID-19', 'b.jpg': 'COVID-19'}
+    left_out = {Path(path).name: why.removeprefix('ieee8023: ') for path, why in source.left_out}
+    assert left_out == {
+        'c.jpg': "class 'bacterial pneumonia' is not taken from ieee8023 here (it takes COVID-19)",
+        'd.jpg': "finding not given ('todo')", 'e.jpg': "finding not given ('')", 'f.jpg': 'view not given',
+        'gone.jpg': 'listed in metadata.csv, but the image is missing',
+        'h.jpg': "finding 'Lipoid' is not a class of the task",
+        'i.jpg': "finding 'COVID-19, Streptococcus' names 2 classes (COVID-19, bacterial pneumonia)",
+    }
+    assert {Path(r['path']).name for r in ieee8023_records(root)} == {'a.jpg', 'b.jpg', 'c.jpg'}
 
 
 def test_covid_radiography_layout_has_no_patient_ids(tmp_path):
