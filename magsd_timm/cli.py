@@ -151,7 +151,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     metrics, intervals = report['metrics'], report['intervals']
     print(f"{args.split}: {report['num_images']} images, accuracy {metrics['accuracy']:.3f} "
           f"[{intervals['accuracy'][0]:.3f}, {intervals['accuracy'][1]:.3f}], macro F1 {metrics['macro_f1']:.3f}, "
-          f"ECE {metrics['ece']:.3f}" + (f', temperature {temperature:.3f} (saved)' if calibration else ''))
+          f"ECE {metrics['ece']:.3f}" + (f', temperature {temperature:.3f} (saved)' if calibration else '')
+          + (f"; absent classes: {', '.join(report['absent_classes'])}" if report['absent_classes'] else ''))
     print('wrote ' + ', '.join(str(p) for p in written))
     return 0
 

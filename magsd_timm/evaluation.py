@@ -9,7 +9,7 @@ negative log-likelihood, and saved into the checkpoint's config.json.
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -38,11 +38,13 @@ class CalibrationError(BadInputError):
 
 
 def align_labels(model_names: Sequence[str], data_names: Sequence[str]) -> torch.Tensor:
-    """For each data class index, the model's index of the same class; refuse different class lists."""
-    if sorted(model_names) != sorted(data_names):
+    """For each data class index, the model's index of the same class; the data may hold fewer classes, not others."""
+    unknown = [name for name in data_names if name not in model_names]
+    if unknown:
         raise LabelMismatchError(
             f'The checkpoint predicts {list(model_names)} but the data has {list(data_names)}: '
-            'evaluate a checkpoint trained on these classes.')
+            f"{', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not among its classes; "
+            'evaluate a checkpoint trained on these classes (data with fewer of its classes is fine).')
     return torch.tensor([list(model_names).index(name) for name in data_names])
 
 
@@ -110,18 +112,31 @@ def _groups(dataset: CXRDataset) -> Tuple[List[Any], str]:
     return groups, 'patient' if len(set(groups)) < len(groups) else 'image'
 
 
+def _present(labels: torch.Tensor, class_names: Sequence[str]) -> Optional[List[str]]:
+    """The classes these labels hold, when they hold fewer than class_names (else None: all are present)."""
+    held = sorted(set(labels.tolist()))
+    return None if len(held) == len(class_names) else [class_names[k] for k in held]
+
+
 def evaluate(
         logits: Sequence[torch.Tensor], labels: torch.Tensor, dataset: CXRDataset, class_names: Sequence[str],
         temperature: float = 1.0, replicates: int = 1000, seed: int = 0,
 ) -> Tuple[Dict[str, Any], torch.Tensor]:
-    """The report (metrics, 95% intervals, per source) of logits in the model's class order, and the probabilities."""
+    """The report (metrics, 95% intervals, per source) of logits in the model's class order, and the probabilities.
+
+    Data may hold a subset of the model's classes (an external test set, a left-out source): the
+    predictions stay over all classes, the absent classes are named, and macro F1 averages over the
+    present ones (per source: over that source's).
+    """
     probs = probabilities(logits, temperature)
-    metrics = classification_metrics(probs, labels, class_names, probabilities=True)
+    present = _present(labels, class_names)
+    metrics = classification_metrics(probs, labels, class_names, probabilities=True, present=present)
     groups, unit = _groups(dataset)
     report: Dict[str, Any] = {
         'num_images': len(labels), 'num_patients': len(set(groups)) if unit == 'patient' else None,
         'temperature': temperature, 'metrics': metrics,
-        'intervals': bootstrap_intervals(probs, labels, class_names, groups, replicates, seed),
+        'absent_classes': [c for c in class_names if present is not None and c not in present],
+        'intervals': bootstrap_intervals(probs, labels, class_names, groups, replicates, seed, present=present),
         'bootstrap': {'replicates': replicates, 'seed': seed, 'level': 0.95, 'resampled': unit},
     }
     sources = dataset.column('source')
@@ -129,8 +144,10 @@ def evaluate(
         report['per_source'] = {}
         for source in sorted({s for s in sources if s is not None}):
             keep = torch.tensor([s == source for s in sources])
-            result = classification_metrics(probs[keep], labels[keep], class_names, probabilities=True)
-            report['per_source'][source] = {'num_images': int(keep.sum()), **{k: result[k] for k in SCALARS}}
+            held = _present(labels[keep], class_names)
+            result = classification_metrics(probs[keep], labels[keep], class_names, probabilities=True, present=held)
+            report['per_source'][source] = {'num_images': int(keep.sum()), **{k: result[k] for k in SCALARS},
+                                            'classes': held or list(class_names)}
     return report, probs
 
 
@@ -141,12 +158,17 @@ def _markdown(report: Dict[str, Any], class_names: Sequence[str]) -> str:
              f"{report['num_images']} images" + (f", {report['num_patients']} patients" if report['num_patients'] else '')
              + f"; temperature {report['temperature']:.3f}; attention TTA {'on' if report.get('tta') else 'off'}. "
              f"Intervals: {boot['level']:.0%} percentile bootstrap, {boot['replicates']} resamples of "
-             f"{boot['resampled']}s (seed {boot['seed']}). n/a: undefined on these images.", '',
-             metrics_markdown(report['metrics'], class_names, report['intervals'])]
+             f"{boot['resampled']}s (seed {boot['seed']}). n/a: undefined on these images.", '']
+    if report.get('absent_classes'):
+        lines += [f"Absent from these images: {', '.join(report['absent_classes'])}. The model still predicts "
+                  'over all its classes (an image predicted as an absent class is an error); macro F1 averages '
+                  'over the present classes; the per-class rows are one class against the rest.', '']
+    lines.append(metrics_markdown(report['metrics'], class_names, report['intervals']))
     if 'per_source' in report:
-        lines += ['Per source:', '', markdown_table(
-            ['source', 'images', *SCALARS],
-            [[s, r['num_images'], *(metric_cell(r[k]) for k in SCALARS)] for s, r in report['per_source'].items()])]
+        lines += ['Per source (macro F1 over the classes each source holds):', '', markdown_table(
+            ['source', 'images', 'classes', *SCALARS],
+            [[s, r['num_images'], ', '.join(r['classes']), *(metric_cell(r[k]) for k in SCALARS)]
+             for s, r in report['per_source'].items()])]
     if 'calibration' in report:
         cal = report['calibration']
         lines += ['', f"Temperature {cal['temperature']:.3f} fitted on the {cal['split']} split "

@@ -30,8 +30,13 @@ def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
 
 def classification_metrics(
         logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], probabilities: bool = False,
+        present: Optional[Sequence[str]] = None,
 ) -> Dict[str, object]:
-    """Metrics of logits (or probabilities) (N, K) against labels (N,): floats, per-class dicts, confusion matrix."""
+    """Metrics of logits (or probabilities) (N, K) against labels (N,): floats, per-class dicts, confusion matrix.
+
+    present: the classes the data holds, when it holds fewer than the model predicts (an external test
+    set); macro F1 then averages over them alone. Predictions stay over all classes.
+    """
     from torchmetrics.functional.classification import (
         multiclass_accuracy, multiclass_auroc, multiclass_average_precision, multiclass_calibration_error,
         multiclass_confusion_matrix, multiclass_f1_score,
@@ -62,7 +67,9 @@ def classification_metrics(
     }
     result: Dict[str, object] = {
         'accuracy': float(multiclass_accuracy(probs, labels, num_classes, average='micro')),
-        'macro_f1': float(multiclass_f1_score(probs, labels, num_classes, average='macro')),
+        'macro_f1': float(multiclass_f1_score(probs, labels, num_classes, average='macro')) if present is None
+        else float(multiclass_f1_score(probs, labels, num_classes, average=None)[
+            torch.tensor([c in present for c in class_names])].mean()),
         'ece': float(multiclass_calibration_error(probs, labels, num_classes, n_bins=ECE_BINS, norm='l1')),
         'num_samples': int(labels.numel()),
         'confusion_matrix': cm.long().tolist(),
@@ -111,7 +118,7 @@ def metrics_markdown(metrics: Dict[str, Any], class_names: Sequence[str],
 
 def bootstrap_intervals(
         probs: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], groups: Optional[Sequence[Any]] = None,
-        replicates: int = 1000, seed: int = 0, level: float = 0.95,
+        replicates: int = 1000, seed: int = 0, level: float = 0.95, present: Optional[Sequence[str]] = None,
 ) -> Dict[str, Any]:
     """Percentile intervals [low, high] of every metric over resamples, with replacement, of groups (default: images)."""
     groups = list(range(len(labels))) if groups is None else list(groups)
@@ -125,7 +132,8 @@ def bootstrap_intervals(
     draws: Dict[str, List[float]] = {}
     for _ in range(replicates):
         picked = torch.cat([members[i] for i in torch.randint(len(members), (len(members),), generator=generator)])
-        result = classification_metrics(probs[picked], labels[picked], class_names, probabilities=True)
+        result = classification_metrics(probs[picked], labels[picked], class_names, probabilities=True,
+                                        present=present)
         for name in SCALARS:
             draws.setdefault(name, []).append(result[name])
         for name in PER_CLASS:

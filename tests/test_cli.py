@@ -133,14 +133,26 @@ def _train_records():
     return open_dataset(None, 'train').items
 
 
-def test_a_checkpoint_with_other_classes_is_refused_with_both_lists(tmp_path, magsd_here):
-    model = timm.create_model('magsd_custom', backbone='test_resnet', num_maps=4)  # the 4 CXR classes
-    save_for_hf(model, tmp_path / 'covid', safe_serialization=True,
-                model_config={'label_names': list(magsd_timm.CXR_LABEL_NAMES)})
+def test_a_checkpoint_without_the_datas_classes_is_refused_with_both_lists(tmp_path, magsd_here):
+    model = timm.create_model('magsd_custom', backbone='test_resnet', num_maps=4, num_classes=2)
+    save_for_hf(model, tmp_path / 'covid', safe_serialization=True, model_config={'label_names': ['COVID-19', 'normal']})
     proc = magsd_here('evaluate', tmp_path / 'covid', '--output', tmp_path / 'out', '--allow-untrained')
     assert proc.returncode == 2
-    assert str(list(magsd_timm.CXR_LABEL_NAMES)) in proc.stderr and "['bacterial pneumonia', 'normal']" in proc.stderr
+    assert "['COVID-19', 'normal']" in proc.stderr and "'bacterial pneumonia' is not among its classes" in proc.stderr
     assert not (tmp_path / 'out').exists()
+
+
+def test_a_four_class_checkpoint_evaluates_data_holding_two_of_its_classes(tmp_path, magsd_here):
+    model = timm.create_model('magsd_custom', backbone='test_resnet', num_maps=4)  # the 4 CXR classes
+    save_for_hf(model, tmp_path / 'cxr4', safe_serialization=True,
+                model_config={'label_names': list(magsd_timm.CXR_LABEL_NAMES)})
+    proc = magsd_here('evaluate', tmp_path / 'cxr4', '--split', 'train', '--bootstrap', '20', '--output',
+                      tmp_path / 'out', '--allow-untrained')
+    assert proc.returncode == 0, proc.stderr
+    assert 'absent classes: COVID-19, viral pneumonia' in proc.stdout
+    report = json.loads((tmp_path / 'out' / 'evaluation.json').read_text())
+    assert report['absent_classes'] == ['COVID-19', 'viral pneumonia']
+    assert set(report['metrics']['sensitivity']) == set(magsd_timm.CXR_LABEL_NAMES)  # predictions over all four
 
 
 def _calibration_manifest(folder: Path, checkpoint: Path, magsd_here, images: int = 40, validation: int = 30) -> Path:

@@ -13,11 +13,35 @@ from magsd_timm.evaluation import (
 from magsd_timm.models import ConfigError
 
 
-def test_classes_in_another_order_are_mapped_and_other_classes_refused():
+def test_classes_in_another_order_or_fewer_are_mapped_and_other_classes_refused():
     assert align_labels(['normal', 'pneumonia'], ['pneumonia', 'normal']).tolist() == [1, 0]
+    assert align_labels(['COVID-19', 'viral', 'bacterial', 'normal'], ['normal', 'COVID-19']).tolist() == [3, 0]
     with pytest.raises(LabelMismatchError) as error:
         align_labels(['COVID-19', 'normal'], ['normal', 'pneumonia'])
     assert "['COVID-19', 'normal']" in str(error.value) and "['normal', 'pneumonia']" in str(error.value)
+    assert "'pneumonia' is not among its classes" in str(error.value)
+
+
+def test_an_external_set_with_fewer_classes_is_scored_over_the_present_ones_and_names_the_absent(tmp_path):
+    classes = ['COVID-19', 'viral', 'bacterial', 'normal']
+    # 8 images, COVID-19 and normal only; the model calls one normal image viral and one COVID-19 image normal
+    records = [dict(path=f'x{i}.png', label='COVID-19' if i < 4 else 'normal', patient_id=f'p{i}',
+                    source='siteA' if i % 2 else 'siteB') for i in range(8)]
+    dataset = CXRDataset(records, classes)
+    labels = torch.tensor(dataset.labels())
+    predicted = torch.tensor([0, 0, 0, 3, 3, 3, 3, 1])
+    logits = 5 * torch.nn.functional.one_hot(predicted, 4).float()
+    report, probs = evaluate([logits], labels, dataset, classes, replicates=20)
+    assert probs.shape == (8, 4) and report['absent_classes'] == ['viral', 'bacterial']
+    metrics = report['metrics']
+    assert metrics['accuracy'] == pytest.approx(6 / 8)
+    # F1: COVID-19 2*3/(2*3+0+1) = 6/7; normal 2*3/(2*3+1+1) = 3/4; the absent classes are not averaged in
+    assert metrics['macro_f1'] == pytest.approx((6 / 7 + 3 / 4) / 2)
+    assert metrics['sensitivity']['COVID-19'] == pytest.approx(3 / 4) and metrics['specificity']['COVID-19'] == 1.0
+    assert math.isnan(metrics['sensitivity']['viral']) and metrics['specificity']['viral'] == pytest.approx(7 / 8)
+    assert report['per_source']['siteA']['classes'] == ['COVID-19', 'normal']
+    write_reports(dict(report, model='m', data='external', split='test'), probs, labels, classes, tmp_path)
+    assert 'Absent from these images: viral, bacterial.' in (tmp_path / 'evaluation.md').read_text()
 
 
 def test_temperature_scaling_recovers_the_temperature_that_generated_the_labels():
