@@ -147,12 +147,23 @@ def _evaluate(args: argparse.Namespace) -> int:
     if calibration:
         report['calibration'] = calibration
     output = Path(args.output or f'eval/{args.split}')
+    if args.boxes:
+        from .localization import load_boxes, localization_report
+
+        report['localization'] = localization_report(
+            model, dataset, load_boxes(args.boxes), args.batch_size, args.bootstrap, args.seed,
+            output / 'overlays' if args.overlays else None, args.overlays)
     written = write_reports(report, probs, labels, class_names, output)
     metrics, intervals = report['metrics'], report['intervals']
     print(f"{args.split}: {report['num_images']} images, accuracy {metrics['accuracy']:.3f} "
           f"[{intervals['accuracy'][0]:.3f}, {intervals['accuracy'][1]:.3f}], macro F1 {metrics['macro_f1']:.3f}, "
           f"ECE {metrics['ece']:.3f}" + (f', temperature {temperature:.3f} (saved)' if calibration else '')
           + (f"; absent classes: {', '.join(report['absent_classes'])}" if report['absent_classes'] else ''))
+    if 'localization' in report:
+        where = report['localization']
+        print(f"where it looks ({where['method']}, {where['num_images']} images with boxes): "
+              f"{where['mass_in_boxes']:.3f} of the map in the boxes (they cover {where['box_area_share']:.3f} of "
+              f"the image), peak inside {where['pointing_hit_rate']:.3f}")
     print('wrote ' + ', '.join(str(p) for p in written))
     return 0
 
@@ -247,6 +258,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument('--tta', action='store_true', help='attention test-time augmentation (raw + attention crop)')
     evaluate.add_argument('--batch-size', type=number(int, 1), default=16)
     evaluate.add_argument('--device', default='auto')
+    evaluate.add_argument('--boxes', metavar='COCO_JSON',
+                          help='score where the model looks against these boxes (e.g. lungs), matched by file name: '
+                               'heat-map mass inside them and the pointing game; overlays in OUTPUT/overlays')
+    evaluate.add_argument('--overlays', type=number(int, 0), default=4, help='overlay PNGs to write with --boxes')
 
     export = command('export', 'ONNX or TorchScript file with a dynamic batch dimension, checked against eager')
     export.add_argument('--format', choices=['onnx', 'torchscript'], required=True)

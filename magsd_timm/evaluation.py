@@ -169,6 +169,15 @@ def _markdown(report: Dict[str, Any], class_names: Sequence[str]) -> str:
             ['source', 'images', 'classes', *SCALARS],
             [[s, r['num_images'], ', '.join(r['classes']), *(metric_cell(r[k]) for k in SCALARS)]
              for s, r in report['per_source'].items()])]
+    if 'localization' in report:
+        where = report['localization']
+        lines += ['', f"Where the model looks ({where['method']}), on the {where['num_images']} images with boxes "
+                      f"(the boxes cover {where['box_area_share']:.3f} of the image on average):", '', markdown_table(
+                          ['measure', 'value [95% CI]'],
+                          [['share of the heat map inside the boxes',
+                            metric_cell(where['mass_in_boxes'], where['mass_in_boxes_interval'])],
+                           ['pointing game: peak inside the boxes',
+                            metric_cell(where['pointing_hit_rate'], where['pointing_hit_rate_interval'])]])]
     if 'calibration' in report:
         cal = report['calibration']
         lines += ['', f"Temperature {cal['temperature']:.3f} fitted on the {cal['split']} split "

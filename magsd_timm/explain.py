@@ -52,8 +52,8 @@ def pointing_game(maps: torch.Tensor, boxes: torch.Tensor, tolerance: int = 0) -
 
 
 def save_overlay(path: Union[str, Path], image: torch.Tensor, heat: torch.Tensor, title: str,
-                 box: Optional[Sequence[int]] = None) -> None:
-    """A PNG of the heat map (H, W) over the grey image (H, W), with a colour bar and a title."""
+                 boxes: Sequence[Sequence[float]] = ()) -> None:
+    """A PNG of the heat map (H, W) over the grey image (H, W), with a colour bar, a title and boxes (x0, y0, x1, y1)."""
     import matplotlib
     matplotlib.use('Agg')  # files only, no display
     import matplotlib.pyplot as plt
@@ -61,8 +61,7 @@ def save_overlay(path: Union[str, Path], image: torch.Tensor, heat: torch.Tensor
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     ax.imshow(image.float().cpu().numpy(), cmap='gray')
     shown = ax.imshow(heat.float().cpu().numpy(), cmap='jet', alpha=0.45)
-    if box is not None:
-        x0, y0, x1, y1 = box
+    for x0, y0, x1, y1 in boxes:
         ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor='white'))
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label='attention')
     ax.set_title(title, fontsize=9)

@@ -45,6 +45,9 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument('--seed', type=number(int, 0, 2 ** 32 - 1), default=0)
     parser.add_argument('--fractions', type=number(float, 0, 1), nargs=3, default=(0.7, 0.15, 0.15),
                         metavar=('TRAIN', 'VAL', 'TEST'), help='shares of the patients per split')
+    parser.add_argument('--max-per-class', type=number(int, 1), default=None, metavar='N',
+                        help='keep at most N images of each class, whole patients drawn with --seed (a subset for '
+                             'quick runs; what was not drawn is not listed)')
     parser.add_argument('--holdout-source', help='leave this source out as the test split')
     parser.add_argument('--folds', type=number(int, 0), default=0, help='also assign K folds by patient (K >= 2)')
     parser.add_argument('--name', default='Chest X-rays for MAG-SD', help='pretty name in the card')
@@ -81,7 +84,8 @@ def _prepare(args: argparse.Namespace) -> int:
     left_out = [row for source in sources for row in getattr(source, 'left_out', [])]
     summary = build_dataset(
         records, args.output, seed=args.seed, fractions=args.fractions, holdout_source=args.holdout_source,
-        folds=args.folds, pretty_name=args.name, overwrite=args.overwrite, left_out=left_out)
+        folds=args.folds, pretty_name=args.name, overwrite=args.overwrite, left_out=left_out,
+        max_per_class=args.max_per_class)
     print(json.dumps({k: summary[k] for k in ('output', 'counts', 'left_out', 'skipped', 'duplicates', 'conflicts',
                                               'seed')}, indent=2))
     return 0

@@ -338,3 +338,24 @@ def test_a_truncated_weights_file_is_one_line_and_exit_2(trained_run, tmp_path, 
     (checkpoint / 'model.safetensors').write_bytes(data[:len(data) // 3])
     proc = magsd_here('predict', checkpoint, sample_records()[0]['path'])
     assert proc.returncode == 2 and 'truncated or corrupt' in proc.stderr and proc.stderr.count('\n') == 1
+
+
+def test_evaluate_scores_where_the_model_looks_against_boxes(trained_run, tmp_path, magsd_here):
+    from PIL import Image
+
+    images = []
+    for i, record in enumerate(sample_records()):
+        with Image.open(record['path']) as image:
+            width, height = image.size
+        images.append(dict(id=i, file_name=Path(record['path']).name, width=width, height=height))
+    annotations = [dict(image_id=i['id'], bbox=[0, 0, i['width'] / 2, i['height']]) for i in images]  # left halves
+    (tmp_path / 'boxes.json').write_text(json.dumps(dict(images=images, annotations=annotations)))
+    proc = magsd_here('evaluate', trained_run, '--split', 'train', '--bootstrap', '20', '--boxes',
+                      tmp_path / 'boxes.json', '--overlays', '2', '--output', tmp_path / 'out')
+    assert proc.returncode == 0, proc.stderr
+    where = json.loads((tmp_path / 'out' / 'evaluation.json').read_text())['localization']
+    assert where['method'] == 'MA-Net display map' and where['num_images'] == 12  # the train split
+    assert where['box_area_share'] == pytest.approx(0.5, abs=0.02) and 0 <= where['mass_in_boxes'] <= 1
+    assert 'of the map in the boxes' in proc.stdout
+    assert 'share of the heat map inside the boxes' in (tmp_path / 'out' / 'evaluation.md').read_text()
+    assert len(list((tmp_path / 'out' / 'overlays').glob('*.png'))) == 2

@@ -35,5 +35,5 @@ def test_display_map_and_overlay(tmp_path):
     images = torch.randn(2, 1, 64, 64)
     logits, heat = attention_heatmap(model, images)
     assert logits.shape == (2, 2) and heat.shape == (2, 1, 64, 64) and (heat >= 0).all()
-    save_overlay(tmp_path / 'o.png', images[0, 0], heat[0, 0], 'normal (0.93)', box=(3, 4, 20, 30))
+    save_overlay(tmp_path / 'o.png', images[0, 0], heat[0, 0], 'normal (0.93)', boxes=[(3, 4, 20, 30)])
     assert (tmp_path / 'o.png').read_bytes()[:4] == b'\x89PNG'

@@ -22,7 +22,7 @@ from ..metrics import markdown_table
 from ..outputs import atomic_folder, exclusive_lock, recover_folder, strict_json
 from .reader import ImageReadError, is_dicom, read_image
 from .sources import Record, fold_labels
-from .splits import assign_patients, deduplicate, patient_folds, patient_split, source_holdout
+from .splits import assign_patients, deduplicate, patient_folds, patient_split, patient_subset, source_holdout
 
 if TYPE_CHECKING:
     import datasets
@@ -150,11 +150,13 @@ def build_dataset(
         pretty_name: str = 'Chest X-rays for MAG-SD',
         overwrite: bool = False,
         left_out: Sequence[Tuple[str, str]] = (),
+        max_per_class: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Check, deduplicate and split records by patient, then write a DatasetDict with its card to output.
 
     left_out: (path, reason) of the rows the sources did not take (SourceRecords.left_out), listed with
-    the rest in skipped.json and counted in the card.
+    the rest in skipped.json and counted in the card. max_per_class: keep at most that many images of
+    each class, whole patients drawn with the seed (splits.patient_subset), before the split.
     """
     output = Path(output)
     with exclusive_lock(output, 'prepare_data build'):
@@ -163,12 +165,14 @@ def build_dataset(
         if output.exists() and not overwrite:
             raise FileExistsError(f'{display(output)} exists: choose another output or pass overwrite=True '
                                   '(--overwrite).')
-        return _build(records, output, seed, fractions, holdout_source, folds, pretty_name, left_out)
+        if max_per_class:
+            records = patient_subset(records, max_per_class, seed)
+        return _build(records, output, seed, fractions, holdout_source, folds, pretty_name, left_out, max_per_class)
 
 
 def _build(records: Sequence[Record], output: Path, seed: int, fractions: Sequence[float],
            holdout_source: Optional[str], folds: int, pretty_name: str,
-           left_out: Sequence[Tuple[str, str]]) -> Dict[str, Any]:
+           left_out: Sequence[Tuple[str, str]], max_per_class: Optional[int]) -> Dict[str, Any]:
     import datasets
 
     records, label_notes = fold_labels(records)
@@ -192,6 +196,9 @@ def _build(records: Sequence[Record], output: Path, seed: int, fractions: Sequen
         splits = patient_split(kept, fractions, seed)
         method = (f'By patient, stratified by class (a patient under its most frequent label), seed {seed}: '
                   f'train / validation / test = {" / ".join(f"{f:.0%}" for f in fractions)} of the patients.')
+    if max_per_class:
+        method = (f'A subset for quick runs: at most {max_per_class} images of each class, whole patients drawn '
+                  f'with seed {seed}. ') + method
     class_names = sorted({r['label'] for r in kept})
     fold_of = {}
     if folds:
@@ -216,6 +223,7 @@ def _build(records: Sequence[Record], output: Path, seed: int, fractions: Sequen
                        left_out)
     summary = dict(
         seed=seed, fractions=list(fractions), holdout_source=holdout_source, folds=folds, method=method,
+        max_per_class=max_per_class,
         class_names=class_names, patients={s: sorted({r['patient_id'] for r in rs}) for s, rs in splits.items()},
         counts={s: len(rs) for s, rs in splits.items()}, label_folds=label_notes,
     )

@@ -95,6 +95,12 @@ class CXRDataset(Dataset):
             return [None] * len(self.items)
         return list(self.items[name])
 
+    def file_names(self) -> List[str]:
+        """The file name of every item, what box files and reports match images by ('' where unknown)."""
+        if self.from_files:
+            return [Path(r['path']).name for r in self.items]
+        return [name or '' for name in self.column('file_name')]
+
     def labels(self) -> List[int]:
         """The class index of every item, in order."""
         if self.from_files:

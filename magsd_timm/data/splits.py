@@ -17,7 +17,7 @@ from .sources import Record
 
 __all__ = [
     'SPLITS', 'assign_patients', 'check_no_patient_overlap', 'content_hash', 'deduplicate', 'patient_folds',
-    'patient_split', 'source_holdout',
+    'patient_split', 'patient_subset', 'source_holdout',
 ]
 
 SPLITS = ('train', 'validation', 'test')
@@ -109,6 +109,23 @@ def patient_split(
     splits = {split: [r for r in records if split_of[r['patient_id']] == split] for split in SPLITS}
     check_no_patient_overlap(splits)
     return splits
+
+
+def patient_subset(records: Sequence[Record], per_class: int, seed: int = 0) -> List[Record]:
+    """At most per_class images of each class, as whole patients drawn at random (seeded), a patient under
+    its most frequent label: a smaller set for quick runs that keeps patients whole and tops up small classes."""
+    assigned = assign_patients(records)
+    images = Counter(r['patient_id'] for r in assigned)
+    rng = random.Random(seed)
+    chosen = set()
+    for label, patients in sorted(_patients_by_label(assigned).items()):
+        rng.shuffle(patients)
+        taken = 0
+        for patient in patients:
+            if taken + images[patient] <= per_class:
+                chosen.add(patient)
+                taken += images[patient]
+    return [r for r, a in zip(records, assigned) if a['patient_id'] in chosen]
 
 
 def check_no_patient_overlap(splits: Mapping[str, Sequence[Record]]) -> None:

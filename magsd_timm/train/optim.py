@@ -6,10 +6,10 @@ step schedule is timm's ``multistep`` (x0.1 at 50% and 83% of the run), ``cosine
 ``constant`` holds, and ``timm:NAME`` is any schedule of timm's factory with its defaults. Every
 schedule starts with an optional linear warmup from one update's share of the learning rate.
 """
-from typing import Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 from timm.scheduler.scheduler import Scheduler
 
@@ -20,12 +20,38 @@ TIMM_SCHEDULES = ('cosine', 'tanh', 'step', 'multistep', 'plateau', 'poly', 'rsq
 PAPER_MILESTONES: Tuple[float, ...] = (0.5, 0.83)  # fractions of the run where the paper's schedule drops x0.1
 
 
-def create_optimizer(model: torch.nn.Module, opt: str, lr: float, momentum: float,
-                     weight_decay: float) -> torch.optim.Optimizer:
-    """'paper': the authors' SGD with Nesterov momentum over every parameter; else timm's optimizer of that name."""
+def _param_groups(model: torch.nn.Module, weight_decay: float, decay_all: bool,
+                  head_lr_scale: float) -> List[Dict[str, Any]]:
+    """Parameter groups: weight decay on all (the authors') or on weights alone (timm's), the head's lr scaled."""
+    groups = ([{'params': list(model.parameters()), 'weight_decay': weight_decay}] if decay_all
+              else param_groups_weight_decay(model, weight_decay))
+    if head_lr_scale == 1.:
+        return groups
+    head = {id(p) for p in model.get_classifier().parameters()}
+    split = []
+    for group in groups:
+        body = [p for p in group['params'] if id(p) not in head]
+        top = [p for p in group['params'] if id(p) in head]
+        split += [dict(group, params=body)] if body else []
+        split += [dict(group, params=top, lr_scale=head_lr_scale)] if top else []
+    return split
+
+
+def create_optimizer(model: torch.nn.Module, opt: str, lr: float, momentum: float, weight_decay: float,
+                     head_lr_scale: float = 1.) -> torch.optim.Optimizer:
+    """'paper': the authors' SGD with Nesterov momentum, all parameters decayed; else timm's optimizer of that name.
+
+    head_lr_scale multiplies the classifier's learning rate: timm's lr_scale, which its schedules apply
+    (create_schedule does so from the first update on).
+    """
     if opt == 'paper':
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
-    return create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum)
+        optimizer = torch.optim.SGD(_param_groups(model, weight_decay, True, head_lr_scale), lr=lr,
+                                    momentum=momentum, nesterov=True, weight_decay=weight_decay)
+    else:
+        optimizer = create_optimizer_v2(
+            model, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum,
+            param_group_fn=lambda m: _param_groups(m, weight_decay, False, head_lr_scale))
+    return optimizer
 
 
 def create_schedule(optimizer: torch.optim.Optimizer, sched: str, epochs: int, updates_per_epoch: int,
@@ -42,4 +68,5 @@ def create_schedule(optimizer: torch.optim.Optimizer, sched: str, epochs: int, u
         optimizer, sched=name, num_epochs=epochs, warmup_epochs=warmup_epochs,
         warmup_lr=lr / max(warmup_updates, 1), min_lr=0., step_on_epochs=False, updates_per_epoch=updates_per_epoch,
         **kwargs)
+    scheduler.step_update(0)  # the first update's rates, lr_scale applied, before any update
     return scheduler

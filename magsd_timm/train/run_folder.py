@@ -14,6 +14,7 @@ Every file and checkpoint folder is written atomically; one process at a time ma
 (``claim``). ``find_run`` reads a run back for model cards and Hub pushes.
 """
 import contextlib
+import copy
 import csv
 import io
 import json
@@ -122,6 +123,8 @@ class RunFolder:
                    training: Dict[str, Any], card: Optional[Callable[[Path], str]] = None) -> Path:
         """best/ or final/ in timm's Hub format, with the trained input size, the training record and a card."""
         folder = self.path / name
+        # safetensors stores contiguous tensors only: a model trained channels_last is saved from a copy
+        model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
         with atomic_folder(folder, 'checkpoint') as staging:
             save_for_hf(model, staging, safe_serialization=True,
                         model_config={'label_names': list(class_names), 'training': training},

@@ -1,0 +1,139 @@
+"""Does the model look where it should? Its heat maps scored against boxes (e.g. the lungs) on real images.
+
+Boxes come as COCO JSON (``images[].file_name``, ``width``, ``height``; ``annotations[].bbox`` as
+x, y, width, height in that original size), any number per image, matched to a dataset's images by
+file name. The model sees each image resized to its input size (aspect not kept), so a box scales by
+the input size over the original size. For each image with boxes:
+
+* mass in boxes: the share of the heat map's total inside the union of its boxes;
+* pointing game: whether the map's maximum falls inside that union.
+
+The heat map is MA-Net's display map (the mean of its attention maps) or, for any other model,
+Grad-CAM of its predicted class at its last feature level. Both are averaged over images with a
+95% percentile bootstrap interval over images.
+"""
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from .console import BadInputError, display
+from .data.dataset import CXRDataset
+from .explain import attention_heatmap, grad_cam, save_overlay
+
+__all__ = ['box_masks', 'heat_maps', 'load_boxes', 'localization_report', 'mass_in_boxes', 'pointing_hits']
+
+Boxes = Dict[str, Tuple[Tuple[int, int], List[Tuple[float, float, float, float]]]]
+
+
+def load_boxes(path: Union[str, Path]) -> Boxes:
+    """COCO boxes by file name: ((original width, height), [(x, y, width, height), ...])."""
+    try:
+        coco = json.loads(Path(path).read_text())
+        sizes = {image['id']: (image['file_name'], (int(image['width']), int(image['height'])))
+                 for image in coco['images']}
+        boxes: Boxes = {}
+        for annotation in coco['annotations']:
+            name, size = sizes[annotation['image_id']]
+            boxes.setdefault(name, (size, []))[1].append(tuple(float(v) for v in annotation['bbox']))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BadInputError(f'{display(path)} is not a COCO box file (images with file_name, width, height; '
+                            f'annotations with image_id and bbox): {type(e).__name__}: {e}.') from e
+    return boxes
+
+
+def _input_rects(entry: Tuple[Tuple[int, int], Sequence[Sequence[float]]], size: Tuple[int, int]
+                 ) -> List[Tuple[int, int, int, int]]:
+    """An image's boxes as (x0, y0, x1, y1) pixels of the model's input (H, W), from its original size."""
+    (orig_w, orig_h), rects = entry
+    height, width = size
+    return [(max(round(x / orig_w * width), 0), max(round(y / orig_h * height), 0),
+             min(round((x + w) / orig_w * width), width), min(round((y + h) / orig_h * height), height))
+            for x, y, w, h in rects]
+
+
+def box_masks(boxes: Sequence[Tuple[Tuple[int, int], Sequence[Sequence[float]]]], size: Tuple[int, int]
+              ) -> torch.Tensor:
+    """Union masks (B, 1, H, W) at the model's input size of each image's boxes, scaled from its original size."""
+    masks = torch.zeros(len(boxes), 1, *size, dtype=torch.bool)
+    for i, entry in enumerate(boxes):
+        for x0, y0, x1, y1 in _input_rects(entry, size):
+            masks[i, 0, y0:y1, x0:x1] = True
+    return masks
+
+
+def mass_in_boxes(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Share of each map's total (B, 1, H, W) inside its mask; NaN for a map that is zero everywhere."""
+    maps = maps.float().clamp(min=0)
+    total = maps.flatten(1).sum(dim=1)
+    inside = (maps * masks).flatten(1).sum(dim=1)
+    return torch.where(total > 0, inside / total.clamp(min=1e-12), torch.full_like(total, float('nan')))
+
+
+def pointing_hits(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Whether each map's maximum falls inside its mask."""
+    peak = maps.flatten(1).argmax(dim=1)
+    return masks.flatten(1).gather(1, peak[:, None])[:, 0]
+
+
+def _last_feature_layer(model: nn.Module) -> nn.Module:
+    """The module of a timm model's last feature level, where Grad-CAM looks."""
+    info = getattr(model, 'feature_info', None)
+    if not info:
+        raise BadInputError(f'{type(model).__name__} names no feature levels (timm feature_info): no Grad-CAM layer.')
+    return model.get_submodule(info[-1]['module'])
+
+
+def heat_maps(model: nn.Module, images: torch.Tensor) -> Tuple[torch.Tensor, str]:
+    """Heat maps (B, 1, H, W) at input size: MA-Net's display map, or Grad-CAM of the predicted class; the method."""
+    if hasattr(model, 'forward_with_attention'):
+        return attention_heatmap(model, images)[1], 'MA-Net display map'
+    return grad_cam(model, _last_feature_layer(model), images)[1], 'Grad-CAM of the predicted class, last feature level'
+
+
+def _interval(values: torch.Tensor, replicates: int, seed: int) -> List[float]:
+    generator = torch.Generator().manual_seed(seed)
+    draws = values[torch.randint(len(values), (replicates, len(values)), generator=generator)].nanmean(dim=1)
+    return torch.nanquantile(draws.double(), torch.tensor([0.025, 0.975], dtype=torch.double)).tolist()
+
+
+def localization_report(model: nn.Module, dataset: CXRDataset, boxes: Boxes, batch_size: int = 16,
+                        replicates: int = 1000, seed: int = 0, overlays: Union[str, Path, None] = None,
+                        num_overlays: int = 4) -> Dict[str, Any]:
+    """Mass in boxes and pointing-game hit rate (means and 95% intervals) over the dataset's images with boxes;
+    with overlays, the first num_overlays of them drawn there (heat map, boxes, mass and hit in the title)."""
+    names = dataset.file_names()
+    chosen = [i for i, name in enumerate(names) if name in boxes]
+    if not chosen:
+        raise BadInputError(f'none of the {len(dataset)} images has boxes in the box file (matched by file name).')
+    subset = torch.utils.data.Subset(dataset, chosen)
+    device = next(model.parameters()).device
+    model.eval()
+    masses, hits, method = [], [], ''
+    start = 0
+    if overlays is not None:
+        Path(overlays).mkdir(parents=True, exist_ok=True)
+    for images, _ in DataLoader(subset, batch_size=batch_size, shuffle=False):
+        maps, method = heat_maps(model, images.to(device))
+        batch = [boxes[names[i]] for i in chosen[start:start + len(images)]]
+        masks = box_masks(batch, tuple(images.shape[-2:]))
+        masses.append(mass_in_boxes(maps.cpu(), masks))
+        hits.append(pointing_hits(maps.cpu(), masks).float())
+        for j in range(len(images)) if overlays is not None else ():
+            if start + j < num_overlays:
+                name = names[chosen[start + j]]
+                save_overlay(Path(overlays) / f'{Path(name).stem}.png', images[j, 0], maps[j, 0].cpu(),
+                             f'{display(name)}: {masses[-1][j]:.0%} in boxes, peak '
+                             f"{'inside' if hits[-1][j] else 'outside'}", _input_rects(batch[j], tuple(images.shape[-2:])))
+        start += len(images)
+    mass, hit = torch.cat(masses), torch.cat(hits)
+    area = box_masks([boxes[names[i]] for i in chosen], tuple(images.shape[-2:])).flatten(1).float().mean(dim=1)
+    return {
+        'method': method, 'num_images': len(chosen),
+        'mass_in_boxes': float(mass.nanmean()), 'mass_in_boxes_interval': _interval(mass, replicates, seed),
+        'pointing_hit_rate': float(hit.mean()), 'pointing_hit_rate_interval': _interval(hit, replicates, seed),
+        'box_area_share': float(area.mean()),  # what a uniform map would put inside the boxes
+    }

@@ -1,0 +1,70 @@
+"""Where a model looks, scored against boxes: masks at input size, mass inside, the pointing game, the report."""
+import json
+import math
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+import magsd_timm  # noqa: F401
+from magsd_timm.console import BadInputError
+from magsd_timm.data import CXRDataset, build_transforms, resolve_cxr_data_config
+from magsd_timm.localization import box_masks, load_boxes, localization_report, mass_in_boxes, pointing_hits
+
+
+def _coco(path, entries):
+    """entries: (file_name, width, height, [bbox, ...])."""
+    images = [dict(id=i, file_name=n, width=w, height=h) for i, (n, w, h, _) in enumerate(entries)]
+    annotations = [dict(image_id=i, bbox=list(b), category_id=1) for i, (*_, bs) in enumerate(entries) for b in bs]
+    path.write_text(json.dumps(dict(images=images, annotations=annotations)))
+    return path
+
+
+def test_boxes_scale_from_the_original_size_to_the_models_input(tmp_path):
+    boxes = load_boxes(_coco(tmp_path / 'b.json', [('a.png', 100, 200, [(10, 20, 20, 20), (60, 100, 40, 100)])]))
+    assert boxes == {'a.png': ((100, 200), [(10., 20., 20., 20.), (60., 100., 40., 100.)])}
+    mask = box_masks([boxes['a.png']], (50, 50))[0, 0]
+    # (10, 20, 20, 20) at 100 x 200 -> x 5..15, y 5..10 at 50 x 50; the second box reaches the corner
+    assert mask[5:10, 5:15].all() and not mask[4, 5] and not mask[5, 15] and not mask[10, 5]
+    assert mask[25:, 30:].all() and int(mask.sum()) == 5 * 10 + 25 * 20
+
+
+def test_mass_and_pointing_score_a_map_against_its_boxes():
+    masks = torch.zeros(3, 1, 4, 4, dtype=torch.bool)
+    masks[:, :, :2, :2] = True  # a quarter of the image
+    maps = torch.zeros(3, 1, 4, 4)
+    maps[0, 0, 0, 0] = 1.  # all inside
+    maps[1] = 1.  # uniform: the box's area
+    maps[1, 0, 3, 3] = 2.  # ... with its peak outside
+    mass = mass_in_boxes(maps, masks)
+    assert mass[0] == 1. and mass[1] == pytest.approx(4 / 17) and math.isnan(mass[2])  # an empty map has no share
+    assert pointing_hits(maps, masks)[:2].tolist() == [True, False]
+
+
+def test_a_file_that_is_not_coco_boxes_is_refused_by_name(tmp_path):
+    (tmp_path / 'b.json').write_text('{"images": [{"id": 1}]}')
+    with pytest.raises(BadInputError, match=r'b.json is not a COCO box file .*KeyError'):
+        load_boxes(tmp_path / 'b.json')
+
+
+@pytest.mark.parametrize('name, method', [('magsd_custom', 'MA-Net display map'), ('test_resnet', 'Grad-CAM')])
+def test_the_report_scores_ma_net_or_grad_cam_on_the_images_with_boxes(tmp_path, name, method):
+    records = []
+    for i in range(5):
+        path = tmp_path / f'x{i}.png'
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (80, 60), dtype=np.uint8)).save(path)
+        records.append(dict(path=str(path), label='normal', patient_id=str(i), source='s'))
+    boxes = load_boxes(_coco(tmp_path / 'b.json', [(f'x{i}.png', 600, 800, [(0, 0, 300, 800)]) for i in range(4)]))
+    kwargs = dict(backbone='test_resnet') if name == 'magsd_custom' else {}
+    model = timm.create_model(name, in_chans=1, num_classes=2, **kwargs)
+    transform = build_transforms(resolve_cxr_data_config(input_size=(1, 64, 64)))
+    report = localization_report(model, CXRDataset(records, ['normal', 'other'], transform), boxes, batch_size=3,
+                                 replicates=50, overlays=tmp_path / 'overlays', num_overlays=2)
+    assert report['method'].startswith(method) and report['num_images'] == 4  # x4 has no boxes
+    assert report['box_area_share'] == pytest.approx(0.5)  # the left half of every image
+    for key in ('mass_in_boxes', 'pointing_hit_rate'):
+        low, high = report[f'{key}_interval']
+        assert 0 <= low <= report[key] <= high <= 1
+    assert sorted(p.name for p in (tmp_path / 'overlays').iterdir()) == ['x0.png', 'x1.png']
