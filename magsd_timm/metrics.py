@@ -12,7 +12,7 @@ does not load it.
 """
 import math
 import warnings
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 
@@ -117,10 +117,16 @@ def metrics_markdown(metrics: Dict[str, Any], class_names: Sequence[str],
 
 
 def bootstrap_intervals(
-        probs: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], groups: Optional[Sequence[Any]] = None,
-        replicates: int = 1000, seed: int = 0, level: float = 0.95, present: Optional[Sequence[str]] = None,
+        probs: Union[torch.Tensor, Sequence[torch.Tensor]], labels: torch.Tensor, class_names: Sequence[str],
+        groups: Optional[Sequence[Any]] = None, replicates: int = 1000, seed: int = 0, level: float = 0.95,
+        present: Optional[Sequence[str]] = None,
 ) -> Dict[str, Any]:
-    """Percentile intervals [low, high] of every metric over resamples, with replacement, of groups (default: images)."""
+    """Percentile intervals [low, high] of every metric over resamples, with replacement, of groups (default: images).
+
+    probs may be several runs' probabilities on the same images (seeds of one recipe): each resample
+    then scores the mean of the runs' metrics on it, so the interval is the seed mean's.
+    """
+    runs = [probs] if isinstance(probs, torch.Tensor) else list(probs)
     groups = list(range(len(labels))) if groups is None else list(groups)
     if len(groups) != len(labels):
         raise ValueError(f'{len(groups)} group ids for {len(labels)} images.')
@@ -132,13 +138,13 @@ def bootstrap_intervals(
     draws: Dict[str, List[float]] = {}
     for _ in range(replicates):
         picked = torch.cat([members[i] for i in torch.randint(len(members), (len(members),), generator=generator)])
-        result = classification_metrics(probs[picked], labels[picked], class_names, probabilities=True,
-                                        present=present)
+        results = [classification_metrics(run[picked], labels[picked], class_names, probabilities=True,
+                                          present=present) for run in runs]
         for name in SCALARS:
-            draws.setdefault(name, []).append(result[name])
+            draws.setdefault(name, []).append(_mean([r[name] for r in results]))
         for name in PER_CLASS:
             for c in class_names:
-                draws.setdefault(f'{name}/{c}', []).append(result[name][c])
+                draws.setdefault(f'{name}/{c}', []).append(_mean([r[name][c] for r in results]))
     tail = (1 - level) / 2
     quantiles = torch.tensor([tail, 1 - tail], dtype=torch.double)
     bounds = {k: torch.nanquantile(torch.tensor(v, dtype=torch.double), quantiles).tolist() for k, v in draws.items()}
@@ -146,3 +152,9 @@ def bootstrap_intervals(
     for name in PER_CLASS:
         out[name] = {c: bounds[f'{name}/{c}'] for c in class_names}
     return out
+
+
+def _mean(values: Sequence[float]) -> float:
+    """The mean of the defined values (NaN when none is)."""
+    defined = [v for v in values if not math.isnan(v)]
+    return sum(defined) / len(defined) if defined else float('nan')

@@ -34,6 +34,7 @@ Grad-CAM of the plain backbone at the same feature level.
     python recipes/benchmark.py --device cuda --dtype bfloat16 --batch-size 32
 """
 import argparse
+import math
 import multiprocessing as mp
 import platform
 import re
@@ -41,13 +42,14 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from magsd_timm.console import json_object
 
+CXR_DEFAULTS = dict(epochs=12, img_size=96, batch_size=32)  # sized to finish in 90 minutes on 2 CPU cores
 MODEL_TARGET = 1.10  # MA-Net over the plain backbone, for inference and for forward+backward
 STEP_TARGET = 2.6  # a MAG-SD training step over one plain eager contiguous fp32 step
 AUGMENT_LOSS_TARGET = 0.05  # share of the MAG-SD step spent in the augmentations and the loss
@@ -57,7 +59,8 @@ Step = Callable[[], None]
 
 def _parse_args(argv: List[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--suite', default='all', choices=['model', 'step', 'data', 'trainer', 'attention', 'all'])
+    parser.add_argument('--suite', default='all', choices=['model', 'step', 'data', 'trainer', 'attention', 'cxr', 'all'],
+                        help="'all': every speed suite (cxr, which trains on real data, runs only when named)")
     parser.add_argument('--model', default='magsd_resnet50', help='magsd_* model to time')
     parser.add_argument('--model-kwargs', type=json_object, default={},
                         help='JSON object of its extra arguments, e.g. \'{"backbone": "convnext_tiny"}\' for magsd_custom')
@@ -74,6 +77,15 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
                         help='timed rounds per case at least, whatever --min-run-time (1 for a quick smoke run)')
     parser.add_argument('--attention-images', type=int, default=1200, help='training images of the attention suite')
     parser.add_argument('--attention-epochs', type=int, default=6, help='training epochs of the attention suite')
+    parser.add_argument('--data', type=Path, default=None, help='cxr: a folder prepared by recipes/prepare_data.py')
+    parser.add_argument('--boxes', type=Path, default=None, help='cxr: COCO boxes (e.g. lungs) to score the maps by')
+    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='cxr: one training run per seed')
+    parser.add_argument('--cxr-model', default='magsd_resnet18', help='cxr: the MA-Net (the baseline is its backbone)')
+    parser.add_argument('--cxr-epochs', type=int, default=CXR_DEFAULTS['epochs'])
+    parser.add_argument('--cxr-img-size', type=int, default=CXR_DEFAULTS['img_size'])
+    parser.add_argument('--cxr-batch-size', type=int, default=CXR_DEFAULTS['batch_size'])
+    parser.add_argument('--train-args', default='', help='cxr: further recipes/train.py flags for both methods')
+    parser.add_argument('--bootstrap', type=int, default=1000, help='cxr: bootstrap resamples of the intervals')
     parser.add_argument('--output-dir', type=Path, default=Path('benchmark_results'),
                         help='folder for the Markdown tables (one per suite)')
     args = parser.parse_args(argv)
@@ -504,8 +516,144 @@ def _machine(args: argparse.Namespace) -> str:
     return f'{cpu}, {args.threads} threads, torch {torch.__version__}'
 
 
+# ---- suite `cxr`: MAG-SD against its plain backbone on real chest X-rays ---------------------------
+
+CXR_TARGET = 0.02  # MAG-SD macro F1 over the baseline's, on the test split, mean over seeds
+
+
+def _train_run(args: argparse.Namespace, method: str, seed: int) -> Path:
+    """One training run of the cxr suite (kept: a rerun continues where an interrupted suite stopped)."""
+    import shlex
+    import subprocess
+
+    output = args.output_dir / 'cxr' / f'{method}-seed{seed}'
+    if (output / 'final' / 'config.json').is_file():
+        return output
+    command = [sys.executable, str(Path(__file__).resolve().parent / 'train.py'), '--data', str(args.data),
+               '--model', args.cxr_model, '--method', method, '--img-size', str(args.cxr_img_size),
+               '--epochs', str(args.cxr_epochs), '--batch-size', str(args.cxr_batch_size), '--seed', str(seed),
+               '--output', str(output), *(['--cpu'] if args.device == 'cpu' else []), *shlex.split(args.train_args)]
+    if output.exists():
+        command.append('--resume')
+    print(f'cxr: {shlex.join(command)}', flush=True)
+    if subprocess.run(command).returncode:
+        raise SystemExit(f'benchmark: the cxr training run into {output} failed (its message is above); '
+                         'rerunning the suite continues from its last checkpoint.')
+    return output
+
+
+def _test_probabilities(run: Path, args: argparse.Namespace):
+    """The best checkpoint's probabilities on the test split, in the data's class order, and that split."""
+    from magsd_timm.data import open_dataset
+    from magsd_timm.data.transforms import build_transforms, resolve_cxr_data_config
+    from magsd_timm.evaluation import align_labels, predict_dataset
+    from magsd_timm.hub import load
+
+    model = load(f'local-dir:{run / "best"}').to(args.device)
+    dataset = open_dataset(str(args.data), 'test', build_transforms(resolve_cxr_data_config(model)))
+    logits, labels = predict_dataset(model, dataset, batch_size=32)
+    order = align_labels(list(model.pretrained_cfg['label_names']), dataset.class_names)
+    return logits[0].softmax(-1)[:, order], labels, dataset, model
+
+
+def _mean_std(values: List[float]) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return 'n/a'
+    return f'{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0.:.3f}'
+
+
+def run_cxr_suite(args: argparse.Namespace) -> str:
+    """MAG-SD and the plain backbone, same data, budget and recipe, over seeds: test metrics with spreads and CIs."""
+    from magsd_timm.metrics import bootstrap_intervals, classification_metrics, markdown_table
+    from magsd_timm.localization import load_boxes, localization_report
+
+    if args.data is None:
+        raise SystemExit('benchmark: --suite cxr needs --data PREPARED (recipes/prepare_data.py)')
+    methods = {'MAG-SD': 'magsd', 'baseline': 'baseline'}
+    results: Dict[str, Dict[str, Any]] = {}
+    start = time.perf_counter()
+    for name, method in methods.items():
+        runs = [_test_probabilities(_train_run(args, method, seed), args) for seed in args.seeds]
+        probs = [r[0] for r in runs]
+        labels, dataset = runs[0][1], runs[0][2]
+        class_names = dataset.class_names
+        per_seed = [classification_metrics(p, labels, class_names, probabilities=True) for p in probs]
+        groups = [g if g is not None else f'image {i}' for i, g in enumerate(dataset.column('patient_id'))]
+        results[name] = dict(
+            per_seed=per_seed, class_names=class_names, labels=labels, probs=probs, dataset=dataset,
+            intervals=bootstrap_intervals(probs, labels, class_names, groups, args.bootstrap, 0),
+            where=[localization_report(r[3], dataset, load_boxes(args.boxes), replicates=args.bootstrap)
+                   for r in runs] if args.boxes else None)
+    minutes = (time.perf_counter() - start) / 60
+    class_names = results['MAG-SD']['class_names']
+
+    def row(label: str, value) -> List[str]:
+        cells = [label]
+        for name in methods:
+            r = results[name]
+            seeds = [value(m) for m in r['per_seed']]
+            cells.append(_mean_std(seeds))
+        return cells
+
+    def ci(name: str, key: str, cls: Optional[str] = None) -> str:
+        bounds = results[name]['intervals'][key]
+        low, high = bounds[cls] if cls else bounds
+        return f'[{low:.3f}, {high:.3f}]'
+
+    lines = [f"MAG-SD ({args.cxr_model}) against its plain backbone, trained alike ({args.cxr_epochs} epochs, "
+             f"{args.cxr_img_size} px, batch {args.cxr_batch_size}, train args `{args.train_args}`), seeds "
+             f"{', '.join(map(str, args.seeds))}, on the test split of `{args.data}` "
+             f"({len(results['MAG-SD']['labels'])} images): mean ± standard deviation over seeds, and the 95% "
+             f"bootstrap interval (over patients) of the seed mean. {minutes:.0f} minutes in all.", '']
+    table = []
+    for key in ('accuracy', 'macro_f1'):
+        cells = row(key, lambda m: m[key])
+        table.append([cells[0], f'{cells[1]} {ci("MAG-SD", key)}', f'{cells[2]} {ci("baseline", key)}'])
+    cells = row('macro AUROC', lambda m: _mean_nan(list(m['auroc'].values())))
+    table.append(cells)
+    for metric in ('sensitivity', 'specificity', 'auroc'):
+        for c in class_names:
+            cells = row(f'{metric}: {c}', lambda m: m[metric][c])
+            table.append([cells[0], f'{cells[1]} {ci("MAG-SD", metric, c)}', f'{cells[2]} {ci("baseline", metric, c)}'])
+    lines.append(markdown_table(['metric', 'MAG-SD', 'baseline'], table))
+    gain = (statistics.mean(m['macro_f1'] for m in results['MAG-SD']['per_seed'])
+            - statistics.mean(m['macro_f1'] for m in results['baseline']['per_seed']))
+    lines += ['', f'Macro F1, MAG-SD minus baseline: {gain:+.3f} (target >= +{CXR_TARGET:.2f}: '
+                  f'{_verdict(gain >= CXR_TARGET)}).', '']
+    sources = results['MAG-SD']['dataset'].column('source')
+    source_rows = []
+    for source in sorted({s for s in sources if s is not None}):
+        keep = torch.tensor([s == source for s in sources])
+        cells = [source, int(keep.sum())]
+        for name in methods:
+            r = results[name]
+            held = sorted({class_names[k] for k in r['labels'][keep].tolist()})
+            scores = [classification_metrics(p[keep], r['labels'][keep], class_names, True, present=held)
+                      for p in r['probs']]
+            cells += [_mean_std([m['accuracy'] for m in scores]), _mean_std([m['macro_f1'] for m in scores])]
+        source_rows.append(cells)
+    lines += ['Per source (macro F1 over the classes each source holds):', '',
+              markdown_table(['source', 'images', 'MAG-SD accuracy', 'MAG-SD macro F1', 'baseline accuracy',
+                              'baseline macro F1'], source_rows)]
+    if args.boxes:
+        lines += ['', f'Where they look, on the test images with boxes in `{args.boxes}` (mean ± sd over seeds):', '',
+                  markdown_table(['heat map', 'share inside the boxes', 'pointing game'], [
+                      [results[name]['where'][0]['method'],
+                       _mean_std([w['mass_in_boxes'] for w in results[name]['where']]),
+                       _mean_std([w['pointing_hit_rate'] for w in results[name]['where']])] for name in methods]),
+                  '', f"The boxes cover {results['MAG-SD']['where'][0]['box_area_share']:.3f} of the image: a "
+                      'uniform map would put that share inside them.']
+    return '\n'.join(lines)
+
+
+def _mean_nan(values: List[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else float('nan')
+
+
 SUITES = {'model': run_model_suite, 'step': run_step_suite, 'data': run_data_suite,
-          'trainer': run_trainer_suite, 'attention': run_attention_suite}
+          'trainer': run_trainer_suite, 'attention': run_attention_suite, 'cxr': run_cxr_suite}
 
 
 def main(argv: List[str]) -> int:
@@ -516,7 +664,7 @@ def main(argv: List[str]) -> int:
               f'{args.img_size} px, {args.model} vs {args.baseline}.\n\n')
     args.output_dir.mkdir(parents=True, exist_ok=True)
     for name, run in SUITES.items():
-        if args.suite not in (name, 'all'):
+        if args.suite != name and (args.suite != 'all' or name == 'cxr'):
             continue
         table = header + run(args) + '\n'
         print(table)

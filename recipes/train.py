@@ -115,10 +115,11 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
 
 def _create_model(args: argparse.Namespace, num_classes: int, meta: bool = False) -> torch.nn.Module:
     """The model to train; meta: only its structure and config (no weights, nothing downloaded)."""
-    name = args.model
-    if args.method == 'baseline' and name.startswith('magsd_'):
-        name = timm.create_model(name, device='meta').backbone_name  # the MA-Net's own backbone
-    kwargs = dict(args.model_kwargs, num_classes=num_classes, in_chans=1)
+    name, kwargs = args.model, dict(args.model_kwargs)
+    if args.method == 'baseline' and name.startswith('magsd_'):  # the MA-Net's own backbone, as it builds it
+        manet = timm.create_model(name, device='meta', **kwargs)
+        name, kwargs = manet.backbone_name, dict(manet.backbone_kwargs)
+    kwargs.update(num_classes=num_classes, in_chans=1)
     try:
         if meta:
             return timm.create_model(name, device='meta', **kwargs)

@@ -96,3 +96,31 @@ def test_attention_suite_scores_the_display_map_and_grad_cam(tmp_path):
     for cells in rows:
         assert 0 <= float(cells[1]) <= 1 and 0 <= float(cells[2]) <= 1
     assert '>= 0.9 and >= Grad-CAM' in rows[0][3] and '48 training images x 1 epochs' in table
+
+
+def test_cxr_suite_trains_both_methods_alike_and_reports_test_metrics_per_source_and_where_they_look(tmp_path):
+    import json
+
+    from magsd_timm.data import sample_records
+    from magsd_timm.data.build import build_dataset
+
+    records = [dict(r, source='left' if i % 2 else 'right') for i, r in enumerate(sample_records())]
+    build_dataset(records, tmp_path / 'data', seed=0, fractions=(0.5, 0.25, 0.25))
+    names = [r['path'].rsplit('/', 1)[-1] for r in records]
+    (tmp_path / 'boxes.json').write_text(json.dumps(dict(
+        images=[dict(id=i, file_name=n, width=100, height=100) for i, n in enumerate(names)],
+        annotations=[dict(image_id=i, bbox=[0, 0, 50, 100]) for i in range(len(names))])))
+    stdout = _run(tmp_path, '--suite', 'cxr', '--data', str(tmp_path / 'data'), '--boxes', str(tmp_path / 'boxes.json'),
+                  '--seeds', '0', '--cxr-epochs', '1', '--cxr-img-size', '64', '--cxr-batch-size', '4',
+                  '--cxr-model', 'magsd_custom', '--train-args', '--model-kwargs \'{"backbone": "test_resnet"}\'',
+                  '--bootstrap', '20')
+    table = (tmp_path / 'cxr.md').read_text()
+    assert table in stdout
+    rows = {_cells(line)[0]: _cells(line) for line in table.splitlines() if line.startswith('| ')}
+    assert rows['metric'] == ['metric', 'MAG-SD', 'baseline']
+    assert re.fullmatch(r'\d\.\d{3} ± 0\.000 \[\d\.\d{3}, \d\.\d{3}\]', rows['macro_f1'][1])
+    assert {'sensitivity: bacterial pneumonia', 'specificity: normal', 'auroc: normal'} <= set(rows)
+    assert {'left', 'right'} & set(rows) and 'target >= +0.02' in table  # per source
+    assert rows['MA-Net display map'][0] and any(k.startswith('Grad-CAM') for k in rows)
+    config = json.loads((tmp_path / 'cxr' / 'baseline-seed0' / 'final' / 'config.json').read_text())
+    assert config['architecture'] == 'test_resnet'  # the MA-Net's own backbone, trained alike
