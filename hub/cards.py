@@ -69,9 +69,9 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def _eval_results(metrics: Dict[str, Any], dataset: Dict[str, Optional[str]]) -> List[EvalResult]:
+def _eval_results(metrics: Dict[str, Any], split: str, dataset: Dict[str, Optional[str]]) -> List[EvalResult]:
     common = dict(task_type='image-classification', dataset_type=dataset['hub_id'] or dataset['name'],
-                  dataset_name=dataset['name'], dataset_split='validation')
+                  dataset_name=dataset['name'], dataset_split=split)
     results = []
     if _finite(metrics.get('accuracy')):
         results.append(EvalResult(metric_type='accuracy', metric_value=round(metrics['accuracy'], 4), **common))
@@ -82,11 +82,18 @@ def _eval_results(metrics: Dict[str, Any], dataset: Dict[str, Optional[str]]) ->
 
 
 def _evaluation(run: TrainingRun, class_names: List[str]) -> str:
-    if not run.metrics:
-        return 'No evaluation was recorded with this checkpoint.'
-    return (f"Validation split of the training data, checkpoint of epoch {run.epoch}, "
-            f"{run.metrics.get('num_samples')} images (n/a: undefined on these images).\n\n"
-            f'{metrics_markdown(run.metrics, class_names)}')
+    parts = []
+    if run.test_report:
+        from ..evaluation import report_markdown  # the data and inference code, only where a test report exists
+
+        report = run.test_report
+        parts.append(f"### Test split\n\n`magsd evaluate` of this checkpoint on the {report.get('split', 'test')} "
+                     f"split of {report.get('data', 'its data')}:\n\n{report_markdown(report, class_names, False)}")
+    if run.metrics:
+        parts.append(f"### Validation split\n\nThe split that chose the checkpoint (epoch {run.epoch}), "
+                     f"{run.metrics.get('num_samples')} images, so an optimistic estimate (n/a: undefined on these "
+                     f"images).\n\n{metrics_markdown(run.metrics, class_names)}")
+    return '\n\n'.join(parts) or 'No evaluation was recorded with this checkpoint.'
 
 
 def render_model_card(model: torch.nn.Module, run: TrainingRun, repo_id: str, license: str = 'apache-2.0',
@@ -104,7 +111,8 @@ def render_model_card(model: torch.nn.Module, run: TrainingRun, repo_id: str, li
     metadata = ModelCardData(
         library_name='timm', license=license, tags=MODEL_TAGS, pipeline_tag='image-classification',
         datasets=[dataset['hub_id'] or dataset['name']], base_model=base_model, model_name=name,
-        eval_results=_eval_results(run.metrics or {}, dataset) or None,
+        eval_results=_eval_results(*((run.test_report['metrics'], 'test') if run.test_report
+                                     else (run.metrics or {}, 'validation')), dataset=dataset) or None,
     )
     args = run.args
     values = dict(

@@ -23,7 +23,7 @@ from .models.config import check_temperature
 from .outputs import atomic_path, strict_json, write_text_atomic
 
 __all__ = ['CalibrationError', 'LabelMismatchError', 'MIN_CALIBRATION_IMAGES', 'TEMPERATURE_RANGE', 'align_labels',
-           'evaluate', 'fit_temperature', 'predict_dataset', 'save_temperature', 'write_reports']
+           'evaluate', 'fit_temperature', 'predict_dataset', 'report_markdown', 'save_temperature', 'write_reports']
 
 MIN_CALIBRATION_IMAGES = 20
 TEMPERATURE_RANGE = (0.01, 100.)
@@ -151,11 +151,12 @@ def evaluate(
     return report, probs
 
 
-def _markdown(report: Dict[str, Any], class_names: Sequence[str]) -> str:
+def report_markdown(report: Dict[str, Any], class_names: Sequence[str], title: bool = True) -> str:
+    """An evaluation report (evaluate's) as Markdown: what was scored, the tables, where the model looks."""
     boot = report['bootstrap']
     lines = [f"# Evaluation of {report.get('model', 'the model')} on {report.get('data', 'the data')} "
-             f"({report.get('split', '')})", '',
-             f"{report['num_images']} images" + (f", {report['num_patients']} patients" if report['num_patients'] else '')
+             f"({report.get('split', '')})", ''] if title else []
+    lines += [f"{report['num_images']} images" + (f", {report['num_patients']} patients" if report['num_patients'] else '')
              + f"; temperature {report['temperature']:.3f}; attention TTA {'on' if report.get('tta') else 'off'}. "
              f"Intervals: {boot['level']:.0%} percentile bootstrap, {boot['replicates']} resamples of "
              f"{boot['resampled']}s (seed {boot['seed']}). n/a: undefined on these images.", '']
@@ -190,7 +191,7 @@ def write_reports(report: Dict[str, Any], probs: torch.Tensor, labels: torch.Ten
     """evaluation.json, evaluation.md and the plots (confusion matrix, ROC, PR, reliability) in output."""
     from .plots import plot_confusion_matrix, plot_pr_curves, plot_reliability, plot_roc_curves
 
-    texts = {'evaluation.json': strict_json(report), 'evaluation.md': _markdown(report, class_names)}
+    texts = {'evaluation.json': strict_json(report), 'evaluation.md': report_markdown(report, class_names)}
     plots = {'confusion_matrix.png': lambda p: plot_confusion_matrix(report['metrics']['confusion_matrix'],
                                                                      class_names, p),
              'roc.png': lambda p: plot_roc_curves(probs, labels, class_names, p),

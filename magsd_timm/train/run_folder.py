@@ -9,6 +9,8 @@
       confusion_matrix.png   of that report
       summary.json, .csv     one row per epoch; curves.png plots them
       skipped.json           images left out (duplicates, label conflicts, unreadable files)
+      test/                  the best checkpoint's test report, when `magsd evaluate RUN/best DATA
+                             --output RUN/test` wrote one (evaluation.json, .md, plots): the card shows it
 
 Every file and checkpoint folder is written atomically; one process at a time may write a run folder
 (``claim``). ``find_run`` reads a run back for model cards and Hub pushes.
@@ -35,6 +37,7 @@ __all__ = ['BEST', 'FINAL', 'RunFolder', 'TrainingRun', 'find_run']
 
 BEST, FINAL = 'best', 'final'
 ARGS, EVAL_BEST, SUMMARY, SKIPPED = 'args.yaml', 'eval_best.json', 'summary.json', 'skipped.json'
+TEST_REPORT = 'test/evaluation.json'
 _DATA_CONFIG_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')
 
 
@@ -46,6 +49,7 @@ class TrainingRun:
     metrics: Optional[Dict[str, Any]] = None
     epoch: Optional[int] = None
     command: Optional[str] = None
+    test_report: Optional[Dict[str, Any]] = None  # magsd evaluate's report on the test split
 
 
 def find_run(path: Union[str, Path]) -> TrainingRun:
@@ -67,6 +71,8 @@ def find_run(path: Union[str, Path]) -> TrainingRun:
         metrics = json.loads((run_dir / EVAL_BEST).read_text())
         run.epoch = metrics.pop('epoch', None)
         run.metrics = metrics
+    if (run_dir / TEST_REPORT).is_file() and checkpoint.name == BEST:
+        run.test_report = json.loads((run_dir / TEST_REPORT).read_text())
     return run
 
 

@@ -97,3 +97,22 @@ def test_a_checkpoint_without_records_still_gets_a_card(run, model, tmp_path):
     shutil.copytree(run.checkpoint, bare)
     _, body = _split(render_model_card(model, find_run(bare), 'org/bare'))
     assert 'No evaluation was recorded with this checkpoint.' in body and 'not recorded' in body
+
+
+def test_a_test_report_in_the_run_is_the_cards_headline_with_intervals_per_source_and_where_it_looks(
+        trained_run, tmp_path, model, capsys):
+    import shutil
+
+    from magsd_timm.cli import main
+
+    run_dir = tmp_path / 'run'
+    shutil.copytree(trained_run, run_dir)
+    assert main(['evaluate', str(run_dir / 'best'), '--split', 'train', '--bootstrap', '20',
+                 '--output', str(run_dir / 'test')]) == 0
+    run = find_run(run_dir)
+    assert run.test_report['split'] == 'train' and run.test_report['num_images'] == 12
+    meta, body = _split(render_model_card(model, run, 'org/cxr-model'))
+    assert {r['dataset']['split'] for r in meta['model-index'][0]['results']} == {'test'}
+    assert body.index('### Test split') < body.index('### Validation split')
+    accuracy, (low, high) = run.test_report['metrics']['accuracy'], run.test_report['intervals']['accuracy']
+    assert f'| accuracy | {accuracy:.3f} [{low:.3f}, {high:.3f}] |' in body
