@@ -605,7 +605,8 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
              f"{args.cxr_img_size} px, batch {args.cxr_batch_size}, train args `{args.train_args}`), seeds "
              f"{', '.join(map(str, args.seeds))}, on the test split of `{args.data}` "
              f"({len(results['MAG-SD']['labels'])} images): mean ± standard deviation over seeds, and the 95% "
-             f"bootstrap interval (over patients) of the seed mean. {minutes:.0f} minutes in all.", '']
+             f"bootstrap interval (over patients) of the seed mean. {minutes:.0f} minutes for this invocation "
+             '(training runs found complete are reused).', '']
     table = []
     for key in ('accuracy', 'macro_f1'):
         cells = row(key, lambda m: m[key])
@@ -666,7 +667,7 @@ def main(argv: List[str]) -> int:
     for name, run in SUITES.items():
         if args.suite != name and (args.suite != 'all' or name == 'cxr'):
             continue
-        table = header + run(args) + '\n'
+        table = (f'Machine: {_machine(args)}.\n\n' if name == 'cxr' else header) + run(args) + '\n'
         print(table)
         (args.output_dir / f'{name}.md').write_text(table)
         print(f"written to {args.output_dir / f'{name}.md'}\n")
