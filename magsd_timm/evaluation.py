@@ -172,7 +172,9 @@ def report_markdown(report: Dict[str, Any], class_names: Sequence[str], title: b
              for s, r in report['per_source'].items()])]
     if 'localization' in report:
         where = report['localization']
-        lines += ['', f"Where the model looks ({where['method']}), on the {where['num_images']} images with boxes "
+        empty = f", {where['empty_maps']} of them with a map that is zero everywhere, not scored" \
+            if where.get('empty_maps') else ''
+        lines += ['', f"Where the model looks ({where['method']}), on the {where['num_images']} images with boxes{empty} "
                       f"(the boxes cover {where['box_area_share']:.3f} of the image on average):", '', markdown_table(
                           ['measure', 'value [95% CI]'],
                           [['share of the heat map inside the boxes',

@@ -8,6 +8,8 @@ the input size over the original size. For each image with boxes:
 * mass in boxes: the share of the heat map's total inside the union of its boxes;
 * pointing game: whether the map's maximum falls inside that union.
 
+A map that is zero everywhere points nowhere: it is counted (``empty_maps``) and left out of both.
+
 The heat map is MA-Net's display map (the mean of its attention maps) or, for any other model,
 Grad-CAM of its predicted class at its last feature level. Both are averaged over images with a
 95% percentile bootstrap interval over images.
@@ -74,9 +76,10 @@ def mass_in_boxes(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 
 def pointing_hits(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Whether each map's maximum falls inside its mask."""
-    peak = maps.flatten(1).argmax(dim=1)
-    return masks.flatten(1).gather(1, peak[:, None])[:, 0]
+    """1. where each map's maximum falls inside its mask, 0. where not, NaN for a map that is zero everywhere."""
+    flat = maps.float().clamp(min=0).flatten(1)
+    hits = masks.flatten(1).gather(1, flat.argmax(dim=1)[:, None])[:, 0].float()
+    return torch.where(flat.sum(dim=1) > 0, hits, torch.full_like(hits, float('nan')))
 
 
 def _last_feature_layer(model: nn.Module) -> nn.Module:
@@ -121,7 +124,7 @@ def localization_report(model: nn.Module, dataset: CXRDataset, boxes: Boxes, bat
         batch = [boxes[names[i]] for i in chosen[start:start + len(images)]]
         masks = box_masks(batch, tuple(images.shape[-2:]))
         masses.append(mass_in_boxes(maps.cpu(), masks))
-        hits.append(pointing_hits(maps.cpu(), masks).float())
+        hits.append(pointing_hits(maps.cpu(), masks))
         for j in range(len(images)) if overlays is not None else ():
             if start + j < num_overlays:
                 name = names[chosen[start + j]]
@@ -134,6 +137,7 @@ def localization_report(model: nn.Module, dataset: CXRDataset, boxes: Boxes, bat
     return {
         'method': method, 'num_images': len(chosen),
         'mass_in_boxes': float(mass.nanmean()), 'mass_in_boxes_interval': _interval(mass, replicates, seed),
-        'pointing_hit_rate': float(hit.mean()), 'pointing_hit_rate_interval': _interval(hit, replicates, seed),
+        'pointing_hit_rate': float(hit.nanmean()), 'pointing_hit_rate_interval': _interval(hit, replicates, seed),
+        'empty_maps': int(mass.isnan().sum()),  # zero everywhere (Grad-CAM's ReLU can leave nothing): not scored
         'box_area_share': float(area.mean()),  # what a uniform map would put inside the boxes
     }

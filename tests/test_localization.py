@@ -40,7 +40,8 @@ def test_mass_and_pointing_score_a_map_against_its_boxes():
     maps[1, 0, 3, 3] = 2.  # ... with its peak outside
     mass = mass_in_boxes(maps, masks)
     assert mass[0] == 1. and mass[1] == pytest.approx(4 / 17) and math.isnan(mass[2])  # an empty map has no share
-    assert pointing_hits(maps, masks)[:2].tolist() == [True, False]
+    hits = pointing_hits(maps, masks)
+    assert hits[:2].tolist() == [1., 0.] and math.isnan(hits[2])  # nor a peak
 
 
 def test_a_file_that_is_not_coco_boxes_is_refused_by_name(tmp_path):
@@ -58,12 +59,14 @@ def test_the_report_scores_ma_net_or_grad_cam_on_the_images_with_boxes(tmp_path,
         records.append(dict(path=str(path), label='normal', patient_id=str(i), source='s'))
     boxes = load_boxes(_coco(tmp_path / 'b.json', [(f'x{i}.png', 600, 800, [(0, 0, 300, 800)]) for i in range(4)]))
     kwargs = dict(backbone='test_resnet') if name == 'magsd_custom' else {}
+    torch.manual_seed(0)
     model = timm.create_model(name, in_chans=1, num_classes=2, **kwargs)
     transform = build_transforms(resolve_cxr_data_config(input_size=(1, 64, 64)))
     report = localization_report(model, CXRDataset(records, ['normal', 'other'], transform), boxes, batch_size=3,
                                  replicates=50, overlays=tmp_path / 'overlays', num_overlays=2)
     assert report['method'].startswith(method) and report['num_images'] == 4  # x4 has no boxes
     assert report['box_area_share'] == pytest.approx(0.5)  # the left half of every image
+    assert report['empty_maps'] < 4  # a map that is zero everywhere is counted, not scored
     for key in ('mass_in_boxes', 'pointing_hit_rate'):
         low, high = report[f'{key}_interval']
         assert 0 <= low <= report[key] <= high <= 1

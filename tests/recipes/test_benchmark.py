@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 RECIPE = Path(__file__).resolve().parents[2] / 'recipes' / 'benchmark.py'
 SMALL = ['--model', 'magsd_custom', '--model-kwargs', '{"backbone": "test_resnet"}', '--baseline', 'test_resnet',
          '--batch-size', '2', '--img-size', '64',
@@ -16,6 +18,21 @@ def _run(tmp_path: Path, *args: str) -> str:
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
+
+
+@pytest.fixture
+def bench_here(capsys, tmp_path):
+    """The recipe's main in this process (no interpreter start-up), for suites that start no worker processes."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location('benchmark_recipe', RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def run(*args: str) -> str:
+        assert module.main([*SMALL, '--output-dir', str(tmp_path), *args]) == 0
+        return capsys.readouterr().out
+    return run
 
 
 def _cells(row: str) -> list:
@@ -63,10 +80,10 @@ def test_step_suite_compares_each_magsd_step_with_the_plain_reference(tmp_path):
     assert names[-1] == 'augmentations + loss alone' and 'of the fastest MAG-SD step' in rows[-1][2]
 
 
-def test_bad_arguments_are_refused_by_name():
-    proc = subprocess.run([sys.executable, str(RECIPE), '--batch-size', '0'], capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert '--batch-size' in proc.stderr
+def test_bad_arguments_are_refused_by_name(bench_here, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench_here('--batch-size', '0')
+    assert exit_.value.code == 2 and '--batch-size' in capsys.readouterr().err
 
 
 def test_data_suite_compares_a_worker_with_what_training_consumes(tmp_path):
@@ -80,16 +97,16 @@ def test_data_suite_compares_a_worker_with_what_training_consumes(tmp_path):
         assert '>= 4x' in cells[4]
 
 
-def test_trainer_suite_compares_the_trainer_loop_with_a_bare_loop(tmp_path):
-    _run(tmp_path, '--suite', 'trainer')
+def test_trainer_suite_compares_the_trainer_loop_with_a_bare_loop(tmp_path, bench_here):
+    bench_here('--suite', 'trainer')
     rows = [_cells(line) for line in (tmp_path / 'trainer.md').read_text().splitlines()[4:]]
     assert [r[0] for r in rows] == ['bare objective loop', 'magsd_timm trainer loop']
     assert rows[0][2] == '1.000x' and '>= 0.95x' in rows[1][3]
     assert _printed_quotient(rows[1][2], rows[1][1], rows[0][1]), rows
 
 
-def test_attention_suite_scores_the_display_map_and_grad_cam(tmp_path):
-    _run(tmp_path, '--suite', 'attention', '--attention-images', '48', '--attention-epochs', '1')
+def test_attention_suite_scores_the_display_map_and_grad_cam(tmp_path, bench_here):
+    bench_here('--suite', 'attention', '--attention-images', '48', '--attention-epochs', '1')
     table = (tmp_path / 'attention.md').read_text()
     rows = [_cells(line) for line in table.splitlines() if line.startswith('| MA-Net') or line.startswith('| Grad-CAM')]
     assert [r[0] for r in rows] == ['MA-Net display map (MAG-SD)', 'Grad-CAM, plain backbone (cross-entropy)']
@@ -98,7 +115,8 @@ def test_attention_suite_scores_the_display_map_and_grad_cam(tmp_path):
     assert '>= 0.9 and >= Grad-CAM' in rows[0][3] and '48 training images x 1 epochs' in table
 
 
-def test_cxr_suite_trains_both_methods_alike_and_reports_test_metrics_per_source_and_where_they_look(tmp_path):
+def test_cxr_suite_trains_both_methods_alike_and_reports_test_metrics_per_source_and_where_they_look(tmp_path,
+                                                                                                     bench_here):
     import json
 
     from magsd_timm.data import sample_records
@@ -110,7 +128,7 @@ def test_cxr_suite_trains_both_methods_alike_and_reports_test_metrics_per_source
     (tmp_path / 'boxes.json').write_text(json.dumps(dict(
         images=[dict(id=i, file_name=n, width=100, height=100) for i, n in enumerate(names)],
         annotations=[dict(image_id=i, bbox=[0, 0, 50, 100]) for i in range(len(names))])))
-    stdout = _run(tmp_path, '--suite', 'cxr', '--data', str(tmp_path / 'data'), '--boxes', str(tmp_path / 'boxes.json'),
+    stdout = bench_here('--suite', 'cxr', '--data', str(tmp_path / 'data'), '--boxes', str(tmp_path / 'boxes.json'),
                   '--seeds', '0', '--cxr-epochs', '1', '--cxr-img-size', '64', '--cxr-batch-size', '4',
                   '--cxr-model', 'magsd_custom', '--train-args', '--model-kwargs \'{"backbone": "test_resnet"}\'',
                   '--bootstrap', '20')

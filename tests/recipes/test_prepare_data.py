@@ -29,14 +29,14 @@ def run_here(capsys):
     return run
 
 
-def test_default_is_the_bundled_sample_and_an_existing_output_is_kept(tmp_path):
+def test_default_is_the_bundled_sample_and_an_existing_output_is_kept(tmp_path, run_here):
     out = tmp_path / 'k16'
     proc = _run(out, '--seed', 3, '--folds', 2)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout[proc.stdout.index('{'):])
     assert summary['seed'] == 3 and sum(summary['counts'].values()) == 16
     assert (out / 'README.md').exists() and (out / 'data' / 'dataset_dict.json').exists()
-    again = _run(out)
+    again = run_here(out)
     assert again.returncode == 2 and 'exists' in again.stderr
 
 
