@@ -48,7 +48,8 @@ def _dataset(data: Optional[str]) -> Dict[str, Optional[str]]:
         reference, licence, note = KNOWN_SOURCES['kermany16']
         return dict(hub_id=None, name='kermany16', text=(
             f'the 16-image sample bundled with magsd-timm ({reference}, licence {licence}): far too small to '
-            'train a useful model; it shows the pipeline works.'), biases=f'{note}; two classes only (normal, pneumonia).')
+            'train a useful model; it shows the pipeline works.'),
+            biases=f'{note}; two classes only (normal, bacterial pneumonia).')
     if data.startswith('hf-hub:'):
         hub_id = data[len('hf-hub:'):]
         try:
