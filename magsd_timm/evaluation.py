@@ -174,7 +174,8 @@ def report_markdown(report: Dict[str, Any], class_names: Sequence[str], title: b
         where = report['localization']
         empty = f", {where['empty_maps']} of them with a map that is zero everywhere, not scored" \
             if where.get('empty_maps') else ''
-        lines += ['', f"Where the model looks ({where['method']}), on the {where['num_images']} images with boxes{empty} "
+        lines += ['', f"Where the model looks ({where['method']}), on the {where['num_images']} images with "
+                      f"boxes{empty} "
                       f"(the boxes cover {where['box_area_share']:.3f} of the image on average):", '', markdown_table(
                           ['measure', 'value [95% CI]'],
                           [['share of the heat map inside the boxes',

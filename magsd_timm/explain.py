@@ -53,7 +53,7 @@ def pointing_game(maps: torch.Tensor, boxes: torch.Tensor, tolerance: int = 0) -
 
 def save_overlay(path: Union[str, Path], image: torch.Tensor, heat: torch.Tensor, title: str,
                  boxes: Sequence[Sequence[float]] = ()) -> None:
-    """A PNG of the heat map (H, W) over the grey image (H, W), with a colour bar, a title and boxes (x0, y0, x1, y1)."""
+    """A PNG of the heat map (H, W) over the grey image (H, W) with a colour bar, a title and boxes (x0, y0, x1, y1)."""
     import matplotlib
     matplotlib.use('Agg')  # files only, no display
     import matplotlib.pyplot as plt

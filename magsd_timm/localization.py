@@ -130,7 +130,8 @@ def localization_report(model: nn.Module, dataset: CXRDataset, boxes: Boxes, bat
                 name = names[chosen[start + j]]
                 save_overlay(Path(overlays) / f'{Path(name).stem}.png', images[j, 0], maps[j, 0].cpu(),
                              f'{display(name)}: {masses[-1][j]:.0%} in boxes, peak '
-                             f"{'inside' if hits[-1][j] else 'outside'}", _input_rects(batch[j], tuple(images.shape[-2:])))
+                             f"{'inside' if hits[-1][j] else 'outside'}",
+                             _input_rects(batch[j], tuple(images.shape[-2:])))
         start += len(images)
     mass, hit = torch.cat(masses), torch.cat(hits)
     area = box_masks([boxes[names[i]] for i in chosen], tuple(images.shape[-2:])).flatten(1).float().mean(dim=1)

@@ -118,7 +118,8 @@ def render_card(
         split_method=split_method,
         split_table=markdown_table(['split', 'images', 'patients'],
                                    [[s, len(rs), len({r['patient_id'] for r in rs})] for s, rs in splits.items()]),
-        class_table=per_class, source_table=per_source, class_source_table=class_source, left_out_text=left_out_text, provenance=provenance, biases='\n'.join(biases),
+        class_table=per_class, source_table=per_source, class_source_table=class_source, left_out_text=left_out_text,
+        provenance=provenance, biases='\n'.join(biases),
         num_skipped=num_skipped, num_duplicates=num_duplicates, num_conflicts=num_conflicts,
         patient_statement=(f'{unknown} image(s) had no patient id: each counts as its own patient, so images of '
                            'one person may still sit in different splits.' if unknown else
