@@ -23,7 +23,8 @@ from .models.config import check_temperature
 from .outputs import atomic_path, strict_json, write_text_atomic
 
 __all__ = ['CalibrationError', 'LabelMismatchError', 'MIN_CALIBRATION_IMAGES', 'TEMPERATURE_RANGE', 'align_labels',
-           'evaluate', 'fit_temperature', 'predict_dataset', 'report_markdown', 'save_temperature', 'write_reports']
+           'evaluate', 'fit_temperature', 'patient_groups', 'per_source_metrics', 'predict_dataset', 'report_markdown',
+           'save_temperature', 'write_reports']
 
 MIN_CALIBRATION_IMAGES = 20
 TEMPERATURE_RANGE = (0.01, 100.)
@@ -106,7 +107,8 @@ def save_temperature(checkpoint: Path, temperature: float) -> None:
     write_text_atomic(path, strict_json(config), 'checkpoint config')
 
 
-def _groups(dataset: CXRDataset) -> Tuple[List[Any], str]:
+def patient_groups(dataset: CXRDataset) -> Tuple[List[Any], str]:
+    """What a bootstrap resamples: each image's patient (an image without one is its own), and 'patient' or 'image'."""
     patients = dataset.column('patient_id')
     groups = [p if p is not None else f'image {i}' for i, p in enumerate(patients)]
     return groups, 'patient' if len(set(groups)) < len(groups) else 'image'
@@ -116,6 +118,18 @@ def _present(labels: torch.Tensor, class_names: Sequence[str]) -> Optional[List[
     """The classes these labels hold, when they hold fewer than class_names (else None: all are present)."""
     held = sorted(set(labels.tolist()))
     return None if len(held) == len(class_names) else [class_names[k] for k in held]
+
+
+def per_source_metrics(probs: torch.Tensor, labels: torch.Tensor, sources: Sequence[Optional[str]],
+                       class_names: Sequence[str]) -> Dict[str, Tuple[int, List[str], Dict[str, Any]]]:
+    """Per source: its image count, the classes it holds, and the metrics of its images (macro F1 over those)."""
+    out = {}
+    for source in sorted({s for s in sources if s is not None}):
+        keep = torch.tensor([s == source for s in sources])
+        held = _present(labels[keep], class_names)
+        out[source] = (int(keep.sum()), held or list(class_names),
+                       classification_metrics(probs[keep], labels[keep], class_names, probabilities=True, present=held))
+    return out
 
 
 def evaluate(
@@ -131,7 +145,7 @@ def evaluate(
     probs = probabilities(logits, temperature)
     present = _present(labels, class_names)
     metrics = classification_metrics(probs, labels, class_names, probabilities=True, present=present)
-    groups, unit = _groups(dataset)
+    groups, unit = patient_groups(dataset)
     report: Dict[str, Any] = {
         'num_images': len(labels), 'num_patients': len(set(groups)) if unit == 'patient' else None,
         'temperature': temperature, 'metrics': metrics,
@@ -139,15 +153,10 @@ def evaluate(
         'intervals': bootstrap_intervals(probs, labels, class_names, groups, replicates, seed, present=present),
         'bootstrap': {'replicates': replicates, 'seed': seed, 'level': 0.95, 'resampled': unit},
     }
-    sources = dataset.column('source')
-    if len({s for s in sources if s is not None}) > 1:
-        report['per_source'] = {}
-        for source in sorted({s for s in sources if s is not None}):
-            keep = torch.tensor([s == source for s in sources])
-            held = _present(labels[keep], class_names)
-            result = classification_metrics(probs[keep], labels[keep], class_names, probabilities=True, present=held)
-            report['per_source'][source] = {'num_images': int(keep.sum()), **{k: result[k] for k in SCALARS},
-                                            'classes': held or list(class_names)}
+    by_source = per_source_metrics(probs, labels, dataset.column('source'), class_names)
+    if len(by_source) > 1:
+        report['per_source'] = {source: {'num_images': count, **{k: result[k] for k in SCALARS}, 'classes': held}
+                                for source, (count, held, result) in by_source.items()}
     return report, probs
 
 

@@ -16,8 +16,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 
-__all__ = ['PER_CLASS', 'SCALARS', 'bootstrap_intervals', 'classification_metrics', 'markdown_table', 'metric_cell',
-           'metrics_markdown']
+__all__ = ['PER_CLASS', 'SCALARS', 'bootstrap_intervals', 'classification_metrics', 'defined_mean', 'markdown_table',
+           'metric_cell', 'metrics_markdown']
 
 SCALARS = ('accuracy', 'macro_f1', 'ece')
 PER_CLASS = ('sensitivity', 'specificity', 'ppv', 'npv', 'auroc', 'auprc')
@@ -141,10 +141,10 @@ def bootstrap_intervals(
         results = [classification_metrics(run[picked], labels[picked], class_names, probabilities=True,
                                           present=present) for run in runs]
         for name in SCALARS:
-            draws.setdefault(name, []).append(_mean([r[name] for r in results]))
+            draws.setdefault(name, []).append(defined_mean([r[name] for r in results]))
         for name in PER_CLASS:
             for c in class_names:
-                draws.setdefault(f'{name}/{c}', []).append(_mean([r[name][c] for r in results]))
+                draws.setdefault(f'{name}/{c}', []).append(defined_mean([r[name][c] for r in results]))
     tail = (1 - level) / 2
     quantiles = torch.tensor([tail, 1 - tail], dtype=torch.double)
     bounds = {k: torch.nanquantile(torch.tensor(v, dtype=torch.double), quantiles).tolist() for k, v in draws.items()}
@@ -154,7 +154,7 @@ def bootstrap_intervals(
     return out
 
 
-def _mean(values: Sequence[float]) -> float:
+def defined_mean(values: Sequence[float]) -> float:
     """The mean of the defined values (NaN when none is)."""
     defined = [v for v in values if not math.isnan(v)]
     return sum(defined) / len(defined) if defined else float('nan')

@@ -548,15 +548,17 @@ def _test_probabilities(run: Path, args: argparse.Namespace):
     from magsd_timm.data.transforms import build_transforms, resolve_cxr_data_config
     from magsd_timm.evaluation import align_labels, predict_dataset
     from magsd_timm.hub import load
+    from magsd_timm.inference import probabilities
 
     model = load(f'local-dir:{run / "best"}').to(args.device)
     dataset = open_dataset(str(args.data), 'test', build_transforms(resolve_cxr_data_config(model)))
     logits, labels = predict_dataset(model, dataset, batch_size=32)
     order = align_labels(list(model.pretrained_cfg['label_names']), dataset.class_names)
-    return logits[0].softmax(-1)[:, order], labels, dataset, model
+    return probabilities(logits)[:, order], labels, dataset, model
 
 
 def _mean_std(values: List[float]) -> str:
+    """Mean ± standard deviation of the defined values ('n/a' when none is)."""
     values = [v for v in values if not math.isnan(v)]
     if not values:
         return 'n/a'
@@ -565,7 +567,8 @@ def _mean_std(values: List[float]) -> str:
 
 def run_cxr_suite(args: argparse.Namespace) -> str:
     """MAG-SD and the plain backbone, same data, budget and recipe, over seeds: test metrics with spreads and CIs."""
-    from magsd_timm.metrics import bootstrap_intervals, classification_metrics, markdown_table
+    from magsd_timm.evaluation import patient_groups, per_source_metrics
+    from magsd_timm.metrics import bootstrap_intervals, classification_metrics, defined_mean, markdown_table
     from magsd_timm.localization import load_boxes, localization_report
 
     if args.data is None:
@@ -579,7 +582,7 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
         labels, dataset = runs[0][1], runs[0][2]
         class_names = dataset.class_names
         per_seed = [classification_metrics(p, labels, class_names, probabilities=True) for p in probs]
-        groups = [g if g is not None else f'image {i}' for i, g in enumerate(dataset.column('patient_id'))]
+        groups, _ = patient_groups(dataset)
         results[name] = dict(
             per_seed=per_seed, class_names=class_names, labels=labels, probs=probs, dataset=dataset,
             intervals=bootstrap_intervals(probs, labels, class_names, groups, args.bootstrap, 0),
@@ -611,7 +614,7 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
     for key in ('accuracy', 'macro_f1'):
         cells = row(key, lambda m: m[key])
         table.append([cells[0], f'{cells[1]} {ci("MAG-SD", key)}', f'{cells[2]} {ci("baseline", key)}'])
-    cells = row('macro AUROC', lambda m: _mean_nan(list(m['auroc'].values())))
+    cells = row('macro AUROC', lambda m: defined_mean(list(m['auroc'].values())))
     table.append(cells)
     for metric in ('sensitivity', 'specificity', 'auroc'):
         for c in class_names:
@@ -623,15 +626,13 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
     lines += ['', f'Macro F1, MAG-SD minus baseline: {gain:+.3f} (target >= +{CXR_TARGET:.2f}: '
                   f'{_verdict(gain >= CXR_TARGET)}).', '']
     sources = results['MAG-SD']['dataset'].column('source')
+    by_run = {name: [per_source_metrics(p, results[name]['labels'], sources, class_names)
+                     for p in results[name]['probs']] for name in methods}
     source_rows = []
-    for source in sorted({s for s in sources if s is not None}):
-        keep = torch.tensor([s == source for s in sources])
-        cells = [source, int(keep.sum())]
+    for source, (count, _, _) in by_run['MAG-SD'][0].items():
+        cells = [source, count]
         for name in methods:
-            r = results[name]
-            held = sorted({class_names[k] for k in r['labels'][keep].tolist()})
-            scores = [classification_metrics(p[keep], r['labels'][keep], class_names, True, present=held)
-                      for p in r['probs']]
+            scores = [run[source][2] for run in by_run[name]]
             cells += [_mean_std([m['accuracy'] for m in scores]), _mean_std([m['macro_f1'] for m in scores])]
         source_rows.append(cells)
     lines += ['Per source (macro F1 over the classes each source holds):', '',
@@ -646,11 +647,6 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
                   '', f"The boxes cover {results['MAG-SD']['where'][0]['box_area_share']:.3f} of the image: a "
                       'uniform map would put that share inside them.']
     return '\n'.join(lines)
-
-
-def _mean_nan(values: List[float]) -> float:
-    values = [v for v in values if not math.isnan(v)]
-    return sum(values) / len(values) if values else float('nan')
 
 
 SUITES = {'model': run_model_suite, 'step': run_step_suite, 'data': run_data_suite,

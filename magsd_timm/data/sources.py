@@ -4,8 +4,9 @@ Every source yields records: dicts with ``path``, ``label``, ``patient_id`` (Non
 ``source`` and ``split`` (None, or the split the layout itself gives). Labels are mapped to the
 project's class names by each converter's (configurable) map. A converter returns ``SourceRecords``:
 the records, and in ``left_out`` each row it did not take with the reason (a label outside the task,
-a lateral view, a missing image, ...), for skipped.json and the dataset card. ``fold_labels`` makes spellings of one class that differ only in case or
-surrounding white space one class, and says so; an empty label or an unknown split is an error.
+a lateral view, a missing image, ...), for skipped.json and the dataset card. ``fold_labels`` makes
+spellings of one class that differ only in case or surrounding white space one class, and says so;
+an empty label or an unknown split is an error.
 """
 import csv
 import logging
@@ -47,22 +48,24 @@ class SourceRecords(list):
         self.left_out = list(left_out)
 
 
-def _mapped(records: Iterable[Record], label_map: Optional[Mapping[str, Optional[str]]], what: str,
-            left_out: Iterable[Tuple[str, str]] = ()) -> SourceRecords:
-    """Apply a label map (None: keep labels); records mapped to None are left out, each with its reason."""
-    kept = SourceRecords(left_out=left_out)
+def _said(records: SourceRecords, what: str) -> SourceRecords:
+    """A source's records, having logged how many rows it left out."""
+    if records.left_out:
+        _logger.info('%s: left out %d rows (listed in skipped.json)', what, len(records.left_out))
+    return records
+
+
+def _mapped(records: Iterable[Record], label_map: Mapping[str, Optional[str]], what: str) -> SourceRecords:
+    """Apply a label map; records whose label maps to None are left out, each with its reason."""
+    kept = SourceRecords()
     for record in records:
-        if label_map is not None:
-            record = dict(record, label=label_map.get(record['label']), original=record['label'])
-        if record['label'] is None:
-            kept.left_out.append((display(record['path']), f"{what}: label '{record.get('original')}' is not a class "
-                                                           'of the task'))
+        label = label_map.get(record['label'])
+        if label is None:
+            kept.left_out.append((display(record['path']),
+                                  f"{what}: label '{record['label']}' is not a class of the task"))
         else:
-            record.pop('original', None)
-            kept.append(record)
-    if kept.left_out:
-        _logger.info('%s: left out %d rows (listed in skipped.json)', what, len(kept.left_out))
-    return kept
+            kept.append(dict(record, label=label))
+    return _said(kept, what)
 
 
 def _require_dir(root: PathLike) -> Path:
@@ -222,9 +225,7 @@ def ieee8023_records(root: PathLike, label_map: Optional[Mapping[str, Optional[s
             records.left_out.append((display(path), f'ieee8023: {why}'))
         else:
             records.append(_record(path, label, row['patientid'], 'ieee8023'))
-    if records.left_out:
-        _logger.info('ieee8023: left out %d rows (listed in skipped.json)', len(records.left_out))
-    return records
+    return _said(records, 'ieee8023')
 
 
 COVID_RADIOGRAPHY_LABELS = {'COVID': 'COVID-19', 'Normal': 'normal', 'Viral Pneumonia': 'viral pneumonia',

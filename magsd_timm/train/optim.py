@@ -45,13 +45,10 @@ def create_optimizer(model: torch.nn.Module, opt: str, lr: float, momentum: floa
     (create_schedule does so from the first update on).
     """
     if opt == 'paper':
-        optimizer = torch.optim.SGD(_param_groups(model, weight_decay, True, head_lr_scale), lr=lr,
-                                    momentum=momentum, nesterov=True, weight_decay=weight_decay)
-    else:
-        optimizer = create_optimizer_v2(
-            model, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum,
-            param_group_fn=lambda m: _param_groups(m, weight_decay, False, head_lr_scale))
-    return optimizer
+        return torch.optim.SGD(_param_groups(model, weight_decay, True, head_lr_scale), lr=lr,
+                               momentum=momentum, nesterov=True, weight_decay=weight_decay)
+    return create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum,
+                               param_group_fn=lambda m: _param_groups(m, weight_decay, False, head_lr_scale))
 
 
 def create_schedule(optimizer: torch.optim.Optimizer, sched: str, epochs: int, updates_per_epoch: int,
