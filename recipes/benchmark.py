@@ -47,7 +47,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from magsd_timm.console import json_object
+from magsd_timm.console import EXIT_CODES, add_traceback_flag, json_object
 
 CXR_DEFAULTS = dict(epochs=12, img_size=64, batch_size=32)  # sized for 2 CPU cores (README: the measured time)
 MODEL_TARGET = 1.10  # MA-Net over the plain backbone, for inference and for forward+backward
@@ -58,7 +58,8 @@ Step = Callable[[], None]
 
 
 def _parse_args(argv: List[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, epilog=EXIT_CODES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--suite', default='all', choices=['model', 'step', 'data', 'trainer', 'attention', 'cxr', 'all'],
                         help="'all': every speed suite (cxr, which trains on real data, runs only when named)")
     parser.add_argument('--model', default='magsd_resnet50', help='magsd_* model to time')
@@ -88,6 +89,7 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument('--bootstrap', type=int, default=1000, help='cxr: bootstrap resamples of the intervals')
     parser.add_argument('--output-dir', type=Path, default=Path('benchmark_results'),
                         help='folder for the Markdown tables (one per suite)')
+    add_traceback_flag(parser)
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.img_size < 32 or args.threads < 1 or args.min_run_time <= 0 or args.min_rounds < 1:
         parser.error('--batch-size, --threads and --min-rounds must be >= 1, --img-size >= 32, --min-run-time > 0')
@@ -521,24 +523,55 @@ def _machine(args: argparse.Namespace) -> str:
 CXR_TARGET = 0.02  # MAG-SD macro F1 over the baseline's, on the test split, mean over seeds
 
 
+def _train_recipe():
+    """recipes/train.py as a module: its parser and its record of arguments tell what a run would record."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location('magsd_train_recipe', Path(__file__).resolve().parent / 'train.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _die_with_parent() -> None:
+    """In a child process: be killed when the benchmark dies (SIGKILL too), so no run goes on holding its folder."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):  # no prctl on this system: the child outlives a killed benchmark
+        pass
+
+
 def _train_run(args: argparse.Namespace, method: str, seed: int) -> Path:
-    """One training run of the cxr suite (kept: a rerun continues where an interrupted suite stopped)."""
+    """One training run of the cxr suite: reused only if its record has exactly these settings, else run (or resumed)."""
     import shlex
     import subprocess
 
+    from magsd_timm.console import BadInputError
+    from magsd_timm.train.run_folder import RunFolder, setting_differences
+
     output = args.output_dir / 'cxr' / f'{method}-seed{seed}'
-    if (output / 'final' / 'config.json').is_file():
-        return output
-    command = [sys.executable, str(Path(__file__).resolve().parent / 'train.py'), '--data', str(args.data),
-               '--model', args.cxr_model, '--method', method, '--img-size', str(args.cxr_img_size),
-               '--epochs', str(args.cxr_epochs), '--batch-size', str(args.cxr_batch_size), '--seed', str(seed),
-               '--output', str(output), *(['--cpu'] if args.device == 'cpu' else []), *shlex.split(args.train_args)]
-    if output.exists():
-        command.append('--resume')
+    train_args = ['--data', str(args.data), '--model', args.cxr_model, '--method', method, '--img-size',
+                  str(args.cxr_img_size), '--epochs', str(args.cxr_epochs), '--batch-size', str(args.cxr_batch_size),
+                  '--seed', str(seed), '--output', str(output), *(['--cpu'] if args.device == 'cpu' else []),
+                  *shlex.split(args.train_args)]
+    recipe = _train_recipe()
+    folder = RunFolder(output)
+    if folder.has_results():
+        changed = setting_differences(folder.read_args(), recipe.recorded_args(recipe._parse_args(train_args)))
+        if changed:
+            raise BadInputError(f"{output} holds a run with other settings ({'; '.join(changed)}): remove it, or choose "
+                                'another --output-dir; its results are not those of this comparison.')
+        if (output / 'final' / 'config.json').is_file():
+            return output
+    command = [sys.executable, str(Path(__file__).resolve().parent / 'train.py'), *train_args,
+               *(['--resume'] if folder.has_results() else [])]
     print(f'cxr: {shlex.join(command)}', flush=True)
-    if subprocess.run(command).returncode:
-        raise SystemExit(f'benchmark: the cxr training run into {output} failed (its message is above); '
-                         'rerunning the suite continues from its last checkpoint.')
+    if subprocess.run(command, preexec_fn=_die_with_parent).returncode:
+        raise RuntimeError(f'the cxr training run into {output} failed (its message is above); rerunning the suite '
+                           'continues from its last checkpoint.')
     return output
 
 
@@ -551,7 +584,9 @@ def _test_probabilities(run: Path, args: argparse.Namespace):
     from magsd_timm.inference import probabilities
 
     model = load(f'local-dir:{run / "best"}').to(args.device)
-    dataset = open_dataset(str(args.data), 'test', build_transforms(resolve_cxr_data_config(model)))
+    dataset = open_dataset(str(args.data), 'test', build_transforms(resolve_cxr_data_config(model))).readable()
+    for _, why in dataset.dropped[:10]:  # both methods are scored on the same readable images, and it is said
+        print(f'cxr: left out of the test split: {why}', flush=True)
     logits, labels = predict_dataset(model, dataset, batch_size=32)
     order = align_labels(list(model.pretrained_cfg['label_names']), dataset.class_names)
     return probabilities(logits)[:, order], labels, dataset, model
@@ -571,13 +606,19 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
     from magsd_timm.metrics import bootstrap_intervals, classification_metrics, defined_mean, markdown_table
     from magsd_timm.localization import load_boxes, localization_report
 
+    from magsd_timm.console import BadInputError
+    from magsd_timm.train.run_folder import RunFolder
+
     if args.data is None:
-        raise SystemExit('benchmark: --suite cxr needs --data PREPARED (recipes/prepare_data.py)')
+        raise BadInputError('--suite cxr needs --data PREPARED (recipes/prepare_data.py)')
     methods = {'MAG-SD': 'magsd', 'baseline': 'baseline'}
     results: Dict[str, Dict[str, Any]] = {}
+    records: List[Dict[str, Any]] = []
     start = time.perf_counter()
     for name, method in methods.items():
-        runs = [_test_probabilities(_train_run(args, method, seed), args) for seed in args.seeds]
+        folders = [_train_run(args, method, seed) for seed in args.seeds]
+        records += [RunFolder(folder).read_args() for folder in folders]
+        runs = [_test_probabilities(folder, args) for folder in folders]
         probs = [r[0] for r in runs]
         labels, dataset = runs[0][1], runs[0][2]
         class_names = dataset.class_names
@@ -604,9 +645,13 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
         low, high = bounds[cls] if cls else bounds
         return f'[{low:.3f}, {high:.3f}]'
 
-    lines = [f"MAG-SD ({args.cxr_model}) against its plain backbone, trained alike ({args.cxr_epochs} epochs, "
-             f"{args.cxr_img_size} px, batch {args.cxr_batch_size}, train args `{args.train_args}`), seeds "
-             f"{', '.join(map(str, args.seeds))}, on the test split of `{args.data}` "
+    # what the runs' records say, not what this invocation asked (a reused run was checked to match)
+    shared = {k: v for k, v in records[0].items()
+              if k not in ('method', 'seed', 'output', 'command', 'resume') and all(r.get(k) == v for r in records)}
+    lines = [f"MAG-SD ({shared.get('model')}) against its plain backbone, trained alike ({shared.get('epochs')} "
+             f"epochs, {shared.get('img_size')} px, batch {shared.get('batch_size')}, optimizer {shared.get('opt')} "
+             f"lr {shared.get('lr')}, schedule {shared.get('sched')}, as the runs' args.yaml record), seeds "
+             f"{', '.join(map(str, sorted({r.get('seed') for r in records})))}, on the test split of `{args.data}` "
              f"({len(results['MAG-SD']['labels'])} images): mean ± standard deviation over seeds, and the 95% "
              f"bootstrap interval (over patients) of the seed mean. {minutes:.0f} minutes for this invocation "
              '(training runs found complete are reused).', '']
@@ -654,8 +699,14 @@ SUITES = {'model': run_model_suite, 'step': run_step_suite, 'data': run_data_sui
 
 
 def main(argv: List[str]) -> int:
-    """Run the chosen suites, print their tables and write them to --output-dir."""
+    """Run the chosen suites, print their tables and write them to --output-dir; an error is one line and its code."""
+    from magsd_timm.console import run_command
+
     args = _parse_args(argv)
+    return run_command('benchmark', lambda: _benchmark(args), args.traceback)
+
+
+def _benchmark(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     header = (f'Machine: {_machine(args)}. Setting: {args.device}, {args.dtype}, batch {args.batch_size}, '
               f'{args.img_size} px, {args.model} vs {args.baseline}.\n\n')

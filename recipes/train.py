@@ -43,8 +43,8 @@ from magsd_timm.objective import MagSDObjective
 from magsd_timm.seeds import seeded_generator
 from magsd_timm.train.checkpoint import TrainProgress, latest_checkpoint, save_checkpoint
 from magsd_timm.train.loop import TrainSetup, evaluate, train_step
-from magsd_timm.train.optim import SCHEDULES, TIMM_SCHEDULES, create_optimizer, create_schedule
-from magsd_timm.train.run_folder import BEST, FINAL, RunFolder, TrainingRun
+from magsd_timm.train.optim import SCHEDULES, TIMM_SCHEDULES, create_optimizer, create_schedule, optimizer_problem
+from magsd_timm.train.run_folder import BEST, FINAL, RunFolder, TrainingRun, setting_differences
 
 BEST_METRICS = ('macro_f1', 'accuracy')
 # What --lr, --weight-decay, --sched and --warmup-epochs default to. 'paper' is the authors' recipe: its
@@ -55,8 +55,6 @@ RECIPES = {
     'paper': dict(lr=1e-3, weight_decay=5e-4, sched='step', warmup_epochs=0.),
     'stable': dict(lr=3e-4, weight_decay=0.05, sched='cosine', warmup_epochs=1.),
 }
-# what a resumed run must share with the run that wrote its checkpoints: they shape the saved state
-RESUME_KEYS = ('model', 'model_kwargs', 'method', 'data', 'img_size', 'opt', 'sched', 'model_ema', 'head_lr_scale')
 
 
 def _parse_args(argv: List[str]) -> argparse.Namespace:
@@ -120,14 +118,19 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
                      f"{', '.join(TIMM_SCHEDULES)}")
     if args.sched not in SCHEDULES and not args.sched.startswith('timm:'):
         parser.error(f'--sched {args.sched}: did you mean timm:{args.sched}?')
-    if args.opt != 'paper' and args.opt.lower() not in timm.optim.list_optimizers():
-        parser.error(f"--opt {args.opt}: not 'paper' nor a timm optimizer."
-                     f"{close_matches(args.opt.lower(), timm.optim.list_optimizers())}")
+    problem = optimizer_problem(args.opt)
+    if problem:
+        parser.error(f'--opt {args.opt}: {problem}{close_matches(args.opt.lower(), timm.optim.list_optimizers())}')
     if not timm.is_model(args.model.split('.')[0]):
         parser.error(f'--model {args.model}: unknown model.{close_matches(args.model, timm.list_models())}')
     if args.method == 'magsd' and not args.model.startswith('magsd_'):
         parser.error(f"--model {args.model}: the MAG-SD method needs a magsd_* model (or use --method baseline)")
     return args
+
+
+def recorded_args(args: argparse.Namespace) -> Dict[str, Any]:
+    """The arguments as args.yaml records them (what resumes and benchmark reuses compare)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != 'traceback'}
 
 
 def _create_model(args: argparse.Namespace, num_classes: int, meta: bool = False) -> torch.nn.Module:
@@ -165,23 +168,23 @@ def _claim_output(accelerator: Accelerator, run: RunFolder, resume: bool, stack:
 
 
 def _check_resume(args: argparse.Namespace, run: RunFolder, recorded: Dict[str, Any]) -> None:
-    """Refuse to resume a run whose checkpoints another model, data or optimizer wrote."""
-    before = run.read_args()
-    changed = [f'{key}: {before.get(key)!r} then, {recorded.get(key)!r} now' for key in RESUME_KEYS
-               if key in before and before.get(key) != recorded.get(key)]
+    """Refuse to continue a run with any setting that changes its result (epochs, seed, lr, data, ...)."""
+    changed = setting_differences(run.read_args(), recorded)
     if changed:
         raise BadInputError(f'--resume: {display(args.output)} was trained with other settings ({"; ".join(changed)}); '
-                            'resume with the same ones, or start a new --output.')
+                            'a resumed run continues the same training, so resume with the same settings (to train '
+                            'longer or otherwise, start a new --output).')
 
 
 def _checked_split(dataset: CXRDataset, split: str, accelerator: Accelerator) -> CXRDataset:
     """The split without the images that cannot be read or are too small (each said), before any step runs."""
-    problems = dataset.check_images()
+    before = len(dataset.dropped)
+    dataset = dataset.readable()
+    problems = dataset.dropped[before:]
     for _, why in problems[:10]:
         accelerator.print(f'train: skipped from the {split} split: {display(why)}')
     if len(problems) > 10:
         accelerator.print(f'train: ... and {len(problems) - 10} more (all listed in skipped.json)')
-    dataset = dataset.without(problems) if problems else dataset
     if not len(dataset):
         raise BadInputError(f'the {split} split has no readable image: nothing to {"train" if split == "train" else "validate"} on.')
     return dataset
@@ -249,8 +252,9 @@ def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str], ru
     # set up: data, model, optimizer, schedule, EMA, objective
     set_seed(args.seed)
     command = 'accelerate launch recipes/train.py ' + shlex.join(argv)
-    recorded = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != 'traceback'}
-    if args.resume:
+    recorded = recorded_args(args)
+    resuming = args.resume and latest_checkpoint(run.checkpoints) is not None
+    if resuming:
         _check_resume(args, run, recorded)
     data_config = resolve_cxr_data_config(_create_model(args, 1, meta=True), img_size=args.img_size)
     train_set, val_set = _open_data(args, data_config, accelerator)
@@ -272,7 +276,8 @@ def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str], ru
         accelerator.register_for_checkpointing(state)
     summary_rows = _resume(accelerator, args, run, progress) if args.resume else []
     if accelerator.is_main_process:
-        run.write_args(recorded, command)
+        if not resuming:  # a resumed run keeps the record (and the command) of the run it continues
+            run.write_args(recorded, command)
         # each split's opening dedups the whole source, so a duplicate is listed by both: once is enough
         dropped = [dict(file=f, reason=why) for f, why in dict.fromkeys(train_set.dropped + val_set.dropped)]
         if dropped:

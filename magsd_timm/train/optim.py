@@ -6,17 +6,20 @@ step schedule is timm's ``multistep`` (x0.1 at 50% and 83% of the run), ``cosine
 ``constant`` holds, and ``timm:NAME`` is any schedule of timm's factory with its defaults. Every
 schedule starts with an optional linear warmup from one update's share of the learning rate.
 """
-from typing import Any, Dict, List, Tuple
+import warnings
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 from timm.scheduler.scheduler import Scheduler
 
-__all__ = ['PAPER_MILESTONES', 'SCHEDULES', 'TIMM_SCHEDULES', 'create_optimizer', 'create_schedule']
+__all__ = ['PAPER_MILESTONES', 'SCHEDULES', 'TIMM_SCHEDULES', 'create_optimizer', 'create_schedule', 'optimizer_problem']
 
 SCHEDULES = ('step', 'cosine', 'constant')
-TIMM_SCHEDULES = ('cosine', 'tanh', 'step', 'multistep', 'plateau', 'poly', 'rsqrt', 'wsd', 'constant')
+# timm's schedules that step on updates alone ('plateau' steps on a validation metric, which the trainer's
+# per-update schedule does not give it)
+TIMM_SCHEDULES = ('cosine', 'tanh', 'step', 'multistep', 'poly', 'rsqrt', 'wsd', 'constant')
 PAPER_MILESTONES: Tuple[float, ...] = (0.5, 0.83)  # fractions of the run where the paper's schedule drops x0.1
 
 
@@ -49,6 +52,25 @@ def create_optimizer(model: torch.nn.Module, opt: str, lr: float, momentum: floa
                                momentum=momentum, nesterov=True, weight_decay=weight_decay)
     return create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum,
                                param_group_fn=lambda m: _param_groups(m, weight_decay, False, head_lr_scale))
+
+
+def optimizer_problem(opt: str) -> Optional[str]:
+    """Why the trainer cannot train with optimizer `opt` ('paper' or a timm name), or None when it can."""
+    import timm.optim
+
+    if opt == 'paper':
+        return None
+    if opt.lower() not in timm.optim.list_optimizers():
+        return 'not \'paper\' nor a timm optimizer.'
+    if timm.optim.get_optimizer_info(opt.lower()).second_order:
+        return 'needs second-order gradients (backward with create_graph), which the trainer does not compute.'
+    try:  # some need packages or devices that are not here (bitsandbytes, apex, ...): say so before any data is read
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # advice about optional packages, given again when the run creates it
+            create_optimizer_v2([torch.nn.Parameter(torch.zeros(1))], opt=opt, lr=1e-3)
+    except (ImportError, RuntimeError, ValueError, AssertionError, TypeError) as e:
+        return f'cannot be created here ({type(e).__name__}: {" ".join(str(e).split())[:200]}).'
+    return None
 
 
 def create_schedule(optimizer: torch.optim.Optimizer, sched: str, epochs: int, updates_per_epoch: int,

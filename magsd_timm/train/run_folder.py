@@ -31,12 +31,29 @@ from timm.models import save_for_hf
 from ..console import BadInputError, display
 from ..models.weights import SAFE_WEIGHTS
 from ..outputs import atomic_folder, atomic_path, exclusive_lock, recover_folder, strict_json, write_text_atomic
-from .checkpoint import remove_partial_checkpoints
+from .checkpoint import latest_checkpoint, remove_partial_checkpoints
 
-__all__ = ['BEST', 'FINAL', 'RunFolder', 'TrainingRun', 'find_run']
+__all__ = ['BEST', 'FINAL', 'OPERATIONAL_ARGS', 'RunFolder', 'TrainingRun', 'find_run', 'setting_differences']
 
 BEST, FINAL = 'best', 'final'
 ARGS, EVAL_BEST, SUMMARY, SKIPPED = 'args.yaml', 'eval_best.json', 'summary.json', 'skipped.json'
+# what a run writes besides its models and checkpoints: stale once a run that wrote them is started afresh
+_RECORDS = (ARGS, SKIPPED, SUMMARY, 'summary.csv', 'curves.png', EVAL_BEST, 'eval_best.md', 'confusion_matrix.png')
+# the arguments that change how a run is carried out, not what it computes: all others must match for a
+# resume to continue a run, or for a benchmark to reuse one
+OPERATIONAL_ARGS = ('output', 'resume', 'workers', 'checkpoint_every', 'keep_checkpoints', 'traceback', 'command')
+_UNSET = object()
+
+
+def setting_differences(recorded: Dict[str, Any], requested: Dict[str, Any]) -> List[str]:
+    """Each setting (other than OPERATIONAL_ARGS) whose recorded value is not the requested one, said."""
+    requested = yaml.safe_load(yaml.safe_dump(dict(requested)))  # compared as args.yaml stores them
+    keys = sorted((set(recorded) | set(requested)) - set(OPERATIONAL_ARGS))
+
+    def said(value: Any) -> str:
+        return 'not recorded' if value is _UNSET else repr(value)
+    return [f'{key}: {said(recorded.get(key, _UNSET))} then, {said(requested.get(key, _UNSET))} now'
+            for key in keys if recorded.get(key, _UNSET) != requested.get(key, _UNSET)]
 TEST_REPORT = 'test/evaluation.json'
 _DATA_CONFIG_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')
 
@@ -84,19 +101,40 @@ class RunFolder:
         self.checkpoints = self.path / 'checkpoints'
 
     def claim(self, stack: contextlib.ExitStack, resume: bool) -> List[str]:
-        """Hold the folder's lock for the stack's life, refuse a used folder unless resuming; clean-ups done, said."""
+        """Hold the folder's lock for the stack's life, refuse a used folder unless resuming; clean-ups done, said.
+
+        A folder in which a run stopped before its first checkpoint holds nothing to continue: its records
+        are removed and the run starts afresh, so that a retry (with other settings too) is not blocked.
+        """
         stack.enter_context(exclusive_lock(self.path, 'training run'))
-        if self.path.exists() and any(self.path.iterdir()) and not resume:
+        notes = [*recover_folder(self.path / BEST), *recover_folder(self.path / FINAL)]
+        notes += [f'removed {display(p)}, left by an interrupted run' for p in remove_partial_checkpoints(self.checkpoints)]
+        if (self.path / ARGS).is_file() and not self.has_results():
+            for name in _RECORDS:
+                (self.path / name).unlink(missing_ok=True)
+            notes.append(f'{display(self.path)}: the run there stopped before its first checkpoint; starting afresh')
+        elif self.path.exists() and any(self.path.iterdir()) and not resume:
             raise BadInputError(f'--output {display(self.path)} is not empty: pass --resume to continue it, or '
                                 'choose another folder.')
-        notes = [*recover_folder(self.path / BEST), *recover_folder(self.path / FINAL)]
-        return notes + [f'removed {display(p)}, left by an interrupted run'
-                        for p in remove_partial_checkpoints(self.checkpoints)]
+        return notes
+
+    def has_results(self) -> bool:
+        """Whether a run left anything to continue or keep here: a checkpoint, best/ or final/."""
+        return latest_checkpoint(self.checkpoints) is not None or (self.path / BEST).exists() \
+            or (self.path / FINAL).exists()
 
     def read_args(self) -> Dict[str, Any]:
-        """The arguments the run recorded (with its command), or {} before the run started."""
+        """The arguments the run recorded (with its command), or {} before the run started; BadInputError if unreadable."""
         path = self.path / ARGS
-        return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+        if not path.is_file():
+            return {}
+        try:
+            args = yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise BadInputError(f'{display(path)}: not a readable record of a run\'s arguments ({type(e).__name__}).') from e
+        if not isinstance(args, dict):
+            raise BadInputError(f'{display(path)}: not a record of a run\'s arguments (expected a mapping).')
+        return args
 
     def write_args(self, args: Dict[str, Any], command: str) -> None:
         """Record the run's arguments and the command that started it."""

@@ -29,9 +29,10 @@ def bench_here(capsys, tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
 
-    def run(*args: str) -> str:
-        assert module.main([*SMALL, '--output-dir', str(tmp_path), *args]) == 0
-        return capsys.readouterr().out
+    def run(*args: str, code: int = 0) -> str:
+        assert module.main([*SMALL, '--output-dir', str(tmp_path), *args]) == code
+        out, err = capsys.readouterr()
+        return out if code == 0 else err
     return run
 
 
@@ -142,3 +143,49 @@ def test_cxr_suite_trains_both_methods_alike_and_reports_test_metrics_per_source
     assert rows['MA-Net display map'][0] and any(k.startswith('Grad-CAM') for k in rows)
     config = json.loads((tmp_path / 'cxr' / 'baseline-seed0' / 'final' / 'config.json').read_text())
     assert config['architecture'] == 'test_resnet'  # the MA-Net's own backbone, trained alike
+    assert 'trained alike (1 epochs, 64 px, batch 4' in table  # what the runs' records say
+
+    # a run is reused only with exactly the settings asked for; anything else is refused, nothing trained
+    suite = ['--suite', 'cxr', '--data', str(tmp_path / 'data'), '--seeds', '0', '--cxr-img-size', '64',
+             '--cxr-batch-size', '4', '--cxr-model', 'magsd_custom', '--bootstrap', '20',
+             '--train-args', '--model-kwargs \'{"backbone": "test_resnet"}\'']
+    stamps = sorted(p.stat().st_mtime_ns for p in (tmp_path / 'cxr').rglob('*.safetensors'))
+    err = bench_here(*suite, '--cxr-epochs', '15', code=2)
+    assert 'holds a run with other settings (epochs: 1 then, 15 now)' in err and err.count('\n') == 1
+    assert 'cxr.md' not in err and (tmp_path / 'cxr.md').read_text() == table
+    reused = bench_here(*suite, '--cxr-epochs', '1')
+    assert 'cxr: ' not in reused and 'trained alike (1 epochs' in reused  # no training command was run
+    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / 'cxr').rglob('*.safetensors')) == stamps
+    (tmp_path / 'cxr' / 'magsd-seed0' / 'args.yaml').write_text('[unclosed')
+    err = bench_here(*suite, '--cxr-epochs', '1', code=2)
+    assert "args.yaml: not a readable record of a run's arguments" in err and err.count('\n') == 1
+
+
+def test_a_training_child_dies_with_a_killed_benchmark(tmp_path):
+    import os
+    import signal
+    import time
+
+    parent = subprocess.Popen([sys.executable, '-c', f"""
+import importlib.util, subprocess, sys
+spec = importlib.util.spec_from_file_location('bench', {str(RECIPE)!r})
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], preexec_fn=bench._die_with_parent)
+print(child.pid, flush=True)
+child.wait()
+"""], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if open(f'/proc/{child}/stat').read().split()[2] == 'Z':  # dead, waiting to be reaped
+                break
+        except FileNotFoundError:  # dead and reaped
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail('the child outlived its killed parent')

@@ -115,6 +115,8 @@ def _recipe():
     (['--opt', 'adamx'], "--opt adamx: not 'paper' nor a timm optimizer. Close matches: adamax"),
     (['--sched', 'linear'], '--sched linear: choose step, cosine, constant or timm:NAME'),
     (['--sched', 'timm:linear'], '--sched timm:linear'),
+    (['--sched', 'timm:plateau'], '--sched timm:plateau: choose'),  # it steps on a metric, not on updates
+    (['--opt', 'adahessian'], '--opt adahessian: needs second-order gradients'),
     (['--model-kwargs', '[1]'], 'a JSON object'),
     (['--model-kwargs', '{bad'], 'not valid JSON'),
 ])
@@ -159,8 +161,7 @@ def test_data_and_model_errors_stop_the_run_before_it_starts(tmp_path, trained_r
     resumed = tmp_path / 'resumed'
     shutil.copytree(trained_run, resumed)  # trained as magsd_custom over test_resnet
     _one_line(_train_here(capsys, resumed, '--resume', '--model', 'magsd_resnet18'), 2,
-              "--resume: " + str(resumed) + " was trained with other settings (model: 'magsd_custom' then, "
-              "'magsd_resnet18' now")
+              "model: 'magsd_custom' then, 'magsd_resnet18' now")
     assert not any((tmp_path / name).exists() for name in 'abc')
 
 
@@ -223,3 +224,22 @@ def test_baseline_trains_the_plain_backbone_and_options_run(tmp_path):
     assert (tmp_path / 'opts' / 'final' / 'model.safetensors').exists()
     lrs = [float(line.split(',')[1]) for line in (tmp_path / 'opts' / 'summary.csv').read_text().splitlines()[1:]]
     assert len(lrs) == 2 and lrs[0] != lrs[1]  # the factory's schedule moved the learning rate
+
+
+TRAINED_AS = ['--model', 'magsd_custom', '--model-kwargs', '{"backbone": "test_resnet", "num_maps": 4}', '--epochs', '1']
+
+
+@pytest.mark.parametrize('flags, named', [
+    (['--epochs', '3'], 'epochs: 1 then, 3 now'), (['--seed', '7'], 'seed: 0 then, 7 now'),
+    (['--lr', '0.01'], 'lr: 0.0003 then, 0.01 now'), (['--batch-size', '2'], 'batch_size: 4 then, 2 now'),
+    (['--augment', 'none'], "augment: 'mild' then, 'none' now"),
+])
+def test_a_resume_with_a_setting_that_changes_the_result_is_refused_and_the_records_kept(
+        tmp_path, trained_run, capsys, flags, named):
+    import shutil
+
+    resumed = tmp_path / 'resumed'
+    shutil.copytree(trained_run, resumed)
+    records = {p: p.read_bytes() for p in (resumed / 'args.yaml', resumed / 'final' / 'config.json')}
+    _one_line(_train_here(capsys, resumed, '--resume', *TRAINED_AS, *flags), 2, named)
+    assert all(p.read_bytes() == data for p, data in records.items())

@@ -51,9 +51,14 @@ def test_what_the_trainer_writes_find_run_reads_back(tmp_path):
 def test_a_used_folder_is_refused_unless_resumed_and_a_held_one_always(tmp_path):
     run = RunFolder(tmp_path / 'run')
     run.write_args({}, 'train')
+    (run.checkpoints / 'step_00000003').mkdir(parents=True)
     with contextlib.ExitStack() as stack:
         with pytest.raises(BadInputError, match='is not empty: pass --resume'):
             run.claim(stack, resume=False)
+    (tmp_path / 'other').mkdir()
+    (tmp_path / 'other' / 'notes.txt').write_text('not a run')
+    with contextlib.ExitStack() as stack, pytest.raises(BadInputError, match='is not empty'):
+        RunFolder(tmp_path / 'other').claim(stack, resume=False)
     with contextlib.ExitStack() as stack:
         assert run.claim(stack, resume=True) == []
         with contextlib.ExitStack() as other, pytest.raises(OutputBusyError, match='another training run'):
@@ -70,3 +75,34 @@ def test_claiming_clears_what_a_killed_run_left(tmp_path):
     assert (run.path / BEST).is_dir() and len(notes) == 3
     assert sorted(p.name for p in run.path.iterdir()) == ['best', 'checkpoints']
     assert list(run.checkpoints.iterdir()) == []
+
+
+@pytest.mark.parametrize('resume', [False, True])
+def test_a_run_that_stopped_before_its_first_checkpoint_does_not_block_the_retry(tmp_path, resume):
+    run = RunFolder(tmp_path / 'run')
+    run.write_args({'epochs': 3, 'lr': 0.1}, 'train --epochs 3 --lr 0.1')
+    run.write_skipped([{'file': 'a.png', 'reason': 'unreadable'}])
+    with contextlib.ExitStack() as stack:
+        notes = run.claim(stack, resume=resume)
+    assert notes == [f'{run.path}: the run there stopped before its first checkpoint; starting afresh']
+    assert list(run.path.iterdir()) == [] and run.read_args() == {}  # no record of a run that did not happen
+
+
+def test_settings_that_change_a_result_are_told_apart_from_operational_ones():
+    from magsd_timm.train.run_folder import setting_differences
+
+    recorded = {'epochs': 4, 'lr': 0.0003, 'model_kwargs': {'num_maps': 4}, 'workers': 0, 'output': 'a',
+                'command': 'x', 'pretrained': False}
+    same = dict(recorded, workers=2, output='b', command='y', resume=True, keep_checkpoints=5, checkpoint_every=3)
+    assert setting_differences(recorded, same) == []
+    assert setting_differences(recorded, dict(same, epochs=6, model_kwargs={'num_maps': 8}, seed=1)) == [
+        'epochs: 4 then, 6 now', "model_kwargs: {'num_maps': 4} then, {'num_maps': 8} now",
+        'seed: not recorded then, 1 now']
+
+
+def test_an_unreadable_record_of_arguments_is_a_bad_input(tmp_path):
+    (tmp_path / 'run').mkdir()
+    for text in ('[unclosed', '- a list\n', b'\xff\xfe'):
+        (tmp_path / 'run' / 'args.yaml').write_bytes(text if isinstance(text, bytes) else text.encode())
+        with pytest.raises(BadInputError, match='args.yaml: not a'):
+            RunFolder(tmp_path / 'run').read_args()
