@@ -34,8 +34,10 @@ def classification_metrics(
 ) -> Dict[str, object]:
     """Metrics of logits (or probabilities) (N, K) against labels (N,): floats, per-class dicts, confusion matrix.
 
-    present: the classes the data holds, when it holds fewer than the model predicts (an external test
-    set); macro F1 then averages over them alone. Predictions stay over all classes.
+    Macro F1 averages over the classes present: by default those the labels hold (a validation split or
+    an external test set may lack some), or the given ``present`` (a bootstrap resample keeps the full
+    data's). This is the one definition the trainer, evaluate, cards and benchmarks use. Predictions
+    stay over all classes.
     """
     from torchmetrics.functional.classification import (
         multiclass_accuracy, multiclass_auroc, multiclass_average_precision, multiclass_calibration_error,
@@ -47,6 +49,9 @@ def classification_metrics(
         raise ValueError(
             f'logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not fit {num_classes} classes.')
     probs = logits.detach().float().cpu()
+    if not bool(torch.isfinite(probs).all()):  # torchmetrics would score NaN as a class, and AUROC as 0 or 1
+        raise ValueError(f"{'probabilities' if probabilities else 'logits'} hold NaN or infinite values: "
+                         'nothing can be scored from them.')
     probs = probs if probabilities else probs.softmax(dim=-1)
     labels = labels.detach().long().cpu()
     cm = multiclass_confusion_matrix(probs, labels, num_classes).double()
@@ -54,6 +59,7 @@ def classification_metrics(
     fn, fp = cm.sum(dim=1) - tp, cm.sum(dim=0) - tp
     tn = cm.sum() - tp - fn - fp
     positives = cm.sum(dim=1)
+    held = positives > 0 if present is None else torch.tensor([c in present for c in class_names])
     with warnings.catch_warnings():  # torchmetrics warns of classes without positives: they become NaN below
         warnings.filterwarnings('ignore', category=UserWarning, module='torchmetrics')
         auroc = multiclass_auroc(probs, labels, num_classes, average=None, thresholds=None).double()
@@ -67,9 +73,7 @@ def classification_metrics(
     }
     result: Dict[str, object] = {
         'accuracy': float(multiclass_accuracy(probs, labels, num_classes, average='micro')),
-        'macro_f1': float(multiclass_f1_score(probs, labels, num_classes, average='macro')) if present is None
-        else float(multiclass_f1_score(probs, labels, num_classes, average=None)[
-            torch.tensor([c in present for c in class_names])].mean()),
+        'macro_f1': float(multiclass_f1_score(probs, labels, num_classes, average=None)[held].mean()),
         'ece': float(multiclass_calibration_error(probs, labels, num_classes, n_bins=ECE_BINS, norm='l1')),
         'num_samples': int(labels.numel()),
         'confusion_matrix': cm.long().tolist(),
@@ -127,6 +131,8 @@ def bootstrap_intervals(
     then scores the mean of the runs' metrics on it, so the interval is the seed mean's.
     """
     runs = [probs] if isinstance(probs, torch.Tensor) else list(probs)
+    if present is None:  # a resample that misses a class still averages over the data's classes
+        present = [class_names[k] for k in sorted(set(labels.tolist()))]
     groups = list(range(len(labels))) if groups is None else list(groups)
     if len(groups) != len(labels):
         raise ValueError(f'{len(groups)} group ids for {len(labels)} images.')

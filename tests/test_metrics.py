@@ -102,3 +102,31 @@ def test_markdown_tables_are_rendered_one_way_for_reports_and_cards():
     assert '| images | 3 |' in text and '| b | 0.500 [0.200, 0.800] | 1.000 [0.200, 0.800] |' in text
     assert '| true \\ predicted | a | b |' in text and '| b | 1 | 1 |' in text
     assert '| metric | value |' in metrics_markdown(metrics, ['a', 'b'])
+
+
+def test_macro_f1_has_one_definition_the_mean_over_the_classes_present():
+    from accelerate import Accelerator
+
+    from magsd_timm.data.dataset import CXRDataset
+    from magsd_timm.evaluation import evaluate
+    from magsd_timm.train.loop import evaluate as validate
+
+    names = ['COVID-19', 'normal', 'viral pneumonia']  # no viral pneumonia among the labels
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    logits = torch.tensor([[5., 0, 0], [5, 0, 0], [0, 0, 5], [0, 5, 0], [0, 5, 0]])  # one COVID-19 called viral
+    expected = (0.8 + 1.0) / 2  # F1 of COVID-19 and of normal; the absent class does not count
+    assert classification_metrics(logits, labels, names)['macro_f1'] == pytest.approx(expected)
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return logits[x[:, 0, 0, 0].long()]
+    images = torch.arange(5.)[:, None, None, None].expand(5, 1, 2, 2)
+    trainer = validate(Accelerator(cpu=True), Fixed(), [(images, labels)], names)['macro_f1']
+    records = [dict(path=f'{i}.png', label=names[int(k)], patient_id=None, source=None) for i, k in enumerate(labels)]
+    report, _ = evaluate([logits], labels, CXRDataset(records, names), names, replicates=10)
+    assert trainer == report['metrics']['macro_f1'] == pytest.approx(expected)
+
+
+def test_nan_scores_are_refused_not_scored():
+    with pytest.raises(ValueError, match='NaN or infinite'):
+        classification_metrics(torch.tensor([[float('nan'), 0.], [0., 1.]]), torch.tensor([0, 1]), ['a', 'b'])

@@ -83,12 +83,15 @@ def train_step(accelerator, setup: TrainSetup, images: torch.Tensor, labels: tor
 
 @torch.no_grad()
 def evaluate(accelerator, model: torch.nn.Module, loader, class_names: Sequence[str]) -> Dict[str, object]:
-    """One deterministic pass; logits and labels gathered over processes with exact sample counts."""
+    """One deterministic pass; logits and labels gathered over processes with exact sample counts; the metrics."""
     model.eval()
     all_logits, all_labels = [], []
     for images, labels in loader:
         logits = model(images)
         logits, labels = accelerator.gather_for_metrics((logits.float(), labels))
+        if not bool(torch.isfinite(logits).all()):
+            raise NonFiniteLossError('the validation logits hold NaN or infinite values: the weights have diverged; '
+                                     'stopping (lower the learning rate or use bf16 instead of fp16).')
         all_logits.append(logits.cpu())
         all_labels.append(labels.cpu())
     return classification_metrics(torch.cat(all_logits), torch.cat(all_labels), class_names)
