@@ -38,10 +38,15 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _open(args: argparse.Namespace, pretrained: bool = True) -> Tuple[torch.nn.Module, str, Dict[str, Any]]:
-    """The model, its resolved timm name, and its checked checkpoint config (temperature, training record)."""
+def _open(args: argparse.Namespace, backbone_weights: bool = True) -> Tuple[torch.nn.Module, str, Dict[str, Any]]:
+    """The model with its checked weights, its resolved timm name, and its checked checkpoint config.
+
+    Anything with a config.json (a folder, a Hub repo, a published tag) loads and checks its weights; a
+    registered name without them gets its backbone's ImageNet weights when backbone_weights is set.
+    """
     name = resolve_model_name(args.model)
     config = checkpoint_config(name)
+    pretrained = bool(config) or backbone_weights
     if getattr(args, 'allow_untrained', True) is False and training_record(config) is None:
         raise BadInputError(
             f'{display(args.model)} has no trained classifier: its config records no training, so its class '
@@ -126,34 +131,47 @@ def _evaluate(args: argparse.Namespace) -> int:
     class_names = _label_names(model)
 
     def split_logits(split: str):
-        dataset = open_dataset(args.data, split, transform, seed=args.seed)
+        opened = open_dataset(args.data, split, transform, seed=args.seed)
+        dataset = opened.readable()  # a test set changed is said (report, stderr, exit 1), never silently
+        unreadable = dataset.dropped[len(opened.dropped):]
+        for _, why in unreadable[:10]:
+            print(f'magsd evaluate: left out of the {split} split: {display(why)}', file=sys.stderr)
+        if not len(dataset):
+            raise BadInputError(f'the {split} split of {display(args.data or "the sample")} has no readable image.')
         to_model = align_labels(class_names, dataset.class_names)
         logits, labels = predict_dataset(model, dataset, args.batch_size, args.tta)
-        return dataset, logits, to_model[labels]
+        return dataset, logits, to_model[labels], unreadable
 
-    temperature, calibration = _temperature(config), None
+    temperature, calibration, unreadable = _temperature(config), None, []
     if args.calibrate:
-        _, cal_logits, cal_labels = split_logits(args.calibration_split)
+        _, cal_logits, cal_labels, skipped = split_logits(args.calibration_split)
+        unreadable += skipped
         temperature = fit_temperature(cal_logits, cal_labels)
         calibration = {
             'split': args.calibration_split, 'num_images': len(cal_labels), 'temperature': temperature,
             'ece_before': classification_metrics(probabilities(cal_logits), cal_labels, class_names, True)['ece'],
             'ece_after': classification_metrics(probabilities(cal_logits, temperature), cal_labels, class_names,
                                                 True)['ece']}
-        save_temperature(Path(name[len('local-dir:'):]), temperature)
-    dataset, logits, labels = split_logits(args.split)
+    dataset, logits, labels, skipped = split_logits(args.split)
+    unreadable += skipped
     report, probs = evaluate(logits, labels, dataset, class_names, temperature, args.bootstrap, args.seed)
-    report.update(model=args.model, data=args.data or 'sample', split=args.split, tta=args.tta)
+    report.update(model=args.model, data=args.data or 'sample', split=args.split, tta=args.tta,
+                  unreadable=[dict(file=file, reason=why) for file, why in unreadable])
     if calibration:
         report['calibration'] = calibration
     output = Path(args.output or f'eval/{args.split}')
     if args.boxes:
         from .localization import load_boxes, localization_report
 
+        boxes = load_boxes(args.boxes)
+        for problem in boxes.invalid[:10]:
+            print(f'magsd evaluate: left out of {display(args.boxes)}: {display(problem)}', file=sys.stderr)
         report['localization'] = localization_report(
-            model, dataset, load_boxes(args.boxes), args.batch_size, args.bootstrap, args.seed,
+            model, dataset, boxes, args.batch_size, args.bootstrap, args.seed,
             output / 'overlays' if args.overlays else None, args.overlays)
     written = write_reports(report, probs, labels, class_names, output)
+    if calibration:  # the checkpoint changes last, when everything else of the command has succeeded
+        save_temperature(Path(name[len('local-dir:'):]), temperature)
     metrics, intervals = report['metrics'], report['intervals']
     print(f"{args.split}: {report['num_images']} images, accuracy {metrics['accuracy']:.3f} "
           f"[{intervals['accuracy'][0]:.3f}, {intervals['accuracy'][1]:.3f}], macro F1 {metrics['macro_f1']:.3f}, "
@@ -163,9 +181,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         where = report['localization']
         print(f"where it looks ({where['method']}, {where['num_images']} images with boxes): "
               f"{where['mass_in_boxes']:.3f} of the map in the boxes (they cover {where['box_area_share']:.3f} of "
-              f"the image), peak inside {where['pointing_hit_rate']:.3f}")
+              f"the image), peak inside {where['pointing_hit_rate']:.3f}"
+              + (f"; {where['invalid_boxes']} invalid box(es) left out" if where['invalid_boxes'] else ''))
     print('wrote ' + ', '.join(str(p) for p in written))
-    return 0
+    if unreadable:
+        print(f'magsd evaluate: {len(unreadable)} unreadable image(s) left out (listed in evaluation.json)',
+              file=sys.stderr)
+    return 1 if unreadable else 0
 
 
 # ---- export -------------------------------------------------------------------------------------
@@ -194,7 +216,7 @@ def _info(args: argparse.Namespace) -> int:
     from .complexity import count_macs, count_parameters
     from .data.transforms import resolve_cxr_data_config
 
-    model, name, config = _open(args, pretrained=False)
+    model, name, config = _open(args, backbone_weights=False)  # a checkpoint's weights are loaded and checked
     data_config = resolve_cxr_data_config(model)
     info: Dict[str, Any] = {
         'model': args.model, 'resolved': name, 'architecture': model.pretrained_cfg.get('architecture'),

@@ -19,7 +19,7 @@ from .console import BadInputError
 from .data.dataset import CXRDataset
 from .inference import model_logits, probabilities
 from .metrics import SCALARS, bootstrap_intervals, classification_metrics, markdown_table, metric_cell, metrics_markdown
-from .models.config import check_temperature
+from .models.config import TEMPERATURE_RANGE, check_temperature
 from .outputs import atomic_path, strict_json, write_text_atomic
 
 __all__ = ['CalibrationError', 'LabelMismatchError', 'MIN_CALIBRATION_IMAGES', 'TEMPERATURE_RANGE', 'align_labels',
@@ -27,7 +27,6 @@ __all__ = ['CalibrationError', 'LabelMismatchError', 'MIN_CALIBRATION_IMAGES', '
            'save_temperature', 'write_reports']
 
 MIN_CALIBRATION_IMAGES = 20
-TEMPERATURE_RANGE = (0.01, 100.)
 
 
 class LabelMismatchError(BadInputError):
@@ -169,6 +168,9 @@ def report_markdown(report: Dict[str, Any], class_names: Sequence[str], title: b
              + f"; temperature {report['temperature']:.3f}; attention TTA {'on' if report.get('tta') else 'off'}. "
              f"Intervals: {boot['level']:.0%} percentile bootstrap, {boot['replicates']} resamples of "
              f"{boot['resampled']}s (seed {boot['seed']}). n/a: undefined on these images.", '']
+    if report.get('unreadable'):
+        lines += [f"{len(report['unreadable'])} image(s) of the split could not be read and were left out (listed "
+                  'in evaluation.json): the metrics are of the images above.', '']
     if report.get('absent_classes'):
         lines += [f"Absent from these images: {', '.join(report['absent_classes'])}. The model still predicts "
                   'over all its classes (an image predicted as an absent class is an error); macro F1 averages '
@@ -183,6 +185,8 @@ def report_markdown(report: Dict[str, Any], class_names: Sequence[str], title: b
         where = report['localization']
         empty = f", {where['empty_maps']} of them with a map that is zero everywhere, not scored" \
             if where.get('empty_maps') else ''
+        empty += f"; {where['invalid_boxes']} invalid box(es) of the box file left out" \
+            if where.get('invalid_boxes') else ''
         lines += ['', f"Where the model looks ({where['method']}), on the {where['num_images']} images with "
                       f"boxes{empty} "
                       f"(the boxes cover {where['box_area_share']:.3f} of the image on average):", '', markdown_table(

@@ -15,12 +15,17 @@ import torch
 import torch.nn as nn
 
 from .augment import mean_attention_crop
-from .console import display
+from .console import BadInputError, display
 from .data.reader import ImageReadError, read_image
 from .explain import save_overlay
 from .models import display_map
 
-__all__ = ['IMAGE_SUFFIXES', 'Prediction', 'collect_inputs', 'model_logits', 'predict_files', 'probabilities']
+__all__ = ['IMAGE_SUFFIXES', 'NonFiniteOutputError', 'Prediction', 'collect_inputs', 'model_logits', 'predict_files',
+           'probabilities']
+
+
+class NonFiniteOutputError(BadInputError):
+    """The model gave NaN or infinite probabilities: no class can be named from them."""
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp', '.dcm', '.dicom')
 
@@ -40,13 +45,19 @@ def model_logits(model: nn.Module, images: torch.Tensor, tta: bool = False
 
 
 def probabilities(logits: Sequence[torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
-    """Mean of the softmax of each set of logits divided by the temperature."""
-    return torch.stack([(x.float() / temperature).softmax(dim=-1) for x in logits]).mean(dim=0)
+    """Mean of the softmax of each set of logits divided by the temperature; NonFiniteOutputError if any is not finite."""
+    probs = torch.stack([(x.float() / temperature).softmax(dim=-1) for x in logits]).mean(dim=0)
+    bad = ~torch.isfinite(probs).all(dim=-1)
+    if bool(bad.any()):
+        raise NonFiniteOutputError(
+            f'the model gave NaN or infinite probabilities for {int(bad.sum())} of {len(probs)} image(s) (temperature '
+            f'{temperature:g}): its weights, statistics or temperature are broken, so no prediction is made.')
+    return probs
 
 
 def collect_inputs(patterns: Sequence[str]) -> Tuple[List[Path], List[Tuple[str, str]]]:
     """Image files from paths, folders (searched recursively) and globs; and each input that gave none, with why."""
-    files: List[Path] = []
+    files: Dict[Path, None] = {}  # ordered and without repeats, in time linear in the number of files
     problems: List[Tuple[str, str]] = []
     for pattern in patterns:
         path = Path(pattern)
@@ -63,8 +74,8 @@ def collect_inputs(patterns: Sequence[str]) -> Tuple[List[Path], List[Tuple[str,
         else:
             found = []
             problems.append((pattern, 'no such file or folder'))
-        files.extend(p for p in found if p not in files)
-    return files, problems
+        files.update(dict.fromkeys(found))
+    return list(files), problems
 
 
 @dataclass

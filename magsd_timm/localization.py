@@ -2,7 +2,8 @@
 
 Boxes come as COCO JSON (``images[].file_name``, ``width``, ``height``; ``annotations[].bbox`` as
 x, y, width, height in that original size), any number per image, matched to a dataset's images by
-file name. The model sees each image resized to its input size (aspect not kept), so a box scales by
+file name. A box without area, off its image or not made of numbers, and an image without a valid
+size, is left out and counted (never scored as a miss); a file over MAX_BOX_FILE_BYTES is refused. The model sees each image resized to its input size (aspect not kept), so a box scales by
 the input size over the original size. For each image with boxes:
 
 * mass in boxes: the share of the heat map's total inside the union of its boxes;
@@ -15,8 +16,9 @@ Grad-CAM of its predicted class at its last feature level. Both are averaged ove
 95% percentile bootstrap interval over images.
 """
 import json
+import math
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -26,23 +28,79 @@ from .console import BadInputError, display
 from .data.dataset import CXRDataset
 from .explain import attention_heatmap, grad_cam, save_overlay
 
-__all__ = ['box_masks', 'heat_maps', 'load_boxes', 'localization_report', 'mass_in_boxes', 'pointing_hits']
+__all__ = ['MAX_BOX_FILE_BYTES', 'Boxes', 'box_masks', 'heat_maps', 'load_boxes', 'localization_report', 'mass_in_boxes',
+           'pointing_hits']
 
-Boxes = Dict[str, Tuple[Tuple[int, int], List[Tuple[float, float, float, float]]]]
+Box = Tuple[float, float, float, float]
+MAX_BOX_FILE_BYTES = 64 * 2 ** 20  # the 579-image lung box file of ieee8023 is 0.8 MB
+MAX_IMAGE_SIDE = 65_536
+
+
+class Boxes(dict):
+    """COCO boxes by file name: ((original width, height), [(x, y, width, height), ...]); and in ``invalid`` each
+    box or image left out, with why (zero or negative size, off the image, not numbers, unknown image)."""
+
+    def __init__(self):
+        super().__init__()
+        self.invalid: List[str] = []
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _image_size(image: Dict[str, Any]) -> Optional[Tuple[int, int]]:
+    """An image entry's (width, height) when both are whole numbers from 1 to MAX_IMAGE_SIDE, else None."""
+    size = image.get('width'), image.get('height')
+    if all(_finite(v) and v == int(v) and 1 <= v <= MAX_IMAGE_SIDE for v in size):
+        return int(size[0]), int(size[1])
+    return None
+
+
+def _box_problem(bbox: Any, size: Tuple[int, int]) -> Optional[str]:
+    """Why a COCO bbox (x, y, width, height) cannot be scored on an image of this size, or None."""
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(map(_finite, bbox)):
+        return f'bbox {bbox!r} is not four finite numbers'
+    x, y, w, h = bbox
+    if w <= 0 or h <= 0:
+        return f'bbox {bbox!r} has no area (width and height must be > 0)'
+    if x >= size[0] or y >= size[1] or x + w <= 0 or y + h <= 0:
+        return f'bbox {bbox!r} lies off the {size[0]}x{size[1]} image'
+    return None
 
 
 def load_boxes(path: Union[str, Path]) -> Boxes:
-    """COCO boxes by file name: ((original width, height), [(x, y, width, height), ...])."""
+    """The boxes of a COCO file by file name; invalid boxes and images are left out and listed (Boxes.invalid)."""
+    path = Path(path)
     try:
-        coco = json.loads(Path(path).read_text())
-        sizes = {image['id']: (image['file_name'], (int(image['width']), int(image['height'])))
-                 for image in coco['images']}
-        boxes: Boxes = {}
-        for annotation in coco['annotations']:
-            name, size = sizes[annotation['image_id']]
-            boxes.setdefault(name, (size, []))[1].append(tuple(float(v) for v in annotation['bbox']))
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise BadInputError(f'{display(path)} is not a COCO box file (images with file_name, width, height; '
+        if path.stat().st_size > MAX_BOX_FILE_BYTES:
+            raise BadInputError(f'{display(path)}: {path.stat().st_size / 2 ** 20:.0f} MiB is over the '
+                                f'{MAX_BOX_FILE_BYTES // 2 ** 20} MiB limit of a box file.')
+        coco = json.loads(path.read_bytes())
+        images, annotations = coco['images'], coco['annotations']
+        if not isinstance(images, list) or not isinstance(annotations, list):
+            raise TypeError('images and annotations must be lists')
+        invalid, sizes = [], {}
+        for image in images:
+            size = _image_size(image)
+            if size is None:
+                invalid.append(f"image {image.get('file_name')!r}: width {image.get('width')!r} and height "
+                               f"{image.get('height')!r} are not sizes in pixels")
+            sizes[image['id']] = (str(image['file_name']), size)
+        boxes = Boxes()
+        boxes.invalid = invalid
+        for annotation in annotations:
+            name, size = sizes.get(annotation.get('image_id'), (None, None))
+            problem = ('no image with this image_id' if name is None else 'its image has no valid size'
+                       if size is None else _box_problem(annotation.get('bbox'), size))
+            if problem:
+                invalid.append(f"annotation {annotation.get('id')!r} ({name or annotation.get('image_id')!r}): {problem}")
+            else:
+                boxes.setdefault(name, (size, []))[1].append(tuple(float(v) for v in annotation['bbox']))
+    except BadInputError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise BadInputError(f'{display(path)} is not a COCO box file (images with id, file_name, width, height; '
                             f'annotations with image_id and bbox): {type(e).__name__}: {e}.') from e
     return boxes
 
@@ -140,5 +198,6 @@ def localization_report(model: nn.Module, dataset: CXRDataset, boxes: Boxes, bat
         'mass_in_boxes': float(mass.nanmean()), 'mass_in_boxes_interval': _interval(mass, replicates, seed),
         'pointing_hit_rate': float(hit.nanmean()), 'pointing_hit_rate_interval': _interval(hit, replicates, seed),
         'empty_maps': int(mass.isnan().sum()),  # zero everywhere (Grad-CAM's ReLU can leave nothing): not scored
+        'invalid_boxes': len(getattr(boxes, 'invalid', ())),  # left out of the box file, each said when loaded
         'box_area_share': float(area.mean()),  # what a uniform map would put inside the boxes
     }

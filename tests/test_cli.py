@@ -359,3 +359,131 @@ def test_evaluate_scores_where_the_model_looks_against_boxes(trained_run, tmp_pa
     assert 'of the map in the boxes' in proc.stdout
     assert 'share of the heat map inside the boxes' in (tmp_path / 'out' / 'evaluation.md').read_text()
     assert len(list((tmp_path / 'out' / 'overlays').glob('*.png'))) == 2
+
+
+# ---- what a config feeds into inference is checked, and so is what inference gives ------------------
+
+def _with_data_config(trained_run, tmp_path, **values) -> Path:
+    config = json.loads((trained_run / 'best' / 'config.json').read_text())
+    return _with_config(trained_run, tmp_path, pretrained_cfg=dict(config['pretrained_cfg'], **values))
+
+
+@pytest.mark.parametrize('change, message', [
+    (dict(temperature=1e-300), 'temperature 1e-300 is invalid'),
+    (dict(temperature=1e6), 'temperature 1000000.0 is invalid'),
+    (dict(std=[1e-300]), 'std [1e-300] is invalid'),
+    (dict(mean=['a']), "mean ['a'] is invalid"),
+    (dict(crop_pct=0), 'crop_pct 0 is invalid'),
+])
+def test_a_config_that_would_make_probabilities_nonsense_is_refused_before_any_prediction(
+        trained_run, tmp_path, change, message, magsd_here):
+    checkpoint = (_with_config(trained_run, tmp_path, **change) if 'temperature' in change
+                  else _with_data_config(trained_run, tmp_path, **change))
+    for command in (['predict', checkpoint, sample_records()[0]['path'], '--output', tmp_path / 'predict'],
+                    ['evaluate', checkpoint, '--output', tmp_path / 'evaluate'], ['info', checkpoint, '--json']):
+        proc = magsd_here(*command)
+        assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count('\n') == 1, proc.stderr
+        assert proc.stdout == '' and not (tmp_path / command[0]).exists()
+
+
+def test_nan_probabilities_are_an_error_never_a_prediction(trained_run, tmp_path, magsd_here, monkeypatch):
+    from magsd_timm.models.magsd import MANet
+
+    real = MANet.forward_with_attention
+
+    def broken(self, x):
+        logits, attention = real(self, x)
+        return torch.full_like(logits, float('nan')), attention
+    monkeypatch.setattr(MANet, 'forward_with_attention', broken)
+    proc = magsd_here('predict', trained_run, sample_records()[0]['path'], '--format', 'json')
+    assert proc.returncode == 2 and proc.stdout == '' and 'NaN or infinite probabilities' in proc.stderr
+    proc = magsd_here('evaluate', trained_run, '--output', tmp_path / 'eval')
+    assert proc.returncode == 2 and 'NaN or infinite probabilities' in proc.stderr and not (tmp_path / 'eval').exists()
+
+
+def test_info_loads_and_checks_the_weights(trained_run, tmp_path, magsd_here):
+    from safetensors.torch import load_file, save_file
+
+    checkpoint = _with_config(trained_run, tmp_path)
+    weights = load_file(checkpoint / 'model.safetensors')
+    first = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[first] = torch.full_like(weights[first], float('nan'))
+    save_file(weights, checkpoint / 'model.safetensors')
+    proc = magsd_here('info', checkpoint)
+    assert proc.returncode == 2 and 'NaN or infinite values' in proc.stderr and proc.stderr.count('\n') == 1
+
+
+def test_a_config_may_pass_only_known_safe_arguments_to_the_backbone(trained_run, tmp_path, magsd_here):
+    args = json.loads((trained_run / 'best' / 'config.json').read_text())['model_args']
+    secret = tmp_path / 'secret.pth'
+    torch.save({'x': torch.zeros(1)}, secret)
+    for backbone_kwargs, message in (
+            ({'pretrained': True, 'pretrained_cfg_overlay': {'file': str(secret)}},
+             'backbone_kwargs pretrained, pretrained_cfg_overlay are not allowed'),
+            ({'pretrained_cfg_overlay': {'url': 'http://127.0.0.1:9/w.pth'}}, 'pretrained_cfg_overlay is not allowed'),
+            ({'img_size': 10 ** 6}, 'backbone_kwargs img_size 1000000 is invalid')):
+        checkpoint = _with_config(trained_run, tmp_path / str(len(message)),
+                                  model_args=dict(args, backbone_kwargs=backbone_kwargs))
+        proc = magsd_here('predict', checkpoint, sample_records()[0]['path'])
+        assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count('\n') == 1, proc.stderr
+
+
+# ---- evaluate: side effects last, unreadable images said, not fatal -----------------------------------
+
+def test_a_calibration_whose_evaluation_fails_leaves_the_checkpoint_unchanged(trained_run, tmp_path, magsd_here):
+    checkpoint = tmp_path / 'checkpoint'
+    shutil.copytree(trained_run / 'best', checkpoint)
+    (checkpoint / 'config.json').chmod(0o644)
+    config = (checkpoint / 'config.json').read_bytes()
+    manifest = _calibration_manifest(tmp_path / 'data', checkpoint, magsd_here)
+    (tmp_path / 'boxes.json').write_text('{"images": 1}')  # fails after the calibration
+    proc = magsd_here('evaluate', checkpoint, manifest, '--split', 'test', '--calibrate', '--bootstrap', '20',
+                      '--boxes', tmp_path / 'boxes.json', '--output', tmp_path / 'out')
+    assert proc.returncode == 2 and 'is not a COCO box file' in proc.stderr
+    assert (checkpoint / 'config.json').read_bytes() == config
+    proc = magsd_here('evaluate', checkpoint, manifest, '--split', 'test', '--calibrate', '--bootstrap', '20',
+                      '--output', tmp_path / 'out')
+    assert proc.returncode == 0, proc.stderr
+    assert (checkpoint / 'config.json').stat().st_mode & 0o777 == 0o644  # the file's mode is kept, as any tool does
+
+
+def test_evaluate_leaves_out_unreadable_images_and_says_so(trained_run, tmp_path, magsd_here):
+    (tmp_path / 'broken.png').write_bytes(b'\x89PNG not really')
+    manifest = tmp_path / 'm.csv'
+    manifest.write_text('path,label,split\n' + ''.join(f"{r['path']},{r['label']},test\n" for r in sample_records())
+                        + 'broken.png,normal,test\n')
+    proc = magsd_here('evaluate', trained_run, manifest, '--bootstrap', '20', '--output', tmp_path / 'out')
+    assert proc.returncode == 1 and 'broken.png' in proc.stderr and '1 unreadable image(s) left out' in proc.stderr
+    report = json.loads((tmp_path / 'out' / 'evaluation.json').read_text())
+    assert [Path(u['file']).name for u in report['unreadable']] == ['broken.png'] and report['num_images'] == 16
+    assert 'could not be read and were left out' in (tmp_path / 'out' / 'evaluation.md').read_text()
+
+
+def test_a_missing_local_folder_is_named_as_one(tmp_path, magsd_here, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'runs').mkdir()
+    for ref in ('runs/nothere', './nothere', str(tmp_path / 'a' / 'b')):
+        proc = magsd_here('predict', ref, 'x.png')
+        assert proc.returncode == 2 and 'no such checkpoint folder' in proc.stderr and 'Hub repo id' not in proc.stderr
+
+
+def test_box_files_with_invalid_boxes_are_scored_without_them_and_say_how_many(trained_run, tmp_path, magsd_here):
+    from PIL import Image
+
+    images, annotations = [], []
+    for i, record in enumerate(sample_records()):
+        with Image.open(record['path']) as image:
+            width, height = image.size
+        images.append(dict(id=i, file_name=Path(record['path']).name, width=width, height=height))
+        annotations.append(dict(id=i, image_id=i, bbox=[0, 0, width / 2, height]))
+    annotations += [dict(id=100, image_id=0, bbox=[0, 0, 0, 10]), dict(id=101, image_id=1, bbox=[5, 5, -3, 10]),
+                    dict(id=102, image_id=2, bbox=[10 ** 6, 0, 10, 10]), dict(id=103, image_id=3, bbox=['a', 0, 1, 1])]
+    (tmp_path / 'boxes.json').write_text(json.dumps(dict(images=images, annotations=annotations)).replace(
+        '"bbox": [0, 0, 0, 10]', '"bbox": [0, 0, Infinity, 10]'))
+    proc = magsd_here('evaluate', trained_run, '--split', 'train', '--bootstrap', '20', '--boxes',
+                      tmp_path / 'boxes.json', '--overlays', '0', '--output', tmp_path / 'out')
+    assert proc.returncode == 0, proc.stderr
+    where = json.loads((tmp_path / 'out' / 'evaluation.json').read_text())['localization']
+    assert where['invalid_boxes'] == 4 and where['num_images'] == 12
+    assert where['box_area_share'] == pytest.approx(0.5, abs=0.02)  # the invalid boxes changed no mask
+    assert '4 invalid box(es) left out' in proc.stdout and proc.stderr.count('left out of') == 4

@@ -22,6 +22,28 @@ def test_inputs_come_from_files_folders_and_globs_and_misses_are_named(tmp_path)
                         (str(tmp_path / '*.gif'), 'no file matches this pattern')]
 
 
+def test_collecting_inputs_compares_each_file_a_bounded_number_of_times(tmp_path, monkeypatch):
+    from pathlib import PurePath
+
+    for i in range(2000):
+        (tmp_path / f'{i:04d}.png').write_bytes(b'x')
+    calls = []
+    equal = PurePath.__eq__
+    monkeypatch.setattr(PurePath, '__eq__', lambda self, other: calls.append(1) or equal(self, other))
+    files, _ = collect_inputs([str(tmp_path), str(tmp_path / '*.png')])  # every file named twice
+    assert len(files) == 2000 and files == sorted(files)
+    assert len(calls) < 10 * 2000  # comparing each with every other would take millions
+
+
+def test_nan_or_infinite_probabilities_are_refused():
+    from magsd_timm.inference import NonFiniteOutputError
+
+    with pytest.raises(NonFiniteOutputError, match='1 of 2 image'):
+        probabilities([torch.tensor([[float('nan'), 0.], [1., 0.]])])
+    with pytest.raises(NonFiniteOutputError):
+        probabilities([torch.tensor([[1., 0.]])], temperature=1e-300)
+
+
 def test_probabilities_divide_by_the_temperature_and_average_the_views():
     raw, crop = torch.tensor([[2., 0.]]), torch.tensor([[0., 2.]])
     assert torch.allclose(probabilities([raw], 2.0), torch.tensor([[1., 0.]]).softmax(-1))

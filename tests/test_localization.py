@@ -71,3 +71,28 @@ def test_the_report_scores_ma_net_or_grad_cam_on_the_images_with_boxes(tmp_path,
         low, high = report[f'{key}_interval']
         assert 0 <= low <= report[key] <= high <= 1
     assert sorted(p.name for p in (tmp_path / 'overlays').iterdir()) == ['x0.png', 'x1.png']
+
+
+def test_invalid_boxes_and_images_are_left_out_and_listed_never_scored(tmp_path):
+    path = tmp_path / 'boxes.json'
+    path.write_text(json.dumps(dict(
+        images=[dict(id=0, file_name='a.png', width=100, height=50), dict(id=1, file_name='b.png', width=0, height=50),
+                dict(id=2, file_name='c.png', width='wide', height=50)],
+        annotations=[dict(id=1, image_id=0, bbox=[10, 10, 20, 20]), dict(id=2, image_id=0, bbox=[10, 10, 0, 20]),
+                     dict(id=3, image_id=0, bbox=[30, 10, -5, 20]), dict(id=4, image_id=0, bbox=[100, 0, 5, 5]),
+                     dict(id=5, image_id=0, bbox=[-20, -20, 10, 10]), dict(id=6, image_id=0, bbox=[1, 2, 3]),
+                     dict(id=7, image_id=0, bbox=[1, 'x', 3, 4]), dict(id=8, image_id=1, bbox=[1, 1, 5, 5]),
+                     dict(id=9, image_id=9, bbox=[1, 1, 5, 5]), dict(id=10, image_id=0, bbox=[90, 40, 50, 50])])))
+    boxes = load_boxes(path)
+    assert boxes == {'a.png': ((100, 50), [(10., 10., 20., 20.), (90., 40., 50., 50.)])}  # partly off: clipped later
+    assert len(boxes.invalid) == 10  # two images without a size; eight boxes (one on such an image)
+    assert sum('no area' in why for why in boxes.invalid) == 2 and sum('off the' in why for why in boxes.invalid) == 2
+
+
+def test_a_box_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    import magsd_timm.localization as localization
+
+    path = _coco(tmp_path / 'boxes.json', [('a.png', 100, 100, [(0, 0, 10, 10)])])
+    monkeypatch.setattr(localization, 'MAX_BOX_FILE_BYTES', path.stat().st_size - 1)
+    with pytest.raises(BadInputError, match='over the 0 MiB limit of a box file'):
+        load_boxes(path)

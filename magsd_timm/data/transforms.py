@@ -96,7 +96,7 @@ def resolve_cxr_data_config(model: Optional[nn.Module] = None, **overrides: Any)
     """Data config from the model's pretrained_cfg (as timm's resolve_data_config), plus the CXR steps."""
     from timm.data import resolve_data_config
 
-    from ..models.config import check_input_size
+    from ..models.config import check_data_config, check_input_size
     from ..models.magsd import default_cfgs
 
     timm_args = {k: overrides[k] for k in ('input_size', 'img_size', 'mean', 'std', 'interpolation') if k in overrides}
@@ -104,6 +104,7 @@ def resolve_cxr_data_config(model: Optional[nn.Module] = None, **overrides: Any)
     fallback = None if model is not None else default_cfgs['magsd_custom'].default.to_dict()
     config = resolve_data_config(timm_args, pretrained_cfg=fallback, model=model)
     check_input_size(list(config['input_size']), 'data config')  # every consumer sizes its tensors from it
+    check_data_config(config, 'data config')  # and normalises with its statistics
     channels = config['input_size'][0]
     for key in ('mean', 'std'):  # a stem adapted to fewer channels takes the channels' average statistics
         if len(config[key]) != channels:

@@ -12,9 +12,10 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 from ..console import BadInputError
 
 __all__ = [
-    'MAX_HEAD_WEIGHTS', 'MAX_INPUT_SIDE', 'MAX_NUM_CLASSES', 'MAX_NUM_MAPS', 'MIN_INPUT_SIDE', 'ConfigError',
-    'UnknownModelArgumentError',
-    'check_checkpoint_config', 'check_head_size', 'check_input_size', 'check_model_args', 'check_temperature', 'training_record',
+    'BACKBONE_KWARGS', 'MAX_HEAD_WEIGHTS', 'MAX_INPUT_SIDE', 'MAX_NUM_CLASSES', 'MAX_NUM_MAPS', 'MIN_INPUT_SIDE',
+    'TEMPERATURE_RANGE', 'ConfigError', 'UnknownModelArgumentError',
+    'check_checkpoint_config', 'check_data_config', 'check_head_size', 'check_input_size', 'check_model_args',
+    'check_temperature', 'training_record',
 ]
 
 MAX_NUM_MAPS = 1024          # the paper uses 32; WS-DAN at most 64
@@ -23,6 +24,27 @@ MAX_IN_CHANS = 4
 MAX_HEAD_WEIGHTS = 2 ** 28   # attention maps x top channels x classes: 1 GiB of fp32 weights
 MIN_INPUT_SIDE, MAX_INPUT_SIDE = 32, 2048
 MAX_ATTN_LEVELS = 8
+# temperatures outside this range turn every probability into a one-hot or a uniform vector (and below
+# about 1e-38, NaN): calibration searches it, and no config may hold another
+TEMPERATURE_RANGE = (0.01, 100.)
+# inputs are scaled to [0, 1] before normalising, so statistics outside these make no sense and an std
+# near zero turns every pixel into an overflow
+MEAN_RANGE, STD_RANGE = (-10., 10.), (1e-3, 10.)
+INTERPOLATIONS = ('nearest', 'bilinear', 'bicubic')  # what the tensor resize of the transforms takes
+# pretrained_cfg keys that send timm's weight loading elsewhere (another file, a URL, another Hub file, code
+# of the model's own): timm's save_for_hf drops them, so a checkpoint config that has them was made to
+WEIGHT_SOURCES = ('url', 'file', 'hf_hub_id', 'hf_hub_filename', 'source', 'state_dict', 'custom_load')
+# what a config may pass to the backbone's timm.create_model, and the values each may take: anything else
+# (pretrained, pretrained_cfg_overlay, cache_dir, ...) could make a load fetch a URL, read or unpickle a
+# local file, or allocate without bound
+BACKBONE_KWARGS = {
+    'out_indices': 'up to 8 integer feature levels from -8 to 16',
+    'output_stride': 'one of 8, 16, 32',
+    'dynamic_img_size': 'true or false',
+    'img_size': f'an integer, or [height, width], from {MIN_INPUT_SIDE} to {MAX_INPUT_SIDE}',
+    'drop_rate': 'a number in [0, 1)',
+    'drop_path_rate': 'a number in [0, 1)',
+}
 
 
 class ConfigError(BadInputError):
@@ -37,12 +59,36 @@ def _where(where: Optional[str]) -> str:
     return f'{where}: ' if where else ''
 
 
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def check_temperature(value: Any, where: Optional[str] = None) -> float:
-    """The temperature as a float, or ConfigError when it is not a finite positive number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f'{_where(where)}temperature {value!r} is invalid: it must be a finite number > 0 '
-                          '(1 means uncalibrated; magsd evaluate --calibrate fits one).')
+    """The temperature as a float, or ConfigError when it is not a number within TEMPERATURE_RANGE."""
+    low, high = TEMPERATURE_RANGE
+    if not _is_number(value) or not low <= value <= high:
+        raise ConfigError(f'{_where(where)}temperature {value!r} is invalid: it must be a number from {low:g} to '
+                          f'{high:g} (1 means uncalibrated; magsd evaluate --calibrate fits one).')
     return float(value)
+
+
+def check_data_config(config: Mapping[str, Any], where: Optional[str] = None) -> None:
+    """Refuse a data config (pretrained_cfg) whose statistics, crop or interpolation would make inputs nonsense."""
+    for key, (low, high) in (('mean', MEAN_RANGE), ('std', STD_RANGE)):
+        if key not in config:
+            continue
+        values = config[key]
+        if (not isinstance(values, (list, tuple)) or not 1 <= len(values) <= MAX_IN_CHANS
+                or not all(_is_number(v) and low <= v <= high for v in values)):
+            raise ConfigError(f'{_where(where)}{key} {values!r} is invalid: expected 1 to {MAX_IN_CHANS} numbers from '
+                              f'{low:g} to {high:g} (inputs are scaled to [0, 1] before normalising).')
+    if 'crop_pct' in config and config['crop_pct'] is not None:
+        if not _is_number(config['crop_pct']) or not 0.1 <= config['crop_pct'] <= 1:
+            raise ConfigError(f"{_where(where)}crop_pct {config['crop_pct']!r} is invalid: expected a number from "
+                              '0.1 to 1.')
+    if 'interpolation' in config and config['interpolation'] not in INTERPOLATIONS:
+        raise ConfigError(f"{_where(where)}interpolation {config['interpolation']!r} is invalid: expected one of "
+                          f"{', '.join(INTERPOLATIONS)}.")
 
 
 def check_input_size(input_size: Any, where: Optional[str] = None) -> Tuple[int, int, int]:
@@ -91,6 +137,36 @@ def check_model_args(args: Mapping[str, Any], allowed: Iterable[str], where: Opt
     if not isinstance(args.get('backbone_kwargs') or {}, dict):
         raise ConfigError(f'{_where(where)}backbone_kwargs {args["backbone_kwargs"]!r} is invalid: expected an '
                           'object of timm.create_model arguments.')
+    _check_backbone_kwargs(args.get('backbone_kwargs') or {}, where)
+
+
+def _backbone_value_ok(name: str, value: Any) -> bool:
+    def side(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and MIN_INPUT_SIDE <= v <= MAX_INPUT_SIDE
+
+    if name == 'out_indices':
+        return (isinstance(value, (list, tuple)) and 1 <= len(value) <= MAX_ATTN_LEVELS
+                and all(isinstance(v, int) and not isinstance(v, bool) and -8 <= v <= 16 for v in value))
+    if name == 'output_stride':
+        return value in (8, 16, 32) and not isinstance(value, bool)
+    if name == 'dynamic_img_size':
+        return isinstance(value, bool)
+    if name == 'img_size':
+        return side(value) or (isinstance(value, (list, tuple)) and len(value) == 2 and all(map(side, value)))
+    return _is_number(value) and 0 <= value < 1  # drop_rate, drop_path_rate
+
+
+def _check_backbone_kwargs(kwargs: Mapping[str, Any], where: Optional[str]) -> None:
+    """Only the known-safe backbone arguments, each within its bounds."""
+    unknown = sorted(set(kwargs) - set(BACKBONE_KWARGS))
+    if unknown:
+        raise UnknownModelArgumentError(
+            f"{_where(where)}backbone_kwargs {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not allowed: "
+            f"a config may pass only {', '.join(BACKBONE_KWARGS)} to the backbone.")
+    for name, value in kwargs.items():
+        if not _backbone_value_ok(name, value):
+            raise ConfigError(f'{_where(where)}backbone_kwargs {name} {value!r} is invalid: expected '
+                              f'{BACKBONE_KWARGS[name]}.')
 
 
 def check_head_size(num_maps: int, channels: int, num_classes: int) -> None:
@@ -128,6 +204,11 @@ def check_checkpoint_config(config: Any, where: Optional[str] = None) -> Dict[st
         raise ConfigError(f'{_where(where)}pretrained_cfg must be an object.')
     if 'input_size' in pretrained_cfg:
         check_input_size(pretrained_cfg['input_size'], where)
+    check_data_config(pretrained_cfg, where)
+    named = sorted(k for k in WEIGHT_SOURCES if pretrained_cfg.get(k) not in (None, False))
+    if named:
+        raise ConfigError(f"{_where(where)}pretrained_cfg names where weights come from ({', '.join(named)}): a "
+                          'checkpoint config may not (its weights are the ones beside it); timm never saves these.')
     if 'temperature' in config:
         check_temperature(config['temperature'], where)
     if 'training' in config and not isinstance(config['training'], dict):

@@ -76,8 +76,11 @@ def require_safe_weights(pretrained_cfg: Dict[str, Any], cache_dir: Optional[str
     if hub_id:
         repo_id, _, revision = hub_id.partition('@')
         filename = pretrained_cfg.get('hf_hub_filename') or SAFE_WEIGHTS
-        if not filename.endswith('.safetensors'):
-            filename = SAFE_WEIGHTS  # timm loads the safetensors alternative first when it exists
+        if filename not in (SAFE_WEIGHTS, 'pytorch_model.bin'):  # any other file name is loaded as it is named
+            if not filename.endswith('.safetensors'):
+                _refuse(f"Hub repo '{hub_id}'", filename)
+            return
+        filename = SAFE_WEIGHTS  # timm loads the safetensors alternative of pytorch_model.bin first when it exists
         try:
             hf_hub_download(repo_id, filename, revision=revision or None, cache_dir=cache_dir)
         except EntryNotFoundError as e:

@@ -87,8 +87,8 @@ def test_a_truncated_weights_file_is_named_as_such(checkpoint):
         timm.create_model(f'local-dir:{checkpoint}', pretrained=True)
 
 
-@pytest.mark.parametrize('value', [-1, 0, float('nan'), float('inf'), '2', True])
-def test_a_temperature_must_be_finite_and_positive(value):
+@pytest.mark.parametrize('value', [-1, 0, float('nan'), float('inf'), '2', True, 1e-300, 1e-3, 1e3])
+def test_a_temperature_must_be_a_number_in_the_calibration_range(value):
     with pytest.raises(ConfigError, match='temperature .* is invalid'):
         check_temperature(value)
     assert check_temperature(0.5) == 0.5
@@ -109,3 +109,42 @@ def test_a_checkpoint_config_is_checked_as_a_whole():
 def test_only_a_training_record_makes_a_classifier_trained():
     assert training_record({}) is None and training_record({'training': {}}) is None
     assert training_record({'training': {'epochs': 3}}) == {'epochs': 3}
+
+
+@pytest.mark.parametrize('cfg, message', [
+    ({'mean': [float('nan')]}, 'mean'), ({'std': [0.0]}, 'std'), ({'std': [1e-300]}, 'std'), ({'mean': [1e9]}, 'mean'),
+    ({'std': 'abc'}, 'std'), ({'mean': [0.5] * 5}, 'mean'), ({'crop_pct': float('inf')}, 'crop_pct'),
+    ({'interpolation': 'magic'}, 'interpolation'),
+])
+def test_every_number_a_data_config_feeds_into_inference_is_checked(cfg, message):
+    from magsd_timm.data.transforms import resolve_cxr_data_config
+
+    config = {'architecture': 'magsd_custom', 'pretrained_cfg': dict({'input_size': [1, 64, 64]}, **cfg)}
+    with pytest.raises(ConfigError, match=f'{message} .* is invalid'):
+        check_checkpoint_config(config)
+    if all(isinstance(v, list) for v in cfg.values()):  # statistics a built model carries: checked where resolved
+        model = timm.create_model('magsd_custom', **TINY)
+        model.pretrained_cfg = dict(model.pretrained_cfg, **cfg)
+        with pytest.raises(ConfigError, match=f'{message} .* is invalid'):
+            resolve_cxr_data_config(model)
+
+
+@pytest.mark.parametrize('backbone_kwargs, message', [
+    ({'pretrained': True}, 'pretrained is not allowed'),
+    ({'pretrained_cfg_overlay': {'file': '/etc/passwd'}, 'cache_dir': '/tmp'}, 'cache_dir, pretrained_cfg_overlay are'),
+    ({'out_indices': list(range(100))}, 'out_indices'), ({'img_size': 10 ** 6}, 'img_size'),
+    ({'output_stride': 3}, 'output_stride'), ({'dynamic_img_size': 'yes'}, 'dynamic_img_size'),
+])
+def test_only_known_safe_backbone_arguments_within_bounds_reach_timm(backbone_kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        timm.create_model('magsd_custom', backbone_kwargs=backbone_kwargs, **TINY)
+    model = timm.create_model('magsd_custom', backbone_kwargs={'out_indices': [2, 3], 'drop_rate': 0.1}, **TINY)
+    assert model.backbone_kwargs == {'out_indices': [2, 3], 'drop_rate': 0.1}
+
+
+@pytest.mark.parametrize('source', [dict(hf_hub_filename='../../../../etc/weights.pth'), dict(file='/tmp/x.pth'),
+                                    dict(url='http://127.0.0.1:9/w.pth'), dict(custom_load=True)])
+def test_a_checkpoint_config_may_not_say_where_its_weights_come_from(checkpoint, source):
+    _edit(checkpoint, lambda config: config['pretrained_cfg'].update(source))
+    with pytest.raises(ConfigError, match=f'names where weights come from \\({next(iter(source))}\\)'):
+        check_checkpoint_config(json.loads((checkpoint / 'config.json').read_text()))
