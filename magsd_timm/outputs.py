@@ -16,13 +16,15 @@ import json
 import math
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, List, Union
+from typing import Any, Iterable, Iterator, List, Union
 
 from .console import BadInputError, display
 
-__all__ = ['OutputBusyError', 'OutputWriteError', 'atomic_folder', 'atomic_path', 'exclusive_lock', 'recover_folder',
+__all__ = ['OutputBusyError', 'OutputWriteError', 'atomic_folder', 'atomic_path', 'check_no_overlap', 'exclusive_lock',
+           'recover_folder',
            'replace_folder', 'staging_folder', 'strict_json', 'write_failure', 'write_text_atomic']
 
 PathLike = Union[str, Path]
@@ -36,6 +38,17 @@ class OutputWriteError(OSError):
     """An output could not be written (full disk, no permission, ...); the message says which and where."""
 
 
+def check_no_overlap(output: PathLike, inputs: Iterable[PathLike], what: str = 'output') -> None:
+    """Refuse an output that is, holds or lies inside one of the inputs: replacing it would delete them."""
+    target = Path(output).resolve()
+    for source in inputs:
+        resolved = Path(source).resolve()
+        if resolved == target or target in resolved.parents or resolved in target.parents:
+            relation = ('is' if resolved == target else 'holds' if target in resolved.parents else 'lies inside')
+            raise BadInputError(f'the {what} {display(output)} {relation} the input {display(source)}: writing it '
+                                'could delete or mix in its files; choose an output outside every input.')
+
+
 def _free_space(path: Path) -> str:
     for candidate in (path, *path.parents):
         if candidate.exists():
@@ -44,11 +57,15 @@ def _free_space(path: Path) -> str:
     return 'free space unknown'
 
 
+# how torch's C++ writers (the zip stream behind torch.save) report a write the disk could not take
+_TORCH_WRITE_FAILURES = ('iostream error', 'unexpected pos', 'file write failed', 'No space left')
+
+
 def _disk_full(error: BaseException) -> bool:
-    """Whether an error says the disk is full: errno, or torch's C++ stream error text."""
+    """Whether an error says the disk is full: errno, or the texts of torch's C++ writers."""
     text = str(error)
-    return getattr(error, 'errno', None) in (errno.ENOSPC, errno.EDQUOT) or 'iostream error' in text \
-        or 'No space left' in text
+    return getattr(error, 'errno', None) in (errno.ENOSPC, errno.EDQUOT) \
+        or any(failure in text for failure in _TORCH_WRITE_FAILURES)
 
 
 def write_failure(path: PathLike, error: BaseException, what: str = 'output', after: str = '') -> OutputWriteError:
@@ -78,6 +95,18 @@ def _failures_named(path: Path, what: str) -> Iterator[None]:
         raise
 
 
+def _usual_mode(path: Path, staged: Path, folder: bool) -> None:
+    """Give a staged file or folder (mkstemp/mkdtemp make them private) the mode of the one it replaces, else the
+    mode any tool's output gets under the process's umask."""
+    if path.exists():
+        mode = stat.S_IMODE(path.stat().st_mode)
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = (0o777 if folder else 0o666) & ~umask
+    os.chmod(staged, mode)
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike, what: str = 'output') -> Iterator[Path]:
     """A temporary path beside path (same suffix) to write; it becomes path only if the block succeeds."""
@@ -86,6 +115,7 @@ def atomic_path(path: PathLike, what: str = 'output') -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, staged = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.stem}.', suffix=f'.partial{path.suffix}')
         os.close(handle)
+        _usual_mode(path, Path(staged), folder=False)
     staged = Path(staged)
     try:
         with _failures_named(path, what):
@@ -142,6 +172,7 @@ def atomic_folder(path: PathLike, what: str = 'output') -> Iterator[Path]:
     with _failures_named(path, what):
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=staging_folder(path, '').name, dir=path.parent))
+        _usual_mode(path, staging, folder=True)
     try:
         with _failures_named(path, what):
             yield staging

@@ -15,12 +15,14 @@ import argparse
 import json
 import logging
 import sys
+from collections import Counter
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 from magsd_timm import CXR_LABEL_NAMES
-from magsd_timm.console import EXIT_CODES, add_traceback_flag, number, run_command
+from magsd_timm.console import EXIT_CODES, BadInputError, add_traceback_flag, display, number, run_command
 from magsd_timm.data.build import build_dataset
+from magsd_timm.outputs import check_no_overlap
 from magsd_timm.data.sample import sample_records
 from magsd_timm.data.sources import (
     covid_radiography_records, covidx_records, folder_records, ieee8023_records, kermany_records, manifest_records,
@@ -68,20 +70,36 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
     return args
 
 
-def _prepare(args: argparse.Namespace) -> int:
-    """Gather the records of every named source (the bundled sample if none) and build the dataset."""
-    sources = [*map(folder_records, args.folder), *map(manifest_records, args.manifest)]
+def _named_sources(args: argparse.Namespace) -> List[Tuple[str, Path, list]]:
+    """Each source named on the command line: its flag, its path, and its records."""
+    sources = [*(('--folder', p, folder_records(p)) for p in args.folder),
+               *(('--manifest', p, manifest_records(p)) for p in args.manifest)]
     if args.kermany:
-        sources.append(kermany_records(args.kermany))
+        sources.append(('--kermany', args.kermany, kermany_records(args.kermany)))
     if args.ieee8023:
         classes = None if args.ieee8023_classes == ['all'] else args.ieee8023_classes
-        sources.append(ieee8023_records(args.ieee8023, classes=classes))
+        sources.append(('--ieee8023', args.ieee8023, ieee8023_records(args.ieee8023, classes=classes)))
     if args.covid_radiography:
-        sources.append(covid_radiography_records(args.covid_radiography))
+        sources.append(('--covid-radiography', args.covid_radiography,
+                        covid_radiography_records(args.covid_radiography)))
     if args.covidx:
-        sources.append(covidx_records(args.covidx, dict(item.split('=', 1) for item in args.covidx_labels)))
-    records = [record for source in sources for record in source] or sample_records()
-    left_out = [row for source in sources for row in getattr(source, 'left_out', [])]
+        sources.append(('--covidx', args.covidx,
+                        covidx_records(args.covidx, dict(item.split('=', 1) for item in args.covidx_labels))))
+    for flag, path, records in sources:
+        if not records:  # a source that silently gives nothing would build another data set than the one asked for
+            reasons = Counter(why for _, why in getattr(records, 'left_out', []))
+            said = '; '.join(f'{why} ({n})' for why, n in reasons.most_common(3))
+            raise BadInputError(f'{flag} {display(path)} yields no image' + (f': {said}' if said else '') + '.')
+    return sources
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    """Gather the records of every named source (the bundled sample if none) and build the dataset."""
+    check_no_overlap(args.output, [*args.folder, *args.manifest,
+                                   *filter(None, (args.kermany, args.ieee8023, args.covid_radiography, args.covidx))])
+    sources = _named_sources(args)
+    records = [record for _, _, source in sources for record in source] or sample_records()
+    left_out = [row for _, _, source in sources for row in getattr(source, 'left_out', [])]
     summary = build_dataset(
         records, args.output, seed=args.seed, fractions=args.fractions, holdout_source=args.holdout_source,
         folds=args.folds, pretty_name=args.name, overwrite=args.overwrite, left_out=left_out,

@@ -10,8 +10,8 @@ import textwrap
 import pytest
 
 from magsd_timm.outputs import (
-    OutputBusyError, OutputWriteError, atomic_folder, atomic_path, exclusive_lock, recover_folder, strict_json,
-    write_failure, write_text_atomic,
+    OutputBusyError, OutputWriteError, atomic_folder, atomic_path, check_no_overlap, exclusive_lock, recover_folder,
+    strict_json, write_failure, write_text_atomic,
 )
 
 
@@ -69,7 +69,12 @@ def test_json_never_holds_a_bare_nan():
 
 
 def test_a_full_disk_is_said_by_name_with_the_free_space(tmp_path):
-    for error in (OSError(errno.ENOSPC, 'No space left on device'), RuntimeError('basic_ios::clear: iostream error')):
+    from safetensors import SafetensorError
+
+    for error in (OSError(errno.ENOSPC, 'No space left on device'), RuntimeError('basic_ios::clear: iostream error'),
+                  RuntimeError('[enforce fail at inline_container.cc:664] . unexpected pos 4096 vs 3982'),
+                  RuntimeError('PytorchStreamWriter failed writing file data/3: file write failed'),
+                  SafetensorError('Error while serializing: IoError(Os { code: 28, message: "No space left on device" })')):
         failure = write_failure(tmp_path / 'ckpt', error, 'checkpoint')
         assert isinstance(failure, OutputWriteError) and failure.errno == errno.ENOSPC
         assert str(failure).startswith(f'could not write the checkpoint {tmp_path / "ckpt"}: the disk is full (')
@@ -113,3 +118,29 @@ def test_a_killed_holder_leaves_no_lock_behind(tmp_path):
     assert (tmp_path / '.run.lock').exists()  # the file stays, the kernel's lock does not
     with exclusive_lock(output, 'training run'):
         pass
+
+
+def test_outputs_follow_the_umask_and_a_replaced_file_keeps_its_mode(tmp_path):
+    old = os.umask(0o027)
+    try:
+        write_text_atomic(tmp_path / 'new.txt', 'x')
+        with atomic_folder(tmp_path / 'folder') as staging:
+            (staging / 'inside.txt').write_text('y')
+        (tmp_path / 'kept.json').write_text('{}')
+        (tmp_path / 'kept.json').chmod(0o604)
+        write_text_atomic(tmp_path / 'kept.json', '{"a": 1}')
+    finally:
+        os.umask(old)
+    assert (tmp_path / 'new.txt').stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / 'folder').stat().st_mode & 0o777 == 0o750
+    assert (tmp_path / 'kept.json').stat().st_mode & 0o777 == 0o604 and (tmp_path / 'kept.json').read_text() == '{"a": 1}'
+
+
+def test_an_output_that_is_holds_or_lies_in_an_input_is_refused(tmp_path):
+    source = tmp_path / 'data' / 'images'
+    source.mkdir(parents=True)
+    for output, relation in ((source, 'is'), (tmp_path / 'data', 'holds'), (source / 'out', 'lies inside'),
+                             (tmp_path / 'data' / 'images' / '..' / 'images', 'is')):
+        with pytest.raises(ValueError, match=f'{relation} the input'):
+            check_no_overlap(output, [tmp_path / 'elsewhere', source])
+    check_no_overlap(tmp_path / 'data' / 'prepared', [source, tmp_path / 'data' / 'a.png'])  # beside it: fine

@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..console import display
 from ..metrics import markdown_table
-from ..outputs import atomic_folder, exclusive_lock, recover_folder, strict_json
+from ..outputs import atomic_folder, check_no_overlap, exclusive_lock, recover_folder, strict_json
 from .reader import ImageReadError, is_dicom, read_image
 from .sources import Record, fold_labels
 from .splits import assign_patients, deduplicate, patient_folds, patient_split, patient_subset, source_holdout
@@ -160,6 +160,7 @@ def build_dataset(
     each class, whole patients drawn with the seed (splits.patient_subset), before the split.
     """
     output = Path(output)
+    check_no_overlap(output, [r['path'] for r in records], 'dataset output')  # replacing it would delete images
     with exclusive_lock(output, 'prepare_data build'):
         for note in recover_folder(output):
             _logger.warning('%s', note)

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ..console import BadInputError, display
 from ..seeds import mix_seed, seeded_generator
-from .reader import ImageReadError, decode_checked, image_to_array, read_image
+from .reader import ImageReadError, read_image, read_image_bytes
 from .sample import sample_records
 from .sources import Record, folder_records, manifest_records
 from .splits import SPLITS, assign_patients, deduplicate, patient_split
@@ -37,8 +37,10 @@ class CXRDataset(Dataset):
     def __init__(self, items: Union[Sequence[Record], 'datasets.Dataset'], class_names: Sequence[str],
                  transform: Optional[Transform] = None, seed: Optional[int] = None):
         """seed: make each item's random transform a function of (seed, epoch, index) alone."""
-        self.items, self.class_names, self.transform = items, list(class_names), transform
         self.from_files = isinstance(items, (list, tuple))
+        if not self.from_files:  # decoded by read_image_bytes, which bounds the pixels before decoding
+            items = _undecoded_images(items)
+        self.items, self.class_names, self.transform = items, list(class_names), transform
         self.seed, self.epoch = seed, 0
         self.dropped: List[Tuple[str, str]] = []  # (file, why) left out when the source was opened
 
@@ -51,6 +53,11 @@ class CXRDataset(Dataset):
             except ImageReadError as e:
                 problems.append((index, str(e)))
         return problems
+
+    def readable(self) -> 'CXRDataset':
+        """The dataset without the images that cannot be read (each joins ``dropped`` with why); itself if none."""
+        problems = self.check_images()
+        return self.without(problems) if problems else self
 
     def name(self, index: int) -> str:
         """A printable name of an item: its file, or its file name and index in a Hugging Face dataset."""
@@ -79,7 +86,10 @@ class CXRDataset(Dataset):
         """The decoded image: float32 (H, W) in [0, 1]."""
         if self.from_files:
             return read_image(self.items[index]['path'])
-        return decode_checked(self.name(index), lambda: image_to_array(self.items[index]['image']))
+        image = self.items[index]['image']
+        if image.get('bytes') is None and image.get('path'):  # a dataset that refers to its image files
+            return read_image(image['path'])
+        return read_image_bytes(image.get('bytes') or b'', self.name(index))
 
     def label(self, index: int) -> int:
         """The class index of an item."""
@@ -117,6 +127,16 @@ class CXRDataset(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(mix_seed(self.seed, self.epoch, index))
             return self.transform(image), self.label(index)
+
+
+def _undecoded_images(items: 'datasets.Dataset') -> 'datasets.Dataset':
+    """The dataset with its image column as stored bytes: the datasets library would decode any size."""
+    import datasets
+
+    feature = items.features.get('image')
+    if isinstance(feature, datasets.Image) and feature.decode:
+        return items.cast_column('image', datasets.Image(decode=False))
+    return items
 
 
 class BalancedSampler(Sampler):

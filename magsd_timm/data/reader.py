@@ -13,15 +13,17 @@ Every failure raises ImageReadError with the file (its name printable whatever b
 the reason: a decoder's own exceptions, decompression bombs (images of more than MAX_PIXELS pixels)
 and memory errors included, so one bad file never stops a batch of good ones.
 """
+import io
 from pathlib import Path
-from typing import Callable, Union
+from typing import BinaryIO, Callable, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..console import BadInputError, display
 
-__all__ = ['ImageReadError', 'MAX_PIXELS', 'MIN_SIZE', 'decode_checked', 'image_to_array', 'is_dicom', 'read_image']
+__all__ = ['ImageReadError', 'MAX_PIXELS', 'MIN_SIZE', 'decode_checked', 'image_to_array', 'is_dicom', 'read_image',
+           'read_image_bytes']
 
 MIN_SIZE = 32  # pixels, the shorter side
 MAX_PIXELS = 8192 * 8192  # twice the largest detector's side; below PIL's own bomb limits (89 Mpx warns)
@@ -51,29 +53,37 @@ def _scaled(pixels: np.ndarray) -> np.ndarray:
     return ((pixels - low) / (high - low)).astype(np.float32)
 
 
-def _too_large(path: Path, width: int, height: int) -> ImageReadError:
-    return ImageReadError(f'{display(path)}: {width}x{height} px is over the {MAX_PIXELS:,} pixel limit '
+def _too_large(name: str, width: int, height: int) -> ImageReadError:
+    return ImageReadError(f'{name}: {width}x{height} px is over the {MAX_PIXELS:,} pixel limit '
                           '(a decompression bomb, or not a radiograph).')
 
 
-def _read_pil(path: Path) -> np.ndarray:
+def _read_pil(source: Union[Path, BinaryIO], name: str) -> np.ndarray:
+    """Decode a file or an in-memory image with PIL, its size checked against MAX_PIXELS before any decoding."""
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             if image.width * image.height > MAX_PIXELS:
-                raise _too_large(path, image.width, image.height)
+                raise _too_large(name, image.width, image.height)
             if getattr(image, 'n_frames', 1) > 1:
-                raise ImageReadError(f'{display(path)}: has {image.n_frames} frames; one radiograph per file is expected.')
+                raise ImageReadError(f'{name}: has {image.n_frames} frames; one radiograph per file is expected.')
             image.load()  # decodes now, so a truncated file fails here
             image = ImageOps.exif_transpose(image)
     except ImageReadError:
         raise
     except Image.DecompressionBombError as e:
-        raise ImageReadError(f'{display(path)}: {e}') from e
+        raise ImageReadError(f'{name}: {e}') from e
     except UnidentifiedImageError as e:
-        raise ImageReadError(f'{display(path)}: not an image file PIL can read (PNG, JPEG, ...) nor DICOM.') from e
+        raise ImageReadError(f'{name}: not an image file PIL can read (PNG, JPEG, ...) nor DICOM.') from e
     except (OSError, SyntaxError, ValueError) as e:
-        raise ImageReadError(f'{display(path)}: corrupt or truncated image ({e}).') from e
+        raise ImageReadError(f'{name}: corrupt or truncated image ({e}).') from e
     return image_to_array(image)
+
+
+def read_image_bytes(data: bytes, name: str) -> np.ndarray:
+    """Read an image held in memory (a dataset's embedded PNG or JPEG) as read_image reads a file."""
+    if not data:
+        raise ImageReadError(f'{name}: empty image.')
+    return decode_checked(name, lambda: _read_pil(io.BytesIO(data), name))
 
 
 def image_to_array(image: Image.Image) -> np.ndarray:
@@ -102,7 +112,7 @@ def _read_dicom(path: Path) -> np.ndarray:
                              'expected.')
     rows, columns = int(ds.get('Rows', 0) or 0), int(ds.get('Columns', 0) or 0)
     if rows * columns > MAX_PIXELS:
-        raise _too_large(path, columns, rows)
+        raise _too_large(display(path), columns, rows)
     syntax = getattr(getattr(ds, 'file_meta', None), 'TransferSyntaxUID', None)
     try:
         pixels = ds.pixel_array
@@ -128,7 +138,7 @@ def read_image(path: Union[str, Path]) -> np.ndarray:
         raise ImageReadError(f'{display(path)}: no such file.')
     if path.stat().st_size == 0:
         raise ImageReadError(f'{display(path)}: empty file.')
-    return decode_checked(display(path), lambda: (_read_dicom if is_dicom(path) else _read_pil)(path))
+    return decode_checked(display(path), lambda: _read_dicom(path) if is_dicom(path) else _read_pil(path, display(path)))
 
 
 def decode_checked(name: str, decode: Callable[[], np.ndarray]) -> np.ndarray:

@@ -68,6 +68,34 @@ def _mapped(records: Iterable[Record], label_map: Mapping[str, Optional[str]], w
     return _said(kept, what)
 
 
+def _read_csv(path: Path, required: Iterable[str], what: str) -> List[Dict[str, str]]:
+    """The rows of a CSV file (a UTF-8 byte-order mark allowed, short rows padded with ''); its required columns checked."""
+    try:
+        with path.open(newline='', encoding='utf-8-sig') as f:
+            reader = csv.DictReader(f, restval='')
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except UnicodeDecodeError as e:
+        raise BadInputError(f'{display(path)}: the {what} is not UTF-8 text ({e.reason} at byte {e.start}).') from e
+    except csv.Error as e:
+        raise BadInputError(f'{display(path)}: the {what} is not a readable CSV file ({e}).') from e
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise BadInputError(f"{display(path)}: the {what} lacks the column(s) {', '.join(missing)} (it has "
+                            f"{', '.join(columns) if columns else 'none'}).")
+    return [{k: v if v is not None else '' for k, v in row.items() if k is not None} for row in rows]
+
+
+def _inside(root: Path, *parts: str) -> Optional[Path]:
+    """root/parts, or None when the parts lead outside root ('../', an absolute path, a link out of it)."""
+    path = root.joinpath(*parts)
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return None
+    return path
+
+
 def _require_dir(root: PathLike) -> Path:
     root = Path(root)
     if not root.is_dir():
@@ -127,15 +155,15 @@ def manifest_records(path: PathLike) -> List[Record]:
         raise FileNotFoundError(f'{display(path)}: no such manifest.')
     if path.suffix.lower() == '.parquet':
         import pyarrow.parquet as pq
-        rows = pq.read_table(path).to_pylist()
+        table = pq.read_table(path)
+        missing = [c for c in ('path', 'label') if c not in table.column_names]
+        if missing:
+            raise BadInputError(f"{display(path)}: the manifest lacks the column(s) {', '.join(missing)}.")
+        rows = table.to_pylist()
     else:
-        with path.open(newline='') as f:
-            rows = list(csv.DictReader(f))
+        rows = _read_csv(path, ('path', 'label'), 'manifest')
     if not rows:
         raise BadInputError(f'{display(path)}: the manifest has no rows.')
-    missing = {'path', 'label'} - set(rows[0])
-    if missing:
-        raise BadInputError(f'{display(path)}: manifest lacks the column(s) {", ".join(sorted(missing))}.')
     records = []
     for number, row in enumerate(rows, start=1):
         where = f'{display(path)}, row {number}'
@@ -176,6 +204,7 @@ IEEE8023_LABELS = {
     'Mycoplasma Bacterial Pneumonia': 'bacterial pneumonia', 'Chlamydophila': 'bacterial pneumonia',
 }
 IEEE8023_FRONTAL_VIEWS = ('PA', 'AP', 'AP Supine')
+IEEE8023_COLUMNS = ('patientid', 'finding', 'view', 'modality', 'filename')  # and 'folder', images/ if absent
 
 
 def _ieee8023_class(finding: str, label_map: Mapping[str, Optional[str]]) -> Tuple[Optional[str], str]:
@@ -206,15 +235,23 @@ def ieee8023_records(root: PathLike, label_map: Optional[Mapping[str, Optional[s
     root = _require_dir(root)
     label_map = dict(IEEE8023_LABELS, **(label_map or {}))
     keep = set(classes) if classes is not None else None
-    with (root / 'metadata.csv').open(newline='') as f:
-        rows = list(csv.DictReader(f))
+    metadata = root / 'metadata.csv'
+    if not metadata.is_file():
+        raise FileNotFoundError(f'{display(metadata)}: no such file (an ieee8023 folder holds metadata.csv and images/).')
+    rows = _read_csv(metadata, IEEE8023_COLUMNS, 'ieee8023 metadata')
+    if not rows:
+        raise BadInputError(f'{display(metadata)}: the ieee8023 metadata has no rows.')
     records = SourceRecords()
     for row in rows:
-        path = root / (row.get('folder') or 'images') / row['filename']
-        view = row.get('view', '').strip()
-        label, why = _ieee8023_class(row.get('finding', ''), label_map)
-        if row.get('modality') != 'X-ray':
-            why = f"modality {row.get('modality') or 'not given'}, not X-ray"
+        folder = row.get('folder') or 'images'
+        path = _inside(root, folder, row['filename']) if row['filename'].strip() else None
+        view = row['view'].strip()
+        label, why = _ieee8023_class(row['finding'], label_map)
+        if path is None:
+            path, why = root / folder / row['filename'], \
+                'the folder or filename leads outside the collection (or is empty)'
+        elif row['modality'] != 'X-ray':
+            why = f"modality {row['modality'] or 'not given'}, not X-ray"
         elif view not in IEEE8023_FRONTAL_VIEWS:
             why = f"view '{view}' is not frontal ({', '.join(IEEE8023_FRONTAL_VIEWS)})" if view else 'view not given'
         elif not path.is_file():
@@ -224,7 +261,7 @@ def ieee8023_records(root: PathLike, label_map: Optional[Mapping[str, Optional[s
         if label is None or why:
             records.left_out.append((display(path), f'ieee8023: {why}'))
         else:
-            records.append(_record(path, label, row['patientid'], 'ieee8023'))
+            records.append(_record(path, label, row['patientid'].strip() or None, 'ieee8023'))
     return _said(records, 'ieee8023')
 
 
@@ -253,13 +290,18 @@ def covidx_records(
         label_map: Optional[Mapping[str, Optional[str]]] = None) -> List[Record]:
     """COVIDx CXR: label files of 'patient_id filename class source' lines, images in root/<split>/."""
     root = _require_dir(root)
-    records = []
+    records, outside = [], []
     for split, label_file in label_files.items():
         for line in Path(label_file).read_text().splitlines():
             fields = line.split()
             if len(fields) < 4:
                 continue
             patient, filename, label, origin = fields[:4]
-            records.append(_record(root / split / filename, label, patient, f'covidx/{origin}',
-                                   SPLIT_NAMES.get(split, split)))
-    return _mapped(records, dict(COVIDX_LABELS, **(label_map or {})), 'covidx')
+            path = _inside(root, split, filename)
+            if path is None:
+                outside.append((display(root / split / filename), 'covidx: the file name leads outside the collection'))
+                continue
+            records.append(_record(path, label, patient, f'covidx/{origin}', SPLIT_NAMES.get(split, split)))
+    kept = _mapped(records, dict(COVIDX_LABELS, **(label_map or {})), 'covidx')
+    kept.left_out = outside + kept.left_out
+    return kept

@@ -13,6 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from safetensors import SafetensorError
+
 from ..console import display
 from ..outputs import replace_folder, staging_folder, write_failure
 
@@ -62,7 +64,7 @@ def save_checkpoint(accelerator, root: Path, global_step: int, keep: int = 2) ->
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(staging))
-    except (OSError, RuntimeError) as e:  # torch reports a full disk as "basic_ios::clear: iostream error"
+    except (OSError, RuntimeError, SafetensorError) as e:  # torch and safetensors say a full disk in their own words
         shutil.rmtree(staging, ignore_errors=True)
         last = latest_checkpoint(root)
         kept = f'; the last complete checkpoint, {display(last)}, is intact' if last else ''

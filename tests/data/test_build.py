@@ -112,3 +112,18 @@ def test_dicom_images_are_stored_as_lossless_16_bit_png(tmp_path):
     for row in rows:
         expected = read_image(tmp_path / row['file_name'])  # the original file's name is kept
         np.testing.assert_allclose(image_to_array(row['image']), expected, atol=1 / 65535)
+
+
+def test_an_output_that_holds_the_images_it_is_built_from_is_refused(tmp_path):
+    from magsd_timm.console import BadInputError
+
+    output = tmp_path / 'out'
+    records = []
+    for record in sample_records():
+        copy = output / 'images' / Path(record['path']).name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(record['path'], copy)
+        records.append(dict(record, path=str(copy)))
+    with pytest.raises(BadInputError, match='holds the input'):
+        build_dataset(records, output, overwrite=True)
+    assert len(list((output / 'images').iterdir())) == 16

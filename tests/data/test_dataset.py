@@ -77,3 +77,17 @@ def test_balanced_sampler_draws_classes_equally_and_repeats_per_epoch():
 def test_dataset_labels_list_every_item():
     dataset = open_dataset(None, 'train')
     assert dataset.labels() == [dataset.label(i) for i in range(len(dataset))]
+
+
+def test_images_inside_a_prepared_dataset_are_bounded_like_files(tmp_path, monkeypatch):
+    import magsd_timm.data.reader as reader
+    from magsd_timm.data.reader import ImageReadError
+
+    build_dataset(sample_records(), tmp_path / 'prepared', seed=1)
+    dataset = open_dataset(str(tmp_path / 'prepared'), 'train', TRANSFORM)
+    assert dataset[0][0].shape == (1, 64, 64)
+    monkeypatch.setattr(reader, 'MAX_PIXELS', 1000)  # every sample image is over it now
+    with pytest.raises(ImageReadError, match=r'px is over the 1,000 pixel limit'):
+        dataset[0]
+    checked = dataset.readable()
+    assert len(checked) == 0 and len(checked.dropped) == len(dataset)

@@ -134,7 +134,7 @@ def test_a_decompression_bomb_is_an_image_read_error(tmp_path, size):
 def test_any_decoder_failure_is_an_image_read_error(tmp_path, monkeypatch):
     import magsd_timm.data.reader as reader
 
-    def broken(path):
+    def broken(path, *name):
         raise TypeError('decoder bug')
 
     monkeypatch.setattr(reader, '_read_pil', broken)

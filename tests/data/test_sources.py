@@ -1,4 +1,5 @@
 """Sources: folder trees, manifests and converters on small trees laid out as each collection publishes."""
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def test_csv_and_parquet_manifests(tmp_path):
     assert manifest_records(tmp_path / 'm.parquet')[0]['path'] == str(tmp_path / 'img' / 'a.png')
 
     (tmp_path / 'bad.csv').write_text('file,class\na.png,normal\n')
-    with pytest.raises(ValueError, match='lacks the column\\(s\\) label, path'):
+    with pytest.raises(ValueError, match='lacks the column\\(s\\) path, label'):
         manifest_records(tmp_path / 'bad.csv')
 
 
@@ -191,3 +192,62 @@ def test_folder_class_names_that_differ_in_case_are_one_class(tmp_path):
     _image(tmp_path / 'train' / 'Normal' / 'a.png', 1)
     _image(tmp_path / 'test' / 'normal' / 'b.png', 2)
     assert {r['label'] for r in folder_records(tmp_path)} == {'Normal'}  # a tie keeps the first spelling, sorted
+
+
+# ---- metadata from a collection is untrusted: checked columns, paths kept inside, text decoded ---------
+
+def _ieee8023(tmp_path: Path, header: str, lines, encoding: str = 'utf-8') -> Path:
+    root = tmp_path / 'covid-chestxray-dataset'
+    _image(root / 'images' / 'a.jpg')
+    (root / 'metadata.csv').write_bytes((header + '\n' + ''.join(f'{line}\n' for line in lines)).encode(encoding))
+    return root
+
+
+@pytest.mark.parametrize('header, message', [
+    ('patientid,view,modality,filename', 'lacks the column(s) finding'),
+    ('patientid,finding,filename', 'lacks the column(s) view, modality'),
+    ('', 'lacks the column(s) patientid, finding, view, modality, filename'),
+])
+def test_ieee8023_metadata_without_its_columns_is_refused_naming_them(tmp_path, header, message):
+    root = _ieee8023(tmp_path, header, [])
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ieee8023_records(root)
+
+
+def test_ieee8023_metadata_with_a_byte_order_mark_or_short_rows_is_read(tmp_path):
+    root = _ieee8023(tmp_path, 'patientid,finding,view,modality,filename', ['1,COVID-19,PA,X-ray,a.jpg', '2,COVID-19'],
+                     encoding='utf-8-sig')
+    source = ieee8023_records(root)
+    assert [Path(r['path']).name for r in source] == ['a.jpg'] and len(source.left_out) == 1
+    (root / 'metadata.csv').write_bytes(b'patientid,finding,view,modality,filename\n1,\xff,PA,X-ray,a.jpg\n')
+    with pytest.raises(ValueError, match='metadata.csv: the ieee8023 metadata is not UTF-8'):
+        ieee8023_records(root)
+    (root / 'metadata.csv').write_text('patientid,finding,view,modality,filename\n')
+    with pytest.raises(ValueError, match='has no rows'):
+        ieee8023_records(root)
+
+
+def test_paths_in_collection_metadata_stay_inside_the_collection(tmp_path):
+    outside = _image(tmp_path / 'private' / 'x.png')
+    root = _ieee8023(tmp_path, 'patientid,finding,view,modality,folder,filename', [
+        '1,COVID-19,PA,X-ray,images,a.jpg', '2,COVID-19,PA,X-ray,images,../../private/x.png',
+        f'3,COVID-19,PA,X-ray,images,{outside}', f'4,COVID-19,PA,X-ray,{outside.parent},x.png'])
+    source = ieee8023_records(root)
+    assert [Path(r['path']).name for r in source] == ['a.jpg']
+    assert [why for _, why in source.left_out] == ['ieee8023: the folder or filename leads outside the collection '
+                                                   '(or is empty)'] * 3
+    covidx = tmp_path / 'covidx'
+    _image(covidx / 'train' / 'x1.png')
+    (tmp_path / 'train.txt').write_text(f'p1 x1.png positive cohen\np2 ../../private/x.png positive cohen\n'
+                                        f'p3 {outside} positive cohen\n')
+    records = covidx_records(covidx, {'train': tmp_path / 'train.txt'})
+    assert [Path(r['path']).name for r in records] == ['x1.png'] and len(records.left_out) == 2
+
+
+def test_a_manifest_with_a_byte_order_mark_is_read_and_one_not_in_utf8_is_named(tmp_path):
+    _image(tmp_path / 'a.png')
+    (tmp_path / 'm.csv').write_bytes('path,label\na.png,normal\n'.encode('utf-8-sig'))
+    assert [r['label'] for r in manifest_records(tmp_path / 'm.csv')] == ['normal']
+    (tmp_path / 'm.csv').write_bytes('path,label\na.png,normré\n'.encode('latin-1'))
+    with pytest.raises(ValueError, match=r'm\.csv: the manifest is not UTF-8 text'):
+        manifest_records(tmp_path / 'm.csv')

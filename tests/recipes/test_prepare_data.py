@@ -132,3 +132,31 @@ def test_fractions_that_do_not_sum_to_one_are_refused(tmp_path, run_here, capsys
     with pytest.raises(SystemExit) as exit_:
         run_here(tmp_path / 'x', '--fractions', '0.7', '0.7', '0.1')
     assert exit_.value.code == 2 and 'must sum to 1' in capsys.readouterr().err
+
+
+def test_a_named_source_that_yields_no_image_is_an_error(tmp_path, run_here):
+    from PIL import Image
+
+    root = tmp_path / 'covid-chestxray-dataset'
+    (root / 'images').mkdir(parents=True)
+    Image.new('L', (64, 64)).save(root / 'images' / 'a.jpg')
+    (root / 'metadata.csv').write_text('patientid,finding,view,modality,filename\n1,COVID-19,L,X-ray,a.jpg\n')
+    proc = run_here(tmp_path / 'out', '--ieee8023', root)
+    assert proc.returncode == 2 and f'--ieee8023 {root} yields no image' in proc.stderr
+    assert "view 'L' is not frontal" in proc.stderr and not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('where', ['the source itself', 'a folder holding the source', 'inside the source'])
+def test_an_output_that_overlaps_a_source_is_refused_and_the_source_kept(tmp_path, run_here, where):
+    from magsd_timm.data.sample import sample_records
+
+    source = tmp_path / 'site' / 'images'
+    for record in sample_records():
+        (source / record['label']).mkdir(parents=True, exist_ok=True)
+        (source / record['label'] / Path(record['path']).name).write_bytes(Path(record['path']).read_bytes())
+    before = sorted(p.relative_to(tmp_path) for p in source.rglob('*'))
+    output = {'the source itself': source, 'a folder holding the source': tmp_path / 'site',
+              'inside the source': source / 'normal' / 'prepared'}[where]
+    proc = run_here(output, '--folder', source, '--overwrite')
+    assert proc.returncode == 2 and 'choose an output outside every input' in proc.stderr, proc.stderr
+    assert sorted(p.relative_to(tmp_path) for p in source.rglob('*')) == before
