@@ -148,3 +148,12 @@ def test_a_checkpoint_config_may_not_say_where_its_weights_come_from(checkpoint,
     _edit(checkpoint, lambda config: config['pretrained_cfg'].update(source))
     with pytest.raises(ConfigError, match=f'names where weights come from \\({next(iter(source))}\\)'):
         check_checkpoint_config(json.loads((checkpoint / 'config.json').read_text()))
+
+
+def test_a_hub_weights_file_that_is_not_safetensors_is_refused_before_any_download():
+    from magsd_timm.models import UnsafeWeightsError
+    from magsd_timm.models.weights import require_safe_weights
+
+    with pytest.raises(UnsafeWeightsError, match=r"Hub repo 'org/model' has no model.safetensors, only pickle .*w\.pth"):
+        require_safe_weights({'source': 'hf-hub', 'hf_hub_id': 'org/model', 'hf_hub_filename': 'w.pth'})
+    require_safe_weights({'source': 'hf-hub', 'hf_hub_id': 'org/model', 'hf_hub_filename': 'other.safetensors'})
