@@ -19,7 +19,7 @@ from ..models import allow_pickle_weights, close_matches
 from ..models.config import ConfigError, check_checkpoint_config
 from ..train.run_folder import find_run
 
-__all__ = ['check_revision', 'checkpoint_config', 'load', 'resolve_model_name']
+__all__ = ['check_hub_target', 'check_revision', 'checkpoint_config', 'load', 'resolve_model_name']
 
 _HUB_ID = re.compile(r'[\w.-]+/[\w.-]+(@.+)?')
 _REF_PART = re.compile(r'[A-Za-z0-9_][A-Za-z0-9._-]*')
@@ -36,13 +36,27 @@ def check_revision(revision: str) -> str:
     return revision
 
 
-def _split_hub_id(hub_id: str) -> tuple:
-    repo_id, sep, revision = hub_id.partition('@')
+def check_hub_target(repo_id: str, revision: Optional[str] = None) -> None:
+    """Refuse an invalid repo id or revision before any request is made (pulls and pushes alike)."""
     try:
         validate_repo_id(repo_id)
     except ValueError as e:
         raise BadInputError(f"Invalid Hub repo id '{display(repo_id)}': {e}") from None
-    return repo_id, check_revision(revision) if sep else None
+    if revision is not None:
+        check_revision(revision)
+
+
+def _split_hub_id(hub_id: str) -> tuple:
+    repo_id, sep, revision = hub_id.partition('@')
+    check_hub_target(repo_id, revision if sep else None)
+    return repo_id, revision if sep else None
+
+
+def _looks_like_path(ref: str) -> bool:
+    """Whether a model reference that names nothing existing was meant as a local folder, not a Hub id."""
+    head = ref.partition('@')[0]
+    return (head.startswith(('.', '/', '~', '\\')) or head.count('/') > 1 or '\\' in head
+            or ('/' in head and Path(head.split('/')[0]).is_dir()))
 
 
 def resolve_model_name(ref: str) -> str:
@@ -56,6 +70,9 @@ def resolve_model_name(ref: str) -> str:
         return f'local-dir:{find_run(ref).checkpoint}'
     if timm.is_model(split_model_name_tag(ref)[0]):
         return ref
+    if _looks_like_path(ref):
+        raise FileNotFoundError(f"{display(ref)}: no such checkpoint folder (a Hub repo is named ORG/NAME, or "
+                                'hf-hub:ORG/NAME).')
     if _HUB_ID.fullmatch(ref):
         _split_hub_id(ref)
         return f'hf-hub:{ref}'

@@ -19,7 +19,7 @@ from ..models.config import check_checkpoint_config
 from ..models.weights import SAFE_WEIGHTS
 from ..train.run_folder import find_run
 from .cards import render_model_card
-from .pull import load
+from .pull import check_hub_target, load
 
 __all__ = ['PushError', 'push_dataset', 'push_model', 'stage_dataset', 'stage_model']
 
@@ -131,6 +131,7 @@ def push_model(output_dir: Union[str, Path], repo_id: str, private: Optional[boo
                dry_run: Optional[Union[str, Path]] = None, token: Optional[str] = None,
                license: str = 'apache-2.0', dataset_id: Optional[str] = None) -> str:
     """Push a training output's best checkpoint (or a checkpoint folder) as a timm model repo."""
+    check_hub_target(repo_id, revision)
     if dry_run is not None:
         return str(stage_model(output_dir, dry_run, repo_id, license, dataset_id))
     with tempfile.TemporaryDirectory(prefix='magsd-push-') as tmp:
@@ -144,6 +145,7 @@ def push_dataset(prepared_dir: Union[str, Path], repo_id: str, private: Optional
                  revision: Optional[str] = None, commit_message: Optional[str] = None,
                  dry_run: Optional[Union[str, Path]] = None, token: Optional[str] = None) -> str:
     """Push a dataset prepared by recipes/prepare_data.py, with its card; earlier data shards are replaced."""
+    check_hub_target(repo_id, revision)
     if dry_run is not None:
         return str(stage_dataset(prepared_dir, dry_run))
     with tempfile.TemporaryDirectory(prefix='magsd-push-') as tmp:

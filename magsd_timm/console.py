@@ -9,6 +9,7 @@ import argparse
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
 
@@ -20,7 +21,7 @@ __all__ = [
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 TRACEBACK_ENV = 'MAGSD_TRACEBACK'
 
-EXIT_CODES = f"""Exit codes (magsd, magsd-hub, recipes/prepare_data.py and recipes/train.py alike):
+EXIT_CODES = f"""Exit codes (magsd, magsd-hub and the recipes prepare_data.py, train.py and benchmark.py alike):
   0  done
   1  failed: the disk, the network or the Hub failed, or some inputs of a batch could not be read
   2  bad input: an argument, file, image, data set or checkpoint is wrong (the message names it)
@@ -94,9 +95,11 @@ def error_line(prog: str, error: BaseException) -> str:
 
 def run_command(prog: str, command: Callable[[], int], traceback: bool = False,
                 redact: Iterable[Optional[str]] = ()) -> int:
-    """Run a command's body and turn any error into its one-line message and exit code."""
+    """Run a command's body and turn any error into its one-line message and exit code; warnings are one line too."""
     try:
-        return command()
+        with warnings.catch_warnings():  # restores the library's own display afterwards
+            warnings.showwarning = _warning_printer(prog)
+            return command()
     except (Exception, KeyboardInterrupt) as error:  # noqa: BLE001 - the one place errors become exit codes
         if traceback or os.environ.get(TRACEBACK_ENV, '').lower() in ('1', 'true', 'yes'):
             import traceback as tb
@@ -107,6 +110,13 @@ def run_command(prog: str, command: Callable[[], int], traceback: bool = False,
                 line = line.replace(secret, '***')
         print(line, file=sys.stderr)
         return exit_code(error)
+
+
+def _warning_printer(prog: str) -> Callable[..., None]:
+    """A warnings.showwarning that prints a (library's, often multi-line) warning as one line on stderr."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f'{prog}: warning: {display(" ".join(str(message).split()))}', file=sys.stderr)
+    return show
 
 
 def add_traceback_flag(parser: argparse.ArgumentParser) -> None:

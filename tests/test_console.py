@@ -90,3 +90,14 @@ def test_json_object_takes_objects_only():
     for text in ('[1]', '{bad', '3'):
         with pytest.raises(argparse.ArgumentTypeError):
             json_object(text)
+
+
+def test_a_library_warning_is_one_line_on_stderr(capsys):
+    import warnings
+
+    def warns():
+        warnings.warn('first line\n   second line\n\n third', UserWarning)
+        return 0
+    assert run_command('magsd predict', warns) == 0
+    err = capsys.readouterr().err
+    assert err == 'magsd predict: warning: first line second line third\n'

@@ -203,3 +203,16 @@ def test_push_dataset_round_trips_through_load_dataset_with_its_card(hub, prepar
     assert images.class_names == local_images.class_names == ['bacterial pneumonia', 'normal']
     assert images.labels() == local_images.labels()
     assert all(torch.equal(images[i][0], local_images[i][0]) for i in range(len(images)))
+
+
+@pytest.mark.parametrize('repo_id, revision, message', [
+    ('tester/model', '../main', 'Invalid revision'), ('tester/model', 'refs/../../x', 'Invalid revision'),
+    ('tester/model', '/abs', 'Invalid revision'), ('not a repo id', None, 'Invalid Hub repo id'),
+])
+def test_push_targets_are_checked_like_pull_targets_before_any_request(hub, trained_run, prepared, hub_here,
+                                                                        repo_id, revision, message):
+    requests = len(hub.requests)
+    for command, folder in (('push-model', trained_run), ('push-dataset', prepared)):
+        proc = hub_here(command, folder, repo_id, *(['--revision', revision] if revision else []))
+        assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count('\n') == 1, proc.stderr
+    assert len(hub.requests) == requests
