@@ -3,7 +3,8 @@
 Boxes come as COCO JSON (``images[].file_name``, ``width``, ``height``; ``annotations[].bbox`` as
 x, y, width, height in that original size), any number per image, matched to a dataset's images by
 file name. A box without area, off its image or not made of numbers, and an image without a valid
-size, is left out and counted (never scored as a miss); a file over MAX_BOX_FILE_BYTES is refused. The model sees each image resized to its input size (aspect not kept), so a box scales by
+size, is left out and counted (never scored as a miss); a file over MAX_BOX_FILE_BYTES is refused.
+The model sees each image resized to its input size (aspect not kept), so a box scales by
 the input size over the original size. For each image with boxes:
 
 * mass in boxes: the share of the heat map's total inside the union of its boxes;
@@ -16,7 +17,6 @@ Grad-CAM of its predicted class at its last feature level. Both are averaged ove
 95% percentile bootstrap interval over images.
 """
 import json
-import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -27,11 +27,11 @@ from torch.utils.data import DataLoader
 from .console import BadInputError, display
 from .data.dataset import CXRDataset
 from .explain import attention_heatmap, grad_cam, save_overlay
+from .models.config import is_finite_number
 
-__all__ = ['MAX_BOX_FILE_BYTES', 'Boxes', 'box_masks', 'heat_maps', 'load_boxes', 'localization_report', 'mass_in_boxes',
-           'pointing_hits']
+__all__ = ['MAX_BOX_FILE_BYTES', 'Boxes', 'box_masks', 'heat_maps', 'load_boxes', 'localization_report',
+           'mass_in_boxes', 'pointing_hits']
 
-Box = Tuple[float, float, float, float]
 MAX_BOX_FILE_BYTES = 64 * 2 ** 20  # the 579-image lung box file of ieee8023 is 0.8 MB
 MAX_IMAGE_SIDE = 65_536
 
@@ -45,21 +45,17 @@ class Boxes(dict):
         self.invalid: List[str] = []
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _image_size(image: Dict[str, Any]) -> Optional[Tuple[int, int]]:
     """An image entry's (width, height) when both are whole numbers from 1 to MAX_IMAGE_SIDE, else None."""
     size = image.get('width'), image.get('height')
-    if all(_finite(v) and v == int(v) and 1 <= v <= MAX_IMAGE_SIDE for v in size):
+    if all(is_finite_number(v) and v == int(v) and 1 <= v <= MAX_IMAGE_SIDE for v in size):
         return int(size[0]), int(size[1])
     return None
 
 
 def _box_problem(bbox: Any, size: Tuple[int, int]) -> Optional[str]:
     """Why a COCO bbox (x, y, width, height) cannot be scored on an image of this size, or None."""
-    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(map(_finite, bbox)):
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(map(is_finite_number, bbox)):
         return f'bbox {bbox!r} is not four finite numbers'
     x, y, w, h = bbox
     if w <= 0 or h <= 0:
@@ -80,21 +76,20 @@ def load_boxes(path: Union[str, Path]) -> Boxes:
         images, annotations = coco['images'], coco['annotations']
         if not isinstance(images, list) or not isinstance(annotations, list):
             raise TypeError('images and annotations must be lists')
-        invalid, sizes = [], {}
+        boxes, sizes = Boxes(), {}
         for image in images:
             size = _image_size(image)
             if size is None:
-                invalid.append(f"image {image.get('file_name')!r}: width {image.get('width')!r} and height "
-                               f"{image.get('height')!r} are not sizes in pixels")
+                boxes.invalid.append(f"image {image.get('file_name')!r}: width {image.get('width')!r} and height "
+                                     f"{image.get('height')!r} are not sizes in pixels")
             sizes[image['id']] = (str(image['file_name']), size)
-        boxes = Boxes()
-        boxes.invalid = invalid
         for annotation in annotations:
             name, size = sizes.get(annotation.get('image_id'), (None, None))
             problem = ('no image with this image_id' if name is None else 'its image has no valid size'
                        if size is None else _box_problem(annotation.get('bbox'), size))
             if problem:
-                invalid.append(f"annotation {annotation.get('id')!r} ({name or annotation.get('image_id')!r}): {problem}")
+                image = name or annotation.get('image_id')
+                boxes.invalid.append(f"annotation {annotation.get('id')!r} ({image!r}): {problem}")
             else:
                 boxes.setdefault(name, (size, []))[1].append(tuple(float(v) for v in annotation['bbox']))
     except BadInputError:

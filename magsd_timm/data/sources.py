@@ -79,11 +79,16 @@ def _read_csv(path: Path, required: Iterable[str], what: str) -> List[Dict[str, 
         raise BadInputError(f'{display(path)}: the {what} is not UTF-8 text ({e.reason} at byte {e.start}).') from e
     except csv.Error as e:
         raise BadInputError(f'{display(path)}: the {what} is not a readable CSV file ({e}).') from e
+    _require_columns(path, columns, required, what)
+    return [{k: v if v is not None else '' for k, v in row.items() if k is not None} for row in rows]
+
+
+def _require_columns(path: Path, columns: List[str], required: Iterable[str], what: str) -> None:
+    """Refuse a table without the columns it needs, naming them and the ones it has."""
     missing = [c for c in required if c not in columns]
     if missing:
         raise BadInputError(f"{display(path)}: the {what} lacks the column(s) {', '.join(missing)} (it has "
                             f"{', '.join(columns) if columns else 'none'}).")
-    return [{k: v if v is not None else '' for k, v in row.items() if k is not None} for row in rows]
 
 
 def _inside(root: Path, *parts: str) -> Optional[Path]:
@@ -156,9 +161,7 @@ def manifest_records(path: PathLike) -> List[Record]:
     if path.suffix.lower() == '.parquet':
         import pyarrow.parquet as pq
         table = pq.read_table(path)
-        missing = [c for c in ('path', 'label') if c not in table.column_names]
-        if missing:
-            raise BadInputError(f"{display(path)}: the manifest lacks the column(s) {', '.join(missing)}.")
+        _require_columns(path, table.column_names, ('path', 'label'), 'manifest')
         rows = table.to_pylist()
     else:
         rows = _read_csv(path, ('path', 'label'), 'manifest')

@@ -15,7 +15,7 @@ __all__ = [
     'BACKBONE_KWARGS', 'MAX_HEAD_WEIGHTS', 'MAX_INPUT_SIDE', 'MAX_NUM_CLASSES', 'MAX_NUM_MAPS', 'MIN_INPUT_SIDE',
     'TEMPERATURE_RANGE', 'ConfigError', 'UnknownModelArgumentError',
     'check_checkpoint_config', 'check_data_config', 'check_head_size', 'check_input_size', 'check_model_args',
-    'check_temperature', 'training_record',
+    'check_temperature', 'is_finite_number', 'training_record',
 ]
 
 MAX_NUM_MAPS = 1024          # the paper uses 32; WS-DAN at most 64
@@ -59,14 +59,15 @@ def _where(where: Optional[str]) -> str:
     return f'{where}: ' if where else ''
 
 
-def _is_number(value: Any) -> bool:
+def is_finite_number(value: Any) -> bool:
+    """Whether a value read from JSON is a finite int or float (not a bool, a string or NaN)."""
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def check_temperature(value: Any, where: Optional[str] = None) -> float:
     """The temperature as a float, or ConfigError when it is not a number within TEMPERATURE_RANGE."""
     low, high = TEMPERATURE_RANGE
-    if not _is_number(value) or not low <= value <= high:
+    if not is_finite_number(value) or not low <= value <= high:
         raise ConfigError(f'{_where(where)}temperature {value!r} is invalid: it must be a number from {low:g} to '
                           f'{high:g} (1 means uncalibrated; magsd evaluate --calibrate fits one).')
     return float(value)
@@ -79,11 +80,11 @@ def check_data_config(config: Mapping[str, Any], where: Optional[str] = None) ->
             continue
         values = config[key]
         if (not isinstance(values, (list, tuple)) or not 1 <= len(values) <= MAX_IN_CHANS
-                or not all(_is_number(v) and low <= v <= high for v in values)):
+                or not all(is_finite_number(v) and low <= v <= high for v in values)):
             raise ConfigError(f'{_where(where)}{key} {values!r} is invalid: expected 1 to {MAX_IN_CHANS} numbers from '
                               f'{low:g} to {high:g} (inputs are scaled to [0, 1] before normalising).')
     if 'crop_pct' in config and config['crop_pct'] is not None:
-        if not _is_number(config['crop_pct']) or not 0.1 <= config['crop_pct'] <= 1:
+        if not is_finite_number(config['crop_pct']) or not 0.1 <= config['crop_pct'] <= 1:
             raise ConfigError(f"{_where(where)}crop_pct {config['crop_pct']!r} is invalid: expected a number from "
                               '0.1 to 1.')
     if 'interpolation' in config and config['interpolation'] not in INTERPOLATIONS:
@@ -153,7 +154,7 @@ def _backbone_value_ok(name: str, value: Any) -> bool:
         return isinstance(value, bool)
     if name == 'img_size':
         return side(value) or (isinstance(value, (list, tuple)) and len(value) == 2 and all(map(side, value)))
-    return _is_number(value) and 0 <= value < 1  # drop_rate, drop_path_rate
+    return is_finite_number(value) and 0 <= value < 1  # drop_rate, drop_path_rate
 
 
 def _check_backbone_kwargs(kwargs: Mapping[str, Any], where: Optional[str]) -> None:
