@@ -27,9 +27,10 @@ def _train(output: Path, *args: str, check: bool = True) -> subprocess.Completed
     return proc
 
 
-def test_a_run_leaves_checkpoints_exports_and_a_summary(tmp_path):
+def test_a_run_leaves_checkpoints_exports_and_a_summary(tmp_path, capsys):
     out = tmp_path / 'run'
-    proc = _train(out, '--epochs', '2')
+    proc = _train_here(capsys, out, '--epochs', '2')
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert f'magsd-hub push-model {out} ORG/NAME' in proc.stdout  # the run says how to push it
     assert (out / 'args.yaml').exists() and (out / 'eval_best.json').exists()
     rows = (out / 'summary.csv').read_text().splitlines()
@@ -79,9 +80,9 @@ def test_resume_after_sigkill_ends_with_the_weights_of_an_uninterrupted_run(tmp_
         assert torch.equal(a[key], b[key]), key
 
 
-def test_a_non_finite_loss_stops_the_run_without_saving_after_it(tmp_path):
+def test_a_non_finite_loss_stops_the_run_without_saving_after_it(tmp_path, capsys):
     out = tmp_path / 'nan'
-    proc = _train(out, '--epochs', '2', '--lr', '1e12', '--checkpoint-every', '1', check=False)
+    proc = _train_here(capsys, out, '--epochs', '2', '--lr', '1e12', '--checkpoint-every', '1')
     assert proc.returncode == 3, proc.stderr[-2000:]
     message = next(line for line in proc.stderr.splitlines() if 'loss is' in line)
     failing_step = int(message.split('step ')[1].split(':')[0])
@@ -134,7 +135,7 @@ def test_the_help_documents_the_exit_codes(capsys):
 
 
 def _train_here(capsys, output: Path, *args) -> subprocess.CompletedProcess:
-    """The recipe's main in this process (no interpreter start-up), for runs that stop before training."""
+    """The recipe's main in this process (no interpreter start-up): (exit code, stdout, stderr)."""
     code = _recipe().main(['--output', str(output), *FAST, *map(str, args)])
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess(args, code, out, err)
@@ -178,7 +179,7 @@ def test_a_second_run_into_a_busy_output_is_refused(tmp_path, capsys):
     _one_line(_train_here(capsys, out, '--epochs', '1'), 2, 'is not empty: pass --resume')
 
 
-def test_unreadable_images_are_skipped_and_listed_before_the_first_step(tmp_path):
+def test_unreadable_images_are_skipped_and_listed_before_the_first_step(tmp_path, capsys):
     from PIL import Image
 
     from magsd_timm.data.sample import sample_records
@@ -189,7 +190,8 @@ def test_unreadable_images_are_skipped_and_listed_before_the_first_step(tmp_path
     rows += ['tiny.png,normal,train', 'missing.png,pneumonia,train', 'gone.png,normal,validation']
     (tmp_path / 'm.csv').write_text('\n'.join(rows) + '\n')
     out = tmp_path / 'run'
-    proc = _train(out, '--data', tmp_path / 'm.csv', '--epochs', '1')
+    proc = _train_here(capsys, out, '--data', tmp_path / 'm.csv', '--epochs', '1')
+    assert proc.returncode == 0, proc.stderr[-3000:]
     skipped = {Path(s['file']).name: s['reason'] for s in json.loads((out / 'skipped.json').read_text())}
     assert set(skipped) == {'tiny.png', 'missing.png', 'gone.png'}
     assert 'under the 32 px minimum' in skipped['tiny.png'] and 'no such file' in skipped['missing.png']
@@ -215,8 +217,10 @@ def test_two_cpu_ranks_stay_in_sync_and_count_each_validation_image_once(tmp_pat
     assert json.loads((out / 'eval_best.json').read_text())['num_samples'] == 3  # 3 images on 2 ranks: none twice
 
 
-def test_baseline_trains_the_plain_backbone_and_options_run(tmp_path):
-    _train(tmp_path / 'base', '--epochs', '1', '--method', 'baseline', '--label-smoothing', '0.1', '--balance', 'loss')
+def test_baseline_trains_the_plain_backbone_and_options_run(tmp_path, capsys):
+    proc = _train_here(capsys, tmp_path / 'base', '--epochs', '1', '--method', 'baseline', '--label-smoothing', '0.1',
+                       '--balance', 'loss')
+    assert proc.returncode == 0, proc.stderr[-3000:]
     config = json.loads((tmp_path / 'base' / 'final' / 'config.json').read_text())
     assert config['architecture'] == 'resnet18' and config['num_classes'] == 2
     _train(tmp_path / 'opts', '--epochs', '2', '--model-ema', '0.9', '--clip-grad', '1', '--opt', 'adamw', '--lr',
