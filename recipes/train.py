@@ -120,7 +120,9 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
         parser.error(f'--sched {args.sched}: did you mean timm:{args.sched}?')
     problem = optimizer_problem(args.opt)
     if problem:
-        parser.error(f'--opt {args.opt}: {problem}{close_matches(args.opt.lower(), timm.optim.list_optimizers())}')
+        known = args.opt.lower() in timm.optim.list_optimizers()
+        parser.error(f'--opt {args.opt}: {problem}'
+                     + ('' if known else close_matches(args.opt.lower(), timm.optim.list_optimizers())))
     if not timm.is_model(args.model.split('.')[0]):
         parser.error(f'--model {args.model}: unknown model.{close_matches(args.model, timm.list_models())}')
     if args.method == 'magsd' and not args.model.startswith('magsd_'):
