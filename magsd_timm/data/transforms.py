@@ -109,7 +109,8 @@ def resolve_cxr_data_config(model: Optional[nn.Module] = None, **overrides: Any)
     for key in ('mean', 'std'):  # a stem adapted to fewer channels takes the channels' average statistics
         if len(config[key]) != channels:
             config[key] = (round(sum(config[key]) / len(config[key]), 4),) * channels
-    config.update(clahe=True, normalization='dataset')
+    # the CXR transforms resize the whole film to the input size (no crop): what timm's pipeline does with these
+    config.update(crop_pct=1.0, crop_mode='squash', clahe=True, normalization='dataset')
     config.update({k: v for k, v in overrides.items() if k in ('clahe', 'normalization')})
     if config['normalization'] not in NORMALIZATIONS:
         raise ValueError(f"Unknown normalization '{config['normalization']}': choose 'dataset' or 'column'.")

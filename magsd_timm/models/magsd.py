@@ -54,7 +54,7 @@ def _cfg(first_conv: str = 'backbone.conv1', **kwargs: Any) -> Dict[str, Any]:
     return {
         'num_classes': len(CXR_LABEL_NAMES), 'label_names': CXR_LABEL_NAMES,
         'input_size': (1, 224, 224), 'pool_size': (7, 7),
-        'crop_pct': 1.0, 'interpolation': 'bilinear',
+        'crop_pct': 1.0, 'crop_mode': 'squash', 'interpolation': 'bilinear',  # the whole film, as the trainer sees it
         'mean': CXR_GREY_MEAN, 'std': CXR_GREY_STD,
         'first_conv': first_conv, 'classifier': 'fc',
         'license': 'apache-2.0',

@@ -55,7 +55,7 @@ def setting_differences(recorded: Dict[str, Any], requested: Dict[str, Any]) -> 
     return [f'{key}: {said(recorded.get(key, _UNSET))} then, {said(requested.get(key, _UNSET))} now'
             for key in keys if recorded.get(key, _UNSET) != requested.get(key, _UNSET)]
 TEST_REPORT = 'test/evaluation.json'
-_DATA_CONFIG_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')
+_DATA_CONFIG_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
 
 
 @dataclass

@@ -85,3 +85,27 @@ def test_published_block_holds_the_published_steps():
 def test_unknown_augmentation_is_refused():
     with pytest.raises(ValueError, match="Unknown augmentation 'heavy'"):
         build_transforms(_config(), train=True, augment='heavy')
+
+
+@pytest.mark.parametrize('name, kwargs', [('magsd_resnet18', {}), ('magsd_custom', dict(backbone='test_resnet'))])
+def test_timms_own_data_pipeline_gives_the_trainers_input_up_to_clahe(name, kwargs):
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    model = timm.create_model(name, **kwargs)
+    timm_config = resolve_data_config(model=model)
+    assert timm_config['crop_mode'] == 'squash' and timm_config['crop_pct'] == 1.0  # the whole film, no crop
+    timm_transform = create_transform(**timm_config)
+    ours = build_transforms(resolve_cxr_data_config(model, clahe=False))
+    path = next(r['path'] for r in sample_records() if 'NORMAL2-IM-1427' in r['path'])  # 1776 x 1416: not square
+    with Image.open(path) as image:
+        assert image.width != image.height
+        theirs = timm_transform(image.convert('L'))
+    mine = ours(read_image(path))
+    assert theirs.shape == mine.shape == (1, *timm_config['input_size'][1:])
+    # both resize the whole film with antialiased bilinear interpolation; PIL rounds to 8 bits on the way
+    assert (theirs - mine).abs().mean() < 0.01 and torch.corrcoef(torch.stack([theirs.flatten(), mine.flatten()]))[0, 1] > 0.999
+    timm_transform.transforms.insert(3, Clahe())  # after MaybeToTensor, before Normalize: the trainer's whole input
+    with Image.open(path) as image:
+        theirs = timm_transform(image.convert('L'))
+    assert (theirs - build_transforms(resolve_cxr_data_config(model))(read_image(path))).abs().mean() < 0.02

@@ -48,6 +48,7 @@ def test_a_run_leaves_checkpoints_exports_and_a_summary(tmp_path, capsys):
     for folder in ('best', 'final'):  # the size it was trained at, and what it was trained on
         config = json.loads((out / folder / 'config.json').read_text())
         assert config['pretrained_cfg']['input_size'] == [1, 64, 64]
+        assert config['pretrained_cfg']['crop_mode'] == 'squash' and config['pretrained_cfg']['crop_pct'] == 1.0
         assert config['training']['img_size'] == 64 and config['training']['data'] == 'sample'
         assert config['training']['classes'] == ['bacterial pneumonia', 'normal'] and config['training']['train_images'] == 12
     assert model.pretrained_cfg['input_size'] == (1, 64, 64)

@@ -11,7 +11,8 @@ from magsd_timm.outputs import OutputBusyError
 from magsd_timm.train.run_folder import BEST, FINAL, RunFolder, find_run
 
 CLASSES = ['bacterial pneumonia', 'normal']
-DATA_CONFIG = dict(input_size=(1, 64, 64), interpolation='bilinear', mean=(0.449,), std=(0.226,), crop_pct=1.0)
+DATA_CONFIG = dict(input_size=(1, 64, 64), interpolation='bilinear', mean=(0.449,), std=(0.226,), crop_pct=1.0,
+                   crop_mode='squash')
 
 
 def _metrics():
