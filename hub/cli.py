@@ -13,7 +13,7 @@ from typing import List, Optional
 
 from huggingface_hub import get_token
 
-from ..console import add_traceback_flag, display, run_command
+from ..console import add_traceback_flag, add_version_flag, display, run_command
 from .push import push_dataset, push_model
 
 __all__ = ['main']
@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='magsd-hub', description=__doc__.split('\n\n')[0],
         epilog=__doc__.split('\n\n', 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_flag(parser)
     commands = parser.add_subparsers(dest='command', required=True)
     model = commands.add_parser(
         'push-model', help='push a trained checkpoint as a timm model repo with its model card',

@@ -12,7 +12,7 @@ Exit codes:
      disk, the network or the Hub failed
   2  bad input: bad arguments, unknown model, unloadable, unsafe, invalid or untrained checkpoint,
      unreadable data, or a checkpoint whose classes are not the data's
-  3  the exported model's logits differ from the eager model's (nothing was written)
+  4  the exported model's logits differ from the eager model's (nothing was written)
 An error prints one line; --traceback (or MAGSD_TRACEBACK=1) prints its traceback as well.
 """
 import argparse
@@ -24,7 +24,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .console import BadInputError, add_traceback_flag, display, number, run_command
+from .console import (
+    EXIT_NOT_REPRODUCED, BadInputError, add_traceback_flag, add_version_flag, display, number, run_command,
+)
 from .hub.pull import checkpoint_config, load, resolve_model_name
 from .models.config import training_record
 from .outputs import strict_json, write_text_atomic
@@ -205,7 +207,7 @@ def _export(args: argparse.Namespace) -> int:
           f'{check.max_abs_diff:.2e} (tolerance {check.tolerance:.2e}, max |logit| {check.max_abs_logit:.2f})')
     if not check.ok:
         print(f'magsd: the export does not reproduce the model; {output} was not written', file=sys.stderr)
-        return 3
+        return EXIT_NOT_REPRODUCED
     print(f'wrote {output} (dynamic batch dimension)')
     return 0
 
@@ -242,6 +244,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='magsd', description=__doc__.split('\n\n')[0],
                                      epilog=__doc__.split('\n\n', 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_flag(parser)
     commands = parser.add_subparsers(dest='command', required=True)
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
 
 __all__ = [
-    'EXIT_BAD_INPUT', 'EXIT_CODES', 'EXIT_DIVERGED', 'EXIT_FAILED', 'EXIT_OK', 'BadInputError', 'DivergedError',
-    'add_traceback_flag', 'display', 'error_line', 'exit_code', 'json_object', 'number', 'run_command',
+    'EXIT_BAD_INPUT', 'EXIT_CODES', 'EXIT_DIVERGED', 'EXIT_FAILED', 'EXIT_NOT_REPRODUCED', 'EXIT_OK', 'BadInputError',
+    'DivergedError', 'add_traceback_flag', 'add_version_flag', 'display', 'error_line', 'exit_code', 'json_object',
+    'number', 'run_command',
 ]
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_NOT_REPRODUCED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 TRACEBACK_ENV = 'MAGSD_TRACEBACK'
 
 EXIT_CODES = f"""Exit codes (magsd, magsd-hub and the recipes prepare_data.py, train.py and benchmark.py alike):
@@ -26,6 +27,7 @@ EXIT_CODES = f"""Exit codes (magsd, magsd-hub and the recipes prepare_data.py, t
   1  failed: the disk, the network or the Hub failed, or some inputs of a batch could not be read
   2  bad input: an argument, file, image, data set or checkpoint is wrong (the message names it)
   3  training diverged (a NaN or infinite loss); the last checkpoint is kept
+  4  an exported model does not reproduce the model's logits (magsd export; nothing was written)
 An error prints one line; --traceback (or {TRACEBACK_ENV}=1) prints its traceback as well."""
 
 
@@ -117,6 +119,13 @@ def _warning_printer(prog: str) -> Callable[..., None]:
     def show(message, category, filename, lineno, file=None, line=None) -> None:
         print(f'{prog}: warning: {display(" ".join(str(message).split()))}', file=sys.stderr)
     return show
+
+
+def add_version_flag(parser: argparse.ArgumentParser) -> None:
+    """The --version flag every command has: the program and magsd-timm's version."""
+    from . import __version__
+
+    parser.add_argument('--version', action='version', version=f'%(prog)s (magsd-timm) {__version__}')
 
 
 def add_traceback_flag(parser: argparse.ArgumentParser) -> None:

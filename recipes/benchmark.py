@@ -47,7 +47,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from magsd_timm.console import EXIT_CODES, add_traceback_flag, json_object
+from magsd_timm.console import EXIT_CODES, add_traceback_flag, add_version_flag, json_object
 
 CXR_DEFAULTS = dict(epochs=12, img_size=64, batch_size=32)  # sized for 2 CPU cores (README: the measured time)
 MODEL_TARGET = 1.10  # MA-Net over the plain backbone, for inference and for forward+backward
@@ -90,6 +90,7 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument('--output-dir', type=Path, default=Path('benchmark_results'),
                         help='folder for the Markdown tables (one per suite)')
     add_traceback_flag(parser)
+    add_version_flag(parser)
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.img_size < 32 or args.threads < 1 or args.min_run_time <= 0 or args.min_rounds < 1:
         parser.error('--batch-size, --threads and --min-rounds must be >= 1, --img-size >= 32, --min-run-time > 0')

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import List, Tuple
 
 from magsd_timm import CXR_LABEL_NAMES
-from magsd_timm.console import EXIT_CODES, BadInputError, add_traceback_flag, display, number, run_command
+from magsd_timm.console import (
+    EXIT_CODES, BadInputError, add_traceback_flag, add_version_flag, display, number, run_command,
+)
 from magsd_timm.data.build import build_dataset
 from magsd_timm.outputs import check_no_overlap
 from magsd_timm.data.sample import sample_records
@@ -55,6 +57,7 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument('--name', default='Chest X-rays for MAG-SD', help='pretty name in the card')
     parser.add_argument('--overwrite', action='store_true', help='replace an existing output')
     add_traceback_flag(parser)
+    add_version_flag(parser)
     args = parser.parse_args(argv)
     unknown = [c for c in args.ieee8023_classes if c not in ('all', *CXR_LABEL_NAMES)]
     if unknown:

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 import magsd_timm  # noqa: F401  (registers the magsd_* models)
 from magsd_timm.console import (
-    EXIT_CODES, BadInputError, add_traceback_flag, display, json_object, number, run_command,
+    EXIT_CODES, BadInputError, add_traceback_flag, add_version_flag, display, json_object, number, run_command,
 )
 from magsd_timm.data.dataset import BalancedSampler, CXRDataset, open_dataset
 from magsd_timm.data.transforms import AUGMENTATIONS, build_transforms, resolve_cxr_data_config
@@ -109,6 +109,7 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument('--mixed-precision', default=None, choices=['no', 'bf16', 'fp16'],
                         help="default: accelerate's config")
     add_traceback_flag(parser)
+    add_version_flag(parser)
     args = parser.parse_args(argv)
     for key, value in RECIPES['paper' if args.opt == 'paper' else 'stable'].items():
         if getattr(args, key) is None:

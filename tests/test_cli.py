@@ -487,3 +487,15 @@ def test_box_files_with_invalid_boxes_are_scored_without_them_and_say_how_many(t
     assert where['invalid_boxes'] == 4 and where['num_images'] == 12
     assert where['box_area_share'] == pytest.approx(0.5, abs=0.02)  # the invalid boxes changed no mask
     assert '4 invalid box(es) left out' in proc.stdout and proc.stderr.count('left out of') == 4
+
+
+def test_an_export_that_does_not_reproduce_the_model_has_its_own_exit_code(trained_run, tmp_path, magsd_here,
+                                                                            monkeypatch):
+    import magsd_timm.export
+    from magsd_timm.console import EXIT_DIVERGED, EXIT_NOT_REPRODUCED
+
+    monkeypatch.setattr(magsd_timm.export, 'export_model', lambda model, output, *a, **k: magsd_timm.export.ExportCheck(
+        Path(output), 'torch.jit.script', 3, max_abs_diff=1.0, max_abs_logit=2.0, tolerance=1e-3))
+    proc = magsd_here('export', trained_run, '--format', 'torchscript', '--output', tmp_path / 'm.pt')
+    assert proc.returncode == EXIT_NOT_REPRODUCED == 4 != EXIT_DIVERGED  # not the trainer's "diverged"
+    assert 'does not reproduce the model' in proc.stderr and 'DIFFERENT logits' in proc.stdout

@@ -101,3 +101,25 @@ def test_a_library_warning_is_one_line_on_stderr(capsys):
     assert run_command('magsd predict', warns) == 0
     err = capsys.readouterr().err
     assert err == 'magsd predict: warning: first line second line third\n'
+
+
+def test_every_command_says_its_version(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    import magsd_timm
+    from magsd_timm.cli import main as magsd
+    from magsd_timm.hub.cli import main as magsd_hub
+
+    recipes = Path(__file__).resolve().parents[1] / 'recipes'
+
+    def recipe(name: str):
+        spec = importlib.util.spec_from_file_location(f'{name}_recipe', recipes / f'{name}.py')
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module._parse_args
+
+    for command in (magsd, magsd_hub, recipe('train'), recipe('prepare_data'), recipe('benchmark')):
+        with pytest.raises(SystemExit) as exit_:
+            command(['--version'])
+        assert exit_.value.code == 0 and capsys.readouterr().out.endswith(f' (magsd-timm) {magsd_timm.__version__}\n')
