@@ -133,9 +133,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     class_names = _label_names(model)
 
     def split_logits(split: str):
-        opened = open_dataset(args.data, split, transform, seed=args.seed)
-        dataset = opened.readable()  # a test set changed is said (report, stderr, exit 1), never silently
-        unreadable = dataset.dropped[len(opened.dropped):]
+        # a test set changed is said (report, stderr, exit 1), never silently
+        dataset, unreadable = open_dataset(args.data, split, transform, seed=args.seed).readable()
         for _, why in unreadable[:10]:
             print(f'magsd evaluate: left out of the {split} split: {display(why)}', file=sys.stderr)
         if not len(dataset):

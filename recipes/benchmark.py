@@ -558,9 +558,9 @@ def _train_run(args: argparse.Namespace, method: str, seed: int) -> Path:
                   str(args.cxr_img_size), '--epochs', str(args.cxr_epochs), '--batch-size', str(args.cxr_batch_size),
                   '--seed', str(seed), '--output', str(output), *(['--cpu'] if args.device == 'cpu' else []),
                   *shlex.split(args.train_args)]
-    recipe = _train_recipe()
     folder = RunFolder(output)
-    if folder.has_results():
+    if folder.has_results():  # train.py's own parser tells what the requested run would record
+        recipe = _train_recipe()
         changed = setting_differences(folder.read_args(), recipe.recorded_args(recipe._parse_args(train_args)))
         if changed:
             raise BadInputError(f"{output} holds a run with other settings ({'; '.join(changed)}): remove it, or choose "
@@ -585,8 +585,9 @@ def _test_probabilities(run: Path, args: argparse.Namespace):
     from magsd_timm.inference import probabilities
 
     model = load(f'local-dir:{run / "best"}').to(args.device)
-    dataset = open_dataset(str(args.data), 'test', build_transforms(resolve_cxr_data_config(model))).readable()
-    for _, why in dataset.dropped[:10]:  # both methods are scored on the same readable images, and it is said
+    transform = build_transforms(resolve_cxr_data_config(model))
+    dataset, unreadable = open_dataset(str(args.data), 'test', transform).readable()
+    for _, why in unreadable[:10]:  # both methods are scored on the same readable images, and it is said
         print(f'cxr: left out of the test split: {why}', flush=True)
     logits, labels = predict_dataset(model, dataset, batch_size=32)
     order = align_labels(list(model.pretrained_cfg['label_names']), dataset.class_names)

@@ -181,9 +181,7 @@ def _check_resume(args: argparse.Namespace, run: RunFolder, recorded: Dict[str, 
 
 def _checked_split(dataset: CXRDataset, split: str, accelerator: Accelerator) -> CXRDataset:
     """The split without the images that cannot be read or are too small (each said), before any step runs."""
-    before = len(dataset.dropped)
-    dataset = dataset.readable()
-    problems = dataset.dropped[before:]
+    dataset, problems = dataset.readable()
     for _, why in problems[:10]:
         accelerator.print(f'train: skipped from the {split} split: {display(why)}')
     if len(problems) > 10:

@@ -54,10 +54,13 @@ class CXRDataset(Dataset):
                 problems.append((index, str(e)))
         return problems
 
-    def readable(self) -> 'CXRDataset':
-        """The dataset without the images that cannot be read (each joins ``dropped`` with why); itself if none."""
+    def readable(self) -> Tuple['CXRDataset', List[Tuple[str, str]]]:
+        """The dataset without the images that cannot be read (they join ``dropped``), and those (name, why)."""
         problems = self.check_images()
-        return self.without(problems) if problems else self
+        if not problems:
+            return self, []
+        subset = self.without(problems)
+        return subset, subset.dropped[len(self.dropped):]
 
     def name(self, index: int) -> str:
         """A printable name of an item: its file, or its file name and index in a Hugging Face dataset."""

@@ -89,5 +89,5 @@ def test_images_inside_a_prepared_dataset_are_bounded_like_files(tmp_path, monke
     monkeypatch.setattr(reader, 'MAX_PIXELS', 1000)  # every sample image is over it now
     with pytest.raises(ImageReadError, match=r'px is over the 1,000 pixel limit'):
         dataset[0]
-    checked = dataset.readable()
-    assert len(checked) == 0 and len(checked.dropped) == len(dataset)
+    checked, unreadable = dataset.readable()
+    assert len(checked) == 0 and len(checked.dropped) == len(unreadable) == len(dataset)
