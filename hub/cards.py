@@ -17,7 +17,8 @@ from timm.models import resolve_pretrained_cfg
 
 from ..complexity import count_macs, count_parameters
 from ..data.build import KNOWN_SOURCES
-from ..metrics import markdown_table, metrics_markdown
+from ..metrics import metrics_markdown
+from ..tables import markdown_table
 from ..train.run_folder import TrainingRun
 
 __all__ = ['MODEL_TAGS', 'render_model_card']

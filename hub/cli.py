@@ -13,7 +13,9 @@ from typing import List, Optional
 
 from huggingface_hub import get_token
 
-from ..console import add_traceback_flag, add_version_flag, display, run_command
+from ..console import add_traceback_flag, add_version_flag, run_command
+
+from ..errors import display
 from .push import push_dataset, push_model
 
 __all__ = ['main']

@@ -14,7 +14,7 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.utils import validate_repo_id
 from timm.models import resolve_pretrained_cfg, split_model_name_tag
 
-from ..console import BadInputError, display
+from ..errors import BadInputError, display
 from ..models import allow_pickle_weights, close_matches
 from ..models.config import ConfigError, check_checkpoint_config
 from ..train.run_folder import find_run

@@ -14,7 +14,7 @@ from typing import List, Optional, Union
 from huggingface_hub import DatasetCard, HfApi
 from huggingface_hub.errors import HfHubHTTPError, HTTPError
 
-from ..console import BadInputError, display
+from ..errors import BadInputError, display
 from ..models.config import check_checkpoint_config
 from ..models.weights import SAFE_WEIGHTS
 from ..train.run_folder import find_run

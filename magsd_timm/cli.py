@@ -24,9 +24,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .console import (
-    EXIT_NOT_REPRODUCED, BadInputError, add_traceback_flag, add_version_flag, display, number, run_command,
-)
+from .console import EXIT_NOT_REPRODUCED, add_traceback_flag, add_version_flag, number, run_command
+from .errors import BadInputError, display
 from .hub.pull import checkpoint_config, load, resolve_model_name
 from .models.config import training_record
 from .outputs import strict_json, write_text_atomic

@@ -10,12 +10,13 @@ import math
 import os
 import sys
 import warnings
-from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
 
+from .errors import BadInputError, DivergedError, display
+
 __all__ = [
-    'EXIT_BAD_INPUT', 'EXIT_CODES', 'EXIT_DIVERGED', 'EXIT_FAILED', 'EXIT_NOT_REPRODUCED', 'EXIT_OK', 'BadInputError',
-    'DivergedError', 'add_traceback_flag', 'add_version_flag', 'display', 'error_line', 'exit_code', 'json_object',
+    'EXIT_BAD_INPUT', 'EXIT_CODES', 'EXIT_DIVERGED', 'EXIT_FAILED', 'EXIT_NOT_REPRODUCED', 'EXIT_OK',
+    'add_traceback_flag', 'add_version_flag', 'error_line', 'exit_code', 'json_object',
     'number', 'run_command',
 ]
 
@@ -29,25 +30,6 @@ EXIT_CODES = f"""Exit codes (magsd, magsd-hub and the recipes prepare_data.py, t
   3  training diverged (a NaN or infinite loss); the last checkpoint is kept
   4  an exported model does not reproduce the model's logits (magsd export; nothing was written)
 An error prints one line; --traceback (or {TRACEBACK_ENV}=1) prints its traceback as well."""
-
-
-class BadInputError(ValueError):
-    """The user's input (argument, file, data, checkpoint) is wrong: exit code 2."""
-
-
-class DivergedError(RuntimeError):
-    """A training run diverged: exit code 3."""
-
-
-def display(value: Union[str, Path, bytes]) -> str:
-    """Text that can be printed and written as UTF-8 whatever a file name holds (undecodable bytes as \\xNN)."""
-    if isinstance(value, bytes):
-        return value.decode('utf-8', 'backslashreplace')
-    text = str(value)
-    try:
-        return text.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
-    except UnicodeEncodeError:  # surrogates that no file name decoding made
-        return text.encode('utf-8', 'backslashreplace').decode('utf-8')
 
 
 def _hub_exit_code(error: BaseException) -> Optional[int]:

@@ -15,15 +15,16 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from .console import BadInputError
+from .errors import BadInputError
 from .data.dataset import CXRDataset
 from .inference import model_logits, probabilities
-from .metrics import SCALARS, bootstrap_intervals, classification_metrics, markdown_table, metric_cell, metrics_markdown
+from .metrics import SCALARS, bootstrap_intervals, classification_metrics, metric_cell, metrics_markdown
+from .tables import markdown_table
 from .models.config import TEMPERATURE_RANGE, check_temperature
 from .outputs import atomic_path, strict_json, write_text_atomic
 
 __all__ = ['CalibrationError', 'LabelMismatchError', 'MIN_CALIBRATION_IMAGES', 'TEMPERATURE_RANGE', 'align_labels',
-           'evaluate', 'fit_temperature', 'patient_groups', 'per_source_metrics', 'predict_dataset', 'report_markdown',
+           'evaluate', 'fit_temperature', 'per_source_metrics', 'predict_dataset', 'report_markdown',
            'save_temperature', 'write_reports']
 
 MIN_CALIBRATION_IMAGES = 20
@@ -106,13 +107,6 @@ def save_temperature(checkpoint: Path, temperature: float) -> None:
     write_text_atomic(path, strict_json(config), 'checkpoint config')
 
 
-def patient_groups(dataset: CXRDataset) -> Tuple[List[Any], str]:
-    """What a bootstrap resamples: each image's patient (an image without one is its own), and 'patient' or 'image'."""
-    patients = dataset.column('patient_id')
-    groups = [p if p is not None else f'image {i}' for i, p in enumerate(patients)]
-    return groups, 'patient' if len(set(groups)) < len(groups) else 'image'
-
-
 def _present(labels: torch.Tensor, class_names: Sequence[str]) -> Optional[List[str]]:
     """The classes these labels hold, when they hold fewer than class_names (else None: all are present)."""
     held = sorted(set(labels.tolist()))
@@ -144,7 +138,7 @@ def evaluate(
     probs = probabilities(logits, temperature)
     present = _present(labels, class_names)
     metrics = classification_metrics(probs, labels, class_names, probabilities=True, present=present)
-    groups, unit = patient_groups(dataset)
+    groups, unit = dataset.patient_groups()
     report: Dict[str, Any] = {
         'num_images': len(labels), 'num_patients': len(set(groups)) if unit == 'patient' else None,
         'temperature': temperature, 'metrics': metrics,

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from .augment import mean_attention_crop
-from .console import BadInputError, display
+from .errors import BadInputError, display
 from .data.reader import ImageReadError, read_image
 from .explain import save_overlay
 from .models import display_map

@@ -14,7 +14,7 @@ A map that is zero everywhere points nowhere: it is counted (``empty_maps``) and
 
 The heat map is MA-Net's display map (the mean of its attention maps) or, for any other model,
 Grad-CAM of its predicted class at its last feature level. Both are averaged over images with a
-95% percentile bootstrap interval over images.
+95% percentile bootstrap interval that resamples patients, as every interval of the package does.
 """
 import json
 from pathlib import Path
@@ -24,9 +24,10 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from .console import BadInputError, display
+from .errors import BadInputError, display
 from .data.dataset import CXRDataset
 from .explain import attention_heatmap, grad_cam, save_overlay
+from .metrics import group_resamples, percentile_interval
 from .models.config import is_finite_number
 
 __all__ = ['MAX_BOX_FILE_BYTES', 'Boxes', 'box_masks', 'heat_maps', 'load_boxes', 'localization_report',
@@ -150,10 +151,8 @@ def heat_maps(model: nn.Module, images: torch.Tensor) -> Tuple[torch.Tensor, str
     return grad_cam(model, _last_feature_layer(model), images)[1], 'Grad-CAM of the predicted class, last feature level'
 
 
-def _interval(values: torch.Tensor, replicates: int, seed: int) -> List[float]:
-    generator = torch.Generator().manual_seed(seed)
-    draws = values[torch.randint(len(values), (replicates, len(values)), generator=generator)].nanmean(dim=1)
-    return torch.nanquantile(draws.double(), torch.tensor([0.025, 0.975], dtype=torch.double)).tolist()
+def _interval(values: torch.Tensor, resamples: Sequence[torch.Tensor]) -> List[float]:
+    return percentile_interval(torch.stack([values[picked].nanmean() for picked in resamples]))
 
 
 def localization_report(model: nn.Module, dataset: CXRDataset, boxes: Boxes, batch_size: int = 16,
@@ -187,11 +186,14 @@ def localization_report(model: nn.Module, dataset: CXRDataset, boxes: Boxes, bat
                              _input_rects(batch[j], tuple(images.shape[-2:])))
         start += len(images)
     mass, hit = torch.cat(masses), torch.cat(hits)
+    patients = dataset.patient_groups()[0]
+    groups = [patients[i] for i in chosen]
+    resamples = list(group_resamples(groups, replicates, seed))
     area = box_masks([boxes[names[i]] for i in chosen], tuple(images.shape[-2:])).flatten(1).float().mean(dim=1)
     return {
         'method': method, 'num_images': len(chosen),
-        'mass_in_boxes': float(mass.nanmean()), 'mass_in_boxes_interval': _interval(mass, replicates, seed),
-        'pointing_hit_rate': float(hit.nanmean()), 'pointing_hit_rate_interval': _interval(hit, replicates, seed),
+        'mass_in_boxes': float(mass.nanmean()), 'mass_in_boxes_interval': _interval(mass, resamples),
+        'pointing_hit_rate': float(hit.nanmean()), 'pointing_hit_rate_interval': _interval(hit, resamples),
         'empty_maps': int(mass.isnan().sum()),  # zero everywhere (Grad-CAM's ReLU can leave nothing): not scored
         'invalid_boxes': len(getattr(boxes, 'invalid', ())),  # left out of the box file, each said when loaded
         'box_area_share': float(area.mean()),  # what a uniform map would put inside the boxes

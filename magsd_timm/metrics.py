@@ -6,18 +6,20 @@ class against the rest): sensitivity (recall), specificity, PPV (precision), NPV
 value that is undefined on the data (no positives for sensitivity, AUROC or AUPRC, no negatives for
 AUROC, no predicted positives for PPV, ...) is NaN, not 0. ``bootstrap_intervals`` gives percentile
 confidence intervals of all of them, resampling patients (clusters of images) when their ids are known.
-``metrics_markdown`` and ``markdown_table`` are the one way reports, model cards and dataset cards
-render their tables. torchmetrics is imported when metrics are computed, so that rendering a card
-does not load it.
+``group_resamples`` is the one bootstrap of the package (localization intervals use it too).
+``metrics_markdown`` renders the metrics as the tables reports and model cards show. torchmetrics is
+imported when metrics are computed, so that rendering a card does not load it.
 """
 import math
 import warnings
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
 
-__all__ = ['PER_CLASS', 'SCALARS', 'bootstrap_intervals', 'classification_metrics', 'defined_mean', 'markdown_table',
-           'metric_cell', 'metrics_markdown']
+from .tables import markdown_table
+
+__all__ = ['PER_CLASS', 'SCALARS', 'bootstrap_intervals', 'classification_metrics', 'defined_mean', 'group_resamples',
+           'metric_cell', 'metrics_markdown', 'percentile_interval']
 
 SCALARS = ('accuracy', 'macro_f1', 'ece')
 PER_CLASS = ('sensitivity', 'specificity', 'ppv', 'npv', 'auroc', 'auprc')
@@ -83,12 +85,6 @@ def classification_metrics(
     return result
 
 
-def markdown_table(header: Sequence[Any], rows: Iterable[Sequence[Any]]) -> str:
-    """A Markdown table: the header cells, then one line per row."""
-    lines = ['| ' + ' | '.join(map(str, header)) + ' |', '|' + '---|' * len(header)]
-    return '\n'.join(lines + ['| ' + ' | '.join(map(str, row)) + ' |' for row in rows])
-
-
 def metric_cell(value: Optional[float], interval: Optional[Sequence[Optional[float]]] = None) -> str:
     """A metric to 3 decimals with its interval; undefined (NaN, or null as JSON stores it) reads 'n/a'."""
     def defined(v: Optional[float]) -> bool:
@@ -133,17 +129,10 @@ def bootstrap_intervals(
     runs = [probs] if isinstance(probs, torch.Tensor) else list(probs)
     if present is None:  # a resample that misses a class still averages over the data's classes
         present = [class_names[k] for k in sorted(set(labels.tolist()))]
-    groups = list(range(len(labels))) if groups is None else list(groups)
-    if len(groups) != len(labels):
+    if groups is not None and len(groups) != len(labels):
         raise ValueError(f'{len(groups)} group ids for {len(labels)} images.')
-    index: Dict[Any, List[int]] = {}
-    for i, group in enumerate(groups):
-        index.setdefault(group, []).append(i)
-    members = [torch.tensor(v) for v in index.values()]
-    generator = torch.Generator().manual_seed(seed)
     draws: Dict[str, List[float]] = {}
-    for _ in range(replicates):
-        picked = torch.cat([members[i] for i in torch.randint(len(members), (len(members),), generator=generator)])
+    for picked in group_resamples(len(labels) if groups is None else groups, replicates, seed):
         results = [classification_metrics(run[picked], labels[picked], class_names, probabilities=True,
                                           present=present) for run in runs]
         for name in SCALARS:
@@ -151,13 +140,30 @@ def bootstrap_intervals(
         for name in PER_CLASS:
             for c in class_names:
                 draws.setdefault(f'{name}/{c}', []).append(defined_mean([r[name][c] for r in results]))
-    tail = (1 - level) / 2
-    quantiles = torch.tensor([tail, 1 - tail], dtype=torch.double)
-    bounds = {k: torch.nanquantile(torch.tensor(v, dtype=torch.double), quantiles).tolist() for k, v in draws.items()}
+    bounds = {k: percentile_interval(torch.tensor(v), level) for k, v in draws.items()}
     out: Dict[str, Any] = {name: bounds[name] for name in SCALARS}
     for name in PER_CLASS:
         out[name] = {c: bounds[f'{name}/{c}'] for c in class_names}
     return out
+
+
+def group_resamples(groups: Union[int, Sequence[Any]], replicates: int, seed: int) -> Iterator[torch.Tensor]:
+    """Indices of each bootstrap resample: groups (patients; an int n means n images, each its own) drawn with
+    replacement, all images of a drawn group taken; seeded, so every interval of one seed draws alike."""
+    groups = list(range(groups)) if isinstance(groups, int) else list(groups)
+    index: Dict[Any, List[int]] = {}
+    for i, group in enumerate(groups):
+        index.setdefault(group, []).append(i)
+    members = [torch.tensor(v) for v in index.values()]
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(replicates):
+        yield torch.cat([members[i] for i in torch.randint(len(members), (len(members),), generator=generator)])
+
+
+def percentile_interval(draws: torch.Tensor, level: float = 0.95) -> List[float]:
+    """The percentile interval [low, high] of bootstrap draws (undefined draws left out)."""
+    tail = (1 - level) / 2
+    return torch.nanquantile(draws.double(), torch.tensor([tail, 1 - tail], dtype=torch.double)).tolist()
 
 
 def defined_mean(values: Sequence[float]) -> float:

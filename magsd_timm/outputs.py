@@ -5,13 +5,12 @@
   ``atomic_folder`` does the same for a folder (a checkpoint, a prepared dataset), and
   ``recover_folder`` puts back or cleans up what a killed writer left beside one.
 * ``exclusive_lock`` lets one process at a time write an output (a run folder, a prepared dataset);
-  a second one is refused at once. The lock is the kernel's (``flock``), so a killed process leaves
-  no stale lock behind.
+  a second one is refused at once. The lock is the operating system's (``filelock``: ``flock`` on
+  POSIX, ``msvcrt`` on Windows), so a killed process leaves no stale lock behind.
 * ``OutputWriteError`` says what could not be written, where, and why (a full disk by name).
 """
 import contextlib
 import errno
-import fcntl
 import json
 import math
 import os
@@ -21,7 +20,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, List, Union
 
-from .console import BadInputError, display
+import filelock
+
+from .errors import BadInputError, display
 
 __all__ = ['OutputBusyError', 'OutputWriteError', 'atomic_folder', 'atomic_path', 'check_no_overlap', 'exclusive_lock',
            'recover_folder',
@@ -208,29 +209,23 @@ def strict_json(value: Any, indent: int = 2) -> str:
 def exclusive_lock(output: PathLike, what: str) -> Iterator[Path]:
     """Hold the lock of an output (a hidden .NAME.lock beside it) for the block, or refuse at once if it is held."""
     output = Path(output)
-    lock = output.with_name(f'.{output.name}.lock')
     output.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors='replace').strip() or '?'
-            os.close(fd)
-            raise OutputBusyError(
-                f'{display(output)} is being written by another {what} (process {holder}): wait for it to end, '
-                'or choose another output.') from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:  # not a lock file its last holder removed while we waited on it
-            break
-        os.close(fd)
+    path = output.with_name(f'.{output.name}.lock')
+    holder = output.with_name(f'.{output.name}.lock.pid')  # who holds it, for the message of the refused writer
+    lock = filelock.FileLock(path, blocking=False)
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        yield lock
+        lock.acquire()
+    except filelock.Timeout:
+        try:
+            pid = holder.read_text(encoding='utf-8').strip() or '?'
+        except OSError:
+            pid = '?'
+        raise OutputBusyError(
+            f'{display(output)} is being written by another {what} (process {pid}): wait for it to end, '
+            'or choose another output.') from None
+    try:
+        holder.write_text(str(os.getpid()), encoding='utf-8')
+        yield path
     finally:
-        lock.unlink(missing_ok=True)  # removed while held, so no other process can hold a removed file
-        os.close(fd)
+        holder.unlink(missing_ok=True)
+        lock.release()

@@ -550,7 +550,7 @@ def _train_run(args: argparse.Namespace, method: str, seed: int) -> Path:
     import shlex
     import subprocess
 
-    from magsd_timm.console import BadInputError
+    from magsd_timm.errors import BadInputError
     from magsd_timm.train.run_folder import RunFolder, setting_differences
 
     output = args.output_dir / 'cxr' / f'{method}-seed{seed}'
@@ -604,11 +604,12 @@ def _mean_std(values: List[float]) -> str:
 
 def run_cxr_suite(args: argparse.Namespace) -> str:
     """MAG-SD and the plain backbone, same data, budget and recipe, over seeds: test metrics with spreads and CIs."""
-    from magsd_timm.evaluation import patient_groups, per_source_metrics
-    from magsd_timm.metrics import bootstrap_intervals, classification_metrics, defined_mean, markdown_table
+    from magsd_timm.evaluation import per_source_metrics
+    from magsd_timm.metrics import bootstrap_intervals, classification_metrics, defined_mean
+    from magsd_timm.tables import markdown_table
     from magsd_timm.localization import load_boxes, localization_report
 
-    from magsd_timm.console import BadInputError
+    from magsd_timm.errors import BadInputError
     from magsd_timm.train.run_folder import RunFolder
 
     if args.data is None:
@@ -625,7 +626,7 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
         labels, dataset = runs[0][1], runs[0][2]
         class_names = dataset.class_names
         per_seed = [classification_metrics(p, labels, class_names, probabilities=True) for p in probs]
-        groups, _ = patient_groups(dataset)
+        groups, _ = dataset.patient_groups()
         results[name] = dict(
             per_seed=per_seed, class_names=class_names, labels=labels, probs=probs, dataset=dataset,
             intervals=bootstrap_intervals(probs, labels, class_names, groups, args.bootstrap, 0),

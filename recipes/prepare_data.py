@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import List, Tuple
 
 from magsd_timm import CXR_LABEL_NAMES
-from magsd_timm.console import (
-    EXIT_CODES, BadInputError, add_traceback_flag, add_version_flag, display, number, run_command,
-)
+from magsd_timm.console import EXIT_CODES, add_traceback_flag, add_version_flag, number, run_command
+from magsd_timm.errors import BadInputError, display
 from magsd_timm.data.build import build_dataset
 from magsd_timm.outputs import check_no_overlap
 from magsd_timm.data.sample import sample_records

@@ -31,9 +31,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import magsd_timm  # noqa: F401  (registers the magsd_* models)
-from magsd_timm.console import (
-    EXIT_CODES, BadInputError, add_traceback_flag, add_version_flag, display, json_object, number, run_command,
-)
+from magsd_timm.console import EXIT_CODES, add_traceback_flag, add_version_flag, json_object, number, run_command
+from magsd_timm.errors import BadInputError, display
 from magsd_timm.data.dataset import BalancedSampler, CXRDataset, open_dataset
 from magsd_timm.data.transforms import AUGMENTATIONS, build_transforms, resolve_cxr_data_config
 from magsd_timm.hub.cards import render_model_card
@@ -42,7 +41,7 @@ from magsd_timm.models.config import MAX_INPUT_SIDE, MIN_INPUT_SIDE
 from magsd_timm.objective import MagSDObjective
 from magsd_timm.seeds import seeded_generator
 from magsd_timm.train.checkpoint import TrainProgress, latest_checkpoint, save_checkpoint
-from magsd_timm.train.loop import TrainSetup, evaluate, train_step
+from magsd_timm.train.loop import TrainSetup, train_step, validate
 from magsd_timm.train.optim import SCHEDULES, TIMM_SCHEDULES, create_optimizer, create_schedule, optimizer_problem
 from magsd_timm.train.run_folder import BEST, FINAL, RunFolder, TrainingRun, setting_differences
 
@@ -232,7 +231,7 @@ def _training_record(args: argparse.Namespace, class_names: List[str], train_set
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Train, evaluate every epoch, checkpoint, and export the best and final models; the exit code says how."""
+    """Train, validate every epoch, checkpoint, and export the best and final models; the exit code says how."""
     argv = sys.argv[1:] if argv is None else argv
     args = _parse_args(argv)
     return run_command('train', lambda: _train(args, argv), args.traceback)
@@ -287,7 +286,7 @@ def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str], ru
     accelerator.init_trackers('magsd', config={k: str(v) for k, v in recorded.items()})
     exported = ema.module if ema is not None else accelerator.unwrap_model(model)
 
-    # the loop: train an epoch, evaluate, save the best, checkpoint
+    # the loop: train an epoch, validate, save the best, checkpoint
     bar = tqdm(total=len(train_loader) * args.epochs, initial=progress.global_step, unit='batch',
                disable=not accelerator.is_local_main_process)
     while progress.epoch < args.epochs:
@@ -308,7 +307,7 @@ def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str], ru
             logged.append(parts)
             if args.checkpoint_every and progress.global_step % args.checkpoint_every == 0 and accelerator.sync_gradients:
                 save_checkpoint(accelerator, run.checkpoints, progress.global_step, args.keep_checkpoints)
-        metrics = evaluate(accelerator, ema.module if ema is not None else model, val_loader, class_names)
+        metrics = validate(accelerator, ema.module if ema is not None else model, val_loader, class_names)
         row = {'epoch': progress.epoch, 'lr': optimizer.param_groups[0]['lr'],
                **{f'train_{k}': sum(p[k] for p in logged) / len(logged) for k in (logged[0] if logged else {})},
                **{f'val_{k}': metrics[k] for k in ('accuracy', 'macro_f1')}}

@@ -4,10 +4,8 @@ import errno
 
 import pytest
 
-from magsd_timm.console import (
-    EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_FAILED, BadInputError, DivergedError, display, exit_code, json_object, number,
-    run_command,
-)
+from magsd_timm.console import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_FAILED, exit_code, json_object, number, run_command
+from magsd_timm.errors import BadInputError, DivergedError, display
 from magsd_timm.data.reader import ImageReadError
 from magsd_timm.hub.push import PushError
 from magsd_timm.models import UnsafeWeightsError, WeightsMismatchError

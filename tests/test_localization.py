@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import magsd_timm  # noqa: F401
-from magsd_timm.console import BadInputError
+from magsd_timm.errors import BadInputError
 from magsd_timm.data import CXRDataset, build_transforms, resolve_cxr_data_config
 from magsd_timm.localization import box_masks, load_boxes, localization_report, mass_in_boxes, pointing_hits
 
@@ -96,3 +96,23 @@ def test_a_box_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path, m
     monkeypatch.setattr(localization, 'MAX_BOX_FILE_BYTES', path.stat().st_size - 1)
     with pytest.raises(BadInputError, match='over the 0 MiB limit of a box file'):
         load_boxes(path)
+
+
+def test_the_intervals_resample_patients_as_every_interval_does(tmp_path):
+    records = []
+    for i in range(6):
+        path = tmp_path / f'x{i}.png'
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (64, 64), dtype=np.uint8)).save(path)
+        records.append(dict(path=str(path), label='normal', patient_id='one patient', source='s'))
+    boxes = load_boxes(_coco(tmp_path / 'b.json', [(f'x{i}.png', 64, 64, [(0, 0, 32, 64)]) for i in range(6)]))
+    torch.manual_seed(0)
+    model = timm.create_model('test_resnet', in_chans=1, num_classes=2)
+    transform = build_transforms(resolve_cxr_data_config(input_size=(1, 64, 64)))
+    dataset = CXRDataset(records, ['normal', 'other'], transform)
+    report = localization_report(model, dataset, boxes, replicates=50)
+    # one patient: every resample holds all six images, so the interval is the mean itself
+    assert report['mass_in_boxes_interval'] == pytest.approx([report['mass_in_boxes']] * 2)
+    for record in records:
+        record['patient_id'] = record['path']
+    spread = localization_report(model, CXRDataset(records, ['normal', 'other'], transform), boxes, replicates=50)
+    assert spread['mass_in_boxes_interval'][0] < spread['mass_in_boxes_interval'][1]  # six patients: it varies

@@ -88,10 +88,9 @@ def test_bootstrap_needs_one_group_per_image():
         bootstrap_intervals(torch.full((4, 3), 1 / 3), torch.zeros(4, dtype=torch.long), NAMES, groups=[1, 2, 3])
 
 
-def test_markdown_tables_are_rendered_one_way_for_reports_and_cards():
-    from magsd_timm.metrics import markdown_table, metric_cell, metrics_markdown
+def test_metrics_render_as_the_tables_of_reports_and_cards():
+    from magsd_timm.metrics import metric_cell, metrics_markdown
 
-    assert markdown_table(['a', 'b'], [[1, 'x'], [2, 'y']]) == '| a | b |\n|---|---|\n| 1 | x |\n| 2 | y |'
     assert metric_cell(0.12345) == '0.123' and metric_cell(float('nan')) == 'n/a' and metric_cell(None) == 'n/a'
     assert metric_cell(0.5, [0.25, 0.75]) == '0.500 [0.250, 0.750]' and metric_cell(0.5, [None, 0.7]) == '0.500'
     metrics = classification_metrics(torch.tensor([[2., 0.], [0., 2.], [2., 0.]]), torch.tensor([0, 1, 1]), ['a', 'b'])
@@ -109,7 +108,7 @@ def test_macro_f1_has_one_definition_the_mean_over_the_classes_present():
 
     from magsd_timm.data.dataset import CXRDataset
     from magsd_timm.evaluation import evaluate
-    from magsd_timm.train.loop import evaluate as validate
+    from magsd_timm.train.loop import validate
 
     names = ['COVID-19', 'normal', 'viral pneumonia']  # no viral pneumonia among the labels
     labels = torch.tensor([0, 0, 0, 1, 1])

@@ -103,9 +103,10 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_output(tmp_path):
         holder.stdin.write('\n')
         holder.stdin.flush()
         holder.wait(timeout=60)
-    with exclusive_lock(output, 'training run') as lock:  # released with its holder
-        assert lock.exists()
-    assert not lock.exists()
+    with exclusive_lock(output, 'training run'):  # released with its holder
+        with pytest.raises(OutputBusyError, match=rf'\(process {os.getpid()}\)'):  # and held again, by us now
+            with exclusive_lock(output, 'training run'):
+                pass
 
 
 def test_a_killed_holder_leaves_no_lock_behind(tmp_path):
@@ -115,7 +116,7 @@ def test_a_killed_holder_leaves_no_lock_behind(tmp_path):
     assert holder.stdout.readline().strip() == 'held'
     holder.kill()
     holder.wait(timeout=60)
-    assert (tmp_path / '.run.lock').exists()  # the file stays, the kernel's lock does not
+    assert (tmp_path / '.run.lock').exists()  # the file stays, the operating system's lock does not
     with exclusive_lock(output, 'training run'):
         pass
 

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from ..console import display
-from ..metrics import markdown_table
+from ..errors import display
+from ..tables import markdown_table
 from ..outputs import atomic_folder, check_no_overlap, exclusive_lock, recover_folder, strict_json
 from .reader import ImageReadError, is_dicom, read_image
 from .sources import Record, fold_labels

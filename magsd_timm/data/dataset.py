@@ -10,13 +10,13 @@ its first step.
 """
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..console import BadInputError, display
+from ..errors import BadInputError, display
 from ..seeds import mix_seed, seeded_generator
 from .reader import ImageReadError, read_image, read_image_bytes
 from .sample import sample_records
@@ -107,6 +107,11 @@ class CXRDataset(Dataset):
         if name not in self.items.column_names:
             return [None] * len(self.items)
         return list(self.items[name])
+
+    def patient_groups(self) -> Tuple[List[Any], str]:
+        """What a bootstrap resamples: each image's patient (an image without one is its own), and 'patient' or 'image'."""
+        groups = [p if p is not None else f'image {i}' for i, p in enumerate(self.column('patient_id'))]
+        return groups, 'patient' if len(set(groups)) < len(groups) else 'image'
 
     def file_names(self) -> List[str]:
         """The file name of every item, what box files and reports match images by ('' where unknown)."""

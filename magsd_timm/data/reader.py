@@ -20,7 +20,7 @@ from typing import BinaryIO, Callable, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..console import BadInputError, display
+from ..errors import BadInputError, display
 
 __all__ = ['ImageReadError', 'MAX_PIXELS', 'MIN_SIZE', 'decode_checked', 'image_to_array', 'is_dicom', 'read_image',
            'read_image_bytes']

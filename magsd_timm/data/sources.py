@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
-from ..console import BadInputError, display
+from ..errors import BadInputError, display
 from .sample import KERMANY_LABELS, kermany_kind, kermany_patient_id
 
 __all__ = [

@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Dict, List, Mapping, Sequence, Tuple
 
-from ..console import display
+from ..errors import display
 from .sources import Record
 
 __all__ = [

@@ -9,7 +9,7 @@ tells a trained classifier from one whose head never saw a radiograph.
 import math
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
-from ..console import BadInputError
+from ..errors import BadInputError
 
 __all__ = [
     'BACKBONE_KWARGS', 'MAX_HEAD_WEIGHTS', 'MAX_INPUT_SIDE', 'MAX_NUM_CLASSES', 'MAX_NUM_MAPS', 'MIN_INPUT_SIDE',

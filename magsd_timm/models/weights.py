@@ -17,7 +17,7 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 from timm.models import get_model_traits
 
-from ..console import BadInputError
+from ..errors import BadInputError
 
 __all__ = ['UnsafeWeightsError', 'WeightsMismatchError', 'allow_pickle_weights', 'check_state_dict',
            'require_safe_weights']

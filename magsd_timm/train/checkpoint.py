@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 
 from safetensors import SafetensorError
 
-from ..console import display
+from ..errors import display
 from ..outputs import replace_folder, staging_folder, write_failure
 
 __all__ = ['TrainProgress', 'latest_checkpoint', 'remove_partial_checkpoints', 'save_checkpoint']

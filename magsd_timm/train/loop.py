@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from timm.scheduler.scheduler import Scheduler
 from timm.utils import ModelEmaV3
 
-from ..console import DivergedError
+from ..errors import DivergedError
 from ..metrics import classification_metrics
 from ..objective import MagSDObjective
 from ..seeds import seeded_generator
 from .checkpoint import TrainProgress
 
-__all__ = ['NonFiniteLossError', 'TrainSetup', 'evaluate', 'train_step']
+__all__ = ['NonFiniteLossError', 'TrainSetup', 'train_step', 'validate']
 
 
 class NonFiniteLossError(DivergedError):
@@ -82,8 +82,8 @@ def train_step(accelerator, setup: TrainSetup, images: torch.Tensor, labels: tor
 
 
 @torch.no_grad()
-def evaluate(accelerator, model: torch.nn.Module, loader, class_names: Sequence[str]) -> Dict[str, object]:
-    """One deterministic pass; logits and labels gathered over processes with exact sample counts; the metrics."""
+def validate(accelerator, model: torch.nn.Module, loader, class_names: Sequence[str]) -> Dict[str, object]:
+    """Validate: one deterministic pass; logits and labels gathered over processes with exact sample counts; the metrics."""
     model.eval()
     all_logits, all_labels = [], []
     for images, labels in loader:

@@ -28,7 +28,7 @@ import torch
 import yaml
 from timm.models import save_for_hf
 
-from ..console import BadInputError, display
+from ..errors import BadInputError, display
 from ..models.weights import SAFE_WEIGHTS
 from ..outputs import atomic_folder, atomic_path, exclusive_lock, recover_folder, strict_json, write_text_atomic
 from .checkpoint import latest_checkpoint, remove_partial_checkpoints

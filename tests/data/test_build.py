@@ -115,7 +115,7 @@ def test_dicom_images_are_stored_as_lossless_16_bit_png(tmp_path):
 
 
 def test_an_output_that_holds_the_images_it_is_built_from_is_refused(tmp_path):
-    from magsd_timm.console import BadInputError
+    from magsd_timm.errors import BadInputError
 
     output = tmp_path / 'out'
     records = []

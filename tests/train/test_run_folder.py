@@ -6,7 +6,7 @@ import pytest
 import timm
 
 import magsd_timm  # noqa: F401
-from magsd_timm.console import BadInputError
+from magsd_timm.errors import BadInputError
 from magsd_timm.outputs import OutputBusyError
 from magsd_timm.train.run_folder import BEST, FINAL, RunFolder, find_run
 
