@@ -2,6 +2,9 @@
 import importlib.resources
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 import magsd_timm
 
@@ -29,3 +32,12 @@ def test_the_card_templates_ship_with_the_hub_code():
     hub = importlib.resources.files('magsd_timm.hub')
     assert '$evaluation' in hub.joinpath('model_card.md').read_text()
     assert '$split_table' in hub.joinpath('dataset_card.md').read_text()
+
+
+def test_the_package_is_plain_files_so_it_installs_where_links_do_not():
+    root = Path(__file__).resolve().parents[1]
+    tracked = subprocess.run(['git', 'ls-files', '-s'], cwd=root, capture_output=True, text=True)
+    if tracked.returncode != 0:
+        pytest.skip('not a git checkout')
+    links = [line.split('\t')[1] for line in tracked.stdout.splitlines() if line.startswith('120000')]
+    assert links == []  # a symbolic link checks out as a text file on Windows
