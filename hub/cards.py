@@ -54,17 +54,18 @@ def _dataset(data: Optional[str]) -> Dict[str, Optional[str]]:
     if data.startswith('hf-hub:'):
         hub_id = data[len('hf-hub:'):]
         try:
-            card = DatasetCard.load(hub_id, repo_type='dataset').content
+            card = DatasetCard.load(hub_id, repo_type='dataset').text
         except Exception:  # noqa: BLE001 - the card is descriptive; the push does not depend on it
             card = ''
         return dict(hub_id=hub_id, name=hub_id, text=f'[{hub_id}](https://huggingface.co/datasets/{hub_id})',
                     biases=_section(card, 'Known biases') or 'See the dataset card.')
     folder = Path(data)
-    card = (folder / 'README.md').read_text() if (folder / 'README.md').is_file() else ''
-    pretty = re.search(r'^pretty_name: (.+)$', card, flags=re.M)
-    name = pretty.group(1).strip() if pretty else folder.name
-    return dict(hub_id=None, name=name, text=f'`{name}` (a local dataset, prepared with magsd-timm)' if card else
-                f'`{name}` (a local image folder)', biases=_section(card, 'Known biases') or 'Not documented.')
+    card = DatasetCard.load(folder / 'README.md') if (folder / 'README.md').is_file() else None
+    name = (card.data.pretty_name if card else None) or folder.name
+    shown = ' '.join(str(name).replace('`', "'").split())  # one line of code text, whatever the name holds
+    return dict(hub_id=None, name=name, text=f'`{shown}` (a local dataset, prepared with magsd-timm)' if card else
+                f'`{shown}` (a local image folder)',
+                biases=(card and _section(card.text, 'Known biases')) or 'Not documented.')
 
 
 def _finite(value: Any) -> bool:

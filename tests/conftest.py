@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 
-from hub_server import LoopbackHub
+from support.hub_server import LoopbackHub
 
 if 'huggingface_hub' in sys.modules:  # its constants are already read: the tests could reach huggingface.co
     raise RuntimeError('huggingface_hub was imported before tests/conftest.py set the Hub environment')

@@ -18,7 +18,7 @@ import magsd_timm
 from magsd_timm.data import build_transforms, read_image, resolve_cxr_data_config
 from magsd_timm.data.sample import sample_records
 
-from dicom_files import write_dicom
+from support.dicom_files import write_dicom
 
 CLI = shutil.which('magsd', path=str(Path(sys.executable).parent))  # this interpreter's script
 SAMPLE = Path(sample_records()[0]['path']).parents[1]  # .../kermany16 with normal/ and pneumonia/ folders
@@ -268,7 +268,7 @@ def _strict_json(text: str):
 def test_predict_handles_names_that_are_not_utf8_and_bombs_and_writes_its_output_whole(trained_run, tmp_path,
                                                                                        magsd_here):
     import os
-    from image_files import bomb_png
+    from support.image_files import bomb_png
 
     folder = tmp_path / 'in'
     folder.mkdir()

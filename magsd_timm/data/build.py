@@ -15,6 +15,7 @@ from string import Template
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image
 
 from ..errors import display
@@ -74,7 +75,7 @@ def render_card(
         splits: Dict[str, List[Record]], class_names: Sequence[str], split_method: str, pretty_name: str,
         num_skipped: int, num_duplicates: int, num_conflicts: int = 0, left_out: Sequence[Tuple[str, str]] = (),
 ) -> str:
-    """The dataset card (README.md): YAML metadata and counts, provenance, biases, preparation."""
+    """The dataset card (README.md): metadata (huggingface_hub's DatasetCardData), counts, provenance, biases."""
     records = [r for rs in splits.values() for r in rs]
     sources = sorted({r['source'] for r in records})
     licences = {KNOWN_SOURCES.get(s.split('/')[0], (None, 'other', None))[1] for s in sources}
@@ -108,11 +109,13 @@ def render_card(
     left_out_text = (f'The sources listed {len(left_out)} row(s) that were left out before any image was read '
                      f'(each in `skipped.json`): ' + '; '.join(f'{why} ({n})' for why, n in reasons.most_common())
                      + '.' if left_out else 'The sources left no listed row out.')
+    metadata = DatasetCardData(
+        license=licences.pop() if len(licences) == 1 else 'other', task_categories=['image-classification'],
+        tags=['medical-imaging', 'chest-x-ray', 'magsd'], pretty_name=pretty_name,
+        size_categories=[_size_category(len(records))], source_datasets=sources, class_names=list(class_names),
+    )
     values = dict(
-        license=licences.pop() if len(licences) == 1 else 'other',
-        pretty_name=pretty_name, size_category=_size_category(len(records)),
-        source_datasets='\n'.join(f'- {s}' for s in sources),
-        class_names='\n'.join(f'- {c}' for c in class_names),
+        title=' '.join(pretty_name.split()),  # a heading is one line, whatever the name holds
         num_images=len(records), num_patients=len({r['patient_id'] for r in records}),
         num_classes=len(class_names), class_list=', '.join(class_names), num_sources=len(sources),
         split_method=split_method,
@@ -125,8 +128,8 @@ def render_card(
                            'one person may still sit in different splits.' if unknown else
                            'Every image has a patient id; no patient is in more than one split.'),
     )
-    template = importlib.resources.files('magsd_timm.hub').joinpath('dataset_card.md').read_text()
-    return Template(template).substitute(values)
+    body = Template(importlib.resources.files('magsd_timm.hub').joinpath('dataset_card.md').read_text())
+    return str(DatasetCard(f'---\n{metadata.to_yaml()}\n---\n\n{body.substitute(values)}'))
 
 
 def _validated(records: Sequence[Record]) -> Tuple[List[Record], List[Tuple[Record, str]]]:

@@ -9,6 +9,7 @@ import yaml
 
 from magsd_timm.data.build import build_dataset, load_prepared
 from magsd_timm.data.sample import sample_records
+from support.files import outputs_in
 
 
 def _sample_plus(tmp_path):
@@ -59,6 +60,20 @@ def test_images_decode_back_to_the_files(tmp_path):
         {'path': original['path'], 'bytes': None}).size
 
 
+NAMES = ['CXR: 150 per class', 'a "quoted" name, it\'s', 'two\nlines', 'Thorax 胸部 ünïcødé', '- not a list #1', '{x}: [y]']
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_the_card_header_is_data_any_name_round_trips(tmp_path, name):
+    from huggingface_hub import DatasetCard
+
+    build_dataset(sample_records(), tmp_path / 'out', seed=0, pretty_name=name)
+    card = DatasetCard.load(tmp_path / 'out' / 'README.md')
+    assert card.data.pretty_name == name and card.data.class_names == ['bacterial pneumonia', 'normal']
+    assert card.data.license == 'cc-by-4.0' and card.data.task_categories == ['image-classification']
+    assert card.text.startswith(f"\n# {' '.join(name.split())}\n")  # the heading is one line
+
+
 def test_unknown_patient_ids_are_said_in_the_card(tmp_path):
     records = [dict(r, patient_id=None, source='mine') for r in sample_records()]
     build_dataset(records, tmp_path / 'out')
@@ -73,7 +88,7 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path):
     assert json.loads((out / 'splits.json').read_text())['seed'] == 1
     build_dataset(sample_records(), out, seed=2, overwrite=True)
     assert json.loads((out / 'splits.json').read_text())['seed'] == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['out']
+    assert outputs_in(tmp_path) == ['out']
 
 
 def test_a_failure_midway_leaves_nothing_half_written(tmp_path, monkeypatch):
@@ -86,7 +101,7 @@ def test_a_failure_midway_leaves_nothing_half_written(tmp_path, monkeypatch):
     with pytest.raises(OSError, match='disk full'):
         build_dataset(sample_records(), out, seed=2, overwrite=True)
     assert json.loads((out / 'splits.json').read_text())['seed'] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['out']
+    assert outputs_in(tmp_path) == ['out']
 
 
 def test_leave_one_source_out_and_folds(tmp_path):
@@ -101,7 +116,7 @@ def test_leave_one_source_out_and_folds(tmp_path):
 def test_dicom_images_are_stored_as_lossless_16_bit_png(tmp_path):
     import numpy as np
     from magsd_timm.data.reader import image_to_array, read_image
-    from dicom_files import write_dicom
+    from support.dicom_files import write_dicom
     pixels = (np.arange(64 * 48, dtype=np.uint16).reshape(64, 48) * 7).astype(np.uint16)
     films = [write_dicom(tmp_path / f'{i}.dcm', pixels + i, 'MONOCHROME1') for i in range(6)]
     records = [dict(path=str(p), label='normal' if i % 2 else 'covid', patient_id=str(i), source='pacs', split=None)

@@ -92,6 +92,22 @@ def test_known_biases_come_from_the_prepared_datasets_card(run, model, tmp_path)
     assert meta['datasets'] == ['Two hospitals'] and '`Two hospitals`' in body
 
 
+def test_a_datasets_name_of_any_text_round_trips_into_the_model_card(run, model, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from magsd_timm.data.build import build_dataset
+    from magsd_timm.data.sample import sample_records
+
+    name = 'CXR: "150" per class\n胸部 #1'
+    build_dataset(sample_records(), tmp_path / 'cxr', seed=0, pretty_name=name)
+    changed = TrainingRun(run.checkpoint, dict(run.args, data=str(tmp_path / 'cxr')), run.metrics, run.epoch,
+                          run.command)
+    card = ModelCard(render_model_card(model, changed, 'org/cxr-model'))
+    assert card.data.datasets == [name] and card.data.library_name == 'timm'
+    assert card.data.eval_results[0].dataset_name == name
+    assert '`CXR: "150" per class 胸部 #1` (a local dataset' in card.text
+
+
 def test_a_checkpoint_without_records_still_gets_a_card(run, model, tmp_path):
     bare = tmp_path / 'bare'
     shutil.copytree(run.checkpoint, bare)

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.files import outputs_in
 
 RECIPE = Path(__file__).resolve().parents[2] / 'recipes' / 'prepare_data.py'
 
@@ -68,7 +69,7 @@ def test_odd_names_bombs_and_label_conflicts_are_handled_and_listed(tmp_path, ru
 
     from PIL import Image
 
-    from image_files import bomb_png
+    from support.image_files import bomb_png
 
     root = _tree(tmp_path / 'src')
     with Image.open(root / 'normal' / '0.jpeg') as image:  # a new image (not a duplicate) under a non-UTF-8 name
@@ -106,11 +107,11 @@ def test_leftovers_of_a_killed_build_are_recovered_or_removed(tmp_path, run_here
     (tmp_path / '.out.staging-x1').mkdir()
     proc = run_here(out, '--overwrite', '--seed', 1)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['out'] and 'left by an interrupted run' in caplog.text
+    assert outputs_in(tmp_path) == ['out'] and 'left by an interrupted run' in caplog.text
     out.rename(tmp_path / '.out.old')  # killed after retiring the output, before the new one moved in
     proc = run_here(out)
     assert proc.returncode == 2 and 'restored' in caplog.text and 'exists' in proc.stderr
-    assert (out / 'data' / 'dataset_dict.json').exists() and sorted(p.name for p in tmp_path.iterdir()) == ['out']
+    assert (out / 'data' / 'dataset_dict.json').exists() and outputs_in(tmp_path) == ['out']
 
 
 @pytest.mark.parametrize('make, message', [
