@@ -6,18 +6,20 @@ set, a checkpoint), 1 when the work failed for another reason (the disk, the net
 when a training diverged. ``--traceback`` or ``MAGSD_TRACEBACK=1`` prints the traceback instead.
 """
 import argparse
+import json
 import math
 import os
 import sys
 import warnings
-from typing import Callable, Iterable, Optional, Union
+from pathlib import Path
+from typing import Callable, Iterable, List, Optional, Sequence, Union
 
 from .errors import BadInputError, DivergedError, display
 
 __all__ = [
     'EXIT_BAD_INPUT', 'EXIT_CODES', 'EXIT_DIVERGED', 'EXIT_FAILED', 'EXIT_NOT_REPRODUCED', 'EXIT_OK',
-    'add_traceback_flag', 'add_version_flag', 'error_line', 'exit_code', 'json_object',
-    'number', 'run_command',
+    'HelpFormatter', 'add_config_flag', 'add_traceback_flag', 'add_version_flag', 'config_flags', 'error_line',
+    'exit_code', 'json_object', 'number', 'parse_with_config', 'run_command',
 ]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_NOT_REPRODUCED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -108,6 +110,71 @@ def add_version_flag(parser: argparse.ArgumentParser) -> None:
     from . import __version__
 
     parser.add_argument('--version', action='version', version=f'%(prog)s (magsd-timm) {__version__}')
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help of every command: the description as written, each option's default shown (unless its help says it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ''
+        if (action.default in (None, argparse.SUPPRESS) or 'default' in text or not action.option_strings
+                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))):
+            return text
+        return f'{text} (default: %(default)s)'
+
+
+def add_config_flag(parser: argparse.ArgumentParser, help: str) -> None:
+    """The -c/--config FILE.yaml flag of a command whose settings can come from a file (timm's train.py -c)."""
+    parser.add_argument('-c', '--config', metavar='FILE.yaml', default=argparse.SUPPRESS, help=help)
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str],
+                      ignore: Sequence[str] = ()) -> argparse.Namespace:
+    """Parse argv; with -c FILE.yaml its settings come first and the flags given override them.
+
+    The file is a mapping of option names (as args.yaml records them: 'lr', 'batch_size') to values;
+    each value is checked as the flag's own would be, and a name that is no option is refused, so a
+    file cannot set what the command line could not. Keys in ``ignore`` are records, not settings.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument('-c', '--config', default=None)
+    known, rest = pre.parse_known_args(argv)
+    if known.config is None:
+        return parser.parse_args(argv)
+    return parser.parse_args(config_flags(parser, known.config, ignore) + rest)
+
+
+def config_flags(parser: argparse.ArgumentParser, path: str, ignore: Sequence[str] = ()) -> List[str]:
+    """The flags a YAML settings file stands for (argparse errors name the file)."""
+    import yaml
+
+    try:
+        settings = yaml.safe_load(Path(path).read_text(encoding='utf-8'))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        parser.error(f'--config {display(path)}: cannot be read as YAML ({" ".join(str(e).split())})')
+    if not isinstance(settings, dict):
+        parser.error(f'--config {display(path)}: not a mapping of settings to values')
+    actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in _NOT_SETTINGS}
+    flags: List[str] = []
+    for key, value in settings.items():
+        dest = str(key).replace('-', '_')
+        if dest in ignore or value is None:  # None: the option's default
+            continue
+        action = actions.get(dest)
+        if action is None:
+            parser.error(f'--config {display(path)}: {display(str(key))!r} is not a setting of this command')
+        if isinstance(action, (argparse.BooleanOptionalAction, argparse._StoreTrueAction)):
+            if not isinstance(value, bool):
+                parser.error(f'--config {display(path)}: {dest} must be true or false, not {value!r}')
+            if value or isinstance(action, argparse.BooleanOptionalAction):
+                flags.append(action.option_strings[0] if value else f'--no-{action.option_strings[0][2:]}')
+        else:  # the flag's own type and choices check the value; '=' keeps a value that starts with '-' a value
+            text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+            flags.append(f'{action.option_strings[-1]}={text}')
+    return flags
+
+
+_NOT_SETTINGS = ('help', 'version', 'config', 'traceback')
 
 
 def add_traceback_flag(parser: argparse.ArgumentParser) -> None:

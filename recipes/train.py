@@ -2,7 +2,8 @@
 """Train MA-Net with the MAG-SD objective (or a plain backbone with cross-entropy) using accelerate.
 
     accelerate launch recipes/train.py                          # magsd_resnet18 on the bundled sample, CPU ok
-    accelerate launch recipes/train.py --model magsd_resnet50 --data out/cxr --epochs 150 --pretrained
+    accelerate launch recipes/train.py -c recipes/configs/paper.yaml --data out/cxr   # the authors' recipe
+    accelerate launch recipes/train.py -c runs/magsd/args.yaml --output runs/again     # replay a run exactly
     accelerate launch recipes/train.py --output runs/magsd --resume   # continue from the last checkpoint
 
 The output folder (magsd_timm/train/run_folder.py) holds resumable checkpoints, best/ and final/ in
@@ -31,7 +32,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import magsd_timm  # noqa: F401  (registers the magsd_* models)
-from magsd_timm.console import EXIT_CODES, add_traceback_flag, add_version_flag, json_object, number, run_command
+from magsd_timm.console import (
+    EXIT_CODES, HelpFormatter, add_config_flag, add_traceback_flag, add_version_flag, json_object, number,
+    parse_with_config, run_command,
+)
 from magsd_timm.errors import BadInputError, display
 from magsd_timm.data.dataset import BalancedSampler, CXRDataset, open_dataset
 from magsd_timm.data.transforms import AUGMENTATIONS, build_transforms, resolve_cxr_data_config
@@ -46,73 +50,78 @@ from magsd_timm.train.optim import SCHEDULES, TIMM_SCHEDULES, create_optimizer, 
 from magsd_timm.train.run_folder import BEST, FINAL, RunFolder, TrainingRun, setting_differences
 
 BEST_METRICS = ('macro_f1', 'accuracy')
-# What --lr, --weight-decay, --sched and --warmup-epochs default to. 'paper' is the authors' recipe: its
-# x100-scaled, bias-free head moves the logits by about 1e4 x lr per SGD step, and raw cross-entropy
-# jumps (1.3 -> 5.4 on the bundled sample, 3.7 with a spike to 2.1 on real data; README, "Training
-# recipe"). 'stable' (AdamW, warmup, cosine) was the best of the fixes measured there.
-RECIPES = {
-    'paper': dict(lr=1e-3, weight_decay=5e-4, sched='step', warmup_epochs=0.),
-    'stable': dict(lr=3e-4, weight_decay=0.05, sched='cosine', warmup_epochs=1.),
-}
+RECORD_ONLY = ('command',)  # what args.yaml records beside the settings: a config file may hold it, it sets nothing
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    add_config_flag(parser, 'a YAML file of settings (keys as in a run\'s args.yaml), e.g. '
+                            'recipes/configs/paper.yaml or RUN/args.yaml to replay a run; flags override it')
+    group = parser.add_argument_group('model')
+    group.add_argument('--model', default='magsd_resnet18', help='magsd_* model (or, with --method baseline, any)')
+    group.add_argument('--method', default='magsd', choices=['magsd', 'baseline'],
+                       help='baseline: the plain backbone with cross-entropy, for ablations')
+    group.add_argument('--model-kwargs', type=json_object, default={}, help='JSON object of extra model arguments')
+    group.add_argument('--pretrained', action=argparse.BooleanOptionalAction, default=False,
+                       help='start from pretrained (backbone) weights')
+    group = parser.add_argument_group('data')
+    group.add_argument('--data', default=None,
+                       help='prepared dataset folder, image folder, hf-hub:ORG/NAME (default: the bundled sample)')
+    group.add_argument('--img-size', type=number(int, MIN_INPUT_SIDE, MAX_INPUT_SIDE), default=224,
+                       help='input side in pixels (the film is resized whole, aspect not kept)')
+    group.add_argument('--augment', default='mild', choices=AUGMENTATIONS,
+                       help="training augmentation: 'published' is the paper's, 'mild' keeps the anatomy")
+    group.add_argument('--balance', default='none', choices=['none', 'sampler', 'loss'],
+                       help='class balance: draw classes equally often, or weight the cross-entropy')
+    group.add_argument('--batch-size', type=number(int, 1), default=8, help='images per step and process')
+    group.add_argument('--workers', type=number(int, 0), default=0, help='data loader worker processes')
+    group = parser.add_argument_group('optimisation (the authors\' recipe: -c recipes/configs/paper.yaml)')
+    group.add_argument('--epochs', type=number(int, 1), default=4, help='passes over the training split')
+    group.add_argument('--opt', default='adamw',
+                       help="'paper' (the authors' SGD with Nesterov momentum, all parameters decayed) or any timm "
+                            'optimizer name')
+    group.add_argument('--lr', type=number(float, 0, low_open=True), default=3e-4, help='peak learning rate')
+    group.add_argument('--momentum', type=number(float, 0, 1, high_open=True), default=0.9,
+                       help='momentum of SGD-like optimizers')
+    group.add_argument('--weight-decay', type=number(float, 0), default=0.05, help='weight decay')
+    group.add_argument('--head-lr-scale', type=number(float, 0, low_open=True), default=1.,
+                       help="multiplies the classifier's learning rate (MA-Net's x100-scaled head moves its logits "
+                            'by about 1e4 x lr per step)')
+    group.add_argument('--sched', default='cosine',
+                       help="cosine, step (the paper's x0.1 at 50%% and 83%% of the run), constant, or timm:NAME for "
+                            "timm's scheduler factory (timm:tanh, timm:poly, ...)")
+    group.add_argument('--warmup-epochs', type=number(float, 0), default=1., help='linear learning-rate warmup')
+    group.add_argument('--grad-accum', type=number(int, 1), default=1, help='steps whose gradients make one update')
+    group.add_argument('--clip-grad', type=number(float, 0, low_open=True), default=None,
+                       help='clip the gradient norm to this value (> 0)')
+    group.add_argument('--model-ema', type=number(float, 0, 1, low_open=True, high_open=True), default=None,
+                       metavar='DECAY', help='keep an EMA of the weights (0 < DECAY < 1, e.g. 0.999); it is '
+                                             'evaluated and exported')
+    group.add_argument('--label-smoothing', type=number(float, 0, 1, high_open=True), default=0.,
+                       help='baseline cross-entropy only')
+    group.add_argument('--seed', type=number(int, 0, 2 ** 32 - 1), default=0,
+                       help='seeds the weights, the split of unsplit sources, the batches and the augmentation')
+    group = parser.add_argument_group('run folder')
+    group.add_argument('--output', type=Path, default=Path('runs/magsd'), help='the run folder')
+    group.add_argument('--resume', action='store_true', help='continue from the last checkpoint in --output')
+    group.add_argument('--checkpoint-every', type=number(int, 0), default=0,
+                       help='also checkpoint every N steps (0: at epoch ends only)')
+    group.add_argument('--keep-checkpoints', type=number(int, 1), default=2, help='resumable checkpoints kept')
+    group.add_argument('--best-metric', default='macro_f1', choices=BEST_METRICS,
+                       help='the validation metric that chooses best/')
+    group = parser.add_argument_group('hardware')
+    group.add_argument('--cpu', action=argparse.BooleanOptionalAction, default=False,
+                       help='train on the CPU (Accelerator(cpu=True))')
+    group.add_argument('--mixed-precision', default=None, choices=['no', 'bf16', 'fp16'],
+                       help="default: accelerate's config")
+    add_traceback_flag(parser)
+    add_version_flag(parser)
+    return parser
 
 
 def _parse_args(argv: List[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, epilog=EXIT_CODES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--model', default='magsd_resnet18', help='magsd_* model (or, with --method baseline, any)')
-    parser.add_argument('--method', default='magsd', choices=['magsd', 'baseline'],
-                        help='baseline: the plain backbone with cross-entropy, for ablations')
-    parser.add_argument('--model-kwargs', type=json_object, default={}, help='JSON object of extra model arguments')
-    parser.add_argument('--pretrained', action='store_true', help='start from pretrained (backbone) weights')
-    parser.add_argument('--data', default=None, help='data source (default: the bundled sample)')
-    parser.add_argument('--img-size', type=number(int, MIN_INPUT_SIDE, MAX_INPUT_SIDE), default=224)
-    parser.add_argument('--augment', default='mild', choices=AUGMENTATIONS)
-    parser.add_argument('--batch-size', type=number(int, 1), default=8)
-    parser.add_argument('--epochs', type=number(int, 1), default=4)
-    parser.add_argument('--opt', default='adamw',
-                        help="adamw (default: the stable recipe), 'paper' (the authors' exact SGD Nesterov, lr 1e-3, "
-                             "weight decay 5e-4, step schedule, no warmup) or any timm optimizer name")
-    parser.add_argument('--lr', type=number(float, 0, low_open=True), default=None,
-                        help=f"default {RECIPES['stable']['lr']} ({RECIPES['paper']['lr']} with --opt paper)")
-    parser.add_argument('--momentum', type=number(float, 0, 1, high_open=True), default=0.9)
-    parser.add_argument('--weight-decay', type=number(float, 0), default=None,
-                        help=f"default {RECIPES['stable']['weight_decay']} ({RECIPES['paper']['weight_decay']} with "
-                             '--opt paper)')
-    parser.add_argument('--head-lr-scale', type=number(float, 0, low_open=True), default=1.,
-                        help="multiplies the classifier's learning rate (MA-Net's x100-scaled head moves its logits "
-                             'by about 1e4 x lr per step)')
-    parser.add_argument('--sched', default=None,
-                        help="cosine (default; step with --opt paper), step (the paper's x0.1 at 50%% and 83%% of the "
-                             "run), constant, or timm:NAME for timm's scheduler factory (timm:tanh, timm:poly, ...)")
-    parser.add_argument('--warmup-epochs', type=number(float, 0), default=None,
-                        help='linear learning-rate warmup (default 1; 0 with --opt paper)')
-    parser.add_argument('--clip-grad', type=number(float, 0, low_open=True), default=None,
-                        help='clip the gradient norm to this value (> 0)')
-    parser.add_argument('--model-ema', type=number(float, 0, 1, low_open=True, high_open=True), default=None,
-                        metavar='DECAY', help='keep an EMA of the weights (0 < DECAY < 1, e.g. 0.999); it is '
-                                              'evaluated and exported')
-    parser.add_argument('--label-smoothing', type=number(float, 0, 1, high_open=True), default=0.,
-                        help='baseline cross-entropy only')
-    parser.add_argument('--balance', default='none', choices=['none', 'sampler', 'loss'],
-                        help='class balance: draw classes equally often, or weight the cross-entropy')
-    parser.add_argument('--grad-accum', type=number(int, 1), default=1)
-    parser.add_argument('--seed', type=number(int, 0, 2 ** 32 - 1), default=0)
-    parser.add_argument('--workers', type=number(int, 0), default=0)
-    parser.add_argument('--output', type=Path, default=Path('runs/magsd'))
-    parser.add_argument('--resume', action='store_true', help='continue from the last checkpoint in --output')
-    parser.add_argument('--checkpoint-every', type=number(int, 0), default=0,
-                        help='also checkpoint every N steps (0: at epoch ends only)')
-    parser.add_argument('--keep-checkpoints', type=number(int, 1), default=2)
-    parser.add_argument('--best-metric', default='macro_f1', choices=BEST_METRICS)
-    parser.add_argument('--cpu', action='store_true', help='train on the CPU (Accelerator(cpu=True))')
-    parser.add_argument('--mixed-precision', default=None, choices=['no', 'bf16', 'fp16'],
-                        help="default: accelerate's config")
-    add_traceback_flag(parser)
-    add_version_flag(parser)
-    args = parser.parse_args(argv)
-    for key, value in RECIPES['paper' if args.opt == 'paper' else 'stable'].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    parser = _parser()
+    args = parse_with_config(parser, argv, ignore=RECORD_ONLY)
     if args.sched not in SCHEDULES and args.sched.removeprefix('timm:') not in TIMM_SCHEDULES:
         parser.error(f"--sched {args.sched}: choose {', '.join(SCHEDULES)} or timm:NAME with NAME one of "
                      f"{', '.join(TIMM_SCHEDULES)}")

@@ -135,6 +135,54 @@ def test_the_help_documents_the_exit_codes(capsys):
     assert exit_.value.code == 0 and 'Exit codes' in out and '3  training diverged' in out and '--traceback' in out
 
 
+CONFIGS = RECIPE.parent / 'configs'
+
+
+def test_the_default_config_file_is_the_trainers_defaults_every_setting_spelled_out():
+    recipe = _recipe()
+    settings = yaml.safe_load((CONFIGS / 'default.yaml').read_text())
+    assert set(settings) == set(recipe.recorded_args(recipe._parse_args([])))  # none missing, none unknown
+    assert recipe._parse_args(['-c', str(CONFIGS / 'default.yaml')]) == recipe._parse_args([])
+
+
+def test_the_paper_config_file_is_the_authors_recipe_and_flags_override_it():
+    args = _recipe()._parse_args(['-c', str(CONFIGS / 'paper.yaml'), '--epochs', '2', '--no-pretrained'])
+    assert (args.model, args.opt, args.lr, args.momentum, args.weight_decay) == ('magsd_resnet50', 'paper', 1e-3, 0.9,
+                                                                                 5e-4)
+    assert (args.sched, args.warmup_epochs, args.batch_size, args.img_size, args.augment) == ('step', 0., 16, 224,
+                                                                                           'published')
+    assert args.epochs == 2 and args.pretrained is False  # the flags given win over the file
+
+
+@pytest.mark.parametrize('text, message', [
+    ('lr: fast\n', "argument --lr: 'fast' is not a number"),
+    ('epochs: 0\n', 'argument --epochs: 0 must be >= 1'),
+    ('pretrained: yes please\n', 'pretrained must be true or false'),
+    ('learning_rate: 0.1\n', "'learning_rate' is not a setting of this command"),
+    ('traceback: true\n', "'traceback' is not a setting"),
+    ('- lr\n', 'not a mapping of settings to values'),
+    ('lr: [0.1\n', 'cannot be read as YAML'),
+    ('model: --help\n', '--model --help: unknown model'),  # a value stays a value, whatever it starts with
+])
+def test_a_config_file_is_checked_as_the_flags_are(tmp_path, capsys, text, message):
+    config = tmp_path / 'c.yaml'
+    config.write_text(text)
+    with pytest.raises(SystemExit) as exit_:
+        _recipe()._parse_args(['-c', str(config)])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_runs_args_yaml_replays_the_run_to_the_same_weights(tmp_path, trained_run, capsys):
+    replay = tmp_path / 'replay'
+    proc = _train_here(capsys, replay, '-c', trained_run / 'args.yaml')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, again = (load_file(run / 'final' / 'model.safetensors') for run in (trained_run, replay))
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    recorded, replayed = (yaml.safe_load((run / 'args.yaml').read_text()) for run in (trained_run, replay))
+    assert {k: v for k, v in replayed.items() if k not in ('output', 'command')} == \
+        {k: v for k, v in recorded.items() if k not in ('output', 'command')}
+
+
 def _train_here(capsys, output: Path, *args) -> subprocess.CompletedProcess:
     """The recipe's main in this process (no interpreter start-up): (exit code, stdout, stderr)."""
     code = _recipe().main(['--output', str(output), *FAST, *map(str, args)])
