@@ -1,8 +1,21 @@
-"""Hugging Face Hub side of magsd-timm (importable as magsd_timm.hub): push, pull, and the cards."""
-from ..train.run_folder import TrainingRun, find_run
-from .cards import render_model_card
-from .pull import checkpoint_config, load, resolve_model_name
-from .push import PushError, push_dataset, push_model, stage_dataset, stage_model
+"""Hugging Face Hub side of magsd-timm (importable as magsd_timm.hub): push, pull, and the cards.
 
-__all__ = ['PushError', 'TrainingRun', 'checkpoint_config', 'find_run', 'load', 'push_dataset', 'push_model', 'render_model_card',
-           'resolve_model_name', 'stage_dataset', 'stage_model']
+The names below load on first use, so that the command line's parsers (``magsd_timm.hub.cli``) start
+without torch, timm or huggingface_hub.
+"""
+import importlib
+from typing import Any
+
+_WHERE = {
+    'TrainingRun': '..train.run_folder', 'find_run': '..train.run_folder', 'render_model_card': '.cards',
+    'checkpoint_config': '.pull', 'load': '.pull', 'resolve_model_name': '.pull', 'PushError': '.push',
+    'push_dataset': '.push', 'push_model': '.push', 'stage_dataset': '.push', 'stage_model': '.push',
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    """A public name, imported from its module the first time it is asked for."""
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name], __name__), name)

@@ -1,24 +1,11 @@
-"""magsd-hub: push trained checkpoints and prepared datasets to the Hugging Face Hub.
-
-Exit codes:
-  0  pushed (or staged, with --dry-run)
-  1  the Hub refused or failed the push, or could not be reached (nothing was committed; run it again)
-  2  bad arguments or local input: missing, invalid or untrusted checkpoint (pickle-only, NaN or
-     non-float weights, an invalid temperature, weights that do not fit their config), not a prepared
-     dataset, a non-empty --dry-run folder
-An error prints one line; --traceback (or MAGSD_TRACEBACK=1) prints its traceback as well.
-"""
+"""magsd-hub: push trained checkpoints and prepared datasets to the Hugging Face Hub (also magsd push-model, ...)."""
 import argparse
 from typing import List, Optional
 
-from huggingface_hub import get_token
-
-from ..console import add_traceback_flag, add_version_flag, run_command
-
+from ..console import EXIT_CODES, HelpFormatter, add_traceback_flag, add_version_flag, run_command
 from ..errors import display
-from .push import push_dataset, push_model
 
-__all__ = ['main']
+__all__ = ['add_push_commands', 'main', 'run_push']
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +14,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     visibility.add_argument('--private', dest='private', action='store_true', default=None,
                             help='create the repo private (an existing repo keeps its visibility)')
     visibility.add_argument('--public', dest='private', action='store_false', help='create the repo public')
-    parser.add_argument('--revision', default=None, help='branch to commit to (created from main if missing)')
-    parser.add_argument('--commit-message', default=None)
+    parser.add_argument('--revision', default=None, help='branch to commit to (default: main; created if missing)')
+    parser.add_argument('--commit-message', default=None, help='the commit message (default: says what is pushed)')
     parser.add_argument('--dry-run', metavar='DIR', default=None,
                         help='write the exact folder that would be uploaded to DIR (new or empty) and stop')
     parser.add_argument('--token', default=None,
@@ -36,30 +23,36 @@ def _common(parser: argparse.ArgumentParser) -> None:
     add_traceback_flag(parser)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog='magsd-hub', description=__doc__.split('\n\n')[0],
-        epilog=__doc__.split('\n\n', 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_version_flag(parser)
-    commands = parser.add_subparsers(dest='command', required=True)
+def add_push_commands(commands: 'argparse._SubParsersAction') -> None:
+    """The push-model and push-dataset sub-commands, for magsd-hub and magsd alike."""
     model = commands.add_parser(
         'push-model', help='push a trained checkpoint as a timm model repo with its model card',
-        description='Push model.safetensors, config.json and a generated model card (README.md) in one commit.')
+        description='Push model.safetensors, config.json and a generated model card (README.md) in one commit.',
+        epilog=EXIT_CODES, formatter_class=HelpFormatter)
     model.add_argument('output_dir', help='training output folder (recipes/train.py --output; its best/ is '
                                           'pushed) or a checkpoint folder with config.json and model.safetensors')
     _common(model)
-    model.add_argument('--license', default='apache-2.0', help='licence of the weights in the card (default apache-2.0)')
+    model.add_argument('--license', default='apache-2.0', help='licence of the weights in the card')
     model.add_argument('--dataset-id', default=None, help='Hub id of the training data, for the card')
     dataset = commands.add_parser(
         'push-dataset', help='push a prepared dataset (recipes/prepare_data.py) with its dataset card',
         description='Push parquet shards per split, the dataset card, splits.json and skipped.json in one commit; '
-                    'data shards of an earlier push are replaced.')
+                    'data shards of an earlier push are replaced.', epilog=EXIT_CODES, formatter_class=HelpFormatter)
     dataset.add_argument('prepared_dir', help='folder written by recipes/prepare_data.py')
     _common(dataset)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='magsd-hub', description=__doc__, epilog=EXIT_CODES,
+                                     formatter_class=HelpFormatter)
+    add_version_flag(parser)
+    add_push_commands(parser.add_subparsers(dest='command', required=True, metavar='COMMAND'))
     return parser
 
 
 def _push(args: argparse.Namespace) -> int:
+    from .push import push_dataset, push_model  # the Hub code loads when a push runs, not for --help
+
     common = dict(private=args.private, revision=args.revision, commit_message=args.commit_message,
                   dry_run=args.dry_run, token=args.token)
     if args.command == 'push-model':
@@ -70,8 +63,13 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_push(args: argparse.Namespace, prog: str = 'magsd-hub') -> int:
+    """Run a parsed push command; a token never reaches the terminal, whatever an error message carries."""
+    from huggingface_hub import get_token
+
+    return run_command(prog, lambda: _push(args), args.traceback, redact=(args.token, get_token()))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run one magsd-hub command; the exit code says what happened (see --help)."""
-    args = _parser().parse_args(argv)
-    # a token must never reach the terminal, whatever an error message carries
-    return run_command('magsd-hub', lambda: _push(args), args.traceback, redact=(args.token, get_token()))
+    return run_push(_parser().parse_args(argv))

@@ -1,254 +1,32 @@
-"""magsd: predict, evaluate, export and describe MA-Net checkpoints from the command line.
+"""magsd: predict, evaluate, export and describe MA-Net checkpoints, and push them to the Hub.
 
 MODEL is a registered name (magsd_resnet50, or name.tag for published weights), a Hub id
 (org/name, org/name@revision, hf-hub:org/name), or a local folder: a training output of
 recipes/train.py (its best/ checkpoint is used) or a checkpoint folder (config.json, model.safetensors).
 predict and evaluate refuse a model whose classifier was never trained (its config.json has no
-training record, as a bare registered name) unless --allow-untrained is given.
-
-Exit codes:
-  0  done
-  1  some inputs could not be read or found (each is reported; the others were processed), or the
-     disk, the network or the Hub failed
-  2  bad input: bad arguments, unknown model, unloadable, unsafe, invalid or untrained checkpoint,
-     unreadable data, or a checkpoint whose classes are not the data's
-  4  the exported model's logits differ from the eager model's (nothing was written)
-An error prints one line; --traceback (or MAGSD_TRACEBACK=1) prints its traceback as well.
+training record, as a bare registered name) unless --allow-untrained is given. push-model and
+push-dataset are magsd-hub's commands.
 """
 import argparse
-import csv
-import io
-import sys
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import List, Optional
 
-import torch
-
-from .console import EXIT_NOT_REPRODUCED, add_traceback_flag, add_version_flag, number, run_command
-from .errors import BadInputError, display
-from .hub.pull import checkpoint_config, load, resolve_model_name
-from .models.config import training_record
-from .outputs import strict_json, write_text_atomic
+from .console import EXIT_CODES, HelpFormatter, add_traceback_flag, add_version_flag, number, run_command
 
 __all__ = ['main']
 
 
-def _device(name: str) -> torch.device:
-    if name == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    return torch.device(name)
-
-
-def _open(args: argparse.Namespace, backbone_weights: bool = True) -> Tuple[torch.nn.Module, str, Dict[str, Any]]:
-    """The model with its checked weights, its resolved timm name, and its checked checkpoint config.
-
-    Anything with a config.json (a folder, a Hub repo, a published tag) loads and checks its weights; a
-    registered name without them gets its backbone's ImageNet weights when backbone_weights is set.
-    """
-    name = resolve_model_name(args.model)
-    config = checkpoint_config(name)
-    pretrained = bool(config) or backbone_weights
-    if getattr(args, 'allow_untrained', True) is False and training_record(config) is None:
-        raise BadInputError(
-            f'{display(args.model)} has no trained classifier: its config records no training, so its class '
-            'probabilities would mean nothing. Use a training output of recipes/train.py (or its best/ folder), '
-            'or a Hub repo pushed from one with magsd-hub push-model; --allow-untrained runs it anyway.')
-    model = load(name, pretrained=pretrained, allow_pickle=args.allow_pickle, config=config).eval()
-    return model, name, config
-
-
-def _temperature(config: Dict[str, Any]) -> float:
-    return float(config.get('temperature', 1.0))  # checkpoint_config refused an invalid one
-
-
-def _label_names(model: torch.nn.Module) -> List[str]:
-    names = model.pretrained_cfg.get('label_names')
-    return list(names) if names and len(names) == model.num_classes else [str(i) for i in range(model.num_classes)]
-
-
-# ---- predict ------------------------------------------------------------------------------------
-
-def _predictions_text(predictions, label_names: List[str], fmt: str, model: str, failures) -> str:
-    if fmt == 'json':
-        return strict_json({
-            'model': display(model),
-            'predictions': [{'file': display(p.path), 'predicted': p.predicted, 'probabilities': p.probabilities,
-                             **({'heatmap': display(p.heatmap)} if p.heatmap else {})} for p in predictions],
-            'failed': [{'file': display(f), 'error': display(message)} for f, message in failures]})
-    if fmt == 'csv':
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(['file', 'predicted', *label_names, 'heatmap'])
-        for p in predictions:
-            writer.writerow([display(p.path), p.predicted, *(f'{p.probabilities[c]:.6f}' for c in label_names),
-                             display(p.heatmap) if p.heatmap else ''])
-        return buffer.getvalue()
-    header = ['file', 'predicted', *label_names]
-    rows = [[display(p.path), p.predicted, *(f'{p.probabilities[c]:.4f}' for c in label_names)] for p in predictions]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return '\n'.join('  '.join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]) + '\n'
-
-
-def _predict(args: argparse.Namespace) -> int:
-    from .data.transforms import build_transforms, resolve_cxr_data_config
-    from .inference import collect_inputs, predict_files
-
-    files, missing = collect_inputs(args.inputs)
-    model, name, config = _open(args)
-    if args.heatmap and not hasattr(model, 'forward_with_attention'):
-        raise BadInputError(f'--heatmap needs an MA-Net (magsd_*) model; {name} has no attention maps.')
-    data_config, label_names = resolve_cxr_data_config(model), _label_names(model)
-    predictions, unreadable = predict_files(
-        model.to(_device(args.device)), files, build_transforms(data_config), label_names, args.batch_size,
-        args.tta, _temperature(config), Path(args.heatmap) if args.heatmap else None, data_config)
-    failures = [(pattern, f'{pattern}: {reason}') for pattern, reason in missing] + unreadable
-    text = _predictions_text(predictions, label_names, args.format, args.model, failures)
-    if args.output:
-        write_text_atomic(args.output, text, 'predictions')  # a failure keeps an earlier file whole
-    else:
-        sys.stdout.write(text)
-    for _, message in failures:
-        print(f'magsd predict: {display(message)}', file=sys.stderr)
-    if failures:
-        print(f'magsd predict: {len(failures)} input(s) failed, {len(predictions)} image(s) predicted', file=sys.stderr)
-    return 1 if failures else 0
-
-
-# ---- evaluate -----------------------------------------------------------------------------------
-
-def _evaluate(args: argparse.Namespace) -> int:
-    from .data import open_dataset
-    from .data.transforms import build_transforms, resolve_cxr_data_config
-    from .evaluation import align_labels, evaluate, fit_temperature, predict_dataset, save_temperature, write_reports
-    from .inference import probabilities
-    from .metrics import classification_metrics
-
-    if args.calibrate and not resolve_model_name(args.model).startswith('local-dir:'):
-        raise BadInputError(f'--calibrate saves the temperature into the checkpoint, so it needs a local checkpoint '
-                         f'folder; {args.model} is not one. Download it first (hf download ORG/NAME --local-dir DIR).')
-    model, name, config = _open(args)
-    model.to(_device(args.device))
-    transform = build_transforms(resolve_cxr_data_config(model))
-    class_names = _label_names(model)
-
-    def split_logits(split: str):
-        # a test set changed is said (report, stderr, exit 1), never silently
-        dataset, unreadable = open_dataset(args.data, split, transform, seed=args.seed).readable()
-        for _, why in unreadable[:10]:
-            print(f'magsd evaluate: left out of the {split} split: {display(why)}', file=sys.stderr)
-        if not len(dataset):
-            raise BadInputError(f'the {split} split of {display(args.data or "the sample")} has no readable image.')
-        to_model = align_labels(class_names, dataset.class_names)
-        logits, labels = predict_dataset(model, dataset, args.batch_size, args.tta)
-        return dataset, logits, to_model[labels], unreadable
-
-    temperature, calibration, unreadable = _temperature(config), None, []
-    if args.calibrate:
-        _, cal_logits, cal_labels, skipped = split_logits(args.calibration_split)
-        unreadable += skipped
-        temperature = fit_temperature(cal_logits, cal_labels)
-        calibration = {
-            'split': args.calibration_split, 'num_images': len(cal_labels), 'temperature': temperature,
-            'ece_before': classification_metrics(probabilities(cal_logits), cal_labels, class_names, True)['ece'],
-            'ece_after': classification_metrics(probabilities(cal_logits, temperature), cal_labels, class_names,
-                                                True)['ece']}
-    dataset, logits, labels, skipped = split_logits(args.split)
-    unreadable += skipped
-    report, probs = evaluate(logits, labels, dataset, class_names, temperature, args.bootstrap, args.seed)
-    report.update(model=args.model, data=args.data or 'sample', split=args.split, tta=args.tta,
-                  unreadable=[dict(file=file, reason=why) for file, why in unreadable])
-    if calibration:
-        report['calibration'] = calibration
-    output = Path(args.output or f'eval/{args.split}')
-    if args.boxes:
-        from .localization import load_boxes, localization_report
-
-        boxes = load_boxes(args.boxes)
-        for problem in boxes.invalid[:10]:
-            print(f'magsd evaluate: left out of {display(args.boxes)}: {display(problem)}', file=sys.stderr)
-        report['localization'] = localization_report(
-            model, dataset, boxes, args.batch_size, args.bootstrap, args.seed,
-            output / 'overlays' if args.overlays else None, args.overlays)
-    written = write_reports(report, probs, labels, class_names, output)
-    if calibration:  # the checkpoint changes last, when everything else of the command has succeeded
-        save_temperature(Path(name[len('local-dir:'):]), temperature)
-    metrics, intervals = report['metrics'], report['intervals']
-    print(f"{args.split}: {report['num_images']} images, accuracy {metrics['accuracy']:.3f} "
-          f"[{intervals['accuracy'][0]:.3f}, {intervals['accuracy'][1]:.3f}], macro F1 {metrics['macro_f1']:.3f}, "
-          f"ECE {metrics['ece']:.3f}" + (f', temperature {temperature:.3f} (saved)' if calibration else '')
-          + (f"; absent classes: {', '.join(report['absent_classes'])}" if report['absent_classes'] else ''))
-    if 'localization' in report:
-        where = report['localization']
-        print(f"where it looks ({where['method']}, {where['num_images']} images with boxes): "
-              f"{where['mass_in_boxes']:.3f} of the map in the boxes (they cover {where['box_area_share']:.3f} of "
-              f"the image), peak inside {where['pointing_hit_rate']:.3f}"
-              + (f"; {where['invalid_boxes']} invalid box(es) left out" if where['invalid_boxes'] else ''))
-    print('wrote ' + ', '.join(str(p) for p in written))
-    if unreadable:
-        print(f'magsd evaluate: {len(unreadable)} unreadable image(s) left out (listed in evaluation.json)',
-              file=sys.stderr)
-    return 1 if unreadable else 0
-
-
-# ---- export -------------------------------------------------------------------------------------
-
-def _export(args: argparse.Namespace) -> int:
-    from .data.transforms import resolve_cxr_data_config
-    from .export import export_model
-
-    model, name, _ = _open(args)
-    suffix = '.onnx' if args.format == 'onnx' else '.pt'
-    output = Path(args.output or (Path(args.model).name.replace('/', '_').split('@')[0] + suffix))
-    check = export_model(model, output, args.format, resolve_cxr_data_config(model)['input_size'])
-    verdict = 'same logits' if check.ok else 'DIFFERENT logits'
-    print(f'{args.format} ({check.method}): {verdict} as eager at batch {check.batch_size}: max |diff| '
-          f'{check.max_abs_diff:.2e} (tolerance {check.tolerance:.2e}, max |logit| {check.max_abs_logit:.2f})')
-    if not check.ok:
-        print(f'magsd: the export does not reproduce the model; {output} was not written', file=sys.stderr)
-        return EXIT_NOT_REPRODUCED
-    print(f'wrote {output} (dynamic batch dimension)')
-    return 0
-
-
-# ---- info ---------------------------------------------------------------------------------------
-
-def _info(args: argparse.Namespace) -> int:
-    from .complexity import count_macs, count_parameters
-    from .data.transforms import resolve_cxr_data_config
-
-    model, name, config = _open(args, backbone_weights=False)  # a checkpoint's weights are loaded and checked
-    data_config = resolve_cxr_data_config(model)
-    info: Dict[str, Any] = {
-        'model': args.model, 'resolved': name, 'architecture': model.pretrained_cfg.get('architecture'),
-        'backbone': getattr(model, 'backbone_name', None), 'attention_maps': getattr(model, 'num_maps', None),
-        'attention_levels': getattr(model, 'attn_levels', None), 'parameters': count_parameters(model),
-        'gmacs': round(count_macs(model, data_config['input_size']) / 1e9, 3), 'num_classes': model.num_classes,
-        'label_names': _label_names(model), 'temperature': _temperature(config),
-        'trained_on': training_record(config),
-        'data_config': {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
-    }
-    if args.json:
-        print(strict_json(info))
-        return 0
-    width = max(len(k) for k in info)
-    for key, value in info.items():
-        print(f'{key.ljust(width)}  {value}')
-    return 0
-
-
-# ---- parser -------------------------------------------------------------------------------------
-
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='magsd', description=__doc__.split('\n\n')[0],
-                                     epilog=__doc__.split('\n\n', 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from .hub.cli import add_push_commands  # its parser only: the Hub code loads when a push runs
+
+    parser = argparse.ArgumentParser(prog='magsd', description=__doc__, epilog=EXIT_CODES,
+                                     formatter_class=HelpFormatter)
     add_version_flag(parser)
-    commands = parser.add_subparsers(dest='command', required=True)
+    commands = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text, epilog=__doc__.split('\n\n', 1)[1],
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-        sub.add_argument('model', metavar='MODEL', help='registered name, Hub id or local folder (see above)')
+        sub = commands.add_parser(name, help=help_text, description=help_text, epilog=EXIT_CODES,
+                                  formatter_class=HelpFormatter)
+        sub.add_argument('model', metavar='MODEL', help='registered name, Hub id or local folder (see magsd --help)')
         sub.add_argument('--allow-pickle', action='store_true',
                          help='load a checkpoint that only has pickle weights (only from a source you trust)')
         if name in ('predict', 'evaluate'):
@@ -259,44 +37,54 @@ def _parser() -> argparse.ArgumentParser:
 
     predict = command('predict', 'class probabilities of radiographs (PNG, JPEG, 16-bit, DICOM), with heat maps')
     predict.add_argument('inputs', metavar='INPUT', nargs='+', help='files, folders (searched recursively) or globs')
-    predict.add_argument('--format', choices=['table', 'json', 'csv'], default='table')
-    predict.add_argument('--output', help='write the table/JSON/CSV here instead of standard output')
+    predict.add_argument('--format', choices=['table', 'json', 'csv'], default='table', help='output format')
+    predict.add_argument('--output', help='write the table/JSON/CSV here (default: standard output)')
     predict.add_argument('--heatmap', metavar='DIR', help='write an attention overlay PNG per image to DIR')
     predict.add_argument('--tta', action='store_true', help='attention test-time augmentation (raw + attention crop)')
-    predict.add_argument('--batch-size', type=number(int, 1), default=16)
+    predict.add_argument('--batch-size', type=number(int, 1), default=16, help='images per forward pass')
     predict.add_argument('--device', default='auto', help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
 
     evaluate = command('evaluate', 'metrics with bootstrap 95%% CIs, calibration and plots on one data split')
     evaluate.add_argument('data', metavar='DATA', nargs='?', default=None,
                           help="data source: prepared folder, class folders, manifest, hf-hub:org/name "
                                "(default: the bundled sample)")
-    evaluate.add_argument('--split', default='test', choices=['train', 'validation', 'test'])
+    evaluate.add_argument('--split', default='test', choices=['train', 'validation', 'test'],
+                          help='the split to evaluate')
     evaluate.add_argument('--output', help='report folder (default: eval/SPLIT)')
     evaluate.add_argument('--bootstrap', type=number(int, 1, 1_000_000), default=1000,
-                          help='bootstrap resamples for the 95%% CIs')
+                          help='bootstrap resamples (of patients) for the 95%% CIs')
     evaluate.add_argument('--seed', type=int, default=0, help='seed of the bootstrap (and of splits made on the fly)')
     evaluate.add_argument('--calibrate', action='store_true',
                           help="fit temperature scaling on --calibration-split and save it in the checkpoint's config")
-    evaluate.add_argument('--calibration-split', default='validation', choices=['train', 'validation', 'test'])
+    evaluate.add_argument('--calibration-split', default='validation', choices=['train', 'validation', 'test'],
+                          help='the split temperature scaling is fitted on')
     evaluate.add_argument('--tta', action='store_true', help='attention test-time augmentation (raw + attention crop)')
-    evaluate.add_argument('--batch-size', type=number(int, 1), default=16)
-    evaluate.add_argument('--device', default='auto')
+    evaluate.add_argument('--batch-size', type=number(int, 1), default=16, help='images per forward pass')
+    evaluate.add_argument('--device', default='auto', help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
     evaluate.add_argument('--boxes', metavar='COCO_JSON',
                           help='score where the model looks against these boxes (e.g. lungs), matched by file name: '
                                'heat-map mass inside them and the pointing game; overlays in OUTPUT/overlays')
     evaluate.add_argument('--overlays', type=number(int, 0), default=4, help='overlay PNGs to write with --boxes')
 
     export = command('export', 'ONNX or TorchScript file with a dynamic batch dimension, checked against eager')
-    export.add_argument('--format', choices=['onnx', 'torchscript'], required=True)
+    export.add_argument('--format', choices=['onnx', 'torchscript'], required=True, help='the file format')
     export.add_argument('--output', help='file to write (default: MODEL.onnx or MODEL.pt here)')
 
     info = command('info', 'architecture, parameters, GMACs, label names and data config of a model')
-    info.add_argument('--json', action='store_true')
+    info.add_argument('--json', action='store_true', help='print JSON instead of a table')
+
+    add_push_commands(commands)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run one magsd command; the exit code says how it went (see --help)."""
     args = _parser().parse_args(argv)
-    run = {'predict': _predict, 'evaluate': _evaluate, 'export': _export, 'info': _info}[args.command]
+    if args.command.startswith('push-'):
+        from .hub.cli import run_push
+
+        return run_push(args, prog=f'magsd {args.command}')
+    from . import commands  # torch, timm and the models load here, once a command runs
+
+    run = getattr(commands, f'run_{args.command}')
     return run_command(f'magsd {args.command}', lambda: run(args), args.traceback)

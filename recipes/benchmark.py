@@ -24,6 +24,9 @@ images per second one MAG-SD training step consumes.
 Suite `trainer`: one epoch of the bundled sample through the trainer's loop (accelerate, gradient
 accumulation context, NaN guard, logging hooks) against a bare loop of the same objective.
 
+Suite `cli`: how long `--help` of the installed commands takes against starting Python (`python -c
+pass`), each in a fresh process: magsd and magsd-hub load neither torch nor timm for it.
+
 Suite `attention`: where the display map points. Synthetic images whose class is a small lesion
 pattern at a random place (magsd_timm.data.synthetic); a tiny MAG-SD model and the plain backbone
 (global pooling + linear, cross-entropy) are trained the same way on CPU, and the pointing game (the
@@ -47,7 +50,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from magsd_timm.console import EXIT_CODES, add_traceback_flag, add_version_flag, json_object
+from magsd_timm.console import EXIT_CODES, HelpFormatter, add_traceback_flag, add_version_flag, json_object
 
 CXR_DEFAULTS = dict(epochs=12, img_size=64, batch_size=32)  # sized for 2 CPU cores (README: the measured time)
 MODEL_TARGET = 1.10  # MA-Net over the plain backbone, for inference and for forward+backward
@@ -57,19 +60,18 @@ AUGMENT_LOSS_TARGET = 0.05  # share of the MAG-SD step spent in the augmentation
 Step = Callable[[], None]
 
 
-def _parse_args(argv: List[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, epilog=EXIT_CODES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--suite', default='all', choices=['model', 'step', 'data', 'trainer', 'attention', 'cxr', 'all'],
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    parser.add_argument('--suite', default='all', choices=['model', 'step', 'data', 'trainer', 'attention', 'cli', 'cxr', 'all'],
                         help="'all': every speed suite (cxr, which trains on real data, runs only when named)")
     parser.add_argument('--model', default='magsd_resnet50', help='magsd_* model to time')
     parser.add_argument('--model-kwargs', type=json_object, default={},
                         help='JSON object of its extra arguments, e.g. \'{"backbone": "convnext_tiny"}\' for magsd_custom')
     parser.add_argument('--baseline', default='resnet50', help='plain timm model to compare with')
-    parser.add_argument('--batch-size', type=int, default=8)
-    parser.add_argument('--img-size', type=int, default=224)
+    parser.add_argument('--batch-size', type=int, default=8, help='images per timed step')
+    parser.add_argument('--img-size', type=int, default=224, help='input side of the timed cases')
     parser.add_argument('--threads', type=int, default=2, help='CPU threads for torch')
-    parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
+    parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'], help='where the speed suites run')
     parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'],
                         help='autocast dtype of the MA-Net and MAG-SD cases (float32: no autocast)')
     parser.add_argument('--compile', action='store_true', help='add a torch.compile case to the step suite')
@@ -82,15 +84,20 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument('--boxes', type=Path, default=None, help='cxr: COCO boxes (e.g. lungs) to score the maps by')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='cxr: one training run per seed')
     parser.add_argument('--cxr-model', default='magsd_resnet18', help='cxr: the MA-Net (the baseline is its backbone)')
-    parser.add_argument('--cxr-epochs', type=int, default=CXR_DEFAULTS['epochs'])
-    parser.add_argument('--cxr-img-size', type=int, default=CXR_DEFAULTS['img_size'])
-    parser.add_argument('--cxr-batch-size', type=int, default=CXR_DEFAULTS['batch_size'])
+    parser.add_argument('--cxr-epochs', type=int, default=CXR_DEFAULTS['epochs'], help='cxr: epochs of every run')
+    parser.add_argument('--cxr-img-size', type=int, default=CXR_DEFAULTS['img_size'], help='cxr: input side')
+    parser.add_argument('--cxr-batch-size', type=int, default=CXR_DEFAULTS['batch_size'], help='cxr: batch size')
     parser.add_argument('--train-args', default='', help='cxr: further recipes/train.py flags for both methods')
     parser.add_argument('--bootstrap', type=int, default=1000, help='cxr: bootstrap resamples of the intervals')
     parser.add_argument('--output-dir', type=Path, default=Path('benchmark_results'),
                         help='folder for the Markdown tables (one per suite)')
     add_traceback_flag(parser)
     add_version_flag(parser)
+    return parser
+
+
+def _parse_args(argv: List[str]) -> argparse.Namespace:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.img_size < 32 or args.threads < 1 or args.min_run_time <= 0 or args.min_rounds < 1:
         parser.error('--batch-size, --threads and --min-rounds must be >= 1, --img-size >= 32, --min-run-time > 0')
@@ -503,6 +510,32 @@ def run_attention_suite(args: argparse.Namespace) -> str:
     return '\n'.join(lines)
 
 
+# ---- suite `cli`: --help of every command against starting Python ------------------------------------
+
+CLI_TARGET = 1.0  # seconds of `magsd --help` and `magsd-hub --help` on a quiet machine
+
+
+def run_cli_suite(args: argparse.Namespace) -> str:
+    """Median seconds of each command's --help in a fresh process, against `python -c pass`."""
+    import subprocess
+
+    commands = {
+        'python -c pass': [sys.executable, '-c', 'pass'],
+        'magsd --help': [sys.executable, '-m', 'magsd_timm', '--help'],
+        'magsd-hub --help': [sys.executable, '-m', 'magsd_timm.hub', '--help'],
+        'magsd predict --help': [sys.executable, '-m', 'magsd_timm', 'predict', '--help'],
+    }
+    runs = {name: (lambda argv=argv: subprocess.run(argv, stdout=subprocess.DEVNULL, check=True))
+            for name, argv in commands.items()}
+    seconds = _interleaved_medians(runs, max(1., args.min_run_time / 4), args.min_rounds)
+    python = seconds['python -c pass']
+    lines = ['| command | seconds | x python -c pass | target |', '|---|---|---|---|']
+    for name, value in seconds.items():
+        target = (f'< {CLI_TARGET:.0f} s ({_verdict(value < CLI_TARGET)})' if name.startswith('magsd') else '')
+        lines.append(f'| `{name}` | {value:.2f} | {value / python:.1f}x | {target} |')
+    return '\n'.join(lines)
+
+
 # ---- report ----------------------------------------------------------------------------------------
 
 def _verdict(ok: bool) -> str:
@@ -698,7 +731,7 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
 
 
 SUITES = {'model': run_model_suite, 'step': run_step_suite, 'data': run_data_suite,
-          'trainer': run_trainer_suite, 'attention': run_attention_suite, 'cxr': run_cxr_suite}
+          'trainer': run_trainer_suite, 'attention': run_attention_suite, 'cli': run_cli_suite, 'cxr': run_cxr_suite}
 
 
 def main(argv: List[str]) -> int:

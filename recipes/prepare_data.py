@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import List, Tuple
 
 from magsd_timm import CXR_LABEL_NAMES
-from magsd_timm.console import EXIT_CODES, add_traceback_flag, add_version_flag, number, run_command
+from magsd_timm.console import EXIT_CODES, HelpFormatter, add_traceback_flag, add_version_flag, number, run_command
 from magsd_timm.errors import BadInputError, display
 from magsd_timm.data.build import build_dataset
 from magsd_timm.outputs import check_no_overlap
@@ -30,22 +30,22 @@ from magsd_timm.data.sources import (
 )
 
 
-def _parse_args(argv: List[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, epilog=EXIT_CODES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, epilog=EXIT_CODES, formatter_class=HelpFormatter)
     parser.add_argument('output', type=Path, help='folder to write (data/, README.md, splits.json, skipped.json)')
     parser.add_argument('--folder', action='append', default=[], type=Path, help='class-per-folder tree')
     parser.add_argument('--manifest', action='append', default=[], type=Path, help='CSV or Parquet manifest')
     parser.add_argument('--kermany', type=Path, help="Kermany 'chest_xray' folder")
     parser.add_argument('--ieee8023', type=Path, help='ieee8023 covid-chestxray-dataset folder')
     parser.add_argument('--ieee8023-classes', nargs='+', default=['COVID-19'], metavar='CLASS',
-                        help="classes to take from ieee8023 (default: COVID-19, as the paper's four-class task does, "
+                        help="classes to take from ieee8023 (COVID-19 alone, as the paper's four-class task does, "
                              "with the other three from Kermany); 'all' takes every class its findings name")
     parser.add_argument('--covid-radiography', type=Path, help='COVID-19 Radiography Database folder')
     parser.add_argument('--covidx', type=Path, help='COVIDx image folder (with train/ and test/)')
     parser.add_argument('--covidx-labels', nargs='+', default=[], metavar='SPLIT=FILE',
                         help='COVIDx label files, e.g. train=train.txt test=test.txt')
-    parser.add_argument('--seed', type=number(int, 0, 2 ** 32 - 1), default=0)
+    parser.add_argument('--seed', type=number(int, 0, 2 ** 32 - 1), default=0,
+                        help='seeds the patient split, the folds and the --max-per-class draw')
     parser.add_argument('--fractions', type=number(float, 0, 1), nargs=3, default=(0.7, 0.15, 0.15),
                         metavar=('TRAIN', 'VAL', 'TEST'), help='shares of the patients per split')
     parser.add_argument('--max-per-class', type=number(int, 1), default=None, metavar='N',
@@ -57,6 +57,11 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument('--overwrite', action='store_true', help='replace an existing output')
     add_traceback_flag(parser)
     add_version_flag(parser)
+    return parser
+
+
+def _parse_args(argv: List[str]) -> argparse.Namespace:
+    parser = _parser()
     args = parser.parse_args(argv)
     unknown = [c for c in args.ieee8023_classes if c not in ('all', *CXR_LABEL_NAMES)]
     if unknown:

@@ -45,12 +45,29 @@ def test_the_console_script_runs_and_every_command_has_help_with_the_exit_codes(
     from magsd_timm.cli import main
 
     proc = magsd('predict', '--help')  # the installed script itself, once
-    assert proc.returncode == 0 and 'Exit codes:' in proc.stdout and '--allow-untrained' in proc.stdout
-    for command in ('predict', 'evaluate', 'export', 'info'):
+    assert proc.returncode == 0 and 'Exit codes' in proc.stdout and '--allow-untrained' in proc.stdout
+    for command in ('predict', 'evaluate', 'export', 'info', 'push-model', 'push-dataset'):
         with pytest.raises(SystemExit) as exit_:
             main([command, '--help'])
         out = capsys.readouterr().out
-        assert exit_.value.code == 0 and 'Exit codes:' in out and 'MODEL' in out and '--traceback' in out
+        assert exit_.value.code == 0 and '4  an exported model does not reproduce' in out and '--traceback' in out
+
+
+def test_the_hub_commands_are_magsd_sub_commands_too(trained_run, tmp_path, capsys):
+    from magsd_timm.cli import main
+
+    assert main(['push-model', str(trained_run), 'org/cxr', '--dry-run', str(tmp_path / 'staged')]) == 0
+    assert f"staged for org/cxr in {tmp_path / 'staged'}" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / 'staged').iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+
+
+def test_help_and_version_load_neither_torch_nor_timm():
+    code = ('import sys\nfrom magsd_timm.cli import main\nfrom magsd_timm.hub.cli import main as hub\n'
+            'for run, argv in ((main, ["--help"]), (main, ["push-model", "--help"]), (hub, ["--version"])):\n'
+            '    try:\n        run(argv)\n    except SystemExit:\n        pass\n'
+            'print(sorted(m for m in ("torch", "timm", "huggingface_hub", "numpy") if m in sys.modules))')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == '[]'
 
 
 def test_predict_prints_probabilities_of_the_bundled_radiographs(trained_run, tmp_path):

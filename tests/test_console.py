@@ -121,3 +121,38 @@ def test_every_command_says_its_version(capsys):
         with pytest.raises(SystemExit) as exit_:
             command(['--version'])
         assert exit_.value.code == 0 and capsys.readouterr().out.endswith(f' (magsd-timm) {magsd_timm.__version__}\n')
+
+
+def _parsers():
+    """Every command's parser, sub-commands included: magsd, magsd-hub and the recipes."""
+    import argparse
+
+    from magsd_timm.cli import _parser as magsd
+    from magsd_timm.hub.cli import _parser as magsd_hub
+    from support.recipes import load_recipe
+
+    todo = [magsd(), magsd_hub(), *(load_recipe(name)._parser() for name in ('train', 'prepare_data', 'benchmark'))]
+    while todo:
+        parser = todo.pop()
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo.extend(action.choices.values())
+
+
+def test_every_option_of_every_command_says_what_it_does_and_its_default():
+    import argparse
+
+    from magsd_timm.console import EXIT_CODES
+
+    for parser in _parsers():
+        assert parser.epilog == EXIT_CODES, parser.prog  # one exit-code table, the same everywhere
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert action.help, f'{parser.prog} {action.option_strings or action.dest}: no help'
+            flag = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))  # on or off
+            shown = flag or action.default in (None, argparse.SUPPRESS) or not action.option_strings
+            assert shown or 'default' in formatter._get_help_string(action), \
+                f'{parser.prog} {action.option_strings[-1]}: default {action.default!r} not shown'

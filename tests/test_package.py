@@ -17,6 +17,24 @@ def test_import_registers_the_models_without_opencv_datasets_matplotlib_or_the_h
     assert out == ['12']
 
 
+@pytest.mark.parametrize('imports', [
+    'import magsd_timm, timm',  # the package first: it registers the moment timm is imported
+    'import magsd_timm, importlib.util; importlib.util.find_spec("timm"); import timm',  # a check is not an import
+    'import magsd_timm; from timm.models import create_model as c; import timm',
+])
+def test_the_models_are_registered_in_whichever_order_timm_and_the_package_are_imported(imports):
+    code = (f'import sys; {imports}; print("torch" in sys.modules, len(timm.list_models("magsd_*")), '
+            'timm.__spec__.loader.__class__.__name__)')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ['True', '12', 'SourceFileLoader']  # and timm's own loader is left in its spec
+
+
+def test_importing_the_package_alone_loads_no_torch():
+    code = 'import sys, magsd_timm; print(magsd_timm.__version__, "torch" in sys.modules, "timm" in sys.modules)'
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [magsd_timm.__version__, 'False', 'False']
+
+
 def test_the_lazy_submodules_and_load_arrive_on_first_use():
     assert magsd_timm.hub.load is magsd_timm.load
     assert magsd_timm.data.open_dataset and magsd_timm.train.__name__ == 'magsd_timm.train'

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.recipes import load_recipe
 
 RECIPE = Path(__file__).resolve().parents[2] / 'recipes' / 'benchmark.py'
 SMALL = ['--model', 'magsd_custom', '--model-kwargs', '{"backbone": "test_resnet"}', '--baseline', 'test_resnet',
@@ -23,11 +24,7 @@ def _run(tmp_path: Path, *args: str) -> str:
 @pytest.fixture
 def bench_here(capsys, tmp_path):
     """The recipe's main in this process (no interpreter start-up), for suites that start no worker processes."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location('benchmark_recipe', RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_recipe('benchmark')
 
     def run(*args: str, code: int = 0) -> str:
         assert module.main([*SMALL, '--output-dir', str(tmp_path), *args]) == code
@@ -97,6 +94,14 @@ def test_data_suite_compares_a_worker_with_what_training_consumes(tmp_path):
         assert _printed_quotient(cells[2], '1000', cells[1]), cells  # images/s from ms per image
         assert _printed_quotient(cells[3], cells[2], consumed), cells  # against what one training step consumes
         assert '>= 4x' in cells[4]
+
+
+def test_cli_suite_times_the_help_of_each_command_against_starting_python(tmp_path, bench_here):
+    stdout = bench_here('--suite', 'cli')
+    rows = {line.split(' | ')[0].strip('| `'): line for line in stdout.splitlines() if line.startswith('| `')}
+    assert set(rows) == {'python -c pass', 'magsd --help', 'magsd-hub --help', 'magsd predict --help'}
+    assert '| 1.0x |' in rows['python -c pass'] and '< 1 s (' in rows['magsd --help']
+    assert (tmp_path / 'cli.md').read_text().strip() in stdout
 
 
 def test_trainer_suite_compares_the_trainer_loop_with_a_bare_loop(tmp_path, bench_here):

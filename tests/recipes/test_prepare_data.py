@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from support.files import outputs_in
+from support.recipes import load_recipe
 
 RECIPE = Path(__file__).resolve().parents[2] / 'recipes' / 'prepare_data.py'
 
@@ -17,11 +18,7 @@ def _run(*args):
 @pytest.fixture
 def run_here(capsys):
     """The recipe's main in this process (no interpreter start-up): (exit code, stdout, stderr)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location('prepare_data_recipe', RECIPE)
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    recipe = load_recipe('prepare_data')
 
     def run(*args):
         code = recipe.main([str(a) for a in args])

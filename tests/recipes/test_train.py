@@ -14,6 +14,7 @@ import yaml
 from safetensors.torch import load_file
 
 import magsd_timm  # noqa: F401  (registers the models)
+from support.recipes import load_recipe
 
 RECIPE = Path(__file__).resolve().parents[2] / 'recipes' / 'train.py'
 FAST = ['--img-size', '64', '--batch-size', '4', '--cpu']
@@ -93,12 +94,7 @@ def test_a_non_finite_loss_stops_the_run_without_saving_after_it(tmp_path, capsy
 
 
 def _recipe():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location('train_recipe', RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe('train')
 
 
 @pytest.mark.parametrize('flags, message', [
