@@ -6,20 +6,21 @@ set, a checkpoint), 1 when the work failed for another reason (the disk, the net
 when a training diverged. ``--traceback`` or ``MAGSD_TRACEBACK=1`` prints the traceback instead.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Union
 
 from .errors import BadInputError, DivergedError, display
 
 __all__ = [
     'EXIT_BAD_INPUT', 'EXIT_CODES', 'EXIT_DIVERGED', 'EXIT_FAILED', 'EXIT_NOT_REPRODUCED', 'EXIT_OK',
-    'HelpFormatter', 'add_config_flag', 'add_traceback_flag', 'add_version_flag', 'config_flags', 'error_line',
-    'exit_code', 'json_object', 'number', 'parse_with_config', 'run_command',
+    'EXTRAS', 'HelpFormatter', 'add_config_flag', 'add_traceback_flag', 'add_version_flag', 'config_flags',
+    'error_line', 'exit_code', 'extras_needed', 'json_object', 'missing_extra', 'number', 'parse_with_config', 'run_command',
 ]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_NOT_REPRODUCED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -32,6 +33,32 @@ EXIT_CODES = f"""Exit codes (magsd, magsd-hub and the recipes prepare_data.py, t
   3  training diverged (a NaN or infinite loss); the last checkpoint is kept
   4  an exported model does not reproduce the model's logits (magsd export; nothing was written)
 An error prints one line; --traceback (or {TRACEBACK_ENV}=1) prints its traceback as well."""
+
+
+# the extra of magsd-timm that installs each optional module (pyproject.toml's optional-dependencies)
+EXTRAS = {
+    'accelerate': 'train', 'cv2': 'data', 'datasets': 'data', 'torchmetrics': 'data', 'matplotlib': 'data',
+    'pydicom': 'dicom', 'onnx': 'export', 'onnxscript': 'export', 'onnxruntime': 'export',
+}
+
+
+def missing_extra(error: BaseException) -> Optional[str]:
+    """The extra to install for a module that could not be imported, or None when it is not an optional one."""
+    if not isinstance(error, ModuleNotFoundError) or not error.name:
+        return None
+    return EXTRAS.get(error.name.split('.')[0])
+
+
+@contextlib.contextmanager
+def extras_needed(prog: str) -> Iterator[None]:
+    """Around a script's imports: an optional module that is missing ends it with one line naming its extra (exit 2)."""
+    try:
+        yield
+    except ModuleNotFoundError as error:
+        if missing_extra(error) is None:
+            raise
+        print(error_line(prog, error), file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 def _hub_exit_code(error: BaseException) -> Optional[int]:
@@ -72,7 +99,11 @@ def exit_code(error: BaseException) -> int:
 def error_line(prog: str, error: BaseException) -> str:
     """One printable line for an error: the program, then the message (the error's type when unexpected)."""
     message = display(' '.join(str(error).split())) or type(error).__name__
-    if isinstance(error, KeyboardInterrupt):
+    extra = missing_extra(error)
+    if extra:
+        message = (f'this needs {error.name.split(".")[0]}, which comes with the {extra} extra: '
+                   f'pip install "magsd-timm[{extra}]"')
+    elif isinstance(error, KeyboardInterrupt):
         message = 'interrupted'
     elif not isinstance(error, (ValueError, OSError, ImportError, DivergedError, RuntimeError)):
         message = f'unexpected {type(error).__name__}: {message} (run again with --traceback and report it)'
@@ -190,7 +221,7 @@ def number(kind: type = float, low: Optional[float] = None, high: Optional[float
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not {'an integer' if kind is int else 'a number'}")
+            raise argparse.ArgumentTypeError(f"'{text}' is not {'an integer' if kind is int else 'a number'}") from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
         if low is not None and (value < low or (low_open and value == low)):
@@ -209,7 +240,7 @@ def json_object(text: str) -> dict:
     try:
         value = json.loads(text)
     except ValueError as e:
-        raise argparse.ArgumentTypeError(f'not valid JSON ({e})')
+        raise argparse.ArgumentTypeError(f'not valid JSON ({e})') from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f'a JSON object ({{"key": value}}) is expected, not {type(value).__name__}')
     return value

@@ -15,13 +15,13 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from .errors import BadInputError
 from .data.dataset import CXRDataset
+from .errors import BadInputError
 from .inference import model_logits, probabilities
 from .metrics import SCALARS, bootstrap_intervals, classification_metrics, metric_cell, metrics_markdown
-from .tables import markdown_table
 from .models.config import TEMPERATURE_RANGE, check_temperature
 from .outputs import atomic_path, strict_json, write_text_atomic
+from .tables import markdown_table
 
 __all__ = ['CalibrationError', 'LabelMismatchError', 'MIN_CALIBRATION_IMAGES', 'TEMPERATURE_RANGE', 'align_labels',
            'evaluate', 'fit_temperature', 'per_source_metrics', 'predict_dataset', 'report_markdown',

@@ -82,13 +82,10 @@ def export_model(model: nn.Module, path: Path, fmt: str, input_size: Sequence[in
     """Export model (eval, CPU, fp32) and check the file's logits on a batch of 3 against eager's; path if it passes."""
     if fmt not in FORMATS:
         raise ValueError(f"Unknown export format '{fmt}': choose one of {', '.join(FORMATS)}.")
-    if fmt == 'onnx':
-        try:
-            import onnxruntime  # noqa: F401
-            import onnxscript  # noqa: F401
-        except ImportError as e:
-            raise ImportError(f'ONNX export needs onnx, onnxscript and onnxruntime ({e.name} is missing): '
-                              'pip install "magsd-timm[export]"') from e
+    if fmt == 'onnx':  # before any work: a missing module names the export extra (console.missing_extra)
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
     model = model.eval().float().cpu()
     path = Path(path)
     generator = torch.Generator().manual_seed(0)

@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 
 from .augment import mean_attention_crop
-from .errors import BadInputError, display
 from .data.reader import ImageReadError, read_image
+from .errors import BadInputError, display
 from .explain import save_overlay
 from .models import display_map
 

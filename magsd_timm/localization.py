@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from .errors import BadInputError, display
 from .data.dataset import CXRDataset
+from .errors import BadInputError, display
 from .explain import attention_heatmap, grad_cam, save_overlay
 from .metrics import group_resamples, percentile_interval
 from .models.config import is_finite_number

@@ -42,8 +42,12 @@ def classification_metrics(
     stay over all classes.
     """
     from torchmetrics.functional.classification import (
-        multiclass_accuracy, multiclass_auroc, multiclass_average_precision, multiclass_calibration_error,
-        multiclass_confusion_matrix, multiclass_f1_score,
+        multiclass_accuracy,
+        multiclass_auroc,
+        multiclass_average_precision,
+        multiclass_calibration_error,
+        multiclass_confusion_matrix,
+        multiclass_f1_score,
     )
 
     num_classes = len(class_names)

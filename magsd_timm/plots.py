@@ -2,9 +2,9 @@
 from pathlib import Path
 from typing import Any, Dict, Sequence
 
+import matplotlib
 import torch
 
-import matplotlib
 matplotlib.use('Agg')  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 

@@ -62,7 +62,8 @@ Step = Callable[[], None]
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, epilog=EXIT_CODES, formatter_class=HelpFormatter)
-    parser.add_argument('--suite', default='all', choices=['model', 'step', 'data', 'trainer', 'attention', 'cli', 'cxr', 'all'],
+    parser.add_argument('--suite', default='all',
+                        choices=['model', 'step', 'data', 'trainer', 'attention', 'cli', 'cxr', 'all'],
                         help="'all': every speed suite (cxr, which trains on real data, runs only when named)")
     parser.add_argument('--model', default='magsd_resnet50', help='magsd_* model to time')
     parser.add_argument('--model-kwargs', type=json_object, default={},
@@ -115,6 +116,7 @@ def _batch(args: argparse.Namespace, channels_last: bool = False) -> Tuple[torch
 
 def _create(name: str, args: argparse.Namespace, channels_last: bool = False) -> torch.nn.Module:
     import timm
+
     import magsd_timm  # noqa: F401  (registers magsd_* models)
 
     torch.manual_seed(0)
@@ -331,6 +333,7 @@ def _source_images(folder: Path) -> Dict[str, List[Path]]:
     """The bundled radiographs enlarged to 1024-2048 px, as 8-bit JPEG and 16-bit PNG files."""
     import numpy as np
     from PIL import Image
+
     from magsd_timm.data.sample import sample_records
 
     files: Dict[str, List[Path]] = {'8-bit JPEG': [], '16-bit PNG': []}
@@ -348,7 +351,9 @@ def _source_images(folder: Path) -> Dict[str, List[Path]]:
 def run_data_suite(args: argparse.Namespace) -> str:
     """Images/s of one loader worker (1 thread: read, resize, CLAHE, published augmentation, normalise)."""
     import tempfile
+
     import cv2
+
     from magsd_timm.data.reader import read_image
     from magsd_timm.data.transforms import build_transforms, resolve_cxr_data_config
 
@@ -385,6 +390,7 @@ def run_trainer_suite(args: argparse.Namespace) -> str:
     """Images/s of an epoch of magsd_timm.train's train_step (accelerate) against a bare loop, same data and model."""
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
+
     from magsd_timm.data.dataset import open_dataset
     from magsd_timm.data.transforms import build_transforms, resolve_cxr_data_config
     from magsd_timm.objective import MagSDObjective
@@ -477,6 +483,7 @@ def _fit(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, epo
 def run_attention_suite(args: argparse.Namespace) -> str:
     """Pointing-game hit rates of MA-Net's display map and of Grad-CAM on the plain backbone, same training."""
     import timm
+
     from magsd_timm.data.synthetic import lesion_images
     from magsd_timm.explain import attention_heatmap, grad_cam, pointing_game
 
@@ -504,7 +511,8 @@ def run_attention_suite(args: argparse.Namespace) -> str:
              '| map | test accuracy | pointing-game hit rate | target | training s |', '|---|---|---|---|---|']
     for name, (logits, _, seconds) in rows.items():
         accuracy = (logits.argmax(dim=-1) == test_y).float().mean().item()
-        target = (f'>= {POINTING_TARGET} and >= Grad-CAM ({_verdict(magsd_hits >= POINTING_TARGET and magsd_hits >= cam_hits)})'
+        met = magsd_hits >= POINTING_TARGET and magsd_hits >= cam_hits
+        target = (f'>= {POINTING_TARGET} and >= Grad-CAM ({_verdict(met)})'
                   if 'MA-Net' in name else '')
         lines.append(f'| {name} | {accuracy:.3f} | {hits[name]:.3f} | {target} | {seconds:.0f} |')
     return '\n'.join(lines)
@@ -637,12 +645,11 @@ def _mean_std(values: List[float]) -> str:
 
 def run_cxr_suite(args: argparse.Namespace) -> str:
     """MAG-SD and the plain backbone, same data, budget and recipe, over seeds: test metrics with spreads and CIs."""
+    from magsd_timm.errors import BadInputError
     from magsd_timm.evaluation import per_source_metrics
+    from magsd_timm.localization import load_boxes, localization_report
     from magsd_timm.metrics import bootstrap_intervals, classification_metrics, defined_mean
     from magsd_timm.tables import markdown_table
-    from magsd_timm.localization import load_boxes, localization_report
-
-    from magsd_timm.errors import BadInputError
     from magsd_timm.train.run_folder import RunFolder
 
     if args.data is None:
@@ -693,13 +700,13 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
              '(training runs found complete are reused).', '']
     table = []
     for key in ('accuracy', 'macro_f1'):
-        cells = row(key, lambda m: m[key])
+        cells = row(key, lambda m, key=key: m[key])
         table.append([cells[0], f'{cells[1]} {ci("MAG-SD", key)}', f'{cells[2]} {ci("baseline", key)}'])
     cells = row('macro AUROC', lambda m: defined_mean(list(m['auroc'].values())))
     table.append(cells)
     for metric in ('sensitivity', 'specificity', 'auroc'):
         for c in class_names:
-            cells = row(f'{metric}: {c}', lambda m: m[metric][c])
+            cells = row(f'{metric}: {c}', lambda m, metric=metric, c=c: m[metric][c])
             table.append([cells[0], f'{cells[1]} {ci("MAG-SD", metric, c)}', f'{cells[2]} {ci("baseline", metric, c)}'])
     lines.append(markdown_table(['metric', 'MAG-SD', 'baseline'], table))
     gain = (statistics.mean(m['macro_f1'] for m in results['MAG-SD']['per_seed'])

@@ -19,15 +19,30 @@ from collections import Counter
 from pathlib import Path
 from typing import List, Tuple
 
-from magsd_timm import CXR_LABEL_NAMES
-from magsd_timm.console import EXIT_CODES, HelpFormatter, add_traceback_flag, add_version_flag, number, run_command
-from magsd_timm.errors import BadInputError, display
-from magsd_timm.data.build import build_dataset
-from magsd_timm.outputs import check_no_overlap
-from magsd_timm.data.sample import sample_records
-from magsd_timm.data.sources import (
-    covid_radiography_records, covidx_records, folder_records, ieee8023_records, kermany_records, manifest_records,
+from magsd_timm.console import (
+    EXIT_CODES,
+    HelpFormatter,
+    add_traceback_flag,
+    add_version_flag,
+    extras_needed,
+    number,
+    run_command,
 )
+from magsd_timm.errors import BadInputError, display
+
+with extras_needed('prepare_data'):  # opencv, datasets: pip install "magsd-timm[data]"
+    from magsd_timm import CXR_LABEL_NAMES
+    from magsd_timm.data.build import build_dataset
+    from magsd_timm.data.sample import sample_records
+    from magsd_timm.data.sources import (
+        covid_radiography_records,
+        covidx_records,
+        folder_records,
+        ieee8023_records,
+        kermany_records,
+        manifest_records,
+    )
+    from magsd_timm.outputs import check_no_overlap
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -22,32 +22,42 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import timm
-import timm.optim
-import torch
-from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, is_tensorboard_available, set_seed
-from timm.utils import ModelEmaV3
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
-
-import magsd_timm  # noqa: F401  (registers the magsd_* models)
 from magsd_timm.console import (
-    EXIT_CODES, HelpFormatter, add_config_flag, add_traceback_flag, add_version_flag, json_object, number,
-    parse_with_config, run_command,
+    EXIT_CODES,
+    HelpFormatter,
+    add_config_flag,
+    add_traceback_flag,
+    add_version_flag,
+    extras_needed,
+    json_object,
+    number,
+    parse_with_config,
+    run_command,
 )
-from magsd_timm.errors import BadInputError, display
-from magsd_timm.data.dataset import BalancedSampler, CXRDataset, open_dataset
-from magsd_timm.data.transforms import AUGMENTATIONS, build_transforms, resolve_cxr_data_config
-from magsd_timm.hub.cards import render_model_card
-from magsd_timm.models import close_matches
-from magsd_timm.models.config import MAX_INPUT_SIDE, MIN_INPUT_SIDE
-from magsd_timm.objective import MagSDObjective
-from magsd_timm.seeds import seeded_generator
-from magsd_timm.train.checkpoint import TrainProgress, latest_checkpoint, save_checkpoint
-from magsd_timm.train.loop import TrainSetup, train_step, validate
-from magsd_timm.train.optim import SCHEDULES, TIMM_SCHEDULES, create_optimizer, create_schedule, optimizer_problem
-from magsd_timm.train.run_folder import BEST, FINAL, RunFolder, TrainingRun, setting_differences
+
+with extras_needed('train'):  # accelerate, opencv, datasets: pip install "magsd-timm[train]"
+    import timm
+    import timm.optim
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, is_tensorboard_available, set_seed
+    from timm.utils import ModelEmaV3
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    import magsd_timm  # noqa: F401  (registers the magsd_* models)
+    from magsd_timm.data.dataset import BalancedSampler, CXRDataset, open_dataset
+    from magsd_timm.data.transforms import AUGMENTATIONS, build_transforms, resolve_cxr_data_config
+    from magsd_timm.errors import BadInputError, display
+    from magsd_timm.hub.cards import render_model_card
+    from magsd_timm.models import close_matches
+    from magsd_timm.models.config import MAX_INPUT_SIDE, MIN_INPUT_SIDE
+    from magsd_timm.objective import MagSDObjective
+    from magsd_timm.seeds import seeded_generator
+    from magsd_timm.train.checkpoint import TrainProgress, latest_checkpoint, save_checkpoint
+    from magsd_timm.train.loop import TrainSetup, train_step, validate
+    from magsd_timm.train.optim import SCHEDULES, TIMM_SCHEDULES, create_optimizer, create_schedule, optimizer_problem
+    from magsd_timm.train.run_folder import BEST, FINAL, RunFolder, TrainingRun, setting_differences
 
 BEST_METRICS = ('macro_f1', 'accuracy')
 RECORD_ONLY = ('command',)  # what args.yaml records beside the settings: a config file may hold it, it sets nothing
@@ -195,7 +205,8 @@ def _checked_split(dataset: CXRDataset, split: str, accelerator: Accelerator) ->
     if len(problems) > 10:
         accelerator.print(f'train: ... and {len(problems) - 10} more (all listed in skipped.json)')
     if not len(dataset):
-        raise BadInputError(f'the {split} split has no readable image: nothing to {"train" if split == "train" else "validate"} on.')
+        work = 'train' if split == 'train' else 'validate'
+        raise BadInputError(f'the {split} split has no readable image: nothing to {work} on.')
     return dataset
 
 
@@ -329,8 +340,9 @@ def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str], ru
         if accelerator.is_main_process:
             if improved:
                 training = _training_record(args, class_names, train_set, val_set, row['epoch'])
-                run.save_model(BEST, exported, class_names, data_config, training, card=lambda folder: render_model_card(
-                    exported, TrainingRun(folder, recorded, metrics, row['epoch'], command), repo_id='ORG/NAME'))
+                run.save_model(BEST, exported, class_names, data_config, training,
+                               card=lambda folder, metrics=metrics, epoch=row['epoch']: render_model_card(
+                                   exported, TrainingRun(folder, recorded, metrics, epoch, command), repo_id='ORG/NAME'))
                 run.write_best_report(metrics, row['epoch'], class_names)
             run.write_summary(summary_rows)
         bar.write(f"epoch {row['epoch']}: " + ', '.join(f'{k} {v:.4f}' for k, v in row.items() if k != 'epoch'))

@@ -4,11 +4,20 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from magsd_timm.augment import (
-    AttentionAugmentConfig, NUM_UNIFORMS, attention_boxes, attention_crop, attention_views,
-    attention_views_from_uniforms, draw_uniforms, mean_attention_crop, sample_map_indices, zoom_boxes,
+    NUM_UNIFORMS,
+    AttentionAugmentConfig,
+    attention_boxes,
+    attention_crop,
+    attention_views,
+    attention_views_from_uniforms,
+    draw_uniforms,
+    mean_attention_crop,
+    sample_map_indices,
+    zoom_boxes,
 )
 
 CFG = AttentionAugmentConfig()
@@ -128,7 +137,8 @@ def test_views_compile_as_one_graph_and_match_eager():
     images, attention = _images(4, 32, 32), torch.rand(4, 8, 4, 4, generator=torch.Generator().manual_seed(1))
     uniforms = draw_uniforms(4, torch.Generator().manual_seed(0))
     compiled = torch.compile(attention_views_from_uniforms, fullgraph=True, dynamic=False)
-    for got, expected in zip(compiled(images, attention, uniforms), attention_views_from_uniforms(images, attention, uniforms)):
+    eager = attention_views_from_uniforms(images, attention, uniforms)
+    for got, expected in zip(compiled(images, attention, uniforms), eager):
         torch.testing.assert_close(got, expected)
 
 

@@ -17,7 +17,6 @@ from timm.models import save_for_hf
 import magsd_timm
 from magsd_timm.data import build_transforms, read_image, resolve_cxr_data_config
 from magsd_timm.data.sample import sample_records
-
 from support.dicom_files import write_dicom
 
 CLI = shutil.which('magsd', path=str(Path(sys.executable).parent))  # this interpreter's script
@@ -82,7 +81,8 @@ def test_predict_prints_probabilities_of_the_bundled_radiographs(trained_run, tm
         assert set(row['probabilities']) == {'bacterial pneumonia', 'normal'}
         with torch.no_grad():
             expected = model(transform(read_image(row['file']))[None]).softmax(-1)[0]
-        assert [row['probabilities'][c] for c in ('bacterial pneumonia', 'normal')] == pytest.approx(expected.tolist(), abs=1e-5)
+        got = [row['probabilities'][c] for c in ('bacterial pneumonia', 'normal')]
+        assert got == pytest.approx(expected.tolist(), abs=1e-5)
         assert row['predicted'] == max(row['probabilities'], key=row['probabilities'].get)
         assert Path(row['heatmap']).read_bytes()[:4] == b'\x89PNG'
     assert len(list((tmp_path / 'maps').iterdir())) == 16
@@ -180,6 +180,7 @@ def _calibration_manifest(folder: Path, checkpoint: Path, magsd_here, images: in
     minimum inside the temperature range (a perfect or hopeless one would not).
     """
     import random
+
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -206,8 +207,9 @@ def test_calibration_saves_a_temperature_that_predict_then_uses(trained_run, tmp
     shutil.copytree(trained_run / 'best', checkpoint)
     image = sample_records()[0]['path']
     before = json.loads(magsd_here('predict', checkpoint, image, '--format', 'json').stdout)['predictions'][0]
-    proc = magsd_here('evaluate', checkpoint, _calibration_manifest(tmp_path / 'data', checkpoint, magsd_here), '--split', 'test', '--calibrate',
-                 '--bootstrap', '20', '--output', tmp_path / 'out')
+    manifest = _calibration_manifest(tmp_path / 'data', checkpoint, magsd_here)
+    proc = magsd_here('evaluate', checkpoint, manifest, '--split', 'test', '--calibrate', '--bootstrap', '20',
+                      '--output', tmp_path / 'out')
     assert proc.returncode == 0, proc.stderr
     temperature = json.loads((checkpoint / 'config.json').read_text())['temperature']
     report = json.loads((tmp_path / 'out' / 'evaluation.json').read_text())
@@ -285,6 +287,7 @@ def _strict_json(text: str):
 def test_predict_handles_names_that_are_not_utf8_and_bombs_and_writes_its_output_whole(trained_run, tmp_path,
                                                                                        magsd_here):
     import os
+
     from support.image_files import bomb_png
 
     folder = tmp_path / 'in'

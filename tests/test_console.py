@@ -1,12 +1,15 @@
 """The command-line convention: exit codes by kind of error, one printable line, checked flag values."""
 import argparse
 import errno
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from magsd_timm.console import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_FAILED, exit_code, json_object, number, run_command
-from magsd_timm.errors import BadInputError, DivergedError, display
 from magsd_timm.data.reader import ImageReadError
+from magsd_timm.errors import BadInputError, DivergedError, display
 from magsd_timm.hub.push import PushError
 from magsd_timm.models import UnsafeWeightsError, WeightsMismatchError
 from magsd_timm.outputs import OutputBusyError, OutputWriteError
@@ -94,7 +97,7 @@ def test_a_library_warning_is_one_line_on_stderr(capsys):
     import warnings
 
     def warns():
-        warnings.warn('first line\n   second line\n\n third', UserWarning)
+        warnings.warn('first line\n   second line\n\n third', UserWarning, stacklevel=1)
         return 0
     assert run_command('magsd predict', warns) == 0
     err = capsys.readouterr().err
@@ -156,3 +159,19 @@ def test_every_option_of_every_command_says_what_it_does_and_its_default():
             shown = flag or action.default in (None, argparse.SUPPRESS) or not action.option_strings
             assert shown or 'default' in formatter._get_help_string(action), \
                 f'{parser.prog} {action.option_strings[-1]}: default {action.default!r} not shown'
+
+
+@pytest.mark.parametrize('command, blocked, extra', [
+    (['magsd_timm', 'predict', 'MODEL', 'x.png'], 'cv2', 'data'),
+    (['magsd_timm', 'export', 'MODEL', '--format', 'onnx'], 'onnxruntime', 'export'),
+    (['recipes/train.py', '--epochs', '1'], 'accelerate', 'train'),
+])
+def test_a_missing_extra_is_one_line_that_names_it(trained_run, tmp_path, command, blocked, extra):
+    script, *argv = [str(trained_run) if a == 'MODEL' else a for a in command]
+    root = Path(__file__).resolve().parents[1]
+    run = (f'runpy.run_path({str(root / script)!r}, run_name="__main__")' if script.endswith('.py') else
+           f'runpy.run_module({script!r}, run_name="__main__")')
+    code = f'import sys, runpy\nsys.modules[{blocked!r}] = None\nsys.argv = ["prog", *{argv!r}]\n{run}'
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count('\n') == 1, proc.stderr[-2000:]
+    assert f'pip install "magsd-timm[{extra}]"' in proc.stderr and 'Traceback' not in proc.stderr

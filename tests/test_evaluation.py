@@ -7,8 +7,14 @@ import torch
 
 from magsd_timm.data import CXRDataset
 from magsd_timm.evaluation import (
-    MIN_CALIBRATION_IMAGES, CalibrationError, LabelMismatchError, align_labels, evaluate, fit_temperature,
-    save_temperature, write_reports,
+    MIN_CALIBRATION_IMAGES,
+    CalibrationError,
+    LabelMismatchError,
+    align_labels,
+    evaluate,
+    fit_temperature,
+    save_temperature,
+    write_reports,
 )
 from magsd_timm.models import ConfigError
 
@@ -88,7 +94,8 @@ def test_report_has_intervals_by_patient_per_source_results_and_plots(tmp_path):
                for i in range(12)]
     dataset = CXRDataset(records, ['a', 'b'])
     labels = torch.tensor(dataset.labels())
-    logits = torch.nn.functional.one_hot(labels, 2).float() * 3 + torch.randn(12, 2, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(12, 2, generator=torch.Generator().manual_seed(0))
+    logits = torch.nn.functional.one_hot(labels, 2).float() * 3 + noise
     report, probs = evaluate([logits], labels, dataset, ['a', 'b'], temperature=2.0, replicates=50)
     assert report['num_patients'] == 6 and report['bootstrap']['resampled'] == 'patient'
     assert torch.allclose(probs, (logits / 2).softmax(-1))

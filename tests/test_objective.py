@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 import magsd_timm  # noqa: F401  (registers the models)
-from magsd_timm.objective import MagSDObjective, VIEW_NAMES
+from magsd_timm.objective import VIEW_NAMES, MagSDObjective
 
 
 def _tiny():

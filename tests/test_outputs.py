@@ -10,8 +10,16 @@ import textwrap
 import pytest
 
 from magsd_timm.outputs import (
-    OutputBusyError, OutputWriteError, atomic_folder, atomic_path, check_no_overlap, exclusive_lock, recover_folder,
-    strict_json, write_failure, write_text_atomic,
+    OutputBusyError,
+    OutputWriteError,
+    atomic_folder,
+    atomic_path,
+    check_no_overlap,
+    exclusive_lock,
+    recover_folder,
+    strict_json,
+    write_failure,
+    write_text_atomic,
 )
 
 

@@ -38,12 +38,8 @@ def test_importing_the_package_alone_loads_no_torch():
 def test_the_lazy_submodules_and_load_arrive_on_first_use():
     assert magsd_timm.hub.load is magsd_timm.load
     assert magsd_timm.data.open_dataset and magsd_timm.train.__name__ == 'magsd_timm.train'
-    try:
-        magsd_timm.no_such_thing
-    except AttributeError as e:
-        assert "no attribute 'no_such_thing'" in str(e)
-    else:
-        raise AssertionError('an unknown attribute must raise AttributeError')
+    with pytest.raises(AttributeError, match="no attribute 'no_such_thing'"):
+        _ = magsd_timm.no_such_thing
 
 
 def test_the_card_templates_ship_with_the_hub_code():
@@ -59,3 +55,30 @@ def test_the_package_is_plain_files_so_it_installs_where_links_do_not():
         pytest.skip('not a git checkout')
     links = [line.split('\t')[1] for line in tracked.stdout.splitlines() if line.startswith('120000')]
     assert links == []  # a symbolic link checks out as a text file on Windows
+
+
+OPTIONAL = ('accelerate', 'cv2', 'datasets', 'torchmetrics', 'matplotlib', 'pydicom', 'onnx', 'onnxruntime', 'onnxscript')
+
+
+def test_creating_and_loading_a_model_needs_none_of_the_extras(trained_run):
+    # what `pip install magsd-timm` gives must do timm.create_model and magsd_timm.load (local or Hub)
+    code = (f'import sys\nfor m in {OPTIONAL!r}:\n    sys.modules[m] = None  # as if not installed\n'
+            'import magsd_timm, timm, torch\n'
+            'timm.create_model("magsd_custom", backbone="test_resnet", num_classes=2)\n'
+            f'model = magsd_timm.load({str(trained_run / "best")!r}).eval()\n'
+            'print(model(torch.zeros(1, 1, 64, 64)).shape)')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == 'torch.Size([1, 2])', out.stderr[-2000:]
+
+
+def test_each_optional_module_is_named_with_the_extra_that_installs_it():
+    import tomllib
+
+    from magsd_timm.console import EXTRAS
+
+    extras = tomllib.loads((Path(__file__).resolve().parents[1] / 'pyproject.toml').read_text())['project'][
+        'optional-dependencies']
+    assert set(EXTRAS) == set(OPTIONAL)
+    for module, extra in EXTRAS.items():
+        assert extra in extras, module
+    assert {'train', 'data', 'dicom', 'export', 'all'} <= set(extras)

@@ -19,8 +19,8 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image
 
 from ..errors import display
-from ..tables import markdown_table
 from ..outputs import atomic_folder, check_no_overlap, exclusive_lock, recover_folder, strict_json
+from ..tables import markdown_table
 from .reader import ImageReadError, is_dicom, read_image
 from .sources import Record, fold_labels
 from .splits import assign_patients, deduplicate, patient_folds, patient_split, patient_subset, source_holdout
@@ -182,7 +182,7 @@ def _build(records: Sequence[Record], output: Path, seed: int, fractions: Sequen
 
     records, label_notes = fold_labels(records)
     valid, skipped = _validated(records)
-    for record, reason in skipped:
+    for _record, reason in skipped:
         _logger.warning('skipped %s', reason)
     kept, duplicates, conflicts = deduplicate(valid)
     for record, reason in conflicts:

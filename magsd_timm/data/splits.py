@@ -100,7 +100,7 @@ def patient_split(
         raise ValueError(f'fractions {tuple(fractions)} must be three non-negative numbers summing to 1.')
     rng = random.Random(seed)
     split_of: Dict[str, str] = {}
-    for label, patients in sorted(_patients_by_label(records).items()):
+    for _label, patients in sorted(_patients_by_label(records).items()):
         rng.shuffle(patients)
         start = 0
         for split, size in zip(SPLITS, _allocate(len(patients), fractions)):
@@ -118,7 +118,7 @@ def patient_subset(records: Sequence[Record], per_class: int, seed: int = 0) -> 
     images = Counter(r['patient_id'] for r in assigned)
     rng = random.Random(seed)
     chosen = set()
-    for label, patients in sorted(_patients_by_label(assigned).items()):
+    for _label, patients in sorted(_patients_by_label(assigned).items()):
         rng.shuffle(patients)
         taken = 0
         for patient in patients:
@@ -147,7 +147,7 @@ def patient_folds(records: Sequence[Record], k: int, seed: int = 0) -> List[int]
     rng = random.Random(seed)
     fold_of: Dict[str, int] = {}
     offset = 0
-    for label, patients in sorted(_patients_by_label(records).items()):
+    for _label, patients in sorted(_patients_by_label(records).items()):
         rng.shuffle(patients)
         fold_of.update({p: (offset + i) % k for i, p in enumerate(patients)})
         offset += len(patients)  # the next label's patients continue the round, keeping folds even

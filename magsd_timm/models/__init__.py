@@ -1,7 +1,13 @@
 """MA-Net models, registered in timm's model registry on import."""
 from .config import ConfigError
 from .magsd import (
-    CXR_LABEL_NAMES, HUB_WEIGHTS, MANet, UntrainedClassifierWarning, bilinear_attention_pool, close_matches, display_map,
+    CXR_LABEL_NAMES,
+    HUB_WEIGHTS,
+    MANet,
+    UntrainedClassifierWarning,
+    bilinear_attention_pool,
+    close_matches,
+    display_map,
 )
 from .weights import UnsafeWeightsError, WeightsMismatchError, allow_pickle_weights
 

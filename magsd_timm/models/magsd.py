@@ -24,15 +24,14 @@ import re
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
+import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-import timm
+from safetensors import SafetensorError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import register_notrace_function
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
-from safetensors import SafetensorError
 
 from .config import check_head_size, check_input_size, check_model_args
 from .timm_private import FeatureGetterNet, feature_take_indices

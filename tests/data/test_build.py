@@ -115,6 +115,7 @@ def test_leave_one_source_out_and_folds(tmp_path):
 
 def test_dicom_images_are_stored_as_lossless_16_bit_png(tmp_path):
     import numpy as np
+
     from magsd_timm.data.reader import image_to_array, read_image
     from support.dicom_files import write_dicom
     pixels = (np.arange(64 * 48, dtype=np.uint16).reshape(64, 48) * 7).astype(np.uint16)

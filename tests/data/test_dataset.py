@@ -62,6 +62,7 @@ def test_untransformed_items_are_one_channel_tensors():
 
 def test_balanced_sampler_draws_classes_equally_and_repeats_per_epoch():
     from collections import Counter
+
     from magsd_timm.data.dataset import BalancedSampler
     labels = [0] * 90 + [1] * 10
     sampler = BalancedSampler(labels, seed=1)

@@ -8,7 +8,6 @@ from pydicom.uid import JPEG2000Lossless
 
 from magsd_timm.data.reader import ImageReadError, read_image
 from magsd_timm.data.sample import sample_records
-
 from support.dicom_files import write_dicom
 from support.image_files import bomb_png
 

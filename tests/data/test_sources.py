@@ -8,7 +8,12 @@ import pytest
 from PIL import Image
 
 from magsd_timm.data.sources import (
-    covid_radiography_records, covidx_records, folder_records, ieee8023_records, kermany_records, manifest_records,
+    covid_radiography_records,
+    covidx_records,
+    folder_records,
+    ieee8023_records,
+    kermany_records,
+    manifest_records,
 )
 
 

@@ -4,7 +4,12 @@ from collections import Counter
 import pytest
 
 from magsd_timm.data.splits import (
-    assign_patients, check_no_patient_overlap, deduplicate, patient_folds, patient_split, source_holdout,
+    assign_patients,
+    check_no_patient_overlap,
+    deduplicate,
+    patient_folds,
+    patient_split,
+    source_holdout,
 )
 
 

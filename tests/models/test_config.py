@@ -10,7 +10,11 @@ from timm.models import save_for_hf
 import magsd_timm  # noqa: F401  (registers the models)
 from magsd_timm.models import ConfigError, WeightsMismatchError
 from magsd_timm.models.config import (
-    MAX_INPUT_SIDE, check_checkpoint_config, check_input_size, check_temperature, training_record,
+    MAX_INPUT_SIDE,
+    check_checkpoint_config,
+    check_input_size,
+    check_temperature,
+    training_record,
 )
 
 TINY = dict(backbone='test_resnet', num_maps=4, num_classes=2)

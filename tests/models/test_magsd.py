@@ -3,9 +3,9 @@ import json
 import math
 
 import pytest
+import timm
 import torch
 import torch.nn as nn
-import timm
 from timm.models import save_for_hf
 
 import magsd_timm

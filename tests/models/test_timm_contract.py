@@ -6,8 +6,8 @@ inputs (real compute) and at the configured input size on the meta device (shape
 import fnmatch
 
 import pytest
-import torch
 import timm
+import torch
 from timm.layers import create_feature_extractor, get_graph_node_names
 from timm.models import group_parameters
 

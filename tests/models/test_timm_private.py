@@ -5,10 +5,10 @@ test fails in a less telling way.
 """
 import importlib
 
+import timm
 import torch
 
 import magsd_timm  # noqa: F401
-import timm
 
 
 def test_the_private_names_are_where_timm_keeps_them():

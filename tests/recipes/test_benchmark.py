@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from support.recipes import load_recipe
 
 RECIPE = Path(__file__).resolve().parents[2] / 'recipes' / 'benchmark.py'

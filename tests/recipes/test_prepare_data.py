@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from support.files import outputs_in
 from support.recipes import load_recipe
 

@@ -51,7 +51,8 @@ def test_a_run_leaves_checkpoints_exports_and_a_summary(tmp_path, capsys):
         assert config['pretrained_cfg']['input_size'] == [1, 64, 64]
         assert config['pretrained_cfg']['crop_mode'] == 'squash' and config['pretrained_cfg']['crop_pct'] == 1.0
         assert config['training']['img_size'] == 64 and config['training']['data'] == 'sample'
-        assert config['training']['classes'] == ['bacterial pneumonia', 'normal'] and config['training']['train_images'] == 12
+        assert config['training']['classes'] == ['bacterial pneumonia', 'normal']
+        assert config['training']['train_images'] == 12
     assert model.pretrained_cfg['input_size'] == (1, 64, 64)
     card = (out / 'best' / 'README.md').read_text()
     assert '1 x 64 x 64' in card

@@ -408,7 +408,8 @@ class _Handler(BaseHTTPRequestHandler):
                 elif key == 'lfsFile':
                     if value['oid'] not in self.hub.lfs:
                         raise HubError(422, f"LFS object of {value['path']} was never uploaded")
-                    pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{value['oid']}\nsize {value['size']}\n"
+                    pointer = (f"version https://git-lfs.github.com/spec/v1\noid sha256:{value['oid']}\n"
+                               f"size {value['size']}\n")
                     files[value['path']] = Entry(value['size'], git_blob_oid(pointer.encode()), lfs_oid=value['oid'])
                 elif key == 'deletedFile':
                     if value['path'] not in files:

@@ -28,7 +28,8 @@ def test_what_the_trainer_writes_find_run_reads_back(tmp_path):
     run.save_model(BEST, model, CLASSES, DATA_CONFIG, {'epoch': 1}, card=lambda folder: f'card of {folder.name}')
     run.write_best_report(_metrics(), 1, CLASSES)
     run.save_model(FINAL, model, CLASSES, DATA_CONFIG, {'epoch': 1})
-    run.write_summary([{'epoch': 0, 'train_loss': 1.0, 'val_accuracy': 0.5}, {'epoch': 1, 'train_loss': 0.5, 'val_accuracy': 0.75}])
+    run.write_summary([{'epoch': 0, 'train_loss': 1.0, 'val_accuracy': 0.5},
+                       {'epoch': 1, 'train_loss': 0.5, 'val_accuracy': 0.75}])
 
     found = find_run(run.path)
     assert found.checkpoint == run.path / BEST and found.epoch == 1
