@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     info = command('info', 'architecture, parameters, GMACs, label names and data config of a model')
     info.add_argument('--json', action='store_true', help='print JSON instead of a table')
 
+    zoo = commands.add_parser('zoo', help='the registered magsd_* models as a Markdown table (the README\'s)',
+                              description='Every registered magsd_* model: backbone, parameters (4 classes, 1 '
+                                          'channel, 32 maps) and what pretrained=True loads.',
+                              epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    add_traceback_flag(zoo)
+
     add_push_commands(commands)
     return parser
 

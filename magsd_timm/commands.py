@@ -1,4 +1,4 @@
-"""The bodies of magsd's commands (predict, evaluate, export, info): cli.py imports them once a command runs.
+"""The bodies of magsd's commands (predict, evaluate, export, info, zoo): cli.py imports them once a command runs.
 
 They load torch, timm and the package's models; the parser in cli.py does not, so --help is quick.
 """
@@ -17,7 +17,7 @@ from .hub.pull import checkpoint_config, load, resolve_model_name
 from .models.config import training_record
 from .outputs import strict_json, write_text_atomic
 
-__all__ = ['run_evaluate', 'run_export', 'run_info', 'run_predict']
+__all__ = ['run_evaluate', 'run_export', 'run_info', 'run_predict', 'run_zoo']
 
 
 def _device(name: str) -> torch.device:
@@ -220,4 +220,13 @@ def run_info(args: argparse.Namespace) -> int:
     width = max(len(k) for k in info)
     for key, value in info.items():
         print(f'{key.ljust(width)}  {value}')
+    return 0
+
+
+# ---- zoo ----------------------------------------------------------------------------------------
+
+def run_zoo(args: argparse.Namespace) -> int:
+    from .models.zoo import zoo_markdown
+
+    print(zoo_markdown())
     return 0

@@ -10,7 +10,7 @@ batch (one forward, BatchNorm statistics over all three).
 ``objective.backward(model, images, labels)`` back-propagates it itself, pass by pass: the raw
 target is detached, so the loss splits into one term per pass, and each pass's activations are
 freed before the next pass runs: the same gradients with one pass's activations alive at a time
-instead of four. In the README's step benchmark (``recipes/benchmark.py --suite step``) that is about
+instead of four. In the step benchmark (``recipes/benchmark.py --suite step``, docs/benchmarks.md) that is about
 a third of the step's peak memory, for a step about 4% slower on a 2-core CPU. Under
 DistributedDataParallel only the last pass synchronises the accumulated gradients. Every pass, the
 raw one included, runs through the model's own forward, so wrappers (DistributedDataParallel,

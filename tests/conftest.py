@@ -27,6 +27,13 @@ os.environ.update(
 os.environ.pop('HF_HUB_OFFLINE', None)
 
 
+def pytest_collection_modifyitems(items):
+    """A test that needs a trained run or runs a recipe end to end is slow: `-m "not slow"` leaves it out."""
+    for item in items:
+        if 'trained_run' in getattr(item, 'fixturenames', ()) or item.path.parent.name == 'recipes':
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope='session')
 def hub() -> LoopbackHub:
     """The loopback Hub server, running for the whole session."""

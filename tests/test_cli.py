@@ -40,6 +40,7 @@ def magsd_here(capsys):
     return run
 
 
+@pytest.mark.subprocess
 def test_the_console_script_runs_and_every_command_has_help_with_the_exit_codes(capsys):
     from magsd_timm.cli import main
 
@@ -60,6 +61,7 @@ def test_the_hub_commands_are_magsd_sub_commands_too(trained_run, tmp_path, caps
     assert sorted(p.name for p in (tmp_path / 'staged').iterdir()) == ['README.md', 'config.json', 'model.safetensors']
 
 
+@pytest.mark.subprocess
 def test_help_and_version_load_neither_torch_nor_timm():
     code = ('import sys\nfrom magsd_timm.cli import main\nfrom magsd_timm.hub.cli import main as hub\n'
             'for run, argv in ((main, ["--help"]), (main, ["push-model", "--help"]), (hub, ["--version"])):\n'
@@ -69,6 +71,7 @@ def test_help_and_version_load_neither_torch_nor_timm():
     assert out.splitlines()[-1] == '[]'
 
 
+@pytest.mark.subprocess
 def test_predict_prints_probabilities_of_the_bundled_radiographs(trained_run, tmp_path):
     proc = magsd('predict', trained_run, SAMPLE / 'normal', str(SAMPLE / 'pneumonia' / '*.jpeg'),
                  '--format', 'json', '--heatmap', tmp_path / 'maps')

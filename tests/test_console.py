@@ -166,6 +166,7 @@ def test_every_option_of_every_command_says_what_it_does_and_its_default():
     (['magsd_timm', 'export', 'MODEL', '--format', 'onnx'], 'onnxruntime', 'export'),
     (['recipes/train.py', '--epochs', '1'], 'accelerate', 'train'),
 ])
+@pytest.mark.subprocess
 def test_a_missing_extra_is_one_line_that_names_it(trained_run, tmp_path, command, blocked, extra):
     script, *argv = [str(trained_run) if a == 'MODEL' else a for a in command]
     root = Path(__file__).resolve().parents[1]

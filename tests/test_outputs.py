@@ -98,6 +98,7 @@ LOCK_HOLDER = """
 """
 
 
+@pytest.mark.subprocess
 def test_a_second_writer_is_refused_while_the_first_holds_the_output(tmp_path):
     output = tmp_path / 'run'
     holder = subprocess.Popen([sys.executable, '-c', textwrap.dedent(LOCK_HOLDER), str(output)],
@@ -117,6 +118,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_output(tmp_path):
                 pass
 
 
+@pytest.mark.subprocess
 def test_a_killed_holder_leaves_no_lock_behind(tmp_path):
     output = tmp_path / 'run'
     holder = subprocess.Popen([sys.executable, '-c', textwrap.dedent(LOCK_HOLDER), str(output)],

@@ -9,6 +9,7 @@ import pytest
 import magsd_timm
 
 
+@pytest.mark.subprocess
 def test_import_registers_the_models_without_opencv_datasets_matplotlib_or_the_hub_code():
     code = ('import sys, timm, magsd_timm; '
             'print(len(timm.list_models("magsd_*")), *sorted(m for m in ("cv2", "datasets", "matplotlib", '
@@ -22,6 +23,7 @@ def test_import_registers_the_models_without_opencv_datasets_matplotlib_or_the_h
     'import magsd_timm, importlib.util; importlib.util.find_spec("timm"); import timm',  # a check is not an import
     'import magsd_timm; from timm.models import create_model as c; import timm',
 ])
+@pytest.mark.subprocess
 def test_the_models_are_registered_in_whichever_order_timm_and_the_package_are_imported(imports):
     code = (f'import sys; {imports}; print("torch" in sys.modules, len(timm.list_models("magsd_*")), '
             'timm.__spec__.loader.__class__.__name__)')
@@ -29,6 +31,7 @@ def test_the_models_are_registered_in_whichever_order_timm_and_the_package_are_i
     assert out == ['True', '12', 'SourceFileLoader']  # and timm's own loader is left in its spec
 
 
+@pytest.mark.subprocess
 def test_importing_the_package_alone_loads_no_torch():
     code = 'import sys, magsd_timm; print(magsd_timm.__version__, "torch" in sys.modules, "timm" in sys.modules)'
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.split()
@@ -48,6 +51,7 @@ def test_the_card_templates_ship_with_the_hub_code():
     assert '$split_table' in hub.joinpath('dataset_card.md').read_text()
 
 
+@pytest.mark.subprocess
 def test_the_package_is_plain_files_so_it_installs_where_links_do_not():
     root = Path(__file__).resolve().parents[1]
     tracked = subprocess.run(['git', 'ls-files', '-s'], cwd=root, capture_output=True, text=True)
@@ -60,15 +64,19 @@ def test_the_package_is_plain_files_so_it_installs_where_links_do_not():
 OPTIONAL = ('accelerate', 'cv2', 'datasets', 'torchmetrics', 'matplotlib', 'pydicom', 'onnx', 'onnxruntime', 'onnxscript')
 
 
-def test_creating_and_loading_a_model_needs_none_of_the_extras(trained_run):
-    # what `pip install magsd-timm` gives must do timm.create_model and magsd_timm.load (local or Hub)
+@pytest.mark.subprocess
+def test_creating_loading_describing_and_pushing_a_model_need_none_of_the_extras(trained_run, tmp_path):
+    # what `pip install magsd-timm` gives: timm.create_model, magsd_timm.load, magsd info and push-model
     code = (f'import sys\nfor m in {OPTIONAL!r}:\n    sys.modules[m] = None  # as if not installed\n'
-            'import magsd_timm, timm, torch\n'
+            'import magsd_timm, timm, torch\nfrom magsd_timm.cli import main\n'
             'timm.create_model("magsd_custom", backbone="test_resnet", num_classes=2)\n'
             f'model = magsd_timm.load({str(trained_run / "best")!r}).eval()\n'
-            'print(model(torch.zeros(1, 1, 64, 64)).shape)')
+            'print(model(torch.zeros(1, 1, 64, 64)).shape)\n'
+            f'assert main(["info", {str(trained_run)!r}, "--json"]) == 0\n'
+            f'assert main(["push-model", {str(trained_run)!r}, "org/x", "--dry-run", {str(tmp_path / "s")!r}]) == 0\n')
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.strip() == 'torch.Size([1, 2])', out.stderr[-2000:]
+    assert out.returncode == 0 and out.stdout.startswith('torch.Size([1, 2])\n'), out.stderr[-2000:]
+    assert (tmp_path / 's' / 'model.safetensors').is_file()
 
 
 def test_each_optional_module_is_named_with_the_extra_that_installs_it():

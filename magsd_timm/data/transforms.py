@@ -18,7 +18,6 @@ dataset's own); ``'column'`` is the published z-score of each image column.
 """
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
-import cv2
 import numpy as np
 import torch
 import torch.nn as nn
@@ -50,6 +49,8 @@ class Clahe(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """CLAHE of a (1, H, W) image in [0, 1]."""
+        import cv2  # here, not at import: a data config (magsd info, a model card) needs no OpenCV
+
         pixels = (image[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
         equalised = cv2.createCLAHE(clipLimit=self.clip_limit, tileGridSize=self.tile_grid).apply(pixels)
         return torch.from_numpy(equalised).float().div_(255).unsqueeze(0)

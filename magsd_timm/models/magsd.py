@@ -58,13 +58,13 @@ def _cfg(first_conv: str = 'backbone.conv1', **kwargs: Any) -> Dict[str, Any]:
         'first_conv': first_conv, 'classifier': 'fc',
         'license': 'apache-2.0',
         'paper_name': 'Multiscale Attention Guided Network for COVID-19 Diagnosis Using Chest X-ray Images',
-        'paper_ids': 'arXiv:2012.02278',
+        'paper_ids': 'arXiv:2012.02278', 'origin_url': 'https://arxiv.org/abs/2012.02278',
         **kwargs,
     }
 
 
 # Published MA-Net weights, as 'magsd_<arch>.<tag>': cfg of the checkpoint (hf_hub_id, num_classes,
-# label_names, ...). None yet: CXR weights come from recipes/train.py + magsd-hub push-model (README,
+# label_names, ...). None yet: CXR weights come from recipes/train.py + magsd-hub push-model (docs/model.md,
 # "Pretrained tags"), and each published repo gets its entry here.
 HUB_WEIGHTS: Dict[str, Dict[str, Any]] = {}
 

@@ -72,6 +72,7 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess:
                           timeout=300, env=dict(os.environ, **env))
 
 
+@pytest.mark.subprocess
 def test_a_registered_tag_pulls_its_weights_from_the_hub(pushed):
     # a tag is one line of magsd.HUB_WEIGHTS; here the table is given one and the entry registered again
     proc = _python(f"""
@@ -95,6 +96,7 @@ def test_a_registered_tag_pulls_its_weights_from_the_hub(pushed):
     assert result['equal'] and result['labels'] == ['bacterial pneumonia', 'normal']
 
 
+@pytest.mark.subprocess
 def test_the_cache_serves_the_model_offline_without_the_server(pushed):
     timm.create_model(f'hf-hub:{REPO}', pretrained=True)  # fills the cache (HF_HOME of the test session)
     proc = _python(f"""

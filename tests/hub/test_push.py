@@ -43,6 +43,7 @@ def _no_token(proc: subprocess.CompletedProcess) -> None:
     assert TOKEN not in proc.stdout and TOKEN not in proc.stderr
 
 
+@pytest.mark.subprocess
 def test_push_model_commits_weights_config_and_card_in_one_commit(hub, trained_run):
     proc = magsd_hub('push-model', trained_run, 'tester/magsd-push')
     assert proc.returncode == 0, proc.stderr
@@ -87,6 +88,7 @@ def test_private_branch_and_commit_message(hub, trained_run, hub_here):
     assert set(repo.commits[repo.branches['main']].files) == {'.gitattributes'}  # main untouched
 
 
+@pytest.mark.subprocess
 def test_a_push_that_fails_leaves_the_repo_and_the_output_as_they_were_and_can_be_retried(hub, trained_run, hub_here):
     assert hub_here('push-model', trained_run, 'tester/magsd-retry').returncode == 0
     repo = hub.repo('tester/magsd-retry')
@@ -170,6 +172,7 @@ def prepared(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.subprocess
 def test_push_dataset_round_trips_through_load_dataset_with_its_card(hub, prepared):
     import datasets
     from huggingface_hub import DatasetCard

@@ -85,10 +85,13 @@ def test_magsd_resnet50_has_the_authors_parameter_count():
     assert model.head_hidden_size == 65_536
 
 
-def test_default_config_names_the_four_cxr_classes():
+def test_default_config_names_the_four_cxr_classes_and_where_the_model_comes_from():
     model = timm.create_model('magsd_resnet50', device='meta')
     assert tuple(model.pretrained_cfg['label_names']) == CXR_LABEL_NAMES
     assert model.pretrained_cfg['input_size'] == (1, 224, 224)
+    cfg = model.pretrained_cfg  # the fields timm's own cfgs carry
+    assert (cfg['license'], cfg['paper_ids'], cfg['origin_url']) == (
+        'apache-2.0', 'arXiv:2012.02278', 'https://arxiv.org/abs/2012.02278')
 
 
 def test_forward_with_attention_is_one_pass_giving_forward_s_logits():

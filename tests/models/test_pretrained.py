@@ -87,6 +87,7 @@ def test_pretrained_loads_backbone_imagenet_weights_with_a_one_channel_stem(pret
     assert result['model_args'] == {'backbone': BACKBONE}  # nothing that would fetch the backbone again
 
 
+@pytest.mark.subprocess
 def test_saved_pretrained_model_reloads_offline_without_the_backbone_cache(pretrained_export, tmp_path):
     _, out = pretrained_export
     config = json.loads((out / 'config.json').read_text())
@@ -109,6 +110,7 @@ WARN = """
 """
 
 
+@pytest.mark.subprocess
 def test_pretrained_without_cxr_weights_warns_once_that_the_classifier_is_untrained(hub_cache):
     result = _run(WARN, hub_cache, BACKBONE)
     assert len(result['untrained']) == 1

@@ -1,4 +1,4 @@
-"""recipes/benchmark.py runs end to end and writes the tables the README shows (timings are not judged)."""
+"""recipes/benchmark.py runs end to end and writes the tables docs/benchmarks.md shows (timings are not judged)."""
 import re
 import subprocess
 import sys
@@ -55,6 +55,7 @@ def _printed_quotient(printed: str, numerator: str, denominator: str) -> bool:
     return low - half(printed) <= value <= high + half(printed)
 
 
+@pytest.mark.subprocess
 def test_model_suite_writes_a_ratio_table_with_memory(tmp_path):
     stdout = _run(tmp_path, '--suite', 'model')
     table = (tmp_path / 'model.md').read_text()
@@ -67,6 +68,7 @@ def test_model_suite_writes_a_ratio_table_with_memory(tmp_path):
         assert re.fullmatch(r'\d+ / \d+', cells[5])
 
 
+@pytest.mark.subprocess
 def test_step_suite_compares_each_magsd_step_with_the_plain_reference(tmp_path):
     _run(tmp_path, '--suite', 'step')
     rows = [_cells(line) for line in (tmp_path / 'step.md').read_text().splitlines()[4:]]
@@ -86,6 +88,7 @@ def test_bad_arguments_are_refused_by_name(bench_here, capsys):
     assert exit_.value.code == 2 and '--batch-size' in capsys.readouterr().err
 
 
+@pytest.mark.subprocess
 def test_data_suite_compares_a_worker_with_what_training_consumes(tmp_path):
     _run(tmp_path, '--suite', 'data')
     rows = [_cells(line) for line in (tmp_path / 'data.md').read_text().splitlines()[4:]]
@@ -97,6 +100,7 @@ def test_data_suite_compares_a_worker_with_what_training_consumes(tmp_path):
         assert '>= 4x' in cells[4]
 
 
+@pytest.mark.subprocess
 def test_cli_suite_times_the_help_of_each_command_against_starting_python(tmp_path, bench_here):
     stdout = bench_here('--suite', 'cli')
     rows = {line.split(' | ')[0].strip('| `'): line for line in stdout.splitlines() if line.startswith('| `')}
@@ -148,6 +152,7 @@ def test_cxr_suite_trains_both_methods_alike_and_reports_test_metrics_per_source
     assert {'sensitivity: bacterial pneumonia', 'specificity: normal', 'auroc: normal'} <= set(rows)
     assert {'left', 'right'} & set(rows) and 'target >= +0.02' in table  # per source
     assert rows['MA-Net display map'][0] and any(k.startswith('Grad-CAM') for k in rows)
+    assert str(tmp_path) not in table and 'boxes in `boxes.json`' in table  # no path of this machine
     config = json.loads((tmp_path / 'cxr' / 'baseline-seed0' / 'final' / 'config.json').read_text())
     assert config['architecture'] == 'test_resnet'  # the MA-Net's own backbone, trained alike
     assert 'trained alike (1 epochs, 64 px, batch 4' in table  # what the runs' records say
@@ -171,6 +176,7 @@ def test_cxr_suite_trains_both_methods_alike_and_reports_test_metrics_per_source
     assert "args.yaml: not a readable record of a run's arguments" in err and err.count('\n') == 1
 
 
+@pytest.mark.subprocess
 def test_a_training_child_dies_with_a_killed_benchmark(tmp_path):
     import os
     import signal

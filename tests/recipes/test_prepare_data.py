@@ -28,6 +28,7 @@ def run_here(capsys):
     return run
 
 
+@pytest.mark.subprocess
 def test_default_is_the_bundled_sample_and_an_existing_output_is_kept(tmp_path, run_here):
     out = tmp_path / 'k16'
     proc = _run(out, '--seed', 3, '--folds', 2)

@@ -61,6 +61,7 @@ def test_a_run_leaves_checkpoints_exports_and_a_summary(tmp_path, capsys):
     assert 'import magsd_timm' in card and 'not a medical device' in card and '--epochs 2' in card
 
 
+@pytest.mark.subprocess
 def test_resume_after_sigkill_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     steady = tmp_path / 'steady'
     _train(steady, '--epochs', '2', '--checkpoint-every', '2')
@@ -245,6 +246,7 @@ def test_unreadable_images_are_skipped_and_listed_before_the_first_step(tmp_path
     assert json.loads((out / 'final' / 'config.json').read_text())['training']['train_images'] == 14
 
 
+@pytest.mark.subprocess
 def test_two_cpu_ranks_stay_in_sync_and_count_each_validation_image_once(tmp_path):
     from magsd_timm.data.sample import sample_records
     records = sample_records()
@@ -263,6 +265,7 @@ def test_two_cpu_ranks_stay_in_sync_and_count_each_validation_image_once(tmp_pat
     assert json.loads((out / 'eval_best.json').read_text())['num_samples'] == 3  # 3 images on 2 ranks: none twice
 
 
+@pytest.mark.subprocess
 def test_baseline_trains_the_plain_backbone_and_options_run(tmp_path, capsys):
     proc = _train_here(capsys, tmp_path / 'base', '--epochs', '1', '--method', 'baseline', '--label-smoothing', '0.1',
                        '--balance', 'loss')

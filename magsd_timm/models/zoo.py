@@ -1,0 +1,30 @@
+"""The model zoo as the registry holds it: each magsd_* name, its backbone, its size and the weights it loads."""
+from typing import List
+
+import timm
+
+from ..complexity import count_parameters
+from ..tables import markdown_table
+from .magsd import HUB_WEIGHTS
+
+__all__ = ['zoo_markdown', 'zoo_rows']
+
+
+def zoo_rows() -> List[List[str]]:
+    """[name, backbone, params (M), what pretrained=True loads] per registered architecture (built on 'meta')."""
+    rows = []
+    for name in timm.list_models('magsd_*'):
+        tags = sorted(tag for tag in HUB_WEIGHTS if tag.split('.')[0] == name)
+        if name == 'magsd_custom':
+            rows.append([f'`{name}`', 'any timm backbone (`backbone=...`)', '', 'the backbone\'s ImageNet weights'])
+            continue
+        model = timm.create_model(name, device='meta')
+        weights = ', '.join(f'`{tag}`' for tag in tags) or f'ImageNet backbone `{model.backbone_name}`'
+        rows.append([f'`{name}`', f'`{model.backbone_name.split(".")[0]}`',
+                     f'{count_parameters(model) / 1e6:.2f}', weights])
+    return rows
+
+
+def zoo_markdown() -> str:
+    """The zoo table of the README (`magsd zoo`): 4 classes, 1 input channel, 32 attention maps."""
+    return markdown_table(['model', 'backbone', 'params (M)', 'weights of `pretrained=True`'], zoo_rows())
