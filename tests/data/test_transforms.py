@@ -9,14 +9,7 @@ from torchvision.transforms import v2
 import magsd_timm  # noqa: F401  (registers the models)
 from magsd_timm.data.reader import read_image
 from magsd_timm.data.sample import sample_records
-from magsd_timm.data.transforms import (
-    Clahe,
-    ColumnZScore,
-    ToTensor,
-    augmentation,
-    build_transforms,
-    resolve_cxr_data_config,
-)
+from magsd_timm.data.transforms import Clahe, ColumnZScore, ToTensor, augmentation, build_transforms, resolve_cxr_data_config
 
 IMAGE = read_image(sample_records()[0]['path'])  # a real 8-bit radiograph, 1336x1000 or so
 
