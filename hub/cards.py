@@ -18,7 +18,7 @@ from timm.models import resolve_pretrained_cfg
 from ..complexity import count_macs, count_parameters
 from ..data.build import KNOWN_SOURCES
 from ..metrics import metrics_markdown
-from ..tables import markdown_table
+from ..tables import markdown_table, shown_command, shown_path
 from ..train.run_folder import TrainingRun
 
 __all__ = ['MODEL_TAGS', 'render_model_card']
@@ -127,8 +127,9 @@ def render_model_card(model: torch.nn.Module, run: TrainingRun, repo_id: str, li
         input_size=' x '.join(map(str, cfg['input_size'])), mean=tuple(cfg['mean']), std=tuple(cfg['std']),
         backbone_init=f'ImageNet weights `{base_model}`' if base_model else 'random (no pretrained backbone)',
         dataset=dataset['text'], biases=dataset['biases'],
-        command=run.command or 'not recorded',
-        args_table=markdown_table(['argument', 'value'], list(args.items()) or [['(not recorded)', '']]),
+        command=shown_command(run.command) if run.command else 'not recorded',
+        args_table=markdown_table(['argument', 'value'], [[k, shown_path(v) if isinstance(v, str) else v]
+                                                          for k, v in args.items()] or [['(not recorded)', '']]),
         evaluation=_evaluation(run, class_names),
     )
     body = Template(importlib.resources.files('magsd_timm.hub').joinpath('model_card.md').read_text())

@@ -21,7 +21,7 @@ from .inference import model_logits, probabilities
 from .metrics import SCALARS, bootstrap_intervals, classification_metrics, metric_cell, metrics_markdown
 from .models.config import TEMPERATURE_RANGE, check_temperature
 from .outputs import atomic_path, strict_json, write_text_atomic
-from .tables import markdown_table
+from .tables import markdown_table, shown_path
 
 __all__ = ['CalibrationError', 'LabelMismatchError', 'MIN_CALIBRATION_IMAGES', 'TEMPERATURE_RANGE', 'align_labels',
            'evaluate', 'fit_temperature', 'per_source_metrics', 'predict_dataset', 'report_markdown',
@@ -156,8 +156,8 @@ def evaluate(
 def report_markdown(report: Dict[str, Any], class_names: Sequence[str], title: bool = True) -> str:
     """An evaluation report (evaluate's) as Markdown: what was scored, the tables, where the model looks."""
     boot = report['bootstrap']
-    lines = [f"# Evaluation of {report.get('model', 'the model')} on {report.get('data', 'the data')} "
-             f"({report.get('split', '')})", ''] if title else []
+    model, data = shown_path(report.get('model', 'the model')), shown_path(report.get('data') or 'the data')
+    lines = [f"# Evaluation of {model} on {data} ({report.get('split', '')})", ''] if title else []
     lines += [f"{report['num_images']} images" + (f", {report['num_patients']} patients" if report['num_patients'] else '')
              + f"; temperature {report['temperature']:.3f}; attention TTA {'on' if report.get('tta') else 'off'}. "
              f"Intervals: {boot['level']:.0%} percentile bootstrap, {boot['replicates']} resamples of "

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 
 from magsd_timm.console import EXIT_CODES, HelpFormatter, add_traceback_flag, add_version_flag, json_object
 from magsd_timm.errors import display
+from magsd_timm.tables import markdown_table, shown_path
 
 CXR_DEFAULTS = dict(epochs=12, img_size=64, batch_size=32)  # sized for 2 CPU cores (docs/results.md: the measured time)
 MODEL_TARGET = 1.10  # MA-Net over the plain backbone, for inference and for forward+backward
@@ -636,16 +637,6 @@ def _test_probabilities(run: Path, args: argparse.Namespace):
     return probabilities(logits)[:, order], labels, dataset, model
 
 
-def _shown(path: Path) -> str:
-    """A path as a table may show it: relative to the working folder when inside it, else its name alone (a
-    table is published; the machine's own folders are not part of it)."""
-    path = Path(path)
-    try:
-        return display(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return display(path.name)
-
-
 def _mean_std(values: List[float]) -> str:
     """Mean ± standard deviation of the defined values ('n/a' when none is)."""
     values = [v for v in values if not math.isnan(v)]
@@ -660,7 +651,6 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
     from magsd_timm.evaluation import per_source_metrics
     from magsd_timm.localization import load_boxes, localization_report
     from magsd_timm.metrics import bootstrap_intervals, classification_metrics, defined_mean
-    from magsd_timm.tables import markdown_table
     from magsd_timm.train.run_folder import RunFolder
 
     if args.data is None:
@@ -705,7 +695,8 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
     lines = [f"MAG-SD ({shared.get('model')}) against its plain backbone, trained alike ({shared.get('epochs')} "
              f"epochs, {shared.get('img_size')} px, batch {shared.get('batch_size')}, optimizer {shared.get('opt')} "
              f"lr {shared.get('lr')}, schedule {shared.get('sched')}, as the runs' args.yaml record), seeds "
-             f"{', '.join(map(str, sorted({r.get('seed') for r in records})))}, on the test split of `{_shown(args.data)}` "
+             f"{', '.join(map(str, sorted({r.get('seed') for r in records})))}, on the test split of "
+             f"`{display(shown_path(args.data))}` "
              f"({len(results['MAG-SD']['labels'])} images): mean ± standard deviation over seeds, and the 95% "
              f"bootstrap interval (over patients) of the seed mean. {minutes:.0f} minutes for this invocation "
              '(training runs found complete are reused).', '']
@@ -738,7 +729,8 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
               markdown_table(['source', 'images', 'MAG-SD accuracy', 'MAG-SD macro F1', 'baseline accuracy',
                               'baseline macro F1'], source_rows)]
     if args.boxes:
-        where = f'Where they look, on the test images with boxes in `{_shown(args.boxes)}` (mean ± sd over seeds):'
+        where = (f'Where they look, on the test images with boxes in `{display(shown_path(args.boxes))}` '
+                 '(mean ± sd over seeds):')
         lines += ['', where, '',
                   markdown_table(['heat map', 'share inside the boxes', 'pointing game'], [
                       [results[name]['where'][0]['method'],

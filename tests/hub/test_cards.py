@@ -106,6 +106,7 @@ def test_a_datasets_name_of_any_text_round_trips_into_the_model_card(run, model,
     assert card.data.datasets == [name] and card.data.library_name == 'timm'
     assert card.data.eval_results[0].dataset_name == name
     assert '`CXR: "150" per class 胸部 #1` (a local dataset' in card.text
+    assert str(tmp_path) not in card.text and str(run.checkpoint.parent) not in card.text  # no folder of this machine
 
 
 def test_a_checkpoint_without_records_still_gets_a_card(run, model, tmp_path):
