@@ -47,15 +47,13 @@ def pytest_unconfigure(config):
 
 @pytest.fixture(scope='session')
 def trained_run(tmp_path_factory):
-    """A training output of recipes/train.py: a tiny MA-Net (timm's test_resnet), one epoch on the sample."""
-    import subprocess
-    from pathlib import Path
+    """A training output of recipes/train.py (run in this process): a tiny MA-Net (timm's test_resnet), one epoch
+    on the sample."""
+    from support.recipes import load_recipe
 
     output = tmp_path_factory.mktemp('trained') / 'run'
-    recipe = Path(__file__).resolve().parents[1] / 'recipes' / 'train.py'
-    proc = subprocess.run(
-        [sys.executable, str(recipe), '--output', str(output), '--model', 'magsd_custom', '--model-kwargs',
-         '{"backbone": "test_resnet", "num_maps": 4}', '--epochs', '1', '--img-size', '64', '--batch-size', '4',
-         '--cpu'], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code = load_recipe('train').main(['--output', str(output), '--model', 'magsd_custom', '--model-kwargs',
+                                      '{"backbone": "test_resnet", "num_maps": 4}', '--epochs', '1', '--img-size', '64',
+                                      '--batch-size', '4', '--cpu'])
+    assert code == 0
     return output

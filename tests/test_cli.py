@@ -71,10 +71,9 @@ def test_help_and_version_load_neither_torch_nor_timm():
     assert out.splitlines()[-1] == '[]'
 
 
-@pytest.mark.subprocess
-def test_predict_prints_probabilities_of_the_bundled_radiographs(trained_run, tmp_path):
-    proc = magsd('predict', trained_run, SAMPLE / 'normal', str(SAMPLE / 'pneumonia' / '*.jpeg'),
-                 '--format', 'json', '--heatmap', tmp_path / 'maps')
+def test_predict_prints_probabilities_of_the_bundled_radiographs(trained_run, tmp_path, magsd_here):
+    proc = magsd_here('predict', trained_run, SAMPLE / 'normal', str(SAMPLE / 'pneumonia' / '*.jpeg'),
+                      '--format', 'json', '--heatmap', tmp_path / 'maps')
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert len(result['predictions']) == 16 and result['failed'] == []

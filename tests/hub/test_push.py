@@ -88,14 +88,13 @@ def test_private_branch_and_commit_message(hub, trained_run, hub_here):
     assert set(repo.commits[repo.branches['main']].files) == {'.gitattributes'}  # main untouched
 
 
-@pytest.mark.subprocess
 def test_a_push_that_fails_leaves_the_repo_and_the_output_as_they_were_and_can_be_retried(hub, trained_run, hub_here):
     assert hub_here('push-model', trained_run, 'tester/magsd-retry').returncode == 0
     repo = hub.repo('tester/magsd-retry')
     head, local = repo.branches['main'], _digest(trained_run)
 
     hub.fail_next('POST', r'/api/models/tester/magsd-retry/commit/')  # after the LFS upload, at the commit
-    failed = magsd_hub('push-model', trained_run, 'tester/magsd-retry', '--license', 'cc-by-4.0')  # as users run it
+    failed = hub_here('push-model', trained_run, 'tester/magsd-retry', '--license', 'cc-by-4.0')
     assert failed.returncode == 1
     assert 'Nothing was committed' in failed.stderr and 'HTTP 500' in failed.stderr
     _no_token(failed)
@@ -172,8 +171,7 @@ def prepared(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.subprocess
-def test_push_dataset_round_trips_through_load_dataset_with_its_card(hub, prepared):
+def test_push_dataset_round_trips_through_load_dataset_with_its_card(hub, prepared, hub_here):
     import datasets
     from huggingface_hub import DatasetCard
 
@@ -181,8 +179,7 @@ def test_push_dataset_round_trips_through_load_dataset_with_its_card(hub, prepar
     from magsd_timm.data.build import load_prepared
 
     local = _digest(prepared)
-    proc = subprocess.run([sys.executable, '-m', 'magsd_timm.hub', 'push-dataset', str(prepared), 'tester/cxr',
-                           '--private'], capture_output=True, text=True, timeout=300)
+    proc = hub_here('push-dataset', prepared, 'tester/cxr', '--private')
     assert proc.returncode == 0, proc.stderr
     _no_token(proc)
     repo = hub.repo('tester/cxr', 'dataset')

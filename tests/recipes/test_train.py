@@ -20,14 +20,6 @@ RECIPE = Path(__file__).resolve().parents[2] / 'recipes' / 'train.py'
 FAST = ['--img-size', '64', '--batch-size', '4', '--cpu']
 
 
-def _train(output: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, str(RECIPE), '--output', str(output), *FAST, *args],
-                          capture_output=True, text=True, timeout=600)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
 def test_a_run_leaves_checkpoints_exports_and_a_summary(tmp_path, capsys):
     out = tmp_path / 'run'
     proc = _train_here(capsys, out, '--epochs', '2')
@@ -62,9 +54,9 @@ def test_a_run_leaves_checkpoints_exports_and_a_summary(tmp_path, capsys):
 
 
 @pytest.mark.subprocess
-def test_resume_after_sigkill_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+def test_resume_after_sigkill_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, capsys):
     steady = tmp_path / 'steady'
-    _train(steady, '--epochs', '2', '--checkpoint-every', '2')
+    assert _train_here(capsys, steady, '--epochs', '2', '--checkpoint-every', '2').returncode == 0
 
     killed = tmp_path / 'killed'
     proc = subprocess.Popen([sys.executable, str(RECIPE), '--output', str(killed), *FAST, '--epochs', '2',
@@ -76,7 +68,8 @@ def test_resume_after_sigkill_ends_with_the_weights_of_an_uninterrupted_run(tmp_
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / 'final').exists()  # it really died before the end
-    _train(killed, '--epochs', '2', '--checkpoint-every', '2', '--resume')
+    resumed = _train_here(capsys, killed, '--epochs', '2', '--checkpoint-every', '2', '--resume')
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     a, b = load_file(steady / 'final' / 'model.safetensors'), load_file(killed / 'final' / 'model.safetensors')
     assert a.keys() == b.keys()
@@ -265,15 +258,16 @@ def test_two_cpu_ranks_stay_in_sync_and_count_each_validation_image_once(tmp_pat
     assert json.loads((out / 'eval_best.json').read_text())['num_samples'] == 3  # 3 images on 2 ranks: none twice
 
 
-@pytest.mark.subprocess
 def test_baseline_trains_the_plain_backbone_and_options_run(tmp_path, capsys):
     proc = _train_here(capsys, tmp_path / 'base', '--epochs', '1', '--method', 'baseline', '--label-smoothing', '0.1',
                        '--balance', 'loss')
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = json.loads((tmp_path / 'base' / 'final' / 'config.json').read_text())
     assert config['architecture'] == 'resnet18' and config['num_classes'] == 2
-    _train(tmp_path / 'opts', '--epochs', '2', '--model-ema', '0.9', '--clip-grad', '1', '--opt', 'adamw', '--lr',
-           '1e-4', '--sched', 'timm:tanh', '--warmup-epochs', '0.5', '--balance', 'sampler', '--grad-accum', '2')
+    proc = _train_here(capsys, tmp_path / 'opts', '--epochs', '2', '--model-ema', '0.9', '--clip-grad', '1', '--opt',
+                       'adamw', '--lr', '1e-4', '--sched', 'timm:tanh', '--warmup-epochs', '0.5', '--balance', 'sampler',
+                       '--grad-accum', '2')
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / 'opts' / 'final' / 'model.safetensors').exists()
     lrs = [float(line.split(',')[1]) for line in (tmp_path / 'opts' / 'summary.csv').read_text().splitlines()[1:]]
     assert len(lrs) == 2 and lrs[0] != lrs[1]  # the factory's schedule moved the learning rate
