@@ -43,11 +43,17 @@ def hub_cache(tmp_path_factory) -> Path:
 
 
 LOAD = """
-    import json, sys, torch, timm, magsd_timm
+    import json, sys, warnings, torch, timm, magsd_timm
     from safetensors.torch import load_file
     from timm.models import save_for_hf
+    from magsd_timm.models import UntrainedClassifierWarning
 
-    model = timm.create_model('magsd_custom', backbone=sys.argv[1], pretrained=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        model = timm.create_model('magsd_custom', backbone=sys.argv[1], pretrained=True)
+        timm.create_model('magsd_custom', backbone=sys.argv[1], pretrained=True)
+        timm.create_model('magsd_custom', backbone=sys.argv[1])  # no pretrained weights asked: nothing to say
+    untrained = [str(w.message) for w in caught if issubclass(w.category, UntrainedClassifierWarning)]
     source = load_file(sys.argv[2])
     backbone = model.backbone.state_dict()
     stem = model._traits['first_conv'][len('backbone.'):] + '.weight'
@@ -58,7 +64,8 @@ LOAD = """
         others_equal=others_equal, stem_shape=list(backbone[stem].shape),
         model_args=model._model_args, head_in_source='fc.weight' in source and source['fc.weight'].shape[0],
         fc_shape=list(model.fc.weight.shape),
-        attention_bn_fresh=all(bool((a[1].running_mean == 0).all()) for a in model.attention))))
+        attention_bn_fresh=all(bool((a[1].running_mean == 0).all()) for a in model.attention),
+        untrained=untrained)))
 """
 
 RELOAD = """
@@ -97,22 +104,8 @@ def test_saved_pretrained_model_reloads_offline_without_the_backbone_cache(pretr
     assert _run(RELOAD, empty_home, str(out))['equal']
 
 
-WARN = """
-    import json, sys, warnings, timm, magsd_timm
-    from magsd_timm.models import UntrainedClassifierWarning
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
-        for _ in range(2):
-            timm.create_model('magsd_custom', backbone=sys.argv[1], pretrained=True)
-        timm.create_model('magsd_custom', backbone=sys.argv[1])  # no pretrained weights asked: nothing to say
-    untrained = [str(w.message) for w in caught if issubclass(w.category, UntrainedClassifierWarning)]
-    print(json.dumps(dict(untrained=untrained)))
-"""
-
-
-@pytest.mark.subprocess
-def test_pretrained_without_cxr_weights_warns_once_that_the_classifier_is_untrained(hub_cache):
-    result = _run(WARN, hub_cache, BACKBONE)
+def test_pretrained_without_cxr_weights_warns_once_that_the_classifier_is_untrained(pretrained_export):
+    result, _ = pretrained_export  # a fresh process: two pretrained builds, then one without weights
     assert len(result['untrained']) == 1
     assert 'magsd_custom has no published chest X-ray weights' in result['untrained'][0]
     assert 'classifier are untrained' in result['untrained'][0]

@@ -88,9 +88,8 @@ def test_bad_arguments_are_refused_by_name(bench_here, capsys):
     assert exit_.value.code == 2 and '--batch-size' in capsys.readouterr().err
 
 
-@pytest.mark.subprocess
-def test_data_suite_compares_a_worker_with_what_training_consumes(tmp_path):
-    _run(tmp_path, '--suite', 'data')
+def test_data_suite_compares_a_worker_with_what_training_consumes(tmp_path, bench_here):
+    bench_here('--suite', 'data')
     rows = [_cells(line) for line in (tmp_path / 'data.md').read_text().splitlines()[4:]]
     assert [r[0] for r in rows[:2]] == ['8-bit JPEG', '16-bit PNG']
     consumed = rows[2][2].split()[0]
