@@ -3,8 +3,7 @@
 The names below load on first use, so that the command line's parsers (``magsd_timm.hub.cli``) start
 without torch, timm or huggingface_hub.
 """
-import importlib
-from typing import Any
+from ..lazy import lazy_attributes
 
 _WHERE = {
     'TrainingRun': '..train.run_folder', 'find_run': '..train.run_folder', 'render_model_card': '.cards',
@@ -14,8 +13,4 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
-def __getattr__(name: str) -> Any:
-    """A public name, imported from its module the first time it is asked for."""
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_WHERE[name], __name__), name)
+__getattr__ = lazy_attributes(__name__, _WHERE)

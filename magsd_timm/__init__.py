@@ -9,7 +9,9 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
-from typing import Any, Optional
+from typing import Optional
+
+from .lazy import lazy_attributes
 
 __version__ = '0.1.0'
 _WHERE = {
@@ -21,13 +23,7 @@ _WHERE = {
 __all__ = sorted(_WHERE) + ['__version__']
 
 
-def __getattr__(name: str) -> Any:
-    """A public name or a submodule, imported the first time it is asked for."""
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name], __name__), name)
-    if importlib.util.find_spec(f'{__name__}.{name}') is not None:
-        return importlib.import_module(f'.{name}', __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _WHERE, submodules=True)
 
 
 class _RegisterAfterTimm(importlib.abc.MetaPathFinder, importlib.abc.Loader):
