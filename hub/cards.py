@@ -99,6 +99,14 @@ def _evaluation(run: TrainingRun, class_names: List[str]) -> str:
     return '\n\n'.join(parts) or 'No evaluation was recorded with this checkpoint.'
 
 
+def _backbone_init(base_model: Optional[str], training: Any) -> str:
+    """The card's sentence on the backbone's starting weights, with the source the run recorded for them."""
+    if not base_model:
+        return 'random (no pretrained backbone)'
+    source = training.get('pretrained_weights') if isinstance(training, dict) else None
+    return f'ImageNet weights `{base_model}`' + (f", loaded from {' '.join(str(source).split())}" if source else '')
+
+
 def render_model_card(model: torch.nn.Module, run: TrainingRun, repo_id: str, license: str = 'apache-2.0',
                       dataset_id: Optional[str] = None) -> str:
     """The README.md of a Hub model repo: timm-style YAML metadata, then the card's body."""
@@ -108,7 +116,7 @@ def render_model_card(model: torch.nn.Module, run: TrainingRun, repo_id: str, li
     dataset = _dataset(run.args.get('data'))
     if dataset_id:
         dataset['hub_id'] = dataset_id
-    backbone = getattr(model, 'backbone_name', '?')
+    backbone = getattr(model, 'backbone_name', None) or config['architecture']  # a baseline is its own backbone
     base_model = resolve_pretrained_cfg(backbone).hf_hub_id if run.args.get('pretrained') else None
     name = repo_id.split('/')[-1]
     metadata = ModelCardData(
@@ -125,7 +133,7 @@ def render_model_card(model: torch.nn.Module, run: TrainingRun, repo_id: str, li
         num_maps=getattr(model, 'num_maps', '?'), attn_levels=tuple(getattr(model, 'attn_levels', ())),
         params=f'{count_parameters(model) / 1e6:.2f}', gmacs=f"{count_macs(model, cfg['input_size']) / 1e9:.2f}",
         input_size=' x '.join(map(str, cfg['input_size'])), mean=tuple(cfg['mean']), std=tuple(cfg['std']),
-        backbone_init=f'ImageNet weights `{base_model}`' if base_model else 'random (no pretrained backbone)',
+        backbone_init=_backbone_init(base_model, config.get('training')),
         dataset=dataset['text'], biases=dataset['biases'],
         command=shown_command(run.command) if run.command else 'not recorded',
         args_table=markdown_table(['argument', 'value'], [[k, shown_path(v) if isinstance(v, str) else v]

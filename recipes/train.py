@@ -52,6 +52,7 @@ with extras_needed('train'):  # accelerate, opencv, datasets: pip install "magsd
     from magsd_timm.hub.cards import render_model_card
     from magsd_timm.models import close_matches
     from magsd_timm.models.config import MAX_INPUT_SIDE, MIN_INPUT_SIDE
+    from magsd_timm.models.offline_weights import create_pretrained
     from magsd_timm.objective import MagSDObjective
     from magsd_timm.seeds import seeded_generator
     from magsd_timm.train.checkpoint import TrainProgress, latest_checkpoint, save_checkpoint
@@ -164,6 +165,8 @@ def _create_model(args: argparse.Namespace, num_classes: int, meta: bool = False
     try:
         if meta:
             return timm.create_model(name, device='meta', **kwargs)
+        if args.pretrained and not name.startswith('magsd_'):  # MA-Net builds its backbone the same way
+            return create_pretrained(name, **kwargs)
         return timm.create_model(name, pretrained=args.pretrained, **kwargs)
     except TypeError as e:  # a plain timm model refusing an argument it does not take
         raise BadInputError(f'--model-kwargs {json.dumps(args.model_kwargs)} do not fit {name} ({e}).') from e
@@ -242,12 +245,12 @@ def _class_weights(args: argparse.Namespace, train_set: CXRDataset) -> Optional[
 
 
 def _training_record(args: argparse.Namespace, class_names: List[str], train_set: CXRDataset,
-                     val_set: CXRDataset, epoch: int) -> Dict[str, Any]:
+                     val_set: CXRDataset, epoch: int, pretrained_source: Optional[str]) -> Dict[str, Any]:
     """What a checkpoint's classifier was trained on: it is what tells a trained checkpoint from an untrained one."""
     return dict(data=args.data or 'sample', classes=list(class_names), train_images=len(train_set),
                 validation_images=len(val_set), epochs=args.epochs, epoch=epoch, img_size=args.img_size,
-                method=args.method, model=args.model, pretrained=args.pretrained, seed=args.seed,
-                magsd_timm=magsd_timm.__version__)
+                method=args.method, model=args.model, pretrained=args.pretrained,
+                pretrained_weights=pretrained_source, seed=args.seed, magsd_timm=magsd_timm.__version__)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -280,6 +283,7 @@ def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str], ru
     train_set, val_set = _open_data(args, data_config, accelerator)
     class_names = train_set.class_names
     model = _create_model(args, len(class_names))
+    pretrained_source = getattr(model, 'pretrained_source', None)  # prepare may wrap the model
     model = model.to(memory_format=torch.channels_last)  # the fastest form in the step benchmark
     optimizer = create_optimizer(model, args.opt, args.lr, args.momentum, args.weight_decay, args.head_lr_scale)
     ema = ModelEmaV3(model, decay=args.model_ema) if args.model_ema else None
@@ -291,7 +295,7 @@ def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str], ru
     setup = TrainSetup(model, optimizer, scheduler, MagSDObjective(class_weights=class_weights)
                        if args.method == 'magsd' else None, ema, args.clip_grad, args.label_smoothing,
                        class_weights, args.seed)
-    progress = TrainProgress()
+    progress = TrainProgress(pretrained_source)
     for state in (progress, scheduler, *([ema.to(accelerator.device)] if ema is not None else [])):
         accelerator.register_for_checkpointing(state)
     summary_rows = _resume(accelerator, args, run, progress) if args.resume else []
@@ -339,7 +343,8 @@ def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str], ru
         accelerator.log({f'val/{k}': row[f'val_{k}'] for k in ('accuracy', 'macro_f1')}, step=progress.global_step)
         if accelerator.is_main_process:
             if improved:
-                training = _training_record(args, class_names, train_set, val_set, row['epoch'])
+                training = _training_record(args, class_names, train_set, val_set, row['epoch'],
+                                            progress.pretrained_source)
                 run.save_model(BEST, exported, class_names, data_config, training,
                                card=lambda folder, metrics=metrics, epoch=row['epoch']: render_model_card(
                                    exported, TrainingRun(folder, recorded, metrics, epoch, command), repo_id='ORG/NAME'))
@@ -353,7 +358,8 @@ def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str], ru
     _check_ranks_in_sync(accelerator, accelerator.unwrap_model(model))
     if accelerator.is_main_process:
         run.save_model(FINAL, exported, class_names, data_config,
-                       _training_record(args, class_names, train_set, val_set, args.epochs - 1))
+                       _training_record(args, class_names, train_set, val_set, args.epochs - 1,
+                                        progress.pretrained_source))
         accelerator.print(f'done: {display(run.path)}. Push the best checkpoint to the Hub with:\n'
                           f'  magsd-hub push-model {display(run.path)} ORG/NAME')
     accelerator.end_training()

@@ -34,6 +34,7 @@ from timm.layers import register_notrace_function
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
 from .config import check_head_size, check_input_size, check_model_args
+from .offline_weights import create_pretrained
 from .timm_private import FeatureGetterNet, feature_take_indices
 from .weights import WeightsMismatchError, check_state_dict, require_safe_weights
 
@@ -75,6 +76,11 @@ _ARCH_CFGS = {
     'magsd_resnet101': _cfg(),
     'magsd_densenet121': _cfg(first_conv='backbone.features_conv0'),
     'magsd_efficientnet_b0': _cfg(first_conv='backbone.conv_stem'),
+    'magsd_efficientnet_lite0': _cfg(first_conv='backbone.conv_stem', mean=(0.5,), std=(0.5,)),
+    'magsd_efficientnet_lite1': _cfg(first_conv='backbone.conv_stem', mean=(0.5,), std=(0.5,),
+                                     input_size=(1, 240, 240), pool_size=(8, 8)),
+    'magsd_efficientnet_lite2': _cfg(first_conv='backbone.conv_stem', mean=(0.5,), std=(0.5,),
+                                     input_size=(1, 260, 260), pool_size=(9, 9)),
     'magsd_efficientnetv2_rw_s': _cfg(first_conv='backbone.conv_stem'),
     'magsd_mobilenetv3_large_100': _cfg(first_conv='backbone.conv_stem'),
     'magsd_convnext_tiny': _cfg(first_conv='backbone.stem_0'),
@@ -410,17 +416,16 @@ class MANet(nn.Module):
         return self.forward_head(x)
 
 
-def _load_backbone_pretrained(model: MANet, cache_dir: Optional[str] = None) -> None:
-    """Load the backbone's ImageNet weights through timm's Hub loading, stem adapted to in_chans."""
+def _load_backbone_pretrained(model: MANet, cache_dir: Optional[str] = None) -> str:
+    """Load the backbone's ImageNet weights as timm loads them (stem adapted to in_chans); say where from."""
     if not resolve_pretrained_cfg(model.backbone_name).has_weights:
         raise ValueError(
             f"Backbone '{model.backbone_name}' has no pretrained weights in timm: "
             f"use pretrained=False or a backbone tag with weights ({model.backbone_name.split('.')[0]}.<tag>).")
-    source = timm.create_model(
-        model.backbone_name, pretrained=True, features_only=True, in_chans=model.in_chans,
-        cache_dir=cache_dir, **model.backbone_kwargs,
-    )
+    source = create_pretrained(
+        model.backbone_name, features_only=True, in_chans=model.in_chans, cache_dir=cache_dir, **model.backbone_kwargs)
     model.backbone.load_state_dict(source.state_dict())
+    return source.pretrained_source
 
 
 # what timm's factory and builder pass besides MANet's own arguments
@@ -474,8 +479,10 @@ def _create_magsd(variant: str, pretrained: bool = False, **kwargs: Any) -> MANe
     # the cfg names the stem of the variant's usual backbone; a saved config.json must name this one's
     net.pretrained_cfg = dict(net.pretrained_cfg, first_conv=getattr(net, '_traits', {}).get('first_conv'))
     if backbone_only:
-        _load_backbone_pretrained(net, kwargs.get('cache_dir'))
+        net.pretrained_source = _load_backbone_pretrained(net, kwargs.get('cache_dir'))
         _warn_untrained(variant)
+    elif pretrained:
+        net.pretrained_source = where
     return model
 
 
@@ -520,6 +527,24 @@ def magsd_densenet121(pretrained: bool = False, **kwargs) -> MANet:
 def magsd_efficientnet_b0(pretrained: bool = False, **kwargs) -> MANet:
     """MA-Net over EfficientNet-B0."""
     return _entry('magsd_efficientnet_b0', 'efficientnet_b0.ra_in1k', pretrained, kwargs)
+
+
+@register_model
+def magsd_efficientnet_lite0(pretrained: bool = False, **kwargs) -> MANet:
+    """MA-Net over EfficientNet-Lite0 (ImageNet weights offline with the offline-weights extra)."""
+    return _entry('magsd_efficientnet_lite0', 'tf_efficientnet_lite0.in1k', pretrained, kwargs)
+
+
+@register_model
+def magsd_efficientnet_lite1(pretrained: bool = False, **kwargs) -> MANet:
+    """MA-Net over EfficientNet-Lite1 (ImageNet weights offline with the offline-weights extra)."""
+    return _entry('magsd_efficientnet_lite1', 'tf_efficientnet_lite1.in1k', pretrained, kwargs)
+
+
+@register_model
+def magsd_efficientnet_lite2(pretrained: bool = False, **kwargs) -> MANet:
+    """MA-Net over EfficientNet-Lite2 (ImageNet weights offline with the offline-weights extra)."""
+    return _entry('magsd_efficientnet_lite2', 'tf_efficientnet_lite2.in1k', pretrained, kwargs)
 
 
 @register_model

