@@ -6,7 +6,8 @@ a folder saved with ``save_to_disk``). Sources without their own splits are spli
 stratified and seeded (``patient_split``). Sources of files (their label spellings folded as they are
 read) have exact duplicates removed first; copies with conflicting labels are left out (``dataset.dropped``).
 ``dataset.check_images()`` decodes every image once, so a trainer can refuse or skip bad ones before
-its first step.
+its first step; ``readable(keep=True)`` keeps what that pass computed (the transform's deterministic
+``Preprocess``), so later epochs neither decode nor resize a film again and give the same tensors.
 """
 from collections import Counter
 from pathlib import Path
@@ -22,6 +23,7 @@ from .reader import ImageReadError, read_image, read_image_bytes
 from .sample import sample_records
 from .sources import Record, folder_records, manifest_records
 from .splits import SPLITS, assign_patients, deduplicate, patient_split
+from .transforms import Preprocess
 
 if TYPE_CHECKING:
     import datasets
@@ -43,20 +45,41 @@ class CXRDataset(Dataset):
         self.items, self.class_names, self.transform = items, list(class_names), transform
         self.seed, self.epoch = seed, 0
         self.dropped: List[Tuple[str, str]] = []  # (file, why) left out when the source was opened
+        self.kept: Optional[List[Optional[torch.Tensor]]] = None  # each item's packed Preprocess output
 
-    def check_images(self) -> List[Tuple[int, str]]:
-        """Decode every image once: the index and the reason of each that cannot be read (or is too small)."""
+    def _split_transform(self) -> Tuple[Optional[Preprocess], Optional[Transform]]:
+        """The transform's leading deterministic Preprocess step (or None) and the steps after it."""
+        steps = getattr(self.transform, 'transforms', None)
+        if steps and isinstance(steps[0], Preprocess):
+            return steps[0], type(self.transform)(steps[1:]) if len(steps) > 1 else None
+        return None, self.transform
+
+    def check_images(self, keep: bool = False) -> List[Tuple[int, str]]:
+        """Decode every image once: the index and the reason of each that cannot be read (or is too small).
+
+        keep: hold each image's preprocessed form (8 bits a pixel after CLAHE) for the epochs to come.
+        """
+        preprocess = self._split_transform()[0] if keep else None
+        kept: List[Optional[torch.Tensor]] = []
         problems = []
         for index in range(len(self)):
             try:
-                self.image(index)
+                image = self.image(index)
             except ImageReadError as e:
                 problems.append((index, str(e)))
+                kept.append(None)
+                continue
+            kept.append(preprocess.pack(preprocess(image)) if preprocess is not None else None)
+        if preprocess is not None:
+            self.kept = kept
         return problems
 
-    def readable(self) -> Tuple['CXRDataset', List[Tuple[str, str]]]:
-        """The dataset without the images that cannot be read (they join ``dropped``), and those (name, why)."""
-        problems = self.check_images()
+    def readable(self, keep: bool = False) -> Tuple['CXRDataset', List[Tuple[str, str]]]:
+        """The dataset without the images that cannot be read (they join ``dropped``), and those (name, why).
+
+        keep: the images' deterministic preprocessing is done now, once, and kept (see check_images).
+        """
+        problems = self.check_images(keep)
         if not problems:
             return self, []
         subset = self.without(problems)
@@ -76,6 +99,8 @@ class CXRDataset(Dataset):
         items = [self.items[i] for i in keep] if self.from_files else self.items.select(keep)
         subset = CXRDataset(items, self.class_names, self.transform, self.seed)
         subset.dropped = self.dropped + [(self.name(i), why) for i, why in problems]
+        if self.kept is not None:
+            subset.kept = [self.kept[i] for i in keep]
         return subset
 
     def set_epoch(self, epoch: int) -> None:
@@ -126,15 +151,20 @@ class CXRDataset(Dataset):
         return [int(label) for label in self.items['label']]
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
-        image = self.image(index)
-        if self.transform is None:
+        if self.kept is not None:  # preprocessed once (readable(keep=True)): only the steps after it run
+            image, transform = Preprocess.unpack(self.kept[index]), self._split_transform()[1]
+            if transform is None:
+                return image, self.label(index)
+        else:
+            image, transform = self.image(index), self.transform
+        if transform is None:
             return torch.from_numpy(image)[None], self.label(index)
         if self.seed is None:
-            return self.transform(image), self.label(index)
+            return transform(image), self.label(index)
         # independent of the global RNG, which loader look-ahead and resumption would otherwise shift
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(mix_seed(self.seed, self.epoch, index))
-            return self.transform(image), self.label(index)
+            return transform(image), self.label(index)
 
 
 def _undecoded_images(items: 'datasets.Dataset') -> 'datasets.Dataset':

@@ -5,6 +5,10 @@ limit 4.0, 4x4 tiles, on 8 bits) -> training augmentation -> a z-score per image
 same steps compose with torchvision's; evaluation never augments. Inputs are what
 ``read_image`` returns (float32 (H, W) in [0, 1]); outputs are tensors (1, H, W).
 
+The first step, ``Preprocess`` (tensor, resize, CLAHE), is deterministic: a dataset may compute it
+once per image and keep it (``CXRDataset.readable(keep=True)``) instead of decoding every film in
+every epoch; the random steps after it run on every draw as before.
+
 Augmentation blocks:
 * ``'published'``: with probability 0.5, as one block: ColorJitter(brightness 0.5, contrast 0.7),
   RandomRotation(120), RandomResizedCrop(size, scale 0.6-1, ratio 3/4-4/3), horizontal and vertical
@@ -24,7 +28,7 @@ import torch.nn as nn
 from torchvision.transforms import v2
 
 __all__ = [
-    'AUGMENTATIONS', 'Clahe', 'ColumnZScore', 'ToTensor', 'augmentation', 'build_transforms',
+    'AUGMENTATIONS', 'Clahe', 'ColumnZScore', 'Preprocess', 'ToTensor', 'augmentation', 'build_transforms',
     'resolve_cxr_data_config',
 ]
 
@@ -57,6 +61,28 @@ class Clahe(nn.Module):
 
     def extra_repr(self) -> str:
         return f'clip_limit={self.clip_limit}, tile_grid={self.tile_grid}'
+
+
+class Preprocess(nn.Module):
+    """The deterministic steps every image gets first: to a tensor, resized to the input size, CLAHE."""
+
+    def __init__(self, size: Tuple[int, int], interpolation: v2.InterpolationMode, clahe: bool = True):
+        super().__init__()
+        self.clahe = clahe
+        self.steps = v2.Compose([ToTensor(), v2.Resize(size, interpolation=interpolation, antialias=True),
+                                 *([Clahe()] if clahe else [])])
+
+    def forward(self, image: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
+        return self.steps(image)
+
+    def pack(self, image: torch.Tensor) -> torch.Tensor:
+        """The preprocessed image in its smallest exact form: CLAHE's output has 256 levels, so 8 bits hold it."""
+        return (image * 255).round_().to(torch.uint8) if self.clahe else image
+
+    @staticmethod
+    def unpack(packed: torch.Tensor) -> torch.Tensor:
+        """The preprocessed image again, bit for bit as forward returned it."""
+        return packed.float().div_(255) if packed.dtype == torch.uint8 else packed.clone()
 
 
 class ColumnZScore(nn.Module):
@@ -123,12 +149,13 @@ def build_transforms(
         train: bool = False,
         augment: str = 'mild',
 ) -> Callable[[np.ndarray], torch.Tensor]:
-    """Preprocessing (and for training, augmentation) from a data config: float (H, W) -> tensor (1, H, W)."""
+    """Preprocessing (and for training, augmentation) from a data config: float (H, W) -> tensor (1, H, W).
+
+    The first step is a ``Preprocess``: what a dataset may compute once and keep.
+    """
     size = tuple(data_config['input_size'][-2:])
     interpolation = v2.InterpolationMode(data_config.get('interpolation', 'bilinear'))
-    steps = [ToTensor(), v2.Resize(size, interpolation=interpolation, antialias=True)]
-    if data_config.get('clahe', True):
-        steps.append(Clahe())
+    steps = [Preprocess(size, interpolation, data_config.get('clahe', True))]
     if train:
         steps.append(augmentation(augment, size))
     if data_config.get('normalization', 'dataset') == 'column':

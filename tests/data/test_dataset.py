@@ -92,3 +92,29 @@ def test_images_inside_a_prepared_dataset_are_bounded_like_files(tmp_path, monke
         dataset[0]
     checked, unreadable = dataset.readable()
     assert len(checked) == 0 and len(checked.dropped) == len(unreadable) == len(dataset)
+
+
+@pytest.mark.parametrize('clahe', [True, False])
+def test_kept_preprocessing_gives_the_same_items_without_decoding_again(tmp_path, monkeypatch, clahe):
+    import magsd_timm.data.dataset as dataset_module
+
+    config = resolve_cxr_data_config(input_size=(1, 48, 48), clahe=clahe)
+    train = build_transforms(config, train=True)
+    sample = open_dataset(None, 'train')
+    broken = tmp_path / 'broken.png'
+    broken.write_bytes(b'not a png')
+    records = [sample.items[0], dict(sample.items[0], path=str(broken)), *sample.items[1:]]  # kept ones stay aligned
+    fresh = dataset_module.CXRDataset(records, sample.class_names, train, seed=3).readable()[0]
+    kept, dropped = dataset_module.CXRDataset(records, sample.class_names, train, seed=3).readable(keep=True)
+    assert [why for why in dropped if 'broken.png' in why[0]] and len(kept) == len(fresh)
+    assert kept.kept[0].dtype == (torch.uint8 if clahe else torch.float32)  # CLAHE's 256 levels, kept in 8 bits
+    reads = []
+    monkeypatch.setattr(dataset_module, 'read_image', lambda path: reads.append(path))
+    for epoch in range(2):  # the random augmentation still differs per epoch, and equals the uncached item's
+        fresh.set_epoch(epoch), kept.set_epoch(epoch)
+        monkeypatch.undo()
+        expected = [fresh[i] for i in range(len(fresh))]
+        monkeypatch.setattr(dataset_module, 'read_image', lambda path: reads.append(path))
+        for i, (image, label) in enumerate(expected):
+            assert torch.equal(kept[i][0], image) and kept[i][1] == label
+    assert reads == []  # every epoch ran from the kept images
