@@ -57,7 +57,14 @@ with extras_needed('train'):  # accelerate, opencv, datasets: pip install "magsd
     from magsd_timm.seeds import seeded_generator
     from magsd_timm.train.checkpoint import TrainProgress, latest_checkpoint, save_checkpoint
     from magsd_timm.train.loop import TrainSetup, train_step, validate
-    from magsd_timm.train.optim import SCHEDULES, TIMM_SCHEDULES, create_optimizer, create_schedule, optimizer_problem
+    from magsd_timm.train.optim import (
+        SCHEDULES,
+        TIMM_SCHEDULES,
+        create_optimizer,
+        create_schedule,
+        freeze_stages,
+        optimizer_problem,
+    )
     from magsd_timm.train.run_folder import BEST, FINAL, RunFolder, TrainingRun, setting_differences
 
 BEST_METRICS = ('macro_f1', 'accuracy')
@@ -75,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument('--model-kwargs', type=json_object, default={}, help='JSON object of extra model arguments')
     group.add_argument('--pretrained', action=argparse.BooleanOptionalAction, default=False,
                        help='start from pretrained (backbone) weights')
+    group.add_argument('--freeze-stages', type=number(int, 0), default=0,
+                       help='freeze the first N stages of the backbone (stem first; timm\'s group_matcher) '
+                            'with their BatchNorm statistics: faster steps when fine-tuning pretrained weights')
     group = parser.add_argument_group('data')
     group.add_argument('--data', default=None,
                        help='prepared dataset folder, image folder, hf-hub:ORG/NAME (default: the bundled sample)')
@@ -86,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
                        help='class balance: draw classes equally often, or weight the cross-entropy')
     group.add_argument('--batch-size', type=number(int, 1), default=8, help='images per step and process')
     group.add_argument('--workers', type=number(int, 0), default=0, help='data loader worker processes')
+    group.add_argument('--cache-images', action=argparse.BooleanOptionalAction, default=True,
+                       help='decode, resize and equalise each image once and keep it in memory for every '
+                            'epoch (the same tensors, less work); --no-cache-images for data larger than memory')
     group = parser.add_argument_group('optimisation (the authors\' recipe: -c recipes/configs/paper.yaml)')
     group.add_argument('--epochs', type=number(int, 1), default=4, help='passes over the training split')
     group.add_argument('--opt', default='adamw',
@@ -172,6 +185,20 @@ def _create_model(args: argparse.Namespace, num_classes: int, meta: bool = False
         raise BadInputError(f'--model-kwargs {json.dumps(args.model_kwargs)} do not fit {name} ({e}).') from e
 
 
+def _freeze(args: argparse.Namespace, model: torch.nn.Module) -> None:
+    """Freeze the first --freeze-stages stages; a baseline freezes what its MA-Net would (its stages by name)."""
+    if not args.freeze_stages:
+        return
+    grouped_by, prefix = None, ''
+    if args.method == 'baseline' and args.model.startswith('magsd_'):
+        grouped_by = timm.create_model(args.model, device='meta', **args.model_kwargs)
+        prefix = grouped_by._timm_backbone()[1]
+    try:
+        freeze_stages(model, args.freeze_stages, grouped_by, prefix)
+    except ValueError as e:
+        raise BadInputError(str(e)) from e
+
+
 def _score(metrics: Dict[str, Any], name: str) -> float:
     value = float(metrics[name])
     return value if math.isfinite(value) else float('-inf')
@@ -200,9 +227,10 @@ def _check_resume(args: argparse.Namespace, run: RunFolder, recorded: Dict[str, 
                             'longer or otherwise, start a new --output).')
 
 
-def _checked_split(dataset: CXRDataset, split: str, accelerator: Accelerator) -> CXRDataset:
-    """The split without the images that cannot be read or are too small (each said), before any step runs."""
-    dataset, problems = dataset.readable()
+def _checked_split(dataset: CXRDataset, split: str, accelerator: Accelerator, keep: bool) -> CXRDataset:
+    """The split without the images that cannot be read or are too small (each said), before any step runs;
+    keep: their deterministic preprocessing kept from this pass for every epoch."""
+    dataset, problems = dataset.readable(keep=keep)
     for _, why in problems[:10]:
         accelerator.print(f'train: skipped from the {split} split: {display(why)}')
     if len(problems) > 10:
@@ -218,8 +246,8 @@ def _open_data(args: argparse.Namespace, data_config: Dict[str, Any], accelerato
     train_set = open_dataset(args.data, 'train', build_transforms(data_config, train=True, augment=args.augment),
                              seed=args.seed, augment_seed=args.seed)
     val_set = open_dataset(args.data, 'validation', build_transforms(data_config), seed=args.seed)
-    train_set, val_set = _checked_split(train_set, 'train', accelerator), _checked_split(val_set, 'validation',
-                                                                                         accelerator)
+    train_set = _checked_split(train_set, 'train', accelerator, args.cache_images)
+    val_set = _checked_split(val_set, 'validation', accelerator, args.cache_images)
     present = sorted({train_set.class_names[k] for k in train_set.labels()})
     if len(present) < 2:
         raise BadInputError(f"the train split of {display(args.data or 'the bundled sample')} holds one class "
@@ -284,6 +312,7 @@ def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str], ru
     class_names = train_set.class_names
     model = _create_model(args, len(class_names))
     pretrained_source = getattr(model, 'pretrained_source', None)  # prepare may wrap the model
+    _freeze(args, model)
     model = model.to(memory_format=torch.channels_last)  # the fastest form in the step benchmark
     optimizer = create_optimizer(model, args.opt, args.lr, args.momentum, args.weight_decay, args.head_lr_scale)
     ema = ModelEmaV3(model, decay=args.model_ema) if args.model_ema else None

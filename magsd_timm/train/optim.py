@@ -5,16 +5,20 @@ names. ``create_schedule`` gives a timm scheduler stepped once per optimizer upd
 step schedule is timm's ``multistep`` (x0.1 at 50% and 83% of the run), ``cosine`` decays to zero,
 ``constant`` holds, and ``timm:NAME`` is any schedule of timm's factory with its defaults. Every
 schedule starts with an optional linear warmup from one update's share of the learning rate.
+``freeze_stages`` fixes the first stages of a backbone (timm's ``freeze``: no gradients, BatchNorm
+statistics frozen too), the stages being the parameter groups of the model's ``group_matcher``.
 """
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+from timm.models import group_parameters
 from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 from timm.scheduler.scheduler import Scheduler
 
-__all__ = ['PAPER_MILESTONES', 'SCHEDULES', 'TIMM_SCHEDULES', 'create_optimizer', 'create_schedule', 'optimizer_problem']
+__all__ = ['PAPER_MILESTONES', 'SCHEDULES', 'TIMM_SCHEDULES', 'create_optimizer', 'create_schedule', 'freeze_stages',
+           'optimizer_problem']
 
 SCHEDULES = ('step', 'cosine', 'constant')
 # timm's schedules that step on updates alone ('plateau' steps on a validation metric, which the trainer's
@@ -26,7 +30,8 @@ PAPER_MILESTONES: Tuple[float, ...] = (0.5, 0.83)  # fractions of the run where 
 def _param_groups(model: torch.nn.Module, weight_decay: float, decay_all: bool,
                   head_lr_scale: float) -> List[Dict[str, Any]]:
     """Parameter groups: weight decay on all (the authors') or on weights alone (timm's), the head's lr scaled."""
-    groups = ([{'params': list(model.parameters()), 'weight_decay': weight_decay}] if decay_all
+    trained = [p for p in model.parameters() if p.requires_grad]  # frozen stages stay as they are
+    groups = ([{'params': trained, 'weight_decay': weight_decay}] if decay_all
               else param_groups_weight_decay(model, weight_decay))
     if head_lr_scale == 1.:
         return groups
@@ -89,3 +94,29 @@ def create_schedule(optimizer: torch.optim.Optimizer, sched: str, epochs: int, u
         **kwargs)
     scheduler.step_update(0)  # the first update's rates, lr_scale applied, before any update
     return scheduler
+
+
+def freeze_stages(model: torch.nn.Module, stages: int, grouped_by: Optional[torch.nn.Module] = None,
+                  prefix: str = '') -> List[str]:
+    """Freeze the model's first `stages` parameter groups (stem first) and their BatchNorm statistics; their modules.
+
+    grouped_by: a model whose group_matcher defines the stages (an MA-Net, for its plain backbone), its
+    parameter names mapped onto this model's by removing prefix.
+    """
+    if stages <= 0:
+        return []
+    reference = grouped_by if grouped_by is not None else model
+    groups = group_parameters(reference, reference.group_matcher(coarse=True))
+    ordered = [groups[k] for k in sorted(groups)]
+    if stages > len(ordered) - 2:  # MA-Net's attention and classifier, or a plain model's last stage and head
+        raise ValueError(f'--freeze-stages {stages}: at most {len(ordered) - 2} of the model\'s {len(ordered)} parameter '
+                         'groups can be frozen (freezing more would leave nothing but the head to train).')
+    names = [n[len(prefix):] for group in ordered[:stages] for n in group if n.startswith(prefix)]
+    own = {n for n, _ in model.named_parameters()}
+    if not names or not set(names) <= own:
+        raise ValueError(f'--freeze-stages: the stages do not name parameters of {type(model).__name__}.')
+    modules = sorted({n.rsplit('.', 1)[0] for n in names})
+    from timm.utils import freeze
+
+    freeze(model, modules)  # timm's: requires_grad off, BatchNorm2d -> FrozenBatchNorm2d
+    return modules

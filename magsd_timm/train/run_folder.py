@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import torch
 import yaml
 from timm.models import save_for_hf
+from timm.utils import unfreeze
 
 from ..errors import BadInputError, display
 from ..models.weights import SAFE_WEIGHTS
@@ -41,7 +42,8 @@ ARGS, EVAL_BEST, SUMMARY, SKIPPED = 'args.yaml', 'eval_best.json', 'summary.json
 _RECORDS = (ARGS, SKIPPED, SUMMARY, 'summary.csv', 'curves.png', EVAL_BEST, 'eval_best.md', 'confusion_matrix.png')
 # the arguments that change how a run is carried out, not what it computes: all others must match for a
 # resume to continue a run, or for a benchmark to reuse one
-OPERATIONAL_ARGS = ('output', 'resume', 'workers', 'checkpoint_every', 'keep_checkpoints', 'traceback', 'command')
+OPERATIONAL_ARGS = ('output', 'resume', 'workers', 'cache_images', 'checkpoint_every', 'keep_checkpoints', 'traceback',
+                    'command')
 _UNSET = object()
 
 
@@ -169,6 +171,7 @@ class RunFolder:
         folder = self.path / name
         # safetensors stores contiguous tensors only: a model trained channels_last is saved from a copy
         model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+        unfreeze(model)  # frozen stages (--freeze-stages) are saved as the architecture's own BatchNorm layers
         with atomic_folder(folder, 'checkpoint') as staging:
             save_for_hf(model, staging, safe_serialization=True,
                         model_config={'label_names': list(class_names), 'training': training},
