@@ -24,6 +24,12 @@ images per second one MAG-SD training step consumes.
 Suite `trainer`: one epoch of the bundled sample through the trainer's loop (accelerate, gradient
 accumulation context, NaN guard, logging hooks) against a bare loop of the same objective.
 
+Suite `throughput`: images per second of MAG-SD training as the trainer runs it (its data path with
+the preprocessing kept from the readability pass, accelerate, `train_step`, AdamW, channels_last),
+per backbone, image size and number of frozen stages, on the train split of --data (or the bundled
+sample); beside it the data path alone, with the preprocessing kept and with every film decoded and
+resized again (what the trainer did before), so the share of the step that is not the network shows.
+
 Suite `cli`: how long `--help` of the installed commands takes against starting Python (`python -c
 pass`), each in a fresh process: magsd and magsd-hub load neither torch nor timm for it.
 
@@ -58,6 +64,10 @@ CXR_DEFAULTS = dict(epochs=12, img_size=64, batch_size=32)  # sized for 2 CPU co
 MODEL_TARGET = 1.10  # MA-Net over the plain backbone, for inference and for forward+backward
 STEP_TARGET = 2.6  # a MAG-SD training step over one plain eager contiguous fp32 step
 AUGMENT_LOSS_TARGET = 0.05  # share of the MAG-SD step spent in the augmentations and the loss
+# images/s of the trainer's MAG-SD step on 2 CPU cores, batch 32: the documented 64 px ResNet-18 real-data
+# command, and fine-tuning Lite0 at the paper's 224 px (the best of its frozen-stage settings)
+THROUGHPUT_MODELS = ('magsd_resnet18', 'magsd_efficientnet_lite0')
+THROUGHPUT_TARGETS = {('magsd_resnet18', 64): 15., ('magsd_efficientnet_lite0', 224): 4.}
 
 Step = Callable[[], None]
 
@@ -65,7 +75,7 @@ Step = Callable[[], None]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, epilog=EXIT_CODES, formatter_class=HelpFormatter)
     parser.add_argument('--suite', default='all',
-                        choices=['model', 'step', 'data', 'trainer', 'attention', 'cli', 'cxr', 'all'],
+                        choices=['model', 'step', 'data', 'trainer', 'throughput', 'attention', 'cli', 'cxr', 'all'],
                         help="'all': every speed suite (cxr, which trains on real data, runs only when named)")
     parser.add_argument('--model', default='magsd_resnet50', help='magsd_* model to time')
     parser.add_argument('--model-kwargs', type=json_object, default={},
@@ -83,7 +93,14 @@ def _parser() -> argparse.ArgumentParser:
                         help='timed rounds per case at least, whatever --min-run-time (1 for a quick smoke run)')
     parser.add_argument('--attention-images', type=int, default=1200, help='training images of the attention suite')
     parser.add_argument('--attention-epochs', type=int, default=6, help='training epochs of the attention suite')
-    parser.add_argument('--data', type=Path, default=None, help='cxr: a folder prepared by recipes/prepare_data.py')
+    parser.add_argument('--throughput-models', nargs='+', default=list(THROUGHPUT_MODELS),
+                        help='throughput: the magsd_* models to train')
+    parser.add_argument('--throughput-sizes', type=int, nargs='+', default=[64, 128, 224],
+                        help='throughput: the image sizes')
+    parser.add_argument('--throughput-freeze', type=int, nargs='+', default=[0, 3],
+                        help='throughput: numbers of frozen backbone stages (recipes/train.py --freeze-stages)')
+    parser.add_argument('--data', type=Path, default=None,
+                        help='cxr, throughput: a folder prepared by recipes/prepare_data.py')
     parser.add_argument('--boxes', type=Path, default=None, help='cxr: COCO boxes (e.g. lungs) to score the maps by')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='cxr: one training run per seed')
     parser.add_argument('--cxr-model', default='magsd_resnet18', help='cxr: the MA-Net (the baseline is its backbone)')
@@ -442,6 +459,74 @@ def run_trainer_suite(args: argparse.Namespace) -> str:
     return '\n'.join(lines)
 
 
+# ---- suite `throughput`: the trainer's MAG-SD images/s per backbone, size and frozen stages ------
+
+def _endless_batches(args: argparse.Namespace, size: int, keep: bool) -> Any:
+    """Training batches of the train split at one size, drawn with replacement for ever, as the trainer loads them."""
+    from torch.utils.data import DataLoader, RandomSampler
+
+    from magsd_timm.data.dataset import open_dataset
+    from magsd_timm.data.transforms import build_transforms, resolve_cxr_data_config
+
+    transform = build_transforms(resolve_cxr_data_config(input_size=(1, size, size)), train=True)
+    dataset, _ = open_dataset(args.data and str(args.data), 'train', transform, augment_seed=0).readable(keep=keep)
+    sampler = RandomSampler(dataset, replacement=True, num_samples=2 ** 31 - 1,
+                            generator=torch.Generator().manual_seed(0))
+    return iter(DataLoader(dataset, batch_size=args.batch_size, sampler=sampler))
+
+
+def _trainer_step(args: argparse.Namespace, accelerator: Any, name: str, size: int, frozen: int) -> Step:
+    """One batch through the trainer: its loader (preprocessing kept), accelerate's prepare and train_step."""
+    from magsd_timm.objective import MagSDObjective
+    from magsd_timm.train.checkpoint import TrainProgress
+    from magsd_timm.train.loop import TrainSetup, train_step
+    from magsd_timm.train.optim import create_optimizer, freeze_stages
+
+    batches = _endless_batches(args, size, keep=True)
+    model = _create(name, args, channels_last=True)
+    freeze_stages(model, frozen)
+    model, optimizer = accelerator.prepare(model, create_optimizer(model, 'adamw', 3e-4, 0.9, 0.05))
+    setup, progress = TrainSetup(model, optimizer, objective=MagSDObjective()), TrainProgress()
+    model.train()
+
+    def step() -> None:
+        images, labels = next(batches)
+        train_step(accelerator, setup, images.to(accelerator.device), labels.to(accelerator.device), progress)
+    return _synced(step, args)
+
+
+def run_throughput_suite(args: argparse.Namespace) -> str:
+    """Images/s of the trainer's MAG-SD step per backbone, size and frozen stages, and of its data path alone."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=args.device == 'cpu', mixed_precision='bf16' if args.dtype == 'bfloat16' else 'no')
+    cases = {(name, size, frozen): _trainer_step(args, accelerator, name, size, frozen)
+             for name in args.throughput_models for size in args.throughput_sizes for frozen in args.throughput_freeze}
+    data = {(size, keep): (lambda it: lambda: next(it))(_endless_batches(args, size, keep))
+            for size in args.throughput_sizes for keep in (True, False)}
+    seconds = _interleaved_medians({**{str(k): v for k, v in cases.items()}, **{str(k): v for k, v in data.items()}},
+                                   args.min_run_time, args.min_rounds)
+    rate = {k: args.batch_size / seconds[str(k)] for k in [*cases, *data]}
+    best = {}
+    for (name, size, frozen) in cases:
+        if (name, size) in THROUGHPUT_TARGETS and rate[(name, size, frozen)] >= rate.get(best.get((name, size)), 0):
+            best[(name, size)] = (name, size, frozen)
+    rows = []
+    for key in cases:
+        name, size, frozen = key
+        target = THROUGHPUT_TARGETS.get((name, size))
+        verdict = (f'>= {target:g} ({_verdict(rate[key] >= target)})' if target and best[(name, size)] == key else '')
+        not_network = seconds[str((size, True))] / seconds[str(key)]
+        rows.append([f'`{name}`', size, frozen, f'{rate[key]:.1f}', f'{not_network:.0%}', verdict])
+    for (size, keep) in data:
+        rows.append([f"data path alone ({'preprocessing kept' if keep else 'every film decoded and resized again'})",
+                     size, '', f'{rate[(size, keep)]:.1f}', '', ''])
+    source = shown_path(args.data) if args.data else 'the bundled sample'
+    return (f'MAG-SD training steps through the trainer (train split of {source}, batch {args.batch_size}, AdamW, '
+            f'channels_last): images/s, and the share of the step its data path takes.\n\n'
+            + markdown_table(['model', 'px', 'frozen stages', 'images/s', 'data path share', 'target'], rows))
+
+
 # ---- suite `attention`: the pointing game on synthetic lesions ------------------------------------
 
 POINTING_TARGET = 0.9  # hit rate of MA-Net's display map, and at least Grad-CAM's on the plain backbone
@@ -741,8 +826,9 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
     return '\n'.join(lines)
 
 
-SUITES = {'model': run_model_suite, 'step': run_step_suite, 'data': run_data_suite,
-          'trainer': run_trainer_suite, 'attention': run_attention_suite, 'cli': run_cli_suite, 'cxr': run_cxr_suite}
+SUITES = {'model': run_model_suite, 'step': run_step_suite, 'data': run_data_suite, 'trainer': run_trainer_suite,
+          'throughput': run_throughput_suite, 'attention': run_attention_suite, 'cli': run_cli_suite,
+          'cxr': run_cxr_suite}
 
 
 def main(argv: List[str]) -> int:

@@ -16,8 +16,9 @@
 #   DEVICE       device of the evaluation and of the step benchmark (cpu)
 #   BENCH_DTYPE  data type of the step benchmark when STEP_BENCH=1 (float32; on a GPU: bfloat16)
 #   STEP_BENCH   1: also time a MAG-SD step against a plain step of Lite0 (recipes/benchmark.py --suite step)
+#   BENCH_ARGS   further flags of that benchmark (e.g. "--min-run-time 60")
 # A run folder that exists is resumed with the same settings (train.py refuses other settings), so the script
-# can be run again after an interruption.
+# can be run again after an interruption; a finished run keeps the training time it recorded.
 set -euo pipefail
 DATA=${1:?usage: compare_pretraining.sh DATA OUTPUT [LUNG_BOXES.json]}
 OUT=${2:?usage: compare_pretraining.sh DATA OUTPUT [LUNG_BOXES.json]}
@@ -30,6 +31,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 flags() {  # the training flags of a configuration
   case "$1" in
     lite0-pretrained) echo "--model magsd_efficientnet_lite0 --pretrained --freeze-stages $FREEZE --img-size $SIZE --epochs $EPOCHS" ;;
+    lite0-pretrained-unfrozen) echo "--model magsd_efficientnet_lite0 --pretrained --img-size $SIZE --epochs $EPOCHS" ;;
     lite0-scratch) echo "--model magsd_efficientnet_lite0 --img-size $SIZE --epochs $EPOCHS" ;;
     lite0-pretrained-baseline) echo "--model magsd_efficientnet_lite0 --method baseline --pretrained --freeze-stages $FREEZE --img-size $SIZE --epochs $EPOCHS" ;;
     resnet18-64px-scratch) echo "--model magsd_resnet18 --img-size 64 --epochs 12" ;;
@@ -42,18 +44,20 @@ for config in $CONFIGS; do
   for seed in $SEEDS; do
     run="$OUT/$config-seed$seed"
     resume=(); [ -e "$run/args.yaml" ] && resume=(--resume)
+    finished=; [ -e "$run/wall_seconds.txt" ] && finished=1
     start=$(date +%s)
+    # a finished run is only checked against these settings (train.py refuses a run trained otherwise)
     # shellcheck disable=SC2086  # the flags are words on purpose
     $LAUNCH "$HERE/train.py" --data "$DATA" --output "$run" --seed "$seed" --batch-size "$BATCH" \
       $(flags "$config") $TRAIN_ARGS "${resume[@]}"
-    echo "$(( $(date +%s) - start ))" > "$run/wall_seconds.txt"
+    [ -n "$finished" ] || echo "$(( $(date +%s) - start ))" > "$run/wall_seconds.txt"
     magsd evaluate "$run/best" "$DATA" --output "$run/eval_test" --device "$DEVICE" ${BOXES:+--boxes "$BOXES"}
   done
 done
 
 if [ "${STEP_BENCH:-0}" = 1 ]; then
   python "$HERE/benchmark.py" --suite step --model magsd_efficientnet_lite0 --baseline tf_efficientnet_lite0 \
-    --img-size "$SIZE" --batch-size "$BATCH" --device "$DEVICE" --dtype "${BENCH_DTYPE:-float32}" --output-dir "$OUT"
+    --img-size "$SIZE" --batch-size "$BATCH" --device "$DEVICE" --dtype "${BENCH_DTYPE:-float32}" --output-dir "$OUT" ${BENCH_ARGS:-}
 fi
 
 python - "$OUT" $CONFIGS <<'PY'
