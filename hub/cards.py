@@ -99,6 +99,14 @@ def _evaluation(run: TrainingRun, class_names: List[str]) -> str:
     return '\n\n'.join(parts) or 'No evaluation was recorded with this checkpoint.'
 
 
+def _base_model(backbone: str) -> Optional[str]:
+    """The Hub id of the weights a backbone name (with its tag) stands for, or None where timm knows none."""
+    try:
+        return resolve_pretrained_cfg(backbone).hf_hub_id
+    except RuntimeError:  # a tag this timm does not know (the config is read as untrusted): no base model to name
+        return None
+
+
 def _backbone_init(base_model: Optional[str], training: Any) -> str:
     """The card's sentence on the backbone's starting weights, with the source the run recorded for them."""
     if not base_model:
@@ -116,8 +124,9 @@ def render_model_card(model: torch.nn.Module, run: TrainingRun, repo_id: str, li
     dataset = _dataset(run.args.get('data'))
     if dataset_id:
         dataset['hub_id'] = dataset_id
-    backbone = getattr(model, 'backbone_name', None) or config['architecture']  # a baseline is its own backbone
-    base_model = resolve_pretrained_cfg(backbone).hf_hub_id if run.args.get('pretrained') else None
+    tag = cfg.get('tag')  # a baseline is its own backbone: the architecture with the weights' tag it started from
+    backbone = getattr(model, 'backbone_name', None) or config['architecture'] + (f'.{tag}' if tag else '')
+    base_model = _base_model(backbone) if run.args.get('pretrained') else None
     name = repo_id.split('/')[-1]
     metadata = ModelCardData(
         library_name='timm', license=license, tags=MODEL_TAGS, pipeline_tag='image-classification',

@@ -63,6 +63,26 @@ def test_a_pretrained_backbone_is_the_base_model_and_undefined_metrics_are_left_
     assert 'ImageNet weights `timm/test_resnet' in body
 
 
+@pytest.mark.parametrize('tag, base_model', [('tv_in1k', 'timm/resnet18.tv_in1k'), ('../../etc', None)])
+def test_a_plain_baseline_names_the_weights_it_started_from_by_their_tag(run, tmp_path, tag, base_model):
+    from magsd_timm.train.run_folder import FINAL, RunFolder
+
+    baseline = timm.create_model('resnet18.tv_in1k', num_classes=2, in_chans=1)
+    folder = RunFolder(tmp_path / 'base')
+    folder.save_model(FINAL, baseline, ['a', 'b'], dict(input_size=(1, 64, 64), interpolation='bilinear', mean=(0.5,),
+                                                        std=(0.5,), crop_pct=1.0, crop_mode='squash'),
+                      {'epoch': 0, 'pretrained_weights': 'the Hub (timm/resnet18.tv_in1k)'})
+    config_file = folder.path / FINAL / 'config.json'
+    config = json.loads(config_file.read_text())
+    config['pretrained_cfg']['tag'] = tag  # as recorded, or as a hostile config would have it
+    config_file.write_text(json.dumps(config))
+    trained = TrainingRun(folder.path / FINAL, dict(run.args, pretrained=True, method='baseline'), None, 0, run.command)
+    meta, body = _split(render_model_card(baseline, trained, 'org/baseline'))
+    assert meta.get('base_model') == base_model
+    if base_model:
+        assert 'ImageNet weights `timm/resnet18.tv_in1k`, loaded from the Hub (timm/resnet18.tv_in1k)' in body
+
+
 def test_body_says_what_the_model_is_how_it_was_trained_and_how_to_use_it(run, model):
     _, body = _split(render_model_card(model, run, 'org/cxr-model'))
     config = json.loads((run.checkpoint / 'config.json').read_text())
