@@ -16,11 +16,12 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from magsd_timm.console import (
     EXIT_CODES,
@@ -138,6 +139,10 @@ def _parser() -> argparse.ArgumentParser:
                        help='train on the CPU (Accelerator(cpu=True))')
     group.add_argument('--mixed-precision', default=None, choices=['no', 'bf16', 'fp16'],
                        help="default: accelerate's config")
+    group.add_argument('--threads', type=number(int, 0), default=0,
+                       help='CPU threads of each process training on the CPU; 0: the physical cores shared by the '
+                            'processes of this machine (accelerate launch gives each one thread unless launched '
+                            'with --cpu or --num_cpu_threads_per_process)')
     add_traceback_flag(parser)
     add_version_flag(parser)
     return parser
@@ -295,8 +300,31 @@ def _train(args: argparse.Namespace, argv: List[str]) -> int:
         log_with='tensorboard' if is_tensorboard_available() else None, project_dir=str(args.output))
     run = RunFolder(args.output)
     with contextlib.ExitStack() as stack:
+        if accelerator.device.type == 'cpu':
+            stack.enter_context(_threads(cpu_threads(args.threads, accelerator.num_processes)))
         _claim_output(accelerator, run, args.resume, stack)
         return _run(accelerator, args, argv, run)
+
+
+def cpu_threads(requested: int, processes: int) -> int:
+    """Threads for one of `processes` processes training on the CPU: as requested, else the physical cores shared."""
+    if requested:
+        return requested
+    import psutil  # accelerate's own dependency, which it uses to the same end for `accelerate launch --cpu`
+
+    local = int(os.environ.get('LOCAL_WORLD_SIZE', processes))
+    return max(1, (psutil.cpu_count(logical=False) or os.cpu_count() or 1) // max(local, 1))
+
+
+@contextlib.contextmanager
+def _threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads set to count for the run, and given back after it (the recipe may run in-process)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str], run: RunFolder) -> int:

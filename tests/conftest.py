@@ -26,6 +26,12 @@ os.environ.update(
 )
 os.environ.pop('HF_HUB_OFFLINE', None)
 
+if os.environ.get('PYTEST_XDIST_WORKER'):  # `-n 2`: the workers share the cores, one thread each (and their children)
+    os.environ['OMP_NUM_THREADS'] = '1'
+    import torch
+
+    torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(items):
     """A test that needs a trained run or runs a recipe end to end is slow: `-m "not slow"` leaves it out."""

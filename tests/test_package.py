@@ -66,7 +66,8 @@ def test_the_models_register_when_timm_comes_after_and_need_none_of_the_extras(t
             f'assert main(["push-model", {str(trained_run)!r}, "org/x", "--dry-run", {str(tmp_path / "s")!r}]) == 0\n')
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.startswith(f'{ZOO_ENTRIES} SourceFileLoader\ntorch.Size([1, 2])\n')  # timm's own loader left in its spec
+    # timm's own loader left in its spec
+    assert out.stdout.startswith(f'{ZOO_ENTRIES} SourceFileLoader\ntorch.Size([1, 2])\n')
     assert (tmp_path / 's' / 'model.safetensors').is_file()
 
 

@@ -42,8 +42,8 @@ ARGS, EVAL_BEST, SUMMARY, SKIPPED = 'args.yaml', 'eval_best.json', 'summary.json
 _RECORDS = (ARGS, SKIPPED, SUMMARY, 'summary.csv', 'curves.png', EVAL_BEST, 'eval_best.md', 'confusion_matrix.png')
 # the arguments that change how a run is carried out, not what it computes: all others must match for a
 # resume to continue a run, or for a benchmark to reuse one
-OPERATIONAL_ARGS = ('output', 'resume', 'workers', 'cache_images', 'checkpoint_every', 'keep_checkpoints', 'traceback',
-                    'command')
+OPERATIONAL_ARGS = ('output', 'resume', 'workers', 'cache_images', 'threads', 'checkpoint_every', 'keep_checkpoints',
+                    'traceback', 'command')
 _UNSET = object()
 
 

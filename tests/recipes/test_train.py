@@ -307,3 +307,19 @@ def test_a_resume_with_a_setting_that_changes_the_result_is_refused_and_the_reco
     records = {p: p.read_bytes() for p in (resumed / 'args.yaml', resumed / 'final' / 'config.json')}
     _one_line(_train_here(capsys, resumed, '--resume', *TRAINED_AS, *flags), 2, named)
     assert all(p.read_bytes() == data for p, data in records.items())
+
+
+def test_a_process_training_on_the_cpu_takes_the_physical_cores_it_shares_unless_told(monkeypatch):
+    import psutil
+
+    recipe = _recipe()
+    monkeypatch.setattr(psutil, 'cpu_count', lambda logical=True: 8 if not logical else 16)
+    monkeypatch.delenv('LOCAL_WORLD_SIZE', raising=False)
+    assert recipe.cpu_threads(0, 1) == 8  # not the one thread `accelerate launch` gives a process by default
+    assert recipe.cpu_threads(0, 2) == 4 and recipe.cpu_threads(3, 2) == 3
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '16')  # two machines of 16 processes each: 8 cores shared by 16
+    assert recipe.cpu_threads(0, 32) == 1
+    before = torch.get_num_threads()
+    with recipe._threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before  # an in-process run gives the threads back
