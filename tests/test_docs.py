@@ -1,4 +1,7 @@
 """The README and docs/ stay true: every command they quote parses, every file they link exists."""
+import argparse
+import itertools
+import os
 import re
 import shlex
 from pathlib import Path
@@ -22,8 +25,22 @@ def _commands(page: Path):
             while words:
                 part = words[:words.index('&&')] if '&&' in words else words
                 words = words[len(part) + 1:]
-                if part and not re.fullmatch(r'[A-Z_]+=.*', part[0]):  # D=..., RUN=...: a variable, not a command
+                if any(not re.fullmatch(r'[A-Z_]+=.*', word) for word in part):  # D=...: a variable, no command
                     yield part
+
+
+def _script_parser(script: str, assigned: list) -> argparse.ArgumentParser:
+    """A parser for a recipes/*.sh script: the positionals of its usage line; the variables it documents."""
+    path = ROOT / script
+    assert path.is_file() and os.access(path, os.X_OK), f'{script} is not an executable recipe'
+    headers = ''.join(p.read_text() for p in (ROOT / 'recipes').glob('*.sh'))
+    documented = set(re.findall(r'^#   ([A-Z_]+) ', headers, re.M))
+    assert set(assigned) <= documented, f'{script}: {sorted(set(assigned) - documented)} are no documented settings'
+    usage = re.search(r'usage: (?:\S+) ([^}]+)\}', headers)[1].split()
+    parser = argparse.ArgumentParser(prog=script)
+    for word in usage:
+        parser.add_argument(word.strip('[]'), nargs='?' if word.startswith('[') else None)
+    return parser
 
 
 def _parser_and_args(argv):
@@ -31,7 +48,10 @@ def _parser_and_args(argv):
     from magsd_timm.cli import _parser as magsd
     from magsd_timm.hub.cli import _parser as magsd_hub
 
-    program, *args = argv
+    assigned = [word.split('=')[0] for word in itertools.takewhile(lambda w: re.fullmatch(r'[A-Z_]+=.*', w), argv)]
+    program, *args = argv[len(assigned):]
+    if re.fullmatch(r'recipes/\w+\.sh', program):
+        return _script_parser(program, assigned), args
     if program == 'magsd':
         return magsd(), args
     if program == 'magsd-hub':
