@@ -9,6 +9,7 @@ read) have exact duplicates removed first; copies with conflicting labels are le
 its first step; ``readable(keep=True)`` keeps what that pass computed (the transform's deterministic
 ``Preprocess``), so later epochs neither decode nor resize a film again and give the same tensors.
 """
+import functools
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -47,6 +48,7 @@ class CXRDataset(Dataset):
         self.dropped: List[Tuple[str, str]] = []  # (file, why) left out when the source was opened
         self.kept: Optional[List[Optional[torch.Tensor]]] = None  # each item's packed Preprocess output
 
+    @functools.cached_property  # once per dataset, not per item: the transform does not change
     def _split_transform(self) -> Tuple[Optional[Preprocess], Optional[Transform]]:
         """The transform's leading deterministic Preprocess step (or None) and the steps after it."""
         steps = getattr(self.transform, 'transforms', None)
@@ -59,7 +61,7 @@ class CXRDataset(Dataset):
 
         keep: hold each image's preprocessed form (8 bits a pixel after CLAHE) for the epochs to come.
         """
-        preprocess = self._split_transform()[0] if keep else None
+        preprocess = self._split_transform[0] if keep else None
         kept: List[Optional[torch.Tensor]] = []
         problems = []
         for index in range(len(self)):
@@ -152,7 +154,7 @@ class CXRDataset(Dataset):
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
         if self.kept is not None:  # preprocessed once (readable(keep=True)): only the steps after it run
-            image, transform = Preprocess.unpack(self.kept[index]), self._split_transform()[1]
+            image, transform = Preprocess.unpack(self.kept[index]), self._split_transform[1]
             if transform is None:
                 return image, self.label(index)
         else:
