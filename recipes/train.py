@@ -173,11 +173,18 @@ def recorded_args(args: argparse.Namespace) -> Dict[str, Any]:
     return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != 'traceback'}
 
 
+def _baseline_of(args: argparse.Namespace) -> Optional[torch.nn.Module]:
+    """The MA-Net (structure only, on 'meta') whose plain backbone a --method baseline run of a magsd_* model trains."""
+    if args.method == 'baseline' and args.model.startswith('magsd_'):
+        return timm.create_model(args.model, device='meta', **args.model_kwargs)
+    return None
+
+
 def _create_model(args: argparse.Namespace, num_classes: int, meta: bool = False) -> torch.nn.Module:
     """The model to train; meta: only its structure and config (no weights, nothing downloaded)."""
     name, kwargs = args.model, dict(args.model_kwargs)
-    if args.method == 'baseline' and name.startswith('magsd_'):  # the MA-Net's own backbone, as it builds it
-        manet = timm.create_model(name, device='meta', **kwargs)
+    manet = _baseline_of(args)
+    if manet is not None:  # the MA-Net's own backbone, as it builds it
         name, kwargs = manet.backbone_name, dict(manet.backbone_kwargs)
     kwargs.update(num_classes=num_classes, in_chans=1)
     try:
@@ -194,10 +201,8 @@ def _freeze(args: argparse.Namespace, model: torch.nn.Module) -> None:
     """Freeze the first --freeze-stages stages; a baseline freezes what its MA-Net would (its stages by name)."""
     if not args.freeze_stages:
         return
-    grouped_by, prefix = None, ''
-    if args.method == 'baseline' and args.model.startswith('magsd_'):
-        grouped_by = timm.create_model(args.model, device='meta', **args.model_kwargs)
-        prefix = grouped_by._timm_backbone()[1]
+    grouped_by = _baseline_of(args)
+    prefix = grouped_by._timm_backbone()[1] if grouped_by is not None else ''
     try:
         freeze_stages(model, args.freeze_stages, grouped_by, prefix)
     except ValueError as e:
