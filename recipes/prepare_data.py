@@ -5,8 +5,9 @@
     python recipes/prepare_data.py out/cxr --kermany chest_xray --ieee8023 covid-chestxray-dataset   # the paper's 4 classes
     python recipes/prepare_data.py out/loso --folder siteA --folder siteB --holdout-source siteB
 
-Sources can be combined; exact duplicate files across them are kept once, and copies with different
-labels are left out. Unreadable files are skipped and listed (skipped.json), as are the rows a source
+Sources can be combined; exact duplicate files and near-copies (one film resized, re-encoded, cropped
+or with other contrast) across and within them are kept once, and copies with different labels are
+left out. Unreadable files are skipped and listed (skipped.json), as are the rows a source
 does not take (ieee8023: lateral or unknown views, 'todo' findings, findings outside the task, images
 listed but missing; by default only its COVID-19 films, as in the paper's task). The output is written to
 a staging folder and moved into place; one build at a time may write an output.
@@ -126,8 +127,8 @@ def _prepare(args: argparse.Namespace) -> int:
         records, args.output, seed=args.seed, fractions=args.fractions, holdout_source=args.holdout_source,
         folds=args.folds, pretty_name=args.name, overwrite=args.overwrite, left_out=left_out,
         max_per_class=args.max_per_class)
-    print(json.dumps({k: summary[k] for k in ('output', 'counts', 'left_out', 'skipped', 'duplicates', 'conflicts',
-                                              'seed')}, indent=2))
+    print(json.dumps({k: summary[k] for k in ('output', 'counts', 'left_out', 'skipped', 'duplicates', 'near_copies',
+                                              'conflicts', 'seed')}, indent=2))
     return 0
 
 

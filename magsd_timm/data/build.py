@@ -1,4 +1,4 @@
-"""Build a Hugging Face DatasetDict from records: checked images, no duplicates, patient splits, a card.
+"""Build a Hugging Face DatasetDict from records: checked images, no copies, patient splits, a card.
 
 Nothing half-built is ever left at the output: the dataset is written to a staging folder beside
 it and moved into place at the end; an existing output is only replaced when asked. One build at a
@@ -21,9 +21,19 @@ from PIL import Image
 from ..errors import display
 from ..outputs import atomic_folder, check_no_overlap, exclusive_lock, recover_folder, strict_json
 from ..tables import markdown_table
+from .near_copies import Fingerprint, NoStructureError, fingerprint
 from .reader import ImageReadError, is_dicom, read_image
 from .sources import Record, fold_labels
-from .splits import assign_patients, deduplicate, patient_folds, patient_split, patient_subset, source_holdout
+from .splits import (
+    NearCopy,
+    assign_patients,
+    deduplicate,
+    drop_near_copies,
+    patient_folds,
+    patient_split,
+    patient_subset,
+    source_holdout,
+)
 
 if TYPE_CHECKING:
     import datasets
@@ -74,6 +84,7 @@ def _provenance(source: str) -> str:
 def render_card(
         splits: Dict[str, List[Record]], class_names: Sequence[str], split_method: str, pretty_name: str,
         num_skipped: int, num_duplicates: int, num_conflicts: int = 0, left_out: Sequence[Tuple[str, str]] = (),
+        near_copies: Sequence[NearCopy] = (),
 ) -> str:
     """The dataset card (README.md): metadata (huggingface_hub's DatasetCardData), counts, provenance, biases."""
     records = [r for rs in splits.values() for r in rs]
@@ -109,6 +120,13 @@ def render_card(
     left_out_text = (f'The sources listed {len(left_out)} row(s) that were left out before any image was read '
                      f'(each in `skipped.json`): ' + '; '.join(f'{why} ({n})' for why, n in reasons.most_common())
                      + '.' if left_out else 'The sources left no listed row out.')
+    copies_by_source = Counter((c.kept['source'], c.dropped['source']) for c in near_copies)
+    near_copy_text = (f'{len(near_copies)} near-copies (the same film resized, re-encoded, cropped or with other '
+                      'contrast) were found and left out, one copy of each film kept (listed in `skipped.json`):\n\n'
+                      + markdown_table(['copy kept from', 'copy left out from', 'films'],
+                                       [[kept, dropped, n] for (kept, dropped), n in sorted(copies_by_source.items())])
+                      if near_copies else 'No near-copies (the same film resized, re-encoded, cropped or with other '
+                                          'contrast) were found.')
     metadata = DatasetCardData(
         license=licences.pop() if len(licences) == 1 else 'other', task_categories=['image-classification'],
         tags=['medical-imaging', 'chest-x-ray', 'magsd'], pretty_name=pretty_name,
@@ -124,6 +142,7 @@ def render_card(
         class_table=per_class, source_table=per_source, class_source_table=class_source, left_out_text=left_out_text,
         provenance=provenance, biases='\n'.join(biases),
         num_skipped=num_skipped, num_duplicates=num_duplicates, num_conflicts=num_conflicts,
+        near_copy_text=near_copy_text,
         patient_statement=(f'{unknown} image(s) had no patient id: each counts as its own patient, so images of '
                            'one person may still sit in different splits.' if unknown else
                            'Every image has a patient id; no patient is in more than one split.'),
@@ -132,16 +151,21 @@ def render_card(
     return str(DatasetCard(f'---\n{metadata.to_yaml()}\n---\n\n{body.substitute(values)}'))
 
 
-def _validated(records: Sequence[Record]) -> Tuple[List[Record], List[Tuple[Record, str]]]:
-    """Records whose image reads, and the others with the reason; no decoded image is kept in memory."""
-    good, skipped = [], []
+def _validated(records: Sequence[Record]) -> Tuple[List[Record], List[Tuple[Record, str]], Dict[str, Fingerprint]]:
+    """Records whose image reads and can be compared, the others with the reason, and the fingerprints by path.
+
+    No decoded image is kept in memory, only its near-copy fingerprint.
+    """
+    good, skipped, prints = [], [], {}
     for record in records:
         try:
-            read_image(record['path'])
+            prints[record['path']] = fingerprint(read_image(record['path']))
             good.append(record)
         except ImageReadError as e:
             skipped.append((record, str(e)))
-    return good, skipped
+        except NoStructureError as e:
+            skipped.append((record, f"{display(record['path'])}: cannot be compared with other films ({e})."))
+    return good, skipped, prints
 
 
 def build_dataset(
@@ -181,10 +205,14 @@ def _build(records: Sequence[Record], output: Path, seed: int, fractions: Sequen
     import datasets
 
     records, label_notes = fold_labels(records)
-    valid, skipped = _validated(records)
+    valid, skipped, prints = _validated(records)
     for _record, reason in skipped:
         _logger.warning('skipped %s', reason)
     kept, duplicates, conflicts = deduplicate(valid)
+    kept, near_dropped, near_conflicts, near = drop_near_copies(kept, prints)
+    duplicates, conflicts = duplicates + near_dropped, conflicts + near_conflicts
+    if near:
+        _logger.info('near-copies: %d film(s) had another copy, which is kept (listed in skipped.json)', len(near))
     for record, reason in conflicts:
         _logger.warning('left out %s: %s', display(record['path']), reason)
     if not kept:
@@ -224,8 +252,8 @@ def _build(records: Sequence[Record], output: Path, seed: int, fractions: Sequen
         ) for r in rs], features=features)
         for name, rs in splits.items() if rs
     })
-    card = render_card(splits, class_names, method, pretty_name, len(skipped), len(duplicates), len(conflicts),
-                       left_out)
+    card = render_card(splits, class_names, method, pretty_name, len(skipped), len(duplicates) - len(near_dropped),
+                       len(conflicts), left_out, near)
     summary = dict(
         seed=seed, fractions=list(fractions), holdout_source=holdout_source, folds=folds, method=method,
         max_per_class=max_per_class,
@@ -239,8 +267,8 @@ def _build(records: Sequence[Record], output: Path, seed: int, fractions: Sequen
         (staging / 'skipped.json').write_text(strict_json(
             [dict(path=path, reason=why) for path, why in left_out]
             + [dict(path=display(r['path']), reason=why) for r, why in [*skipped, *duplicates, *conflicts]]))
-    return dict(summary, skipped=len(skipped), duplicates=len(duplicates), conflicts=len(conflicts),
-                left_out=len(left_out), output=display(output))
+    return dict(summary, skipped=len(skipped), duplicates=len(duplicates) - len(near_dropped),
+                near_copies=len(near_dropped), conflicts=len(conflicts), left_out=len(left_out), output=display(output))
 
 
 

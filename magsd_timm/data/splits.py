@@ -1,23 +1,27 @@
-"""Honest splits: by patient, stratified, seeded; exact duplicates removed; folds and held-out sources.
+"""Honest splits: by patient, stratified, seeded; copies removed; folds and held-out sources.
 
 A patient's images always share one split, so no patient is both trained on and tested on. Records
 without a patient id count as one patient per image (``patient_id_known`` says which). Exact
 duplicate files (the same bytes, as public sets share images) keep one copy: the first by
-(source, path) order, so the choice is reproducible. Copies that carry different labels are a label
-conflict: no order can say which label is right, so every copy is left out and reported.
+(source, path) order, so the choice is reproducible. Near-copies (one film resized, re-encoded,
+cropped or with other contrast: near_copies.py) keep one copy too, so no film can sit in two splits:
+the one with a known patient id, then the most pixels, then the first by (source, path). Copies that
+carry different labels are a label conflict: no order can say which label is right, so every copy is
+left out and reported.
 """
 import hashlib
 import random
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, NamedTuple, Sequence, Tuple
 
 from ..errors import display
+from .near_copies import Fingerprint, near_copy_groups, near_copy_pairs
 from .sources import Record
 
 __all__ = [
-    'SPLITS', 'assign_patients', 'check_no_patient_overlap', 'content_hash', 'deduplicate', 'patient_folds',
-    'patient_split', 'patient_subset', 'source_holdout',
+    'SPLITS', 'NearCopy', 'assign_patients', 'check_no_patient_overlap', 'content_hash', 'deduplicate',
+    'drop_near_copies', 'patient_folds', 'patient_split', 'patient_subset', 'source_holdout',
 ]
 
 SPLITS = ('train', 'validation', 'test')
@@ -32,8 +36,10 @@ def content_hash(path: str) -> str:
     return digest.hexdigest()
 
 
-def deduplicate(records: Sequence[Record]
-                ) -> Tuple[List[Record], List[Tuple[Record, str]], List[Tuple[Record, str]]]:
+Resolved = Tuple[List[Record], List[Tuple[Record, str]], List[Tuple[Record, str]]]  # kept, copies, conflicts
+
+
+def deduplicate(records: Sequence[Record]) -> Resolved:
     """Records with a 'sha256' added, one per distinct file; the dropped duplicates and the label conflicts, with why.
 
     Copies of one file with one label keep the first by (source, path); copies with different labels
@@ -47,17 +53,60 @@ def deduplicate(records: Sequence[Record]
             groups[f"unreadable:{record['path']}"].append(dict(record, sha256=None))
             continue
         groups[digest].append(dict(record, sha256=digest))
+    return _one_per_group(list(groups.values()), lambda kept, r: f"exact duplicate of {display(kept['path'])}",
+                          lambda r: f'sha256 {r["sha256"][:12]}')
+
+
+def _one_per_group(groups: Sequence[List[Record]], why_copy: Callable[[Record, Record], str],
+                   what: Callable[[Record], str]) -> Resolved:
+    """Of each group of copies (most wanted first): the one kept, the others with why, or all as a label conflict."""
     kept, duplicates, conflicts = [], [], []
-    for copies in groups.values():
+    for copies in groups:
         labels = sorted({r['label'] for r in copies})
         if len(labels) > 1:
             listed = '; '.join(f"{display(r['path'])} as '{r['label']}'" for r in copies)
-            conflicts += [(r, f'label conflict: the same image (sha256 {r["sha256"][:12]}) is labelled '
+            conflicts += [(r, f'label conflict: the same image ({what(r)}) is labelled '
                               f'{", ".join(repr(x) for x in labels)}: {listed}') for r in copies]
             continue
         kept.append(copies[0])
-        duplicates += [(r, f"exact duplicate of {display(copies[0]['path'])}") for r in copies[1:]]
+        duplicates += [(r, why_copy(copies[0], r)) for r in copies[1:]]
     return kept, duplicates, conflicts
+
+
+class NearCopy(NamedTuple):
+    """A record left out as a near-copy of the one kept, with their check score (or the group's best)."""
+
+    kept: Record
+    dropped: Record
+    score: float
+
+
+def drop_near_copies(records: Sequence[Record], prints: Mapping[str, Fingerprint]
+                     ) -> Tuple[List[Record], List[Tuple[Record, str]], List[Tuple[Record, str]], List[NearCopy]]:
+    """One record per film: near-copies (by the fingerprints, keyed by path) left out, or all of them on a label conflict.
+
+    Returns the kept records (in their order), the dropped copies and the conflicts with why, and the
+    dropped copies as NearCopy for the card's table.
+    """
+    records = list(records)
+    pairs = near_copy_pairs([prints[r['path']] for r in records])
+    score_of: Dict[int, float] = defaultdict(float)  # by id(record): its best score in its group
+    for (i, j), score in pairs.items():
+        for r in (records[i], records[j]):
+            score_of[id(r)] = max(score_of[id(r)], score)
+    wanted = sorted(range(len(records)), key=lambda i: (not records[i].get('patient_id'),
+                                                        -prints[records[i]['path']].pixels,
+                                                        records[i]['source'] or '', records[i]['path']))
+    rank = {i: n for n, i in enumerate(wanted)}
+    groups = [sorted(g, key=rank.__getitem__) for g in near_copy_groups(len(records), list(pairs))]
+    _, dropped, conflicts = _one_per_group(
+        [[records[i] for i in g] for g in groups],
+        lambda kept, r: f"near copy of {display(kept['path'])} (similarity {score_of[id(r)]:.3f})",
+        lambda r: 'near copies of one film')
+    left_out = {id(r) for r, _ in [*dropped, *conflicts]}
+    near = [NearCopy(records[g[0]], records[i], score_of[id(records[i])]) for g in groups for i in g[1:]
+            if id(records[g[0]]) not in left_out]
+    return [r for r in records if id(r) not in left_out], dropped, conflicts, near
 
 
 def assign_patients(records: Sequence[Record]) -> List[Record]:

@@ -118,8 +118,8 @@ def test_dicom_images_are_stored_as_lossless_16_bit_png(tmp_path):
 
     from magsd_timm.data.reader import image_to_array, read_image
     from support.dicom_files import write_dicom
-    pixels = (np.arange(64 * 48, dtype=np.uint16).reshape(64, 48) * 7).astype(np.uint16)
-    films = [write_dicom(tmp_path / f'{i}.dcm', pixels + i, 'MONOCHROME1') for i in range(6)]
+    from support.image_files import distinct_film
+    films = [write_dicom(tmp_path / f'{i}.dcm', distinct_film(i, dtype=np.uint16), 'MONOCHROME1') for i in range(6)]
     records = [dict(path=str(p), label='normal' if i % 2 else 'covid', patient_id=str(i), source='pacs', split=None)
                for i, p in enumerate(films)]
     build_dataset(records, tmp_path / 'out')

@@ -68,11 +68,10 @@ def test_odd_names_bombs_and_label_conflicts_are_handled_and_listed(tmp_path, ru
 
     from PIL import Image
 
-    from support.image_files import bomb_png
+    from support.image_files import bomb_png, distinct_film
 
     root = _tree(tmp_path / 'src')
-    with Image.open(root / 'normal' / '0.jpeg') as image:  # a new image (not a duplicate) under a non-UTF-8 name
-        image.convert('L').rotate(3).save(os.fsencode(str(root / 'normal')) + b'/odd_\xff.png')
+    Image.fromarray(distinct_film(0)).save(os.fsencode(str(root / 'normal')) + b'/odd_\xff.png')  # non-UTF-8 name
     bomb_png(root / 'normal' / 'bomb.png')
     shutil.copyfile(root / 'normal' / '1.jpeg', root / 'bacterial pneumonia' / 'also_normal.jpeg')  # one file, two labels
     out = tmp_path / 'out'

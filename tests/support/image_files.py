@@ -4,6 +4,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 
@@ -18,3 +19,8 @@ def bomb_png(path: Path, width: int = 30_000, height: int = 30_000) -> Path:
     data[29:33] = struct.pack('>I', zlib.crc32(bytes(header)))
     path.write_bytes(bytes(data))
     return path
+
+
+def distinct_film(seed: int, shape=(64, 48), dtype=np.uint8) -> np.ndarray:
+    """Pixels of a film no other seed's film is a near-copy of (random texture), in the dtype's full range."""
+    return np.random.default_rng(seed).integers(0, np.iinfo(dtype).max, size=shape, endpoint=True).astype(dtype)
