@@ -30,6 +30,14 @@ per backbone, image size and number of frozen stages, on the train split of --da
 sample); beside it the data path alone, with the preprocessing kept and with every film decoded and
 resized again (what the trainer did before), so the share of the step that is not the network shows.
 
+Suite `near-copies`: how well prepare_data's near-copy search finds one film saved twice, and how long
+it takes. Films drawn (seeded) from --near-copy-images (default: the bundled sample) are copied in
+every way of magsd_timm.data.near_copies.COPY_KINDS (resize, JPEG, crops, contrast); the copies are
+searched among --near-copy-total images in all (the drawn films, their copies and further films of the
+folders). Recall per kind of copy; precision over the pairs found that hold a made copy; the pairs found
+among the folders' own files (real copies, or false matches: listed for a look); the time per image
+and of the search. Runs only when named.
+
 Suite `cli`: how long `--help` of the installed commands takes against starting Python (`python -c
 pass`), each in a fresh process: magsd and magsd-hub load neither torch nor timm for it.
 
@@ -57,7 +65,7 @@ import torch
 import torch.nn.functional as F
 
 from magsd_timm.console import EXIT_CODES, HelpFormatter, add_traceback_flag, add_version_flag, json_object
-from magsd_timm.errors import display
+from magsd_timm.errors import BadInputError, display
 from magsd_timm.tables import markdown_table, shown_path
 
 CXR_DEFAULTS = dict(epochs=12, img_size=64, batch_size=32)  # sized for 2 CPU cores (docs/results.md: the measured time)
@@ -75,8 +83,9 @@ Step = Callable[[], None]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, epilog=EXIT_CODES, formatter_class=HelpFormatter)
     parser.add_argument('--suite', default='all',
-                        choices=['model', 'step', 'data', 'trainer', 'throughput', 'attention', 'cli', 'cxr', 'all'],
-                        help="'all': every speed suite (cxr, which trains on real data, runs only when named)")
+                        choices=['model', 'step', 'data', 'trainer', 'throughput', 'attention', 'cli', 'cxr', 'near-copies',
+                                 'all'],
+                        help="'all': every speed suite (cxr and near-copies, which read real data, run only when named)")
     parser.add_argument('--model', default='magsd_resnet50', help='magsd_* model to time')
     parser.add_argument('--model-kwargs', type=json_object, default={},
                         help='JSON object of its extra arguments, e.g. \'{"backbone": "convnext_tiny"}\' for magsd_custom')
@@ -109,6 +118,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument('--cxr-batch-size', type=int, default=CXR_DEFAULTS['batch_size'], help='cxr: batch size')
     parser.add_argument('--train-args', default='', help='cxr: further recipes/train.py flags for both methods')
     parser.add_argument('--bootstrap', type=int, default=1000, help='cxr: bootstrap resamples of the intervals')
+    parser.add_argument('--near-copy-images', type=Path, nargs='+', default=[],
+                        help='near-copies: folders of films (searched recursively; default: the bundled sample)')
+    parser.add_argument('--near-copy-films', type=int, default=300, help='near-copies: films drawn and copied')
+    parser.add_argument('--near-copy-total', type=int, default=10_000,
+                        help='near-copies: images searched in all (every film of the folders if they hold fewer)')
     parser.add_argument('--output-dir', type=Path, default=Path('benchmark_results'),
                         help='folder for the Markdown tables (one per suite)')
     add_traceback_flag(parser)
@@ -674,7 +688,6 @@ def _train_run(args: argparse.Namespace, method: str, seed: int) -> Path:
     import shlex
     import subprocess
 
-    from magsd_timm.errors import BadInputError
     from magsd_timm.train.run_folder import RunFolder, setting_differences
 
     output = args.output_dir / 'cxr' / f'{method}-seed{seed}'
@@ -728,7 +741,6 @@ def _mean_std(values: List[float]) -> str:
 
 def run_cxr_suite(args: argparse.Namespace) -> str:
     """MAG-SD and the plain backbone, same data, budget and recipe, over seeds: test metrics with spreads and CIs."""
-    from magsd_timm.errors import BadInputError
     from magsd_timm.evaluation import per_source_metrics
     from magsd_timm.localization import load_boxes, localization_report
     from magsd_timm.metrics import bootstrap_intervals, classification_metrics, defined_mean
@@ -822,9 +834,78 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
     return '\n'.join(lines)
 
 
+# ---- suite `near-copies`: made copies found among real films, and the time it takes ------------------
+
+def _film_files(args: argparse.Namespace) -> List[Path]:
+    """The films of --near-copy-images (every image file below them), or the bundled sample."""
+    from magsd_timm.data.sample import sample_records
+    from magsd_timm.data.sources import IMAGE_SUFFIXES
+
+    if not args.near_copy_images:
+        return [Path(r['path']) for r in sample_records()]
+    files = sorted(p for folder in args.near_copy_images for p in Path(folder).rglob('*')
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise BadInputError(f"--near-copy-images {' '.join(map(shown_path, args.near_copy_images))}: no image files.")
+    return files
+
+
+def run_near_copy_suite(args: argparse.Namespace) -> str:
+    """Recall per kind of made copy, precision, pairs among the folders' own files, and the time."""
+    import json
+    import random
+
+    from PIL import Image
+
+    from magsd_timm.data.near_copies import COPY_KINDS, fingerprint, near_copy_groups, near_copy_pairs
+    from magsd_timm.data.reader import image_to_array, read_image
+
+    files = _film_files(args)
+    rng = random.Random(args.seeds[0])
+    drawn = rng.sample(files, min(args.near_copy_films, len(files)))
+    others = [p for p in files if p not in set(drawn)]
+    rng.shuffle(others)
+    own = drawn + others[:max(0, args.near_copy_total - len(drawn) * (1 + len(COPY_KINDS)))]
+    start = time.perf_counter()
+    prints = [fingerprint(read_image(p)) for p in own]
+    per_file = (time.perf_counter() - start) / len(own)
+    made = []  # (index of its film in own, kind)
+    for i, path in enumerate(drawn):
+        film = Image.fromarray((read_image(path) * 255).round().astype('uint8'))
+        for kind, copy in COPY_KINDS.items():
+            prints.append(fingerprint(image_to_array(copy(film))))
+            made.append((i, kind))
+    start = time.perf_counter()
+    pairs = near_copy_pairs(prints)
+    search = time.perf_counter() - start
+    film_of = {len(own) + m: i for m, (i, _) in enumerate(made)}  # a made copy's film; own files are their own
+    group = {i: n for n, g in enumerate(near_copy_groups(len(prints), list(pairs))) for i in g}
+    lines = [f'{len(prints)} images searched: {len(own)} files of {len(files)} in '
+             f"{', '.join(shown_path(f) for f in args.near_copy_images) or 'the bundled sample'}, and "
+             f'{len(made)} copies made of {len(drawn)} of them (seed {args.seeds[0]}).', '',
+             '| copy made | found with its film (recall) |', '|---|---|']
+    for kind in COPY_KINDS:
+        found = [group.get(len(own) + m, -1) == group.get(i, -2) for m, (i, k) in enumerate(made) if k == kind]
+        lines.append(f'| {kind} | {sum(found)} / {len(found)} = {sum(found) / len(found):.3f} |')
+    with_copy = [(i, j) for i, j in pairs if j >= len(own)]  # i < j: a made copy is always j
+    right = sum(film_of.get(i, i) == film_of[j] for i, j in with_copy)
+    own_pairs = sorted((i, j) for i, j in pairs if j < len(own))
+    lines += ['', f'Precision over the {len(with_copy)} pairs found that hold a made copy: {right} join it to its own '
+                  f'film or its other copies = {right / max(1, len(with_copy)):.4f} (a copy of a film that has a real '
+                  'copy among the files may also join that one, and counts as wrong here).',
+              f'Pairs found among the files themselves: {len(own_pairs)} (real copies in the collection, or false '
+              'matches: listed in near-copies-found.json to look at).',
+              f'Time: {1e3 * per_file:.1f} ms per file (read and fingerprint, one process); the search of all '
+              f'{len(prints)} images {search:.1f} s.']
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / 'near-copies-found.json').write_text(json.dumps(
+        [dict(a=display(own[i]), b=display(own[j]), score=round(pairs[i, j], 4)) for i, j in own_pairs], indent=1))
+    return '\n'.join(lines)
+
+
 SUITES = {'model': run_model_suite, 'step': run_step_suite, 'data': run_data_suite, 'trainer': run_trainer_suite,
           'throughput': run_throughput_suite, 'attention': run_attention_suite, 'cli': run_cli_suite,
-          'cxr': run_cxr_suite}
+          'cxr': run_cxr_suite, 'near-copies': run_near_copy_suite}
 
 
 def main(argv: List[str]) -> int:
@@ -841,9 +922,9 @@ def _benchmark(args: argparse.Namespace) -> int:
               f'{args.img_size} px, {args.model} vs {args.baseline}.\n\n')
     args.output_dir.mkdir(parents=True, exist_ok=True)
     for name, run in SUITES.items():
-        if args.suite != name and (args.suite != 'all' or name == 'cxr'):
+        if args.suite != name and (args.suite != 'all' or name in ('cxr', 'near-copies')):
             continue
-        table = (f'Machine: {_machine(args)}.\n\n' if name == 'cxr' else header) + run(args) + '\n'
+        table = (f'Machine: {_machine(args)}.\n\n' if name in ('cxr', 'near-copies') else header) + run(args) + '\n'
         print(table)
         (args.output_dir / f'{name}.md').write_text(table)
         print(f"written to {args.output_dir / f'{name}.md'}\n")

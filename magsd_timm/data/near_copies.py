@@ -14,13 +14,15 @@ Public chest X-ray sets share films, rarely byte for byte. Two stages find the c
 docs/data.md gives the precision and recall measured on made copies (recipes/benchmark.py --suite
 near-copies) and the time on 10,000 images.
 """
+import io
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
+from PIL import Image, ImageEnhance
 
-__all__ = ['CANDIDATE_THRESHOLD', 'NEAR_COPY_THRESHOLD', 'Fingerprint', 'NoStructureError', 'fingerprint',
-           'near_copy_groups', 'near_copy_pairs']
+__all__ = ['CANDIDATE_THRESHOLD', 'COPY_KINDS', 'NEAR_COPY_THRESHOLD', 'Fingerprint', 'NoStructureError',
+           'fingerprint', 'near_copy_groups', 'near_copy_pairs']
 
 CANDIDATE_THRESHOLD = 0.75
 NEAR_COPY_THRESHOLD = 0.85
@@ -139,3 +141,28 @@ def near_copy_groups(count: int, pairs: Sequence[Tuple[int, int]]) -> List[List[
     for i in range(count):
         groups.setdefault(root(i), []).append(i)
     return sorted(g for g in groups.values() if len(g) > 1)
+
+
+def _jpeg(image: Image.Image, quality: int) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, format='JPEG', quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+def _cut(image: Image.Image, left: float, top: float, right: float, bottom: float) -> Image.Image:
+    w, h = image.size
+    return image.crop((round(left * w), round(top * h), round(w - right * w), round(h - bottom * h)))
+
+
+# how public sets copy a film (grey PIL image in, copy out): what the detector is measured and tested on
+COPY_KINDS: Dict[str, Callable[[Image.Image], Image.Image]] = {
+    'half size': lambda im: im.resize((im.width // 2, im.height // 2), Image.BILINEAR),
+    'JPEG quality 30': lambda im: _jpeg(im, 30),
+    'squeezed to 299 x 299': lambda im: im.resize((299, 299), Image.BILINEAR),
+    '5% cut from each side': lambda im: _cut(im, .05, .05, .05, .05),
+    '8% cut from the left and bottom': lambda im: _cut(im, .08, 0, 0, .08),
+    '8% cut from the left only': lambda im: _cut(im, .08, 0, 0, 0),
+    'gamma 0.6': lambda im: im.point(lambda v: round(255 * (v / 255) ** 0.6)),
+    'gamma 1.5': lambda im: im.point(lambda v: round(255 * (v / 255) ** 1.5)),
+    'contrast x1.3': lambda im: ImageEnhance.Contrast(im).enhance(1.3),
+}

@@ -1,40 +1,17 @@
 """Near-copies: the same film resized, re-encoded, cropped or with other contrast is found; distinct films are not."""
-import io
 import json
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageEnhance
+from PIL import Image
 
 from magsd_timm.data.build import build_dataset, load_prepared
-from magsd_timm.data.near_copies import NoStructureError, fingerprint, near_copy_groups, near_copy_pairs
+from magsd_timm.data.near_copies import COPY_KINDS, NoStructureError, fingerprint, near_copy_groups, near_copy_pairs
 from magsd_timm.data.reader import image_to_array
 from magsd_timm.data.sample import sample_records
 from magsd_timm.data.splits import drop_near_copies
-
-
-def _jpeg(image: Image.Image, quality: int) -> Image.Image:
-    buffer = io.BytesIO()
-    image.save(buffer, format='JPEG', quality=quality)
-    return Image.open(io.BytesIO(buffer.getvalue()))
-
-
-def _cut(image: Image.Image, left: float, top: float, right: float, bottom: float) -> Image.Image:
-    w, h = image.size
-    return image.crop((round(left * w), round(top * h), round(w - right * w), round(h - bottom * h)))
-
-
-MADE = {  # how public sets copy a film
-    'half size': lambda im: im.resize((im.width // 2, im.height // 2), Image.BILINEAR),
-    'JPEG quality 30': lambda im: _jpeg(im, 30),
-    'squeezed to 299 x 299': lambda im: im.resize((299, 299)),
-    '5% cut from each side': lambda im: _cut(im, .05, .05, .05, .05),
-    '8% cut from the left and bottom': lambda im: _cut(im, .08, 0, 0, .08),
-    'gamma 0.6': lambda im: im.point(lambda v: round(255 * (v / 255) ** 0.6)),
-    'contrast x1.3': lambda im: ImageEnhance.Contrast(im).enhance(1.3),
-}
 
 
 def _films():
@@ -45,10 +22,10 @@ def _print(image: Image.Image):
     return fingerprint(image_to_array(image))
 
 
-@pytest.mark.parametrize('made', MADE)
+@pytest.mark.parametrize('made', COPY_KINDS)
 def test_a_made_copy_is_found_and_distinct_films_are_not(made):
     films = _films()[:8]
-    copy = MADE[made](films[3])
+    copy = COPY_KINDS[made](films[3])
     pairs = near_copy_pairs([_print(f) for f in films] + [_print(copy)])
     assert set(pairs) == {(3, 8)}  # the copy and its film, and no two of the bundled films
 
@@ -96,7 +73,7 @@ def test_the_copy_kept_has_a_patient_id_then_the_most_pixels(tmp_path):
 def test_near_copies_with_different_labels_are_all_left_out(tmp_path):
     film = _films()[0]
     records = (_records(tmp_path, [('a', film)], label='normal')
-               + _records(tmp_path / 'b', [('b', _jpeg(film, 40))], label='COVID-19'))
+               + _records(tmp_path / 'b', [('b', COPY_KINDS['JPEG quality 30'](film))], label='COVID-19'))
     prints = {r['path']: fingerprint(image_to_array(Image.open(r['path']))) for r in records}
     kept, dropped, conflicts, near = drop_near_copies(records, prints)
     assert kept == [] == dropped == near and len(conflicts) == 2
@@ -106,12 +83,12 @@ def test_near_copies_with_different_labels_are_all_left_out(tmp_path):
 def test_no_near_copy_crosses_splits_and_the_card_counts_them_per_pair_of_sources(tmp_path):
     films = _films()
     originals = [dict(r, patient_id=f'p{n}') for n, r in enumerate(sample_records())]
-    copies = _records(tmp_path, [('mirror site', MADE[kind](films[n]))
-                                 for n, kind in zip(range(0, 14, 2), MADE)], patient=False)
-    for copy, n in zip(copies, range(0, 14, 2)):
+    copies = _records(tmp_path, [('mirror site', COPY_KINDS[kind](films[n]))
+                                 for n, kind in zip(range(0, 16, 2), COPY_KINDS)], patient=False)
+    for copy, n in zip(copies, range(0, 16, 2)):
         copy['label'] = originals[n]['label']
     summary = build_dataset(originals + copies, tmp_path / 'out', seed=1)
-    assert summary['near_copies'] == 7 and sum(summary['counts'].values()) == 16
+    assert summary['near_copies'] == 8 and sum(summary['counts'].values()) == 16
     dataset = load_prepared(tmp_path / 'out')
     kept = [(split, image.convert('L')) for split, d in dataset.items() for image in d['image']]
     pairs = near_copy_pairs([_print(image) for _, image in kept])
@@ -120,11 +97,11 @@ def test_no_near_copy_crosses_splits_and_the_card_counts_them_per_pair_of_source
     skipped = {Path(s['path']).parent.name: s['reason'] for s in json.loads((tmp_path / 'out' / 'skipped.json').read_text())}
     assert skipped['mirror site'].startswith('near copy of ')
     card = (tmp_path / 'out' / 'README.md').read_text()
-    assert '7 near-copies' in card and '| kermany16 | mirror site | 7 |' in card
+    assert '8 near-copies' in card and '| kermany16 | mirror site | 8 |' in card
 
 
 def test_every_pair_of_sources_is_compared(tmp_path):
     films = _films()
-    records = _records(tmp_path, [(name, MADE['half size'](films[0])) for name in ('a', 'b', 'c')])
+    records = _records(tmp_path, [(name, COPY_KINDS['half size'](films[0])) for name in ('a', 'b', 'c')])
     prints = {r['path']: fingerprint(image_to_array(Image.open(r['path']))) for r in records}
     assert set(near_copy_pairs([prints[r['path']] for r in records])) == set(combinations(range(3), 2))
