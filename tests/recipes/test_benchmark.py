@@ -140,6 +140,26 @@ def test_attention_suite_scores_the_display_map_and_grad_cam(tmp_path, bench_her
     assert '>= 0.9 and >= Grad-CAM' in rows[0][3] and '48 training images x 1 epochs' in table
 
 
+def test_near_copy_suite_finds_made_copies_and_lists_the_pairs_among_the_files(tmp_path, bench_here):
+    import json
+    import shutil
+
+    from magsd_timm.data.sample import sample_records
+
+    films = tmp_path / 'films'
+    films.mkdir()
+    for n, record in enumerate(sample_records()[:5]):
+        shutil.copy(record['path'], films / f'{n}.jpeg')
+    shutil.copy(sample_records()[0]['path'], films / 'again.jpeg')  # the collection's own copy
+    stdout = bench_here('--suite', 'near-copies', '--near-copy-images', str(films), '--near-copy-films', '2',
+                        '--near-copy-total', '24')
+    rows = [_cells(line) for line in stdout.splitlines() if line.startswith('| ') and '/' in line]
+    assert len(rows) == 9 and all(r[1] == '2 / 2 = 1.000' for r in rows)  # every kind of copy, of both films
+    assert '24 images searched: 6 files of 6' in stdout and 'Pairs found among the files themselves: 1 ' in stdout
+    found = json.loads((tmp_path / 'near-copies-found.json').read_text())
+    assert len(found) == 1 and {Path(found[0]['a']).name, Path(found[0]['b']).name} == {'0.jpeg', 'again.jpeg'}
+
+
 def test_cxr_suite_trains_both_methods_alike_and_reports_test_metrics_per_source_and_where_they_look(tmp_path,
                                                                                                      bench_here, capsys):
     import json
