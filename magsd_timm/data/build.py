@@ -122,7 +122,9 @@ def render_card(
                      + '.' if left_out else 'The sources left no listed row out.')
     copies_by_source = Counter((c.kept['source'], c.dropped['source']) for c in near_copies)
     near_copy_text = (f'{len(near_copies)} near-copies (the same film resized, re-encoded, cropped or with other '
-                      'contrast) were found and left out, one copy of each film kept (listed in `skipped.json`):\n\n'
+                      'contrast) were found and left out, one copy of each film kept (listed in `skipped.json`), '
+                      'so no film is in two splits. Films of one patient taken alike can count as one film. '
+                      'Copies per pair of sources:\n\n'
                       + markdown_table(['copy kept from', 'copy left out from', 'films'],
                                        [[kept, dropped, n] for (kept, dropped), n in sorted(copies_by_source.items())])
                       if near_copies else 'No near-copies (the same film resized, re-encoded, cropped or with other '
