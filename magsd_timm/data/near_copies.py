@@ -7,9 +7,10 @@ Public chest X-ray sets share films, rarely byte for byte. Two stages find the c
    its local mean) of a 24 x 24 thumbnail of the whole image and of 48 crops that remove up to 10% of
    the width and of the height, from either side or both. A pair is a candidate when the whole of one
    correlates with some crop of the other at CANDIDATE_THRESHOLD or more: one matrix product, blockwise.
-2. Check. The candidate's best crop is aligned to the other image at 64 x 64 px (OpenCV's ECC, an affine
-   warp), and their fine detail correlated: at NEAR_COPY_THRESHOLD or more they are one film. Distinct
-   films of one class share the anatomy, not the noise, vessels and edges, so they stay far below.
+2. Check. The candidate's best crop (the way round that scores best) is aligned to the other image at
+   64 x 64 px (OpenCV's ECC, an affine warp), and their fine detail correlated: at NEAR_COPY_THRESHOLD
+   or more they are one film. Distinct films of one class share the anatomy, not the noise, vessels and
+   edges, so they stay far below.
 
 docs/data.md gives the precision and recall measured on made copies (recipes/benchmark.py --suite
 near-copies) and the time on 10,000 images.
@@ -83,8 +84,8 @@ def fingerprint(image: np.ndarray) -> Fingerprint:
     return Fingerprint(crops=crops, equalised=kept, pixels=int(image.shape[0] * image.shape[1]))
 
 
-def _candidates(prints: Sequence[Fingerprint], block: int = 128) -> Iterator[Tuple[int, int, int]]:
-    """(i, j, crop): the whole of image i correlates with crop `crop` of image j at CANDIDATE_THRESHOLD or more."""
+def _candidates(prints: Sequence[Fingerprint], block: int = 128) -> Iterator[Tuple[int, int, int, float]]:
+    """(i, j, crop, score): the whole of image i correlates with crop `crop` of image j at CANDIDATE_THRESHOLD or more."""
     n = len(prints)
     whole = np.stack([p.crops[0] for p in prints])
     every_crop = np.concatenate([p.crops for p in prints])  # image j's crops are rows j*C .. j*C+C-1
@@ -93,7 +94,7 @@ def _candidates(prints: Sequence[Fingerprint], block: int = 128) -> Iterator[Tup
         best, which = scores.max(-1), scores.argmax(-1)
         for i, j in zip(*np.nonzero(best >= CANDIDATE_THRESHOLD)):
             if start + i != j:
-                yield start + int(i), int(j), int(which[i, j])
+                yield start + int(i), int(j), int(which[i, j]), float(best[i, j])
 
 
 def _checked(a: Fingerprint, b: Fingerprint, crop: int) -> float:
@@ -115,14 +116,17 @@ def _checked(a: Fingerprint, b: Fingerprint, crop: int) -> float:
 
 
 def near_copy_pairs(prints: Sequence[Fingerprint]) -> Dict[Tuple[int, int], float]:
-    """Every pair (i < j) of near-copies among the fingerprints, with its check score."""
-    best: Dict[Tuple[int, int], float] = {}
-    for i, j, crop in _candidates(prints):
+    """Every pair (i < j) of near-copies among the fingerprints, with its check score.
+
+    A pair is checked once, the way round its candidate score is best (the side that was cropped).
+    """
+    best: Dict[Tuple[int, int], Tuple[float, int, int, int]] = {}
+    for i, j, crop, score in _candidates(prints):
         pair = (min(i, j), max(i, j))
-        score = _checked(prints[i], prints[j], crop)
-        if score >= NEAR_COPY_THRESHOLD and score > best.get(pair, -1.):
-            best[pair] = score
-    return best
+        if score > best.get(pair, (-1.,))[0]:
+            best[pair] = (score, i, j, crop)
+    checked = {pair: _checked(prints[i], prints[j], crop) for pair, (_, i, j, crop) in best.items()}
+    return {pair: score for pair, score in sorted(checked.items()) if score >= NEAR_COPY_THRESHOLD}
 
 
 def near_copy_groups(count: int, pairs: Sequence[Tuple[int, int]]) -> List[List[int]]:
