@@ -109,6 +109,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import align_labels, evaluate, fit_temperature, predict_dataset, save_temperature, write_reports
     from .inference import probabilities
     from .metrics import classification_metrics
+    from .shortcuts import hiding_report
 
     if args.calibrate and not resolve_model_name(args.model).startswith('local-dir:'):
         raise BadInputError(f'--calibrate saves the temperature into the checkpoint, so it needs a local checkpoint '
@@ -147,6 +148,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if calibration:
         report['calibration'] = calibration
     output = Path(args.output or f'eval/{args.split}')
+    boxes = None
     if args.boxes:
         from .localization import load_boxes, localization_report
 
@@ -156,6 +158,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         report['localization'] = localization_report(
             model, dataset, boxes, args.batch_size, args.bootstrap, args.seed,
             output / 'overlays' if args.overlays else None, args.overlays)
+    report['hiding'] = hiding_report(model, dataset, class_names, boxes, temperature, args.batch_size)
     written = write_reports(report, probs, labels, class_names, output)
     if calibration:  # the checkpoint changes last, when everything else of the command has succeeded
         save_temperature(Path(name[len('local-dir:'):]), temperature)
@@ -170,6 +173,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
               f"{where['mass_in_boxes']:.3f} of the map in the boxes (they cover {where['box_area_share']:.3f} of "
               f"the image), peak inside {where['pointing_hit_rate']:.3f}"
               + (f"; {where['invalid_boxes']} invalid box(es) left out" if where['invalid_boxes'] else ''))
+    hiding = report['hiding']
+    print(f"lungs hidden: {hiding['lungs']['answers_changed']:.1%} of the answers change (border hidden: "
+          f"{hiding['border']['answers_changed']:.1%})" + (
+              f"; {hiding['focus_class']} answers kept with the lungs hidden: {hiding['lungs']['focus_kept']:.1%} of "
+              f"{hiding['focus_answers']}" if hiding['focus_answers'] else ''))
     print('wrote ' + ', '.join(str(p) for p in written))
     if unreadable:
         print(f'magsd evaluate: {len(unreadable)} unreadable image(s) left out (listed in evaluation.json)',

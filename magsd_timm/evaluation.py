@@ -21,6 +21,7 @@ from .inference import model_logits, probabilities
 from .metrics import SCALARS, bootstrap_intervals, classification_metrics, metric_cell, metrics_markdown
 from .models.config import TEMPERATURE_RANGE, check_temperature
 from .outputs import atomic_path, strict_json, write_text_atomic
+from .shortcuts import class_source_accuracy, hiding_markdown
 from .tables import markdown_table, shown_path
 
 __all__ = ['CalibrationError', 'LabelMismatchError', 'MIN_CALIBRATION_IMAGES', 'TEMPERATURE_RANGE', 'align_labels',
@@ -150,6 +151,8 @@ def evaluate(
     if len(by_source) > 1:
         report['per_source'] = {source: {'num_images': count, **{k: result[k] for k in SCALARS}, 'classes': held}
                                 for source, (count, held, result) in by_source.items()}
+        report['class_source_accuracy'] = class_source_accuracy(probs.argmax(dim=1), labels, dataset.column('source'),
+                                                                class_names)
     return report, probs
 
 
@@ -175,6 +178,18 @@ def report_markdown(report: Dict[str, Any], class_names: Sequence[str], title: b
             ['source', 'images', 'classes', *SCALARS],
             [[s, r['num_images'], ', '.join(r['classes']), *(metric_cell(r[k]) for k in SCALARS)]
              for s, r in report['per_source'].items()])]
+    if 'class_source_accuracy' in report or 'hiding' in report:
+        lines += ['', '## Shortcuts: the disease or the film\'s origin?', '']
+    if 'class_source_accuracy' in report:
+        table = report['class_source_accuracy']
+        sources = sorted({s for by in table.values() for s in by})
+        lines += ['Per class, the share of each source\'s images of it predicted as it (images in brackets): a class '
+                  'recognised in one source and missed in another is recognised by its source.', '', markdown_table(
+                      ['class', *sources],
+                      [[c, *(f"{by[s]['accuracy']:.3f} ({by[s]['num_images']})" if s in by else '-' for s in sources)]
+                       for c, by in table.items()]), '']
+    if 'hiding' in report:
+        lines += [hiding_markdown(report['hiding']), '']
     if 'localization' in report:
         where = report['localization']
         empty = f", {where['empty_maps']} of them with a map that is zero everywhere, not scored" \
