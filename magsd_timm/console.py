@@ -200,6 +200,10 @@ def config_flags(parser: argparse.ArgumentParser, path: str, ignore: Sequence[st
                 parser.error(f'--config {display(path)}: {dest} must be true or false, not {value!r}')
             if value or isinstance(action, argparse.BooleanOptionalAction):
                 flags.append(action.option_strings[0] if value else f'--no-{action.option_strings[0][2:]}')
+        elif action.nargs in ('+', '*') and isinstance(value, list):  # a list setting: its items, each checked
+            if any(not isinstance(item, (str, int, float)) or str(item).startswith('-') for item in value):
+                parser.error(f'--config {display(path)}: {dest} must be a list of names or numbers, not {value!r}')
+            flags += [action.option_strings[-1], *map(str, value)] if value else []  # []: the default, none
         else:  # the flag's own type and choices check the value; '=' keeps a value that starts with '-' a value
             text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
             flags.append(f'{action.option_strings[-1]}={text}')

@@ -145,6 +145,12 @@ def test_the_paper_config_file_is_the_authors_recipe_and_flags_override_it():
     assert args.epochs == 2 and args.pretrained is False  # the flags given win over the file
 
 
+def test_a_list_setting_of_a_config_file_gives_its_items(tmp_path):
+    config = tmp_path / 'c.yaml'
+    config.write_text('exclude_sources: [covid19-radiography, ieee8023]\n')
+    assert _recipe()._parse_args(['-c', str(config)]).exclude_sources == ['covid19-radiography', 'ieee8023']
+
+
 @pytest.mark.parametrize('text, message', [
     ('lr: fast\n', "argument --lr: 'fast' is not a number"),
     ('epochs: 0\n', 'argument --epochs: 0 must be >= 1'),
@@ -154,6 +160,8 @@ def test_the_paper_config_file_is_the_authors_recipe_and_flags_override_it():
     ('- lr\n', 'not a mapping of settings to values'),
     ('lr: [0.1\n', 'cannot be read as YAML'),
     ('model: --help\n', '--model --help: unknown model'),  # a value stays a value, whatever it starts with
+    ('exclude_sources: [--help]\n', 'exclude_sources must be a list of names'),
+    ('exclude_sources: [{a: 1}]\n', 'exclude_sources must be a list of names'),
 ])
 def test_a_config_file_is_checked_as_the_flags_are(tmp_path, capsys, text, message):
     config = tmp_path / 'c.yaml'
