@@ -93,8 +93,12 @@ def _parser() -> argparse.ArgumentParser:
                        help='input side in pixels (the film is resized whole, aspect not kept)')
     group.add_argument('--augment', default='mild', choices=AUGMENTATIONS,
                        help="training augmentation: 'published' is the paper's, 'mild' keeps the anatomy")
-    group.add_argument('--balance', default='none', choices=['none', 'sampler', 'loss'],
-                       help='class balance: draw classes equally often, or weight the cross-entropy')
+    group.add_argument('--balance', default='none', choices=['none', 'sampler', 'class-source', 'loss'],
+                       help='class balance: draw classes equally often (class-source: and within a class its '
+                            'sources equally often), or weight the cross-entropy')
+    group.add_argument('--exclude-sources', nargs='+', default=[], metavar='SOURCE',
+                       help='leave the images of these sources out of training and validation (leave one source '
+                            'out: test on them)')
     group.add_argument('--batch-size', type=number(int, 1), default=8, help='images per step and process')
     group.add_argument('--workers', type=number(int, 0), default=0, help='data loader worker processes')
     group.add_argument('--cache-images', action=argparse.BooleanOptionalAction, default=True,
@@ -256,6 +260,13 @@ def _open_data(args: argparse.Namespace, data_config: Dict[str, Any], accelerato
     train_set = open_dataset(args.data, 'train', build_transforms(data_config, train=True, augment=args.augment),
                              seed=args.seed, augment_seed=args.seed)
     val_set = open_dataset(args.data, 'validation', build_transforms(data_config), seed=args.seed)
+    if args.exclude_sources:
+        known = sorted({s for split in (train_set, val_set) for s in split.column('source') if s is not None})
+        unknown = [s for s in args.exclude_sources if s not in known]
+        if unknown:
+            raise BadInputError(f"--exclude-sources {' '.join(unknown)}: no such source in "
+                                f"{display(args.data or 'the bundled sample')} (it has {', '.join(known) or 'none'}).")
+        train_set, val_set = (split.without_sources(args.exclude_sources) for split in (train_set, val_set))
     train_set = _checked_split(train_set, 'train', accelerator, args.cache_images)
     val_set = _checked_split(val_set, 'validation', accelerator, args.cache_images)
     present = sorted({train_set.class_names[k] for k in train_set.labels()})
@@ -266,8 +277,12 @@ def _open_data(args: argparse.Namespace, data_config: Dict[str, Any], accelerato
 
 
 def _loaders(args: argparse.Namespace, train_set: CXRDataset, val_set: CXRDataset):
-    """The training loader (shuffled, or class-balanced draws) and the validation loader."""
-    sampler = BalancedSampler(train_set.labels(), args.seed) if args.balance == 'sampler' else None
+    """The training loader (shuffled, or balanced draws) and the validation loader."""
+    sampler = None
+    if args.balance == 'sampler':
+        sampler = BalancedSampler(train_set.labels(), args.seed)
+    elif args.balance == 'class-source':
+        sampler = BalancedSampler(list(zip(train_set.labels(), train_set.column('source'))), args.seed)
     train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler,
                               num_workers=args.workers, generator=seeded_generator(args.seed))
     return train_loader, DataLoader(val_set, batch_size=args.batch_size, num_workers=args.workers)

@@ -12,7 +12,7 @@ its first step; ``readable(keep=True)`` keeps what that pass computed (the trans
 import functools
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -97,10 +97,39 @@ class CXRDataset(Dataset):
     def without(self, problems: Sequence[Tuple[int, str]]) -> 'CXRDataset':
         """The same dataset without the items check_images found (index, why); they join `dropped`."""
         drop = {index for index, _ in problems}
-        keep = [i for i in range(len(self)) if i not in drop]
+        subset = self._subset([i for i in range(len(self)) if i not in drop])
+        subset.dropped += [(self.name(i), why) for i, why in problems]
+        return subset
+
+    def without_sources(self, sources: Sequence[str]) -> 'CXRDataset':
+        """The same dataset without the items of these sources (a source held out of training)."""
+        held = set(sources)
+        return self._subset([i for i, source in enumerate(self.column('source')) if source not in held])
+
+    def of_sources(self, sources: Sequence[str]) -> 'CXRDataset':
+        """The items of these sources alone."""
+        wanted = set(sources)
+        return self._subset([i for i, source in enumerate(self.column('source')) if source in wanted])
+
+    @staticmethod
+    def joined(parts: Sequence['CXRDataset']) -> 'CXRDataset':
+        """The items of several datasets of the same kind and classes, in order, with the first one's transform."""
+        import datasets
+
+        first = parts[0]
+        if any(p.from_files != first.from_files or p.class_names != first.class_names for p in parts):
+            raise ValueError('only datasets of the same kind and classes can be joined')
+        items = ([item for p in parts for item in p.items] if first.from_files
+                 else datasets.concatenate_datasets([p.items for p in parts]))
+        joined = CXRDataset(items, first.class_names, first.transform, first.seed)
+        joined.dropped = [d for p in parts for d in p.dropped]
+        return joined
+
+    def _subset(self, keep: List[int]) -> 'CXRDataset':
+        """The items at these indices, with the same classes, transform, seed and what was dropped before."""
         items = [self.items[i] for i in keep] if self.from_files else self.items.select(keep)
         subset = CXRDataset(items, self.class_names, self.transform, self.seed)
-        subset.dropped = self.dropped + [(self.name(i), why) for i, why in problems]
+        subset.dropped = list(self.dropped)
         if self.kept is not None:
             subset.kept = [self.kept[i] for i in keep]
         return subset
@@ -180,11 +209,19 @@ def _undecoded_images(items: 'datasets.Dataset') -> 'datasets.Dataset':
 
 
 class BalancedSampler(Sampler):
-    """As many draws as items, with replacement, every class equally likely; reseeded each epoch."""
+    """As many draws as items, with replacement, every class equally likely; reseeded each epoch.
 
-    def __init__(self, labels: Sequence[int], seed: int = 0):
-        counts = Counter(labels)
-        self.weights = torch.tensor([1. / counts[label] for label in labels], dtype=torch.double)
+    groups: each item's class, or its (class, source) pair: then every class is equally likely and,
+    within a class, every source it comes from, so that no collection stands for a class.
+    """
+
+    def __init__(self, groups: Sequence[Hashable], seed: int = 0):
+        top = [g[0] if isinstance(g, tuple) else g for g in groups]
+        counts = Counter(groups)
+        subgroups = Counter(t for t, _ in {(t, g) for t, g in zip(top, groups)})  # e.g. sources per class
+        # each class weighs 1 in all: its subgroups 1/subgroups each, shared by their items
+        self.weights = torch.tensor([1. / (counts[g] * subgroups[t]) for g, t in zip(groups, top)],
+                                    dtype=torch.double)
         self.seed, self.epoch = seed, 0
 
     def set_epoch(self, epoch: int) -> None:

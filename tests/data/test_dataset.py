@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from magsd_timm.data.build import build_dataset
-from magsd_timm.data.dataset import open_dataset
+from magsd_timm.data.dataset import CXRDataset, open_dataset
 from magsd_timm.data.sample import sample_records
 from magsd_timm.data.transforms import build_transforms, resolve_cxr_data_config
 
@@ -73,6 +73,27 @@ def test_balanced_sampler_draws_classes_equally_and_repeats_per_epoch():
     assert list(sampler) == draws
     sampler.set_epoch(1)
     assert list(sampler) != draws
+
+
+def test_class_source_draws_balance_the_sources_within_each_class():
+    from magsd_timm.data.dataset import BalancedSampler
+    # class 0: 80 from a, 10 from b; class 1: 10 from a alone
+    groups = [(0, 'a')] * 80 + [(0, 'b')] * 10 + [(1, 'a')] * 10
+    sampler = BalancedSampler(groups, seed=0)
+    weights = sampler.weights / sampler.weights.sum()
+    share = {g: float(sum(w for w, x in zip(weights, groups) if x == g)) for g in set(groups)}
+    assert share == {(0, 'a'): pytest.approx(.25), (0, 'b'): pytest.approx(.25), (1, 'a'): pytest.approx(.5)}
+    assert len(list(sampler)) == 100
+
+
+def test_a_split_without_a_source_and_of_a_source_alone():
+    records = [dict(path=f'x{i}.png', label='normal', patient_id=None, source='ab'[i % 2]) for i in range(6)]
+    dataset = CXRDataset(records, ['normal'])
+    dataset.dropped = [('gone.png', 'unreadable')]
+    without = dataset.without_sources(['a'])
+    assert without.column('source') == ['b'] * 3 and without.dropped == dataset.dropped
+    assert dataset.of_sources(['a']).column('path') == ['x0.png', 'x2.png', 'x4.png']
+    assert len(dataset.without_sources(['a', 'b'])) == 0 and len(dataset.of_sources(['c'])) == 0
 
 
 def test_dataset_labels_list_every_item():

