@@ -123,8 +123,9 @@ def hiding_markdown(report: Dict[str, Any]) -> str:
                              f'{focus} answers kept' if focus else 'focus answers kept'], rows)]
     lungs, border = report['lungs'], report['border']
     if lungs['answers_changed'] <= border['answers_changed']:
-        lines += ['', 'Hiding the lungs changes no more answers than hiding the border: the model does not read the '
-                      'lungs more than the film\'s edges. Its answers rest on the wrong evidence.']
+        lines += ['', f"Hiding the lungs changes no more answers than hiding the border ({lungs['answers_changed']:.1%} "
+                      f"against {border['answers_changed']:.1%}): the model does not read the lungs more than the "
+                      "film's edges, so its answers do not rest on the lungs."]
     if focus and report['focus_answers'] and lungs['focus_kept'] >= 0.5:
         lines += ['', f"With the lungs hidden the model still answers {focus} for {lungs['focus_kept']:.0%} of the "
                       f"{report['focus_answers']} images it called {focus}: it uses evidence outside the lungs "

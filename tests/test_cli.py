@@ -147,7 +147,8 @@ def test_evaluate_writes_reports_with_bootstrap_intervals_by_patient(trained_run
     hiding = report['hiding']  # the lungs (no boxes: the central region) and the border hidden, every image
     assert hiding['num_images'] == 12 and hiding['with_lung_boxes'] == 0 and hiding['focus_class'] is None
     assert all(0 <= hiding[c][k] <= 1 for c in ('lungs', 'border') for k in ('hidden_share', 'answers_changed'))
-    assert 'lungs hidden: ' in proc.stdout and '| lungs hidden | 0.420 |' in (tmp_path / 'evaluation.md').read_text()
+    # the central region at 64 px: rows 10-53, columns 13-50
+    assert 'lungs hidden: ' in proc.stdout and '| lungs hidden | 0.408 |' in (tmp_path / 'evaluation.md').read_text()
 
 
 def _train_records():

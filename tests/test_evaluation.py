@@ -48,12 +48,12 @@ def test_an_external_set_with_fewer_classes_is_scored_over_the_present_ones_and_
     assert report['per_source']['siteA']['classes'] == ['COVID-19', 'normal']
     # the shortcut table: per class, each source's share of its images recognised (siteA: odd i, siteB: even i)
     assert report['class_source_accuracy'] == {
-        'COVID-19': {'siteA': {'num_images': 2, 'accuracy': 1.0}, 'siteB': {'num_images': 2, 'accuracy': 0.5}},
+        'COVID-19': {'siteA': {'num_images': 2, 'accuracy': 0.5}, 'siteB': {'num_images': 2, 'accuracy': 1.0}},
         'normal': {'siteA': {'num_images': 2, 'accuracy': 0.5}, 'siteB': {'num_images': 2, 'accuracy': 1.0}}}
     write_reports(dict(report, model='m', data='external', split='test'), probs, labels, classes, tmp_path)
     text = (tmp_path / 'evaluation.md').read_text()
     assert 'Absent from these images: viral, bacterial.' in text
-    assert "## Shortcuts" in text and '| COVID-19 | 1.000 (2) | 0.500 (2) |' in text
+    assert "## Shortcuts" in text and '| COVID-19 | 0.500 (2) | 1.000 (2) |' in text
 
 
 def test_temperature_scaling_recovers_the_temperature_that_generated_the_labels():
