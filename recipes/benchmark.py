@@ -59,7 +59,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +68,9 @@ from magsd_timm.console import EXIT_CODES, HelpFormatter, add_traceback_flag, ad
 from magsd_timm.errors import BadInputError, display
 from magsd_timm.tables import markdown_table, shown_path
 
-CXR_DEFAULTS = dict(epochs=12, img_size=64, batch_size=32)  # sized for 2 CPU cores (docs/results.md: the measured time)
+# the recommended recipe (docs/results.md): pretrained EfficientNet-Lite0, 3 stages frozen, 128 px, sized for 2 CPU cores
+CXR_DEFAULTS = dict(model='magsd_efficientnet_lite0', epochs=8, img_size=128, batch_size=32)
+CXR_TRAIN_ARGS = '--pretrained --freeze-stages 3'
 MODEL_TARGET = 1.10  # MA-Net over the plain backbone, for inference and for forward+backward
 STEP_TARGET = 2.6  # a MAG-SD training step over one plain eager contiguous fp32 step
 AUGMENT_LOSS_TARGET = 0.05  # share of the MAG-SD step spent in the augmentations and the loss
@@ -112,11 +114,13 @@ def _parser() -> argparse.ArgumentParser:
                         help='cxr, throughput: a folder prepared by recipes/prepare_data.py')
     parser.add_argument('--boxes', type=Path, default=None, help='cxr: COCO boxes (e.g. lungs) to score the maps by')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='cxr: one training run per seed')
-    parser.add_argument('--cxr-model', default='magsd_resnet18', help='cxr: the MA-Net (the baseline is its backbone)')
+    parser.add_argument('--cxr-model', default=CXR_DEFAULTS['model'], help='cxr: the MA-Net (the baseline is its backbone)')
     parser.add_argument('--cxr-epochs', type=int, default=CXR_DEFAULTS['epochs'], help='cxr: epochs of every run')
     parser.add_argument('--cxr-img-size', type=int, default=CXR_DEFAULTS['img_size'], help='cxr: input side')
     parser.add_argument('--cxr-batch-size', type=int, default=CXR_DEFAULTS['batch_size'], help='cxr: batch size')
-    parser.add_argument('--train-args', default='', help='cxr: further recipes/train.py flags for both methods')
+    parser.add_argument('--train-args', default=CXR_TRAIN_ARGS, help='cxr: further recipes/train.py flags for both methods')
+    parser.add_argument('--holdout-source', default=None, metavar='SOURCE',
+                        help='cxr: leave this source out of training and validation and score every image of it')
     parser.add_argument('--bootstrap', type=int, default=1000, help='cxr: bootstrap resamples of the intervals')
     parser.add_argument('--near-copy-images', type=Path, nargs='+', default=[],
                         help='near-copies: folders of films (searched recursively; default: the bundled sample)')
@@ -660,6 +664,8 @@ def _machine(args: argparse.Namespace) -> str:
 # ---- suite `cxr`: MAG-SD against its plain backbone on real chest X-rays ---------------------------
 
 CXR_TARGET = 0.02  # MAG-SD macro F1 over the baseline's, on the test split, mean over seeds
+LOSO_TARGET = 0.80  # COVID-19 vs normal AUROC on a source left out of training, mean over seeds
+MAP_TARGET = 0.7  # share of MA-Net's display map inside the lung boxes
 
 
 def _train_recipe():
@@ -690,10 +696,12 @@ def _train_run(args: argparse.Namespace, method: str, seed: int) -> Path:
 
     from magsd_timm.train.run_folder import RunFolder, setting_differences
 
-    output = args.output_dir / 'cxr' / f'{method}-seed{seed}'
+    without = f'-without-{args.holdout_source}' if args.holdout_source else ''
+    output = args.output_dir / 'cxr' / f'{method}{without}-seed{seed}'
     train_args = ['--data', str(args.data), '--model', args.cxr_model, '--method', method, '--img-size',
                   str(args.cxr_img_size), '--epochs', str(args.cxr_epochs), '--batch-size', str(args.cxr_batch_size),
                   '--seed', str(seed), '--output', str(output), *(['--cpu'] if args.device == 'cpu' else []),
+                  *(['--exclude-sources', args.holdout_source] if args.holdout_source else []),
                   *shlex.split(args.train_args)]
     folder = RunFolder(output)
     if folder.has_results():  # train.py's own parser tells what the requested run would record
@@ -713,22 +721,40 @@ def _train_run(args: argparse.Namespace, method: str, seed: int) -> Path:
     return output
 
 
-def _test_probabilities(run: Path, args: argparse.Namespace):
-    """The best checkpoint's probabilities on the test split, in the data's class order, and that split."""
+def _scored_sets(model: torch.nn.Module, args: argparse.Namespace) -> Dict[str, Any]:
+    """What the runs are scored on: the test split; leaving a source out, the test split without it
+    ('in distribution') and every image of the held-out source, from all splits ('held out')."""
     from magsd_timm.data import open_dataset
+    from magsd_timm.data.dataset import CXRDataset
     from magsd_timm.data.transforms import build_transforms, resolve_cxr_data_config
+
+    transform = build_transforms(resolve_cxr_data_config(model))
+    test = open_dataset(str(args.data), 'test', transform)
+    if not args.holdout_source:
+        return {'test': test}
+    held = CXRDataset.joined([open_dataset(str(args.data), split, transform).of_sources([args.holdout_source])
+                              for split in ('train', 'validation', 'test')])
+    return {'in distribution': test.without_sources([args.holdout_source]), 'held out': held}
+
+
+def _run_probabilities(run: Path, args: argparse.Namespace) -> Tuple[Dict[str, Any], torch.nn.Module]:
+    """The best checkpoint's probabilities (data class order), labels and images on each scored set, and the model."""
     from magsd_timm.evaluation import align_labels, predict_dataset
     from magsd_timm.hub import load
     from magsd_timm.inference import probabilities
 
     model = load(f'local-dir:{run / "best"}').to(args.device)
-    transform = build_transforms(resolve_cxr_data_config(model))
-    dataset, unreadable = open_dataset(str(args.data), 'test', transform).readable()
-    for _, why in unreadable[:10]:  # both methods are scored on the same readable images, and it is said
-        print(f'cxr: left out of the test split: {why}', flush=True)
-    logits, labels = predict_dataset(model, dataset, batch_size=32)
-    order = align_labels(list(model.pretrained_cfg['label_names']), dataset.class_names)
-    return probabilities(logits)[:, order], labels, dataset, model
+    scored = {}
+    for name, dataset in _scored_sets(model, args).items():
+        dataset, unreadable = dataset.readable()
+        for _, why in unreadable[:10]:  # both methods are scored on the same readable images, and it is said
+            print(f'cxr: left out of the {name} images: {why}', flush=True)
+        if not len(dataset):
+            raise BadInputError(f'cxr: no readable {name} image in {display(shown_path(args.data))}.')
+        logits, labels = predict_dataset(model, dataset, batch_size=32)
+        order = align_labels(list(model.pretrained_cfg['label_names']), dataset.class_names)
+        scored[name] = (probabilities(logits)[:, order], labels, dataset)
+    return scored, model
 
 
 def _mean_std(values: List[float]) -> str:
@@ -739,11 +765,118 @@ def _mean_std(values: List[float]) -> str:
     return f'{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0.:.3f}'
 
 
+def _seed_scores(results: Dict[str, Any], methods: Sequence[str], value: Callable[[Dict[str, Any]], float],
+                 scored: str) -> List[str]:
+    """Mean ± sd over seeds of value(metrics) on a scored set, per method."""
+    return [_mean_std([value(m) for m in results[name][scored]['per_seed']]) for name in methods]
+
+
+def _covid_vs_normal(probs: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]):
+    """The images labelled COVID-19 or normal, as (probs, labels, their indices), or None when one class is missing."""
+    if not {'COVID-19', 'normal'} <= set(class_names):
+        return None
+    pair = [class_names.index('COVID-19'), class_names.index('normal')]
+    keep = torch.isin(labels, torch.tensor(pair))
+    if not all((labels[keep] == k).any() for k in pair):
+        return None
+    return probs[keep], labels[keep], keep.nonzero()[:, 0].tolist()
+
+
+def _method_results(runs: List[Tuple[Dict[str, Any], torch.nn.Module]], args: argparse.Namespace) -> Dict[str, Any]:
+    """Per scored set: each seed's metrics, the seed mean's intervals, COVID-19 vs normal, and the hiding reports."""
+    from magsd_timm.localization import load_boxes
+    from magsd_timm.metrics import bootstrap_intervals, classification_metrics
+    from magsd_timm.shortcuts import hiding_report
+
+    boxes = load_boxes(args.boxes) if args.boxes else None
+    out: Dict[str, Any] = {'models': [model for _, model in runs]}
+    for scored in runs[0][0]:
+        probs = [run[scored][0] for run, _ in runs]
+        labels, dataset = runs[0][0][scored][1], runs[0][0][scored][2]
+        names, groups = dataset.class_names, dataset.patient_groups()[0]
+        present = [names[k] for k in sorted(set(labels.tolist()))]
+        pair = [_covid_vs_normal(p, labels, names) for p in probs]
+        out[scored] = dict(
+            probs=probs, labels=labels, dataset=dataset, class_names=names,
+            per_seed=[classification_metrics(p, labels, names, probabilities=True, present=present) for p in probs],
+            intervals=bootstrap_intervals(probs, labels, names, groups, args.bootstrap, 0, present=present),
+            hiding=[hiding_report(model, dataset, names, boxes) for _, model in runs])
+        if pair[0] is not None:
+            pair_labels, kept = pair[0][1], pair[0][2]
+            two = ['COVID-19', 'normal']
+            out[scored]['pair'] = dict(
+                auroc=[classification_metrics(p[0], pair_labels, names, True, present=two)['auroc']['COVID-19']
+                       for p in pair],
+                interval=bootstrap_intervals([p[0] for p in pair], pair_labels, names, [groups[i] for i in kept],
+                                             args.bootstrap, 0, present=two)['auroc']['COVID-19'],
+                num_images=len(kept))
+    return out
+
+
+def _holdout_lines(results: Dict[str, Any], methods: Sequence[str], args: argparse.Namespace) -> List[str]:
+    """The held-out source: COVID-19 vs normal AUROC against the target, COVID-19 sensitivity and specificity."""
+    held = results[methods[0]]['held out']
+    lines = [f'Left out: `{args.holdout_source}`, {len(held["labels"])} images never trained or validated on '
+             '(every split of it):', '']
+    if 'pair' not in held:
+        return lines + ['It does not hold both COVID-19 and normal images: no COVID-19 vs normal AUROC.']
+    rows = [['COVID-19 vs normal AUROC (' + str(held['pair']['num_images']) + ' images)',
+             *(f"{_mean_std(results[m]['held out']['pair']['auroc'])} "
+               f"[{results[m]['held out']['pair']['interval'][0]:.3f}, {results[m]['held out']['pair']['interval'][1]:.3f}]"
+               for m in methods)]]
+    for metric in ('sensitivity', 'specificity'):
+        rows.append([f'COVID-19 {metric}', *_seed_scores(results, methods, lambda m, k=metric: m[k]['COVID-19'],
+                                                         'held out')])
+    rows.append(['accuracy', *_seed_scores(results, methods, lambda m: m['accuracy'], 'held out')])
+    lines.append(markdown_table(['held out', *methods], rows))
+    for m in methods:
+        auroc = statistics.mean(results[m]['held out']['pair']['auroc'])
+        lines += ['', f'{m}: COVID-19 vs normal AUROC on the left-out source {auroc:.3f} (target >= '
+                      f'{LOSO_TARGET:.2f}: {_verdict(auroc >= LOSO_TARGET)}).']
+    return lines
+
+
+def _shortcut_lines(results: Dict[str, Any], methods: Sequence[str]) -> List[str]:
+    """Per class the accuracy on each source's images, and what hiding the lungs or the border does (seed means)."""
+    from magsd_timm.shortcuts import class_source_accuracy
+
+    tables = {}
+    for m in methods:
+        sets = [results[m][s] for s in results[m] if s != 'models']
+        sources = [src for r in sets for src in r['dataset'].column('source')]
+        labels = torch.cat([r['labels'] for r in sets])
+        names = sets[0]['class_names']
+        tables[m] = [class_source_accuracy(torch.cat([r['probs'][i] for r in sets]).argmax(dim=1), labels, sources,
+                                           names) for i in range(len(sets[0]['probs']))]
+    first = tables[methods[0]][0]
+    rows = [[c, src, by[src]['num_images'], *(_mean_std([t[c][src]['accuracy'] for t in tables[m]]) for m in methods)]
+            for c, by in first.items() for src in by]
+    lines = ['Shortcuts. Per class, the share of each source\'s images of it recognised (all scored images): a class '
+             'recognised in one source and missed in another is recognised by its source.', '',
+             markdown_table(['class', 'source', 'images', *methods], rows), '',
+             'Hiding the lungs (lung boxes where the box file has them, else the central region) or the border '
+             '(the outer eighth of each side, lungs excluded), mean ± sd over seeds:', '']
+    rows = []
+    for scored in [s for s in results[methods[0]] if s != 'models']:
+        for condition in ('lungs', 'border'):
+            cells = [f'{scored}: {condition} hidden']
+            for m in methods:
+                reports = results[m][scored]['hiding']
+                kept = [r[condition]['focus_kept'] for r in reports if r[condition]['focus_kept'] is not None]
+                cells += [_mean_std([r[condition]['answers_changed'] for r in reports]),
+                          _mean_std(kept) if kept else 'n/a']
+            rows.append(cells)
+    lines.append(markdown_table(['images', *(f'{m} {what}' for m in methods
+                                             for what in ('answers changed', 'COVID-19 answers kept'))], rows))
+    return lines
+
+
 def run_cxr_suite(args: argparse.Namespace) -> str:
-    """MAG-SD and the plain backbone, same data, budget and recipe, over seeds: test metrics with spreads and CIs."""
+    """MAG-SD and the plain backbone, same data, budget and recipe, over seeds: test metrics with spreads and CIs;
+    leaving a source out, its scores too; and the shortcut measures."""
     from magsd_timm.evaluation import per_source_metrics
     from magsd_timm.localization import load_boxes, localization_report
-    from magsd_timm.metrics import bootstrap_intervals, classification_metrics, defined_mean
+    from magsd_timm.metrics import defined_mean
     from magsd_timm.train.run_folder import RunFolder
 
     if args.data is None:
@@ -755,82 +888,83 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
     for name, method in methods.items():
         folders = [_train_run(args, method, seed) for seed in args.seeds]
         records += [RunFolder(folder).read_args() for folder in folders]
-        runs = [_test_probabilities(folder, args) for folder in folders]
-        probs = [r[0] for r in runs]
-        labels, dataset = runs[0][1], runs[0][2]
-        class_names = dataset.class_names
-        per_seed = [classification_metrics(p, labels, class_names, probabilities=True) for p in probs]
-        groups, _ = dataset.patient_groups()
-        results[name] = dict(
-            per_seed=per_seed, class_names=class_names, labels=labels, probs=probs, dataset=dataset,
-            intervals=bootstrap_intervals(probs, labels, class_names, groups, args.bootstrap, 0),
-            where=[localization_report(r[3], dataset, load_boxes(args.boxes), replicates=args.bootstrap)
-                   for r in runs] if args.boxes else None)
+        results[name] = _method_results([_run_probabilities(folder, args) for folder in folders], args)
     minutes = (time.perf_counter() - start) / 60
-    class_names = results['MAG-SD']['class_names']
-
-    def row(label: str, value) -> List[str]:
-        cells = [label]
-        for name in methods:
-            r = results[name]
-            seeds = [value(m) for m in r['per_seed']]
-            cells.append(_mean_std(seeds))
-        return cells
+    main = 'in distribution' if args.holdout_source else 'test'
+    class_names = results['MAG-SD'][main]['class_names']
+    names = list(methods)
 
     def ci(name: str, key: str, cls: Optional[str] = None) -> str:
-        bounds = results[name]['intervals'][key]
+        bounds = results[name][main]['intervals'][key]
         low, high = bounds[cls] if cls else bounds
         return f'[{low:.3f}, {high:.3f}]'
 
     # what the runs' records say, not what this invocation asked (a reused run was checked to match)
     shared = {k: v for k, v in records[0].items()
               if k not in ('method', 'seed', 'output', 'command', 'resume') and all(r.get(k) == v for r in records)}
+    scored = (f"the test split of `{display(shown_path(args.data))}` without `{args.holdout_source}`, which was left "
+              'out of training and validation' if args.holdout_source else
+              f'the test split of `{display(shown_path(args.data))}`')
     lines = [f"MAG-SD ({shared.get('model')}) against its plain backbone, trained alike ({shared.get('epochs')} "
              f"epochs, {shared.get('img_size')} px, batch {shared.get('batch_size')}, optimizer {shared.get('opt')} "
-             f"lr {shared.get('lr')}, schedule {shared.get('sched')}, as the runs' args.yaml record), seeds "
-             f"{', '.join(map(str, sorted({r.get('seed') for r in records})))}, on the test split of "
-             f"`{display(shown_path(args.data))}` "
-             f"({len(results['MAG-SD']['labels'])} images): mean ± standard deviation over seeds, and the 95% "
+             f"lr {shared.get('lr')}, schedule {shared.get('sched')}, pretrained {shared.get('pretrained')}, "
+             f"{shared.get('freeze_stages')} stages frozen, balance {shared.get('balance')}, as the runs' args.yaml "
+             f"record), seeds {', '.join(map(str, sorted({r.get('seed') for r in records})))}, on {scored} "
+             f"({len(results['MAG-SD'][main]['labels'])} images): mean ± standard deviation over seeds, and the 95% "
              f"bootstrap interval (over patients) of the seed mean. {minutes:.0f} minutes for this invocation "
              '(training runs found complete are reused).', '']
     table = []
     for key in ('accuracy', 'macro_f1'):
-        cells = row(key, lambda m, key=key: m[key])
-        table.append([cells[0], f'{cells[1]} {ci("MAG-SD", key)}', f'{cells[2]} {ci("baseline", key)}'])
-    cells = row('macro AUROC', lambda m: defined_mean(list(m['auroc'].values())))
-    table.append(cells)
+        cells = _seed_scores(results, names, lambda m, key=key: m[key], main)
+        table.append([key, *(f'{c} {ci(n, key)}' for c, n in zip(cells, names))])
+    table.append(['macro AUROC', *_seed_scores(results, names, lambda m: defined_mean(list(m['auroc'].values())),
+                                               main)])
     for metric in ('sensitivity', 'specificity', 'auroc'):
         for c in class_names:
-            cells = row(f'{metric}: {c}', lambda m, metric=metric, c=c: m[metric][c])
-            table.append([cells[0], f'{cells[1]} {ci("MAG-SD", metric, c)}', f'{cells[2]} {ci("baseline", metric, c)}'])
-    lines.append(markdown_table(['metric', 'MAG-SD', 'baseline'], table))
-    gain = (statistics.mean(m['macro_f1'] for m in results['MAG-SD']['per_seed'])
-            - statistics.mean(m['macro_f1'] for m in results['baseline']['per_seed']))
+            cells = _seed_scores(results, names, lambda m, metric=metric, c=c: m[metric][c], main)
+            table.append([f'{metric}: {c}', *(f'{v} {ci(n, metric, c)}' for v, n in zip(cells, names))])
+    lines.append(markdown_table(['metric', *names], table))
+    gain = (statistics.mean(m['macro_f1'] for m in results['MAG-SD'][main]['per_seed'])
+            - statistics.mean(m['macro_f1'] for m in results['baseline'][main]['per_seed']))
     lines += ['', f'Macro F1, MAG-SD minus baseline: {gain:+.3f} (target >= +{CXR_TARGET:.2f}: '
                   f'{_verdict(gain >= CXR_TARGET)}).', '']
-    sources = results['MAG-SD']['dataset'].column('source')
-    by_run = {name: [per_source_metrics(p, results[name]['labels'], sources, class_names)
-                     for p in results[name]['probs']] for name in methods}
+    if args.holdout_source:
+        lines += _holdout_lines(results, names, args) + ['']
+    covid = 'COVID-19' in class_names
     source_rows = []
-    for source, (count, _, _) in by_run['MAG-SD'][0].items():
-        cells = [source, count]
-        for name in methods:
-            scores = [run[source][2] for run in by_run[name]]
-            cells += [_mean_std([m['accuracy'] for m in scores]), _mean_std([m['macro_f1'] for m in scores])]
-        source_rows.append(cells)
+    for scored_set in [s for s in results['MAG-SD'] if s != 'models']:
+        by_run = {n: [per_source_metrics(p, results[n][scored_set]['labels'],
+                                         results[n][scored_set]['dataset'].column('source'), class_names)
+                      for p in results[n][scored_set]['probs']] for n in names}
+        for source, (count, _, _) in by_run['MAG-SD'][0].items():
+            cells = [source, count]
+            for n in names:
+                scores = [run[source][2] for run in by_run[n]]
+                cells += [_mean_std([m['accuracy'] for m in scores]), _mean_std([m['macro_f1'] for m in scores])]
+                cells += [_mean_std([m[k]['COVID-19'] for m in scores]) for k in ('sensitivity', 'specificity')] \
+                    if covid else []
+            source_rows.append(cells)
+    columns = ['accuracy', 'macro F1', *(['COVID-19 sensitivity', 'COVID-19 specificity'] if covid else [])]
     lines += ['Per source (macro F1 over the classes each source holds):', '',
-              markdown_table(['source', 'images', 'MAG-SD accuracy', 'MAG-SD macro F1', 'baseline accuracy',
-                              'baseline macro F1'], source_rows)]
+              markdown_table(['source', 'images', *(f'{n} {c}' for n in names for c in columns)], source_rows), '']
+    lines += _shortcut_lines(results, names)
     if args.boxes:
-        where = (f'Where they look, on the test images with boxes in `{display(shown_path(args.boxes))}` '
-                 '(mean ± sd over seeds):')
-        lines += ['', where, '',
+        where = {n: [localization_report(model, results[n][main]['dataset'], load_boxes(args.boxes),
+                                         replicates=args.bootstrap) for model in results[n]['models']] for n in names}
+        with torch.no_grad():  # the side of MA-Net's attention maps at this input size
+            image = results['MAG-SD'][main]['dataset'][0][0][None].to(args.device)
+            side = int(results['MAG-SD']['models'][0].forward_with_attention(image)[1].shape[-1])
+        mass = {n: statistics.mean(w['mass_in_boxes'] for w in where[n]) for n in names}
+        lines += ['', f'Where they look, on the {main} images with boxes in `{display(shown_path(args.boxes))}` '
+                      '(mean ± sd over seeds):', '',
                   markdown_table(['heat map', 'share inside the boxes', 'pointing game'], [
-                      [results[name]['where'][0]['method'],
-                       _mean_std([w['mass_in_boxes'] for w in results[name]['where']]),
-                       _mean_std([w['pointing_hit_rate'] for w in results[name]['where']])] for name in methods]),
-                  '', f"The boxes cover {results['MAG-SD']['where'][0]['box_area_share']:.3f} of the image: a "
-                      'uniform map would put that share inside them.']
+                      [where[n][0]['method'], _mean_std([w['mass_in_boxes'] for w in where[n]]),
+                       _mean_std([w['pointing_hit_rate'] for w in where[n]])] for n in names]),
+                  '', f"The boxes cover {where['MAG-SD'][0]['box_area_share']:.3f} of the image: a uniform map would "
+                      "put that share inside them. MA-Net's display map: "
+                      f"{mass['MAG-SD']:.3f} inside (target >= {MAP_TARGET:.1f} with maps of at least 7 x 7, here "
+                      f"about {side} x {side}, and above Grad-CAM's {mass['baseline']:.3f}: "
+                      f"{_verdict(mass['MAG-SD'] >= MAP_TARGET and side >= 7 and mass['MAG-SD'] > mass['baseline'])})."]
     return '\n'.join(lines)
 
 
@@ -896,7 +1030,6 @@ def run_near_copy_suite(args: argparse.Namespace) -> str:
                   f'film or its other copies = {right / max(1, len(with_copy)):.4f}; {also} more join it to a file '
                   f'found to be a copy of its film (a real copy in the collection, listed below), and with them '
                   f'{(right + also) / max(1, len(with_copy)):.4f}.',
-
               f'Pairs found among the files themselves: {len(own_pairs)} (real copies in the collection, or false '
               'matches: listed in near-copies-found.json to look at).',
               f'Time: {1e3 * per_file:.1f} ms per file (read and fingerprint, one process); the search of all '

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from support.recipes import load_recipe
 
@@ -160,51 +161,61 @@ def test_near_copy_suite_finds_made_copies_and_lists_the_pairs_among_the_files(t
     assert len(found) == 1 and {Path(found[0]['a']).name, Path(found[0]['b']).name} == {'0.jpeg', 'again.jpeg'}
 
 
-def test_cxr_suite_trains_both_methods_alike_and_reports_test_metrics_per_source_and_where_they_look(tmp_path,
-                                                                                                     bench_here, capsys):
+def test_cxr_suite_trains_both_methods_alike_leaving_a_source_out_and_reports_where_they_look_and_the_shortcuts(
+        tmp_path, bench_here, capsys):
     import json
 
     from magsd_timm.data import sample_records
     from magsd_timm.data.build import build_dataset
+    from magsd_timm.hub import load
 
-    records = [dict(r, source='left' if i % 2 else 'right') for i, r in enumerate(sample_records())]
-    build_dataset(records, tmp_path / 'data', seed=0, fractions=(0.5, 0.25, 0.25))
+    covid = {'bacterial pneumonia': 'COVID-19', 'normal': 'normal'}
+    records = [dict(r, label=covid[r['label']], source='left' if i % 2 else 'right')
+               for i, r in enumerate(sample_records())]
+    build_dataset(records, tmp_path / 'data', seed=2, fractions=(0.5, 0.25, 0.25))  # both sources in every split
     names = [r['path'].rsplit('/', 1)[-1] for r in records]
     (tmp_path / 'boxes.json').write_text(json.dumps(dict(
         images=[dict(id=i, file_name=n, width=100, height=100) for i, n in enumerate(names)],
         annotations=[dict(image_id=i, bbox=[0, 0, 50, 100]) for i in range(len(names))])))
-    stdout = bench_here('--suite', 'cxr', '--data', str(tmp_path / 'data'), '--boxes', str(tmp_path / 'boxes.json'),
-                  '--seeds', '0', '--cxr-epochs', '1', '--cxr-img-size', '64', '--cxr-batch-size', '4',
-                  '--cxr-model', 'magsd_custom', '--train-args', '--model-kwargs \'{"backbone": "test_resnet"}\'',
-                  '--bootstrap', '20')
+    suite = ['--suite', 'cxr', '--data', str(tmp_path / 'data'), '--holdout-source', 'left', '--seeds', '0',
+             '--cxr-img-size', '64', '--cxr-batch-size', '4', '--cxr-model', 'magsd_custom', '--bootstrap', '20',
+             '--train-args', '--model-kwargs \'{"backbone": "test_resnet"}\'']
+    stdout = bench_here(*suite, '--cxr-epochs', '1', '--boxes', str(tmp_path / 'boxes.json'))
     table = (tmp_path / 'cxr.md').read_text()
     assert table in stdout
     rows = {_cells(line)[0]: _cells(line) for line in table.splitlines() if line.startswith('| ')}
-    assert rows['metric'] == ['metric', 'MAG-SD', 'baseline']
+    assert rows['metric'] == ['metric', 'MAG-SD', 'baseline']  # on the test split without the left-out source
     assert re.fullmatch(r'\d\.\d{3} ± 0\.000 \[\d\.\d{3}, \d\.\d{3}\]', rows['macro_f1'][1])
-    assert {'sensitivity: bacterial pneumonia', 'specificity: normal', 'auroc: normal'} <= set(rows)
-    assert {'left', 'right'} & set(rows) and 'target >= +0.02' in table  # per source
+    assert {'sensitivity: COVID-19', 'specificity: normal', 'auroc: normal'} <= set(rows) and 'target >= +0.02' in table
+    assert 'without `left`, which was left out of training and validation' in table
+    assert 'Left out: `left`, 8 images never trained or validated on' in table  # all of its splits
+    assert re.fullmatch(r'\d\.\d{3} ± 0\.000 \[\d\.\d{3}, \d\.\d{3}\]', rows['COVID-19 vs normal AUROC (8 images)'][1])
+    assert {'COVID-19 sensitivity', 'COVID-19 specificity'} <= set(rows) and 'target >= 0.80' in table
+    assert {'left', 'right'} <= set(rows)  # per source, the left-out one too
+    assert {'in distribution: lungs hidden', 'held out: border hidden'} <= set(rows)  # the shortcut measures
     assert rows['MA-Net display map'][0] and any(k.startswith('Grad-CAM') for k in rows)
+    assert 'target >= 0.7 with maps of at least 7 x 7, here about' in table
     assert str(tmp_path) not in table and 'boxes in `boxes.json`' in table  # no path of this machine
-    config = json.loads((tmp_path / 'cxr' / 'baseline-seed0' / 'final' / 'config.json').read_text())
+    run = tmp_path / 'cxr' / 'baseline-without-left-seed0'
+    config = json.loads((run / 'final' / 'config.json').read_text())
     assert config['architecture'] == 'test_resnet'  # the MA-Net's own backbone, trained alike
+    assert yaml.safe_load((run / 'args.yaml').read_text())['exclude_sources'] == ['left']
     assert 'trained alike (1 epochs, 64 px, batch 4' in table  # what the runs' records say
 
+    recipe = bench_here.module
+    plain = recipe._parse_args([*SMALL, '--output-dir', str(tmp_path), *suite[:4], *suite[6:]])
+    assert list(recipe._scored_sets(load(f'local-dir:{run / "best"}'), plain)) == ['test']  # no source left out
     # a run is reused only with exactly the settings asked for; anything else is refused, nothing trained
-    suite = ['--suite', 'cxr', '--data', str(tmp_path / 'data'), '--seeds', '0', '--cxr-img-size', '64',
-             '--cxr-batch-size', '4', '--cxr-model', 'magsd_custom', '--bootstrap', '20',
-             '--train-args', '--model-kwargs \'{"backbone": "test_resnet"}\'']
     stamps = sorted(p.stat().st_mtime_ns for p in (tmp_path / 'cxr').rglob('*.safetensors'))
     err = bench_here(*suite, '--cxr-epochs', '15', code=2)
     assert 'holds a run with other settings (epochs: 1 then, 15 now)' in err and err.count('\n') == 1
     assert (tmp_path / 'cxr.md').read_text() == table
-    recipe = bench_here.module
     for method in ('magsd', 'baseline'):  # the same settings: the finished runs are reused, nothing is trained
         args = recipe._parse_args([*SMALL, '--output-dir', str(tmp_path), *suite, '--cxr-epochs', '1'])
-        assert recipe._train_run(args, method, 0) == tmp_path / 'cxr' / f'{method}-seed0'
+        assert recipe._train_run(args, method, 0) == tmp_path / 'cxr' / f'{method}-without-left-seed0'
     assert 'cxr: ' not in capsys.readouterr().out  # no training command was printed, so none was run
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / 'cxr').rglob('*.safetensors')) == stamps
-    (tmp_path / 'cxr' / 'magsd-seed0' / 'args.yaml').write_text('[unclosed')
+    (tmp_path / 'cxr' / 'magsd-without-left-seed0' / 'args.yaml').write_text('[unclosed')
     err = bench_here(*suite, '--cxr-epochs', '1', code=2)
     assert "args.yaml: not a readable record of a run's arguments" in err and err.count('\n') == 1
 
