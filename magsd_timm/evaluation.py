@@ -178,8 +178,8 @@ def report_markdown(report: Dict[str, Any], class_names: Sequence[str], title: b
             ['source', 'images', 'classes', *SCALARS],
             [[s, r['num_images'], ', '.join(r['classes']), *(metric_cell(r[k]) for k in SCALARS)]
              for s, r in report['per_source'].items()])]
-    if 'class_source_accuracy' in report or 'hiding' in report:
-        lines += ['', '## Shortcuts: the disease or the film\'s origin?', '']
+    if 'class_source_accuracy' in report or 'hiding' in report:  # a section of its own, or of a model card's
+        lines += ['', f"{'##' if title else '####'} Shortcuts: the disease or the film's origin?", '']
     if 'class_source_accuracy' in report:
         table = report['class_source_accuracy']
         sources = sorted({s for by in table.values() for s in by})

@@ -156,3 +156,6 @@ def test_a_test_report_in_the_run_is_the_cards_headline_with_intervals_per_sourc
     assert body.index('### Test split') < body.index('### Validation split')
     accuracy, (low, high) = run.test_report['metrics']['accuracy'], run.test_report['intervals']['accuracy']
     assert f'| accuracy | {accuracy:.3f} [{low:.3f}, {high:.3f}] |' in body
+    hiding = run.test_report['hiding']['lungs']['answers_changed']  # the shortcut measures, next to the scores
+    assert body.index('#### Shortcuts') < body.index('### Validation split')
+    assert f'| lungs hidden | 0.408 | {hiding:.3f}' in body
