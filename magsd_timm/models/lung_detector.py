@@ -1,0 +1,155 @@
+"""A lung-field detector: the box around both lungs of a frontal chest film, to crop the film to them.
+
+What tells public collections apart sits mostly outside the lungs (text, markers, borders, collimation,
+the patient's size on the film): a classifier shown only the lung fields has less of it to learn. The
+detector is a timm network regressing one box, the union of the right and left lung boxes, as shares
+of the film's width and height (x0, y0, x1, y1; x0 < x1 and y0 < y1 by construction). It is trained by
+recipes/train_lung_detector.py on COCO lung boxes, and lives in a folder: lung_detector.safetensors
+and lung_detector.json (architecture, input size, margin, and what it scored on held-out films). The
+config is read as untrusted: only known architectures, sizes and margins in range, safetensors only.
+"""
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..errors import BadInputError, display
+
+__all__ = ['ARCHITECTURES', 'DETECTOR_CONFIG', 'DETECTOR_WEIGHTS', 'LungDetector', 'box_iou', 'load_detector',
+           'save_detector']
+
+DETECTOR_WEIGHTS = 'lung_detector.safetensors'
+DETECTOR_CONFIG = 'lung_detector.json'
+ARCHITECTURES = ('tf_efficientnet_lite0', 'resnet18', 'test_resnet')  # what a detector config may name
+SIZE_RANGE = (32, 512)
+MARGIN_RANGE = (0., 0.25)
+MIN_CROP_SHARE = 0.25  # a crop keeps at least this share of each side, centred on the box
+
+
+class LungDetector(nn.Module):
+    """One box around both lungs (shares of width and height) per grey film."""
+
+    def __init__(self, architecture: str = 'tf_efficientnet_lite0', img_size: int = 128, margin: float = 0.05,
+                 pretrained: bool = False):
+        super().__init__()
+        import timm
+
+        from .offline_weights import create_pretrained
+
+        _check_config(dict(architecture=architecture, img_size=img_size, margin=margin), 'the detector settings')
+        self.architecture, self.img_size, self.margin = architecture, int(img_size), float(margin)
+        build = create_pretrained if pretrained else timm.create_model
+        self.net = build(architecture, in_chans=1, num_classes=4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Boxes (B, 4): x0, y0, x1, y1 in [0, 1], each start before its end."""
+        start, extent = self.net(x).float().sigmoid().split(2, dim=1)
+        return torch.cat([start, start + (1 - start) * extent], dim=1)
+
+    def inputs(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Grey films (H, W) in [0, 1], each squeezed to the input size and normalised: (B, 1, S, S)."""
+        import cv2
+
+        size = (self.img_size, self.img_size)
+        batch = np.stack([cv2.resize(np.asarray(i, dtype=np.float32), size, interpolation=cv2.INTER_AREA)
+                          for i in images])
+        return torch.from_numpy((batch - 0.5) / 0.5)[:, None]
+
+    @torch.no_grad()
+    def boxes(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """The predicted box of each film."""
+        self.eval()
+        return self(self.inputs(images).to(next(self.parameters()).device)).cpu()
+
+    def crop_box(self, box: Sequence[float]) -> List[float]:
+        """The part of the film a crop keeps for a predicted box: widened by the margin on every side, at least
+        MIN_CROP_SHARE of each side, inside the film (shares: x0, y0, x1, y1)."""
+        x0, y0, x1, y1 = box
+        out = []
+        for start, end in ((x0, x1), (y0, y1)):
+            half, centre = max((end - start) / 2 + self.margin, MIN_CROP_SHARE / 2), (start + end) / 2
+            out.append((max(centre - half, 0.), min(centre + half, 1.)))
+        (left, right), (top, bottom) = out
+        return [left, top, right, bottom]
+
+    def crop(self, image: np.ndarray) -> np.ndarray:
+        """The film cut to its predicted lung box (crop_box)."""
+        height, width = image.shape[:2]
+        left, top, right, bottom = self.crop_box(self.boxes([image])[0].tolist())
+        rows = slice(int(top * height), max(int(np.ceil(bottom * height)), int(top * height) + 1))
+        columns = slice(int(left * width), max(int(np.ceil(right * width)), int(left * width) + 1))
+        return image[rows, columns]
+
+    def config(self) -> Dict[str, Any]:
+        """What load_detector needs to build it again."""
+        return dict(architecture=self.architecture, img_size=self.img_size, margin=self.margin)
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Intersection over union of paired boxes (N, 4) given as x0, y0, x1, y1."""
+    width = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
+    height = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp(min=0)
+    inter = width * height
+    area = lambda box: (box[:, 2] - box[:, 0]).clamp(min=0) * (box[:, 3] - box[:, 1]).clamp(min=0)  # noqa: E731
+    return inter / (area(a) + area(b) - inter).clamp(min=1e-12)
+
+
+def _check_config(config: Any, where: str) -> None:
+    """Refuse a detector config that is not a mapping of a known architecture, a size and a margin in range."""
+    if not isinstance(config, dict):
+        raise BadInputError(f'{where}: not a mapping of detector settings.')
+    architecture, size, margin = config.get('architecture'), config.get('img_size'), config.get('margin')
+    if architecture not in ARCHITECTURES:
+        raise BadInputError(f'{where}: architecture {architecture!r} is not one of {", ".join(ARCHITECTURES)}.')
+    if not isinstance(size, int) or isinstance(size, bool) or not SIZE_RANGE[0] <= size <= SIZE_RANGE[1]:
+        raise BadInputError(f'{where}: img_size {size!r} must be a whole number from {SIZE_RANGE[0]} to '
+                            f'{SIZE_RANGE[1]}.')
+    if not isinstance(margin, (int, float)) or isinstance(margin, bool) or not MARGIN_RANGE[0] <= margin <= \
+            MARGIN_RANGE[1]:
+        raise BadInputError(f'{where}: margin {margin!r} must be a number from {MARGIN_RANGE[0]} to {MARGIN_RANGE[1]}.')
+
+
+def save_detector(detector: LungDetector, folder: Union[str, Path], scores: Dict[str, Any]) -> None:
+    """Write the detector's weights and config (with what it scored) into folder, each file atomically."""
+    from safetensors.torch import save_file
+
+    from ..outputs import atomic_path, strict_json, write_text_atomic
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / DETECTOR_WEIGHTS, 'lung detector weights') as staged:
+        save_file({k: v.contiguous() for k, v in detector.state_dict().items()}, str(staged))
+    write_text_atomic(folder / DETECTOR_CONFIG, strict_json(dict(detector.config(), **scores)), 'lung detector config')
+
+
+def load_detector(folder: Union[str, Path]) -> LungDetector:
+    """The detector saved in folder; BadInputError naming what is missing, malformed or does not fit."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config_path, weights_path = folder / DETECTOR_CONFIG, folder / DETECTOR_WEIGHTS
+    if not config_path.is_file() or not weights_path.is_file():
+        raise BadInputError(f'{display(folder)}: no lung detector ({DETECTOR_CONFIG} and {DETECTOR_WEIGHTS}); train one '
+                            'with recipes/train_lung_detector.py.')
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise BadInputError(f'{display(config_path)}: not a readable detector config ({e}).') from e
+    _check_config(config, display(config_path))
+    detector = LungDetector(config['architecture'], config['img_size'], config['margin'])
+    try:
+        state = load_file(str(weights_path))
+    except (OSError, SafetensorError) as e:
+        raise BadInputError(f'{display(weights_path)}: not readable safetensors ({e}).') from e
+    expected = detector.state_dict()
+    wrong = sorted(set(state) ^ set(expected)) + [k for k in state if k in expected and state[k].shape != expected[k].shape]
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if wrong or bad:
+        raise BadInputError(f'{display(weights_path)}: the weights do not fit a {config["architecture"]} detector '
+                            f"({'; '.join((wrong + [f'{k}: not finite' for k in bad])[:5])}).")
+    detector.load_state_dict(state)
+    return detector.eval()
