@@ -176,7 +176,7 @@ def _train(args: argparse.Namespace) -> int:
             loss.backward()
             optimizer.step()
             schedule.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         print(f'epoch {epoch + 1}/{args.epochs}: loss {np.mean(losses):.4f}', flush=True)
     scores = dict(heldout=_scores(detector, held, held_images), trained_on=dict(
         boxes=display(args.boxes.name), num_images=len(train), num_patients=len({p for _, _, p in train}),
