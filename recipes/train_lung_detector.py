@@ -10,7 +10,8 @@ file, and an image the box file names that is not in --images: each is reported 
 count on stderr) and left out, never guessed. The patients (images[].metadata.patientid, else one per
 file) are split with the seed: --heldout of them are never trained on, and the detector, trained for a
 fixed number of epochs (no choice made on the held-out films), is scored there: intersection over
-union with the true box, and the share of the true box that the crop (the predicted box widened by
+union with the true box (beside that of the training films' mean box, the box any film would get
+without a detector), and the share of the true box that the crop (the predicted box widened by
 --margin) keeps. The output folder (lung_detector.safetensors, lung_detector.json with the scores,
 ignored.json) is written whole or not at all; `recipes/train.py --crop-lungs FOLDER` uses it.
 """
@@ -178,7 +179,10 @@ def _train(args: argparse.Namespace) -> int:
             schedule.step()
             losses.append(float(loss.detach()))
         print(f'epoch {epoch + 1}/{args.epochs}: loss {np.mean(losses):.4f}', flush=True)
-    scores = dict(heldout=_scores(detector, held, held_images), trained_on=dict(
+    truth = torch.tensor([box for _, box, _ in held])
+    mean_box = torch.tensor([box for _, box, _ in train]).mean(dim=0).expand_as(truth)  # what no film is needed for
+    scores = dict(heldout=dict(_scores(detector, held, held_images),
+                               mean_box_iou_mean=round(float(box_iou(mean_box, truth).mean()), 4)), trained_on=dict(
         boxes=display(args.boxes.name), num_images=len(train), num_patients=len({p for _, _, p in train}),
         epochs=args.epochs, seed=args.seed, pretrained=args.pretrained), ignored=len(ignored))
     with exclusive_lock(args.output, 'train_lung_detector'), atomic_folder(args.output, 'lung detector') as staging:

@@ -60,6 +60,7 @@ def test_a_detector_is_trained_and_scored_on_held_out_patients_and_bad_boxes_are
     held, trained = config['heldout'], config['trained_on']
     assert held['num_images'] + trained['num_images'] == 10 and held['num_patients'] == 2  # 6 patients, 1/3 held out
     assert 0 <= held['iou_mean'] <= 1 and 0 <= held['lung_box_kept_by_crop'] <= 1 and config['ignored'] == 3
+    assert 0 < held['mean_box_iou_mean'] <= 1  # the reference a detector has to beat
     assert load_detector(out).architecture == 'test_resnet'
     again = run_here(out, '--boxes', boxes, '--images', tmp_path / 'films', '--architecture', 'test_resnet',
                      '--no-pretrained')
