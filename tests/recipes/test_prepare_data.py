@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from support.files import outputs_in
-from support.recipes import load_recipe
+from support.recipes import recipe_runner
 
 RECIPE = Path(__file__).resolve().parents[2] / 'recipes' / 'prepare_data.py'
 
@@ -18,14 +18,8 @@ def _run(*args):
 
 @pytest.fixture
 def run_here(capsys):
-    """The recipe's main in this process (no interpreter start-up): (exit code, stdout, stderr)."""
-    recipe = load_recipe('prepare_data')
-
-    def run(*args):
-        code = recipe.main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
-    return run
+    """recipes/prepare_data.py's main in this process: (exit code, stdout, stderr)."""
+    return recipe_runner('prepare_data', capsys)
 
 
 @pytest.mark.subprocess

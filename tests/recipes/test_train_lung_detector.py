@@ -1,24 +1,18 @@
 """recipes/train_lung_detector.py: boxes checked, films split by patient, scored on the held-out ones."""
 import json
-import subprocess
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from magsd_timm.models.lung_detector import DETECTOR_CONFIG, load_detector
-from support.recipes import load_recipe
+from support.recipes import recipe_runner
 
 
 @pytest.fixture
 def run_here(capsys):
-    recipe = load_recipe('train_lung_detector')
-
-    def run(*args):
-        code = recipe.main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
-    return run
+    """recipes/train_lung_detector.py's main in this process: (exit code, stdout, stderr)."""
+    return recipe_runner('train_lung_detector', capsys)
 
 
 def _films(folder, count=12):

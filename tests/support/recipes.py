@@ -1,7 +1,9 @@
 """The recipes (recipes/*.py are scripts, not modules of the package), loaded as modules for in-process tests."""
 import importlib.util
+import subprocess
 from pathlib import Path
 from types import ModuleType
+from typing import Any, Callable
 
 RECIPES = Path(__file__).resolve().parents[2] / 'recipes'
 
@@ -12,3 +14,14 @@ def load_recipe(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def recipe_runner(name: str, capsys: Any) -> Callable[..., subprocess.CompletedProcess]:
+    """A recipe's main run in this process (no interpreter start-up), as (exit code, stdout, stderr)."""
+    recipe = load_recipe(name)
+
+    def run(*args: Any) -> subprocess.CompletedProcess:
+        code = recipe.main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+    return run
