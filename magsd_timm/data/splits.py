@@ -94,11 +94,11 @@ def drop_near_copies(records: Sequence[Record], prints: Mapping[str, Fingerprint
     for (i, j), score in pairs.items():
         for r in (records[i], records[j]):
             score_of[id(r)] = max(score_of[id(r)], score)
-    wanted = sorted(range(len(records)), key=lambda i: (not records[i].get('patient_id'),
-                                                        -prints[records[i]['path']].pixels,
-                                                        records[i]['source'] or '', records[i]['path']))
-    rank = {i: n for n, i in enumerate(wanted)}
-    groups = [sorted(g, key=rank.__getitem__) for g in near_copy_groups(len(records), list(pairs))]
+    def preference(i: int) -> Tuple[bool, int, str, str]:  # the copy kept: a patient id, most pixels, first path
+        r = records[i]
+        return not r.get('patient_id'), -prints[r['path']].pixels, r['source'] or '', r['path']
+
+    groups = [sorted(g, key=preference) for g in near_copy_groups(len(records), list(pairs))]
     _, dropped, conflicts = _one_per_group(
         [[records[i] for i in g] for g in groups],
         lambda kept, r: f"near copy of {display(kept['path'])} (similarity {score_of[id(r)]:.3f})",
