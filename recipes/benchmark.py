@@ -771,44 +771,42 @@ def _seed_scores(results: Dict[str, Any], methods: Sequence[str], value: Callabl
     return [_mean_std([value(m) for m in results[name][scored]['per_seed']]) for name in methods]
 
 
-def _covid_vs_normal(probs: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]):
-    """The images labelled COVID-19 or normal, as (probs, labels, their indices), or None when one class is missing."""
+def _covid_vs_normal(labels: torch.Tensor, class_names: Sequence[str]) -> Optional[torch.Tensor]:
+    """The indices of the images labelled COVID-19 or normal, or None when either class is missing."""
     if not {'COVID-19', 'normal'} <= set(class_names):
         return None
     pair = [class_names.index('COVID-19'), class_names.index('normal')]
-    keep = torch.isin(labels, torch.tensor(pair))
-    if not all((labels[keep] == k).any() for k in pair):
+    if not all((labels == k).any() for k in pair):
         return None
-    return probs[keep], labels[keep], keep.nonzero()[:, 0].tolist()
+    return torch.isin(labels, torch.tensor(pair)).nonzero()[:, 0]
 
 
-def _method_results(runs: List[Tuple[Dict[str, Any], torch.nn.Module]], args: argparse.Namespace) -> Dict[str, Any]:
+def _method_results(runs: List[Tuple[Dict[str, Any], torch.nn.Module]], args: argparse.Namespace,
+                    boxes: Any) -> Dict[str, Any]:
     """Per scored set: each seed's metrics, the seed mean's intervals, COVID-19 vs normal, and the hiding reports."""
-    from magsd_timm.localization import load_boxes
     from magsd_timm.metrics import bootstrap_intervals, classification_metrics
     from magsd_timm.shortcuts import hiding_report
 
-    boxes = load_boxes(args.boxes) if args.boxes else None
     out: Dict[str, Any] = {'models': [model for _, model in runs]}
     for scored in runs[0][0]:
         probs = [run[scored][0] for run, _ in runs]
         labels, dataset = runs[0][0][scored][1], runs[0][0][scored][2]
         names, groups = dataset.class_names, dataset.patient_groups()[0]
         present = [names[k] for k in sorted(set(labels.tolist()))]
-        pair = [_covid_vs_normal(p, labels, names) for p in probs]
+        kept = _covid_vs_normal(labels, names)
         out[scored] = dict(
             probs=probs, labels=labels, dataset=dataset, class_names=names,
             per_seed=[classification_metrics(p, labels, names, probabilities=True, present=present) for p in probs],
             intervals=bootstrap_intervals(probs, labels, names, groups, args.bootstrap, 0, present=present),
             hiding=[hiding_report(model, dataset, names, boxes) for _, model in runs])
-        if pair[0] is not None:
-            pair_labels, kept = pair[0][1], pair[0][2]
+        if kept is not None:
             two = ['COVID-19', 'normal']
             out[scored]['pair'] = dict(
-                auroc=[classification_metrics(p[0], pair_labels, names, True, present=two)['auroc']['COVID-19']
-                       for p in pair],
-                interval=bootstrap_intervals([p[0] for p in pair], pair_labels, names, [groups[i] for i in kept],
-                                             args.bootstrap, 0, present=two)['auroc']['COVID-19'],
+                auroc=[classification_metrics(p[kept], labels[kept], names, True, present=two)['auroc']['COVID-19']
+                       for p in probs],
+                interval=bootstrap_intervals([p[kept] for p in probs], labels[kept], names,
+                                             [groups[i] for i in kept.tolist()], args.bootstrap, 0,
+                                             present=two)['auroc']['COVID-19'],
                 num_images=len(kept))
     return out
 
@@ -882,13 +880,14 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
     if args.data is None:
         raise BadInputError('--suite cxr needs --data PREPARED (recipes/prepare_data.py)')
     methods = {'MAG-SD': 'magsd', 'baseline': 'baseline'}
+    boxes = load_boxes(args.boxes) if args.boxes else None  # read once, for the hiding and the maps
     results: Dict[str, Dict[str, Any]] = {}
     records: List[Dict[str, Any]] = []
     start = time.perf_counter()
     for name, method in methods.items():
         folders = [_train_run(args, method, seed) for seed in args.seeds]
         records += [RunFolder(folder).read_args() for folder in folders]
-        results[name] = _method_results([_run_probabilities(folder, args) for folder in folders], args)
+        results[name] = _method_results([_run_probabilities(folder, args) for folder in folders], args, boxes)
     minutes = (time.perf_counter() - start) / 60
     main = 'in distribution' if args.holdout_source else 'test'
     class_names = results['MAG-SD'][main]['class_names']
@@ -949,8 +948,8 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
               markdown_table(['source', 'images', *(f'{n} {c}' for n in names for c in columns)], source_rows), '']
     lines += _shortcut_lines(results, names)
     if args.boxes:
-        where = {n: [localization_report(model, results[n][main]['dataset'], load_boxes(args.boxes),
-                                         replicates=args.bootstrap) for model in results[n]['models']] for n in names}
+        where = {n: [localization_report(model, results[n][main]['dataset'], boxes, replicates=args.bootstrap)
+                     for model in results[n]['models']] for n in names}
         with torch.no_grad():  # the side of MA-Net's attention maps at this input size
             image = results['MAG-SD'][main]['dataset'][0][0][None].to(args.device)
             side = int(results['MAG-SD']['models'][0].forward_with_attention(image)[1].shape[-1])
