@@ -157,7 +157,8 @@ def _train(args: argparse.Namespace) -> int:
                             'score a detector.')
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    detector = LungDetector(args.architecture, args.img_size, args.margin, pretrained=args.pretrained)
+    mean_box = torch.tensor([box for _, box, _ in train]).mean(dim=0)  # what any film gets without a detector
+    detector = LungDetector(args.architecture, args.img_size, args.margin, mean_box.tolist(), pretrained=args.pretrained)
     train_images = [read_image(path) for path, _, _ in train]
     held_images = [read_image(path) for path, _, _ in held]
     optimizer = torch.optim.AdamW(detector.parameters(), lr=args.lr, weight_decay=1e-4)
@@ -180,9 +181,9 @@ def _train(args: argparse.Namespace) -> int:
             losses.append(float(loss.detach()))
         print(f'epoch {epoch + 1}/{args.epochs}: loss {np.mean(losses):.4f}', flush=True)
     truth = torch.tensor([box for _, box, _ in held])
-    mean_box = torch.tensor([box for _, box, _ in train]).mean(dim=0).expand_as(truth)  # what no film is needed for
     scores = dict(heldout=dict(_scores(detector, held, held_images),
-                               mean_box_iou_mean=round(float(box_iou(mean_box, truth).mean()), 4)), trained_on=dict(
+                               mean_box_iou_mean=round(float(box_iou(mean_box.expand_as(truth), truth).mean()), 4)),
+                  trained_on=dict(
         boxes=display(args.boxes.name), num_images=len(train), num_patients=len({p for _, _, p in train}),
         epochs=args.epochs, seed=args.seed, pretrained=args.pretrained), ignored=len(ignored))
     with exclusive_lock(args.output, 'train_lung_detector'), atomic_folder(args.output, 'lung detector') as staging:

@@ -3,14 +3,23 @@
 What tells public collections apart sits mostly outside the lungs (text, markers, borders, collimation,
 the patient's size on the film): a classifier shown only the lung fields has less of it to learn. The
 detector is a timm network regressing one box, the union of the right and left lung boxes, as shares
-of the film's width and height (x0, y0, x1, y1; x0 < x1 and y0 < y1 by construction). It is trained by
+of the film's width and height (x0, y0, x1, y1; x0 < x1 and y0 < y1 by construction). It predicts how
+the box differs from the training films' mean box (its centre moved, its sides scaled), from a head
+that starts at zero: it starts as the mean box, which is what it must beat, and a fresh head's large
+outputs cannot saturate it (an absolute box through a sigmoid stayed stuck near the mean). It is trained by
 recipes/train_lung_detector.py on COCO lung boxes, and lives in a folder: lung_detector.safetensors
-and lung_detector.json (architecture, input size, margin, and what it scored on held-out films). The
-config is read as untrusted: only known architectures, sizes and margins in range, safetensors only.
+and lung_detector.json (architecture, input size, margin, mean box, and what it scored on held-out
+films). The config is read as untrusted: only known architectures, sizes, margins and boxes in range,
+safetensors only.
+
+A classifier trained on cropped films carries its detector: the two files beside its weights, and in
+its config.json a ``lung_crop`` record (the detector's settings and the SHA-256 of its weights), so
+that predict and evaluate crop alike, and refuse when the detector is missing or is another one.
 """
+import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -18,36 +27,48 @@ import torch.nn as nn
 
 from ..errors import BadInputError, display
 
-__all__ = ['ARCHITECTURES', 'DETECTOR_CONFIG', 'DETECTOR_WEIGHTS', 'LungDetector', 'box_iou', 'load_detector',
-           'save_detector']
+__all__ = ['ARCHITECTURES', 'DETECTOR_CONFIG', 'DETECTOR_FILES', 'DETECTOR_WEIGHTS', 'LungDetector', 'box_iou',
+           'check_crop_record', 'check_detector_config', 'load_detector', 'save_detector', 'weights_digest']
 
 DETECTOR_WEIGHTS = 'lung_detector.safetensors'
 DETECTOR_CONFIG = 'lung_detector.json'
+DETECTOR_FILES = (DETECTOR_CONFIG, DETECTOR_WEIGHTS)
 ARCHITECTURES = ('tf_efficientnet_lite0', 'resnet18', 'test_resnet')  # what a detector config may name
 SIZE_RANGE = (32, 512)
 MARGIN_RANGE = (0., 0.25)
 MIN_CROP_SHARE = 0.25  # a crop keeps at least this share of each side, centred on the box
+MAX_SHIFT, MAX_SCALE = 0.25, 0.5  # the box's centre moves at most this share, its sides scale by exp(+-MAX_SCALE)
 
 
 class LungDetector(nn.Module):
     """One box around both lungs (shares of width and height) per grey film."""
 
     def __init__(self, architecture: str = 'tf_efficientnet_lite0', img_size: int = 128, margin: float = 0.05,
-                 pretrained: bool = False):
+                 mean_box: Sequence[float] = (0.1, 0.1, 0.9, 0.9), pretrained: bool = False):
         super().__init__()
         import timm
 
         from .offline_weights import create_pretrained
 
-        _check_config(dict(architecture=architecture, img_size=img_size, margin=margin), 'the detector settings')
+        check_detector_config(dict(architecture=architecture, img_size=img_size, margin=margin, mean_box=list(mean_box)),
+                      'the detector settings')
         self.architecture, self.img_size, self.margin = architecture, int(img_size), float(margin)
+        self.mean_box = [float(v) for v in mean_box]
+        self.digest: Optional[str] = None  # the SHA-256 of the weights it was loaded from
+        self.source: Optional[Path] = None  # the folder it was loaded from
         build = create_pretrained if pretrained else timm.create_model
         self.net = build(architecture, in_chans=1, num_classes=4)
+        head = self.net.get_classifier()
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Boxes (B, 4): x0, y0, x1, y1 in [0, 1], each start before its end."""
-        start, extent = self.net(x).float().sigmoid().split(2, dim=1)
-        return torch.cat([start, start + (1 - start) * extent], dim=1)
+        shift, scale = self.net(x).float().tanh().split(2, dim=1)
+        x0, y0, x1, y1 = self.mean_box
+        centre = torch.tensor([(x0 + x1) / 2, (y0 + y1) / 2], device=x.device) + MAX_SHIFT * shift
+        half = torch.tensor([(x1 - x0) / 2, (y1 - y0) / 2], device=x.device) * (MAX_SCALE * scale).exp()
+        return torch.cat([centre - half, centre + half], dim=1).clamp(0, 1)
 
     def inputs(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Grey films (H, W) in [0, 1], each squeezed to the input size and normalised: (B, 1, S, S)."""
@@ -75,17 +96,28 @@ class LungDetector(nn.Module):
         (left, right), (top, bottom) = out
         return [left, top, right, bottom]
 
-    def crop(self, image: np.ndarray) -> np.ndarray:
-        """The film cut to its predicted lung box (crop_box)."""
+    def window(self, image: np.ndarray) -> Tuple[int, int, int, int]:
+        """The pixels the crop keeps of this film: left, top, right, bottom (right and bottom exclusive)."""
         height, width = image.shape[:2]
         left, top, right, bottom = self.crop_box(self.boxes([image])[0].tolist())
-        rows = slice(int(top * height), max(int(np.ceil(bottom * height)), int(top * height) + 1))
-        columns = slice(int(left * width), max(int(np.ceil(right * width)), int(left * width) + 1))
-        return image[rows, columns]
+        x0, y0 = int(left * width), int(top * height)
+        return x0, y0, max(int(np.ceil(right * width)), x0 + 1), max(int(np.ceil(bottom * height)), y0 + 1)
+
+    def crop(self, image: np.ndarray) -> np.ndarray:
+        """The film cut to its predicted lung box (crop_box)."""
+        x0, y0, x1, y1 = self.window(image)
+        return image[y0:y1, x0:x1]
+
+    def record(self) -> Dict[str, Any]:
+        """What a classifier's config.json says of the crop it was trained with: settings and weights' digest."""
+        return dict(detector=self.config(), sha256=self.digest)
+
+    def extra_repr(self) -> str:
+        return f'{self.architecture}, img_size={self.img_size}, margin={self.margin}'
 
     def config(self) -> Dict[str, Any]:
         """What load_detector needs to build it again."""
-        return dict(architecture=self.architecture, img_size=self.img_size, margin=self.margin)
+        return dict(architecture=self.architecture, img_size=self.img_size, margin=self.margin, mean_box=self.mean_box)
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -97,8 +129,9 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area(a) + area(b) - inter).clamp(min=1e-12)
 
 
-def _check_config(config: Any, where: str) -> None:
-    """Refuse a detector config that is not a mapping of a known architecture, a size and a margin in range."""
+def check_detector_config(config: Any, where: str) -> None:
+    """Refuse a detector config that is not a mapping of a known architecture, a size and a margin in range, and a
+    mean box of four shares, each start before its end."""
     if not isinstance(config, dict):
         raise BadInputError(f'{where}: not a mapping of detector settings.')
     architecture, size, margin = config.get('architecture'), config.get('img_size'), config.get('margin')
@@ -110,6 +143,31 @@ def _check_config(config: Any, where: str) -> None:
     if not isinstance(margin, (int, float)) or isinstance(margin, bool) or not MARGIN_RANGE[0] <= margin <= \
             MARGIN_RANGE[1]:
         raise BadInputError(f'{where}: margin {margin!r} must be a number from {MARGIN_RANGE[0]} to {MARGIN_RANGE[1]}.')
+    box = config.get('mean_box')
+    if not isinstance(box, list) or len(box) != 4 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in box) \
+            or not (box[0] < box[2] and box[1] < box[3]):
+        raise BadInputError(f'{where}: mean_box {box!r} must be four shares x0, y0, x1, y1 with x0 < x1 and y0 < y1.')
+
+
+def check_crop_record(record: Any, where: str) -> None:
+    """Refuse a config.json lung_crop that is not a detector's settings and a SHA-256 of its weights."""
+    if not isinstance(record, dict) or set(record) != {'detector', 'sha256'}:
+        raise BadInputError(f'{where}: lung_crop must be an object of the detector\'s settings (detector) and the '
+                            'SHA-256 of its weights (sha256).')
+    check_detector_config(record['detector'], f'{where}: lung_crop')
+    digest = record['sha256']
+    if not isinstance(digest, str) or len(digest) != 64 or any(c not in '0123456789abcdef' for c in digest):
+        raise BadInputError(f'{where}: lung_crop sha256 {digest!r} is not a SHA-256 (64 lower-case hex digits).')
+
+
+def weights_digest(path: Union[str, Path]) -> str:
+    """The SHA-256 of a file (hex): what ties a classifier to the detector it was trained with."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_detector(detector: LungDetector, folder: Union[str, Path], scores: Dict[str, Any]) -> None:
@@ -125,8 +183,9 @@ def save_detector(detector: LungDetector, folder: Union[str, Path], scores: Dict
     write_text_atomic(folder / DETECTOR_CONFIG, strict_json(dict(detector.config(), **scores)), 'lung detector config')
 
 
-def load_detector(folder: Union[str, Path]) -> LungDetector:
-    """The detector saved in folder; BadInputError naming what is missing, malformed or does not fit."""
+def load_detector(folder: Union[str, Path], record: Optional[Dict[str, Any]] = None) -> LungDetector:
+    """The detector saved in folder; BadInputError naming what is missing, malformed or does not fit, or, given a
+    classifier's lung_crop record, what differs from the detector it was trained with."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -139,8 +198,15 @@ def load_detector(folder: Union[str, Path]) -> LungDetector:
         config = json.loads(config_path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise BadInputError(f'{display(config_path)}: not a readable detector config ({e}).') from e
-    _check_config(config, display(config_path))
-    detector = LungDetector(config['architecture'], config['img_size'], config['margin'])
+    check_detector_config(config, display(config_path))
+    digest = weights_digest(weights_path)
+    if record is not None:
+        changed = [k for k, v in record['detector'].items() if config.get(k) != v] + (
+            ['weights'] if digest != record['sha256'] else [])
+        if changed:
+            raise BadInputError(f"{display(folder)}: the lung detector there is not the one the classifier was trained "
+                                f"with ({', '.join(changed)} differ from its config.json lung_crop).")
+    detector = LungDetector(config['architecture'], config['img_size'], config['margin'], config['mean_box'])
     try:
         state = load_file(str(weights_path))
     except (OSError, SafetensorError) as e:
@@ -152,4 +218,5 @@ def load_detector(folder: Union[str, Path]) -> LungDetector:
         raise BadInputError(f'{display(weights_path)}: the weights do not fit a {config["architecture"]} detector '
                             f"({'; '.join((wrong + [f'{k}: not finite' for k in bad])[:5])}).")
     detector.load_state_dict(state)
+    detector.digest, detector.source = digest, folder
     return detector.eval()

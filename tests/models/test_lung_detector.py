@@ -28,8 +28,15 @@ def test_iou_of_paired_boxes():
     assert box_iou(a, b).tolist() == pytest.approx([0.0625 / (0.25 + 0.25 - 0.0625), 1., 0.])
 
 
+def test_a_fresh_detector_answers_its_mean_box_for_every_film():
+    detector = _detector(mean_box=(0.1, 0.2, 0.8, 0.9))
+    boxes = detector.boxes([np.random.default_rng(i).random((40, 30 + i)).astype(np.float32) for i in range(3)])
+    assert boxes.tolist() == [pytest.approx([0.1, 0.2, 0.8, 0.9])] * 3
+
+
 def test_every_predicted_box_starts_before_it_ends_inside_the_film():
     detector = _detector()
+    torch.nn.init.normal_(detector.net.get_classifier().weight, std=10.)  # outputs far past where tanh saturates
     boxes = detector.boxes([np.random.default_rng(i).random((40 + i, 30)).astype(np.float32) for i in range(5)])
     assert boxes.shape == (5, 4) and bool(((boxes >= 0) & (boxes <= 1)).all())
     assert bool((boxes[:, 0] < boxes[:, 2]).all() and (boxes[:, 1] < boxes[:, 3]).all())
@@ -60,6 +67,8 @@ def test_a_saved_detector_loads_with_the_same_boxes(tmp_path):
     (dict(architecture='os.system', img_size=32, margin=0.05), "architecture 'os.system' is not one of"),
     (dict(architecture='test_resnet', img_size=10 ** 9, margin=0.05), 'img_size 1000000000 must be'),
     (dict(architecture='test_resnet', img_size=32, margin='wide'), "margin 'wide' must be a number"),
+    (dict(architecture='test_resnet', img_size=32, margin=0.05, mean_box=[0.9, 0.1, 0.2, 0.8]), 'mean_box .* must be'),
+    (dict(architecture='test_resnet', img_size=32, margin=0.05, mean_box=[0, 0, 1, float('nan')]), 'mean_box .* must'),
 ])
 def test_a_hostile_detector_config_is_refused_by_name(tmp_path, config, message):
     save_detector(_detector(), tmp_path, {})
