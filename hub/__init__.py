@@ -7,7 +7,8 @@ from ..lazy import lazy_attributes
 
 _WHERE = {
     'TrainingRun': '..train.run_folder', 'find_run': '..train.run_folder', 'render_model_card': '.cards',
-    'checkpoint_config': '.pull', 'load': '.pull', 'resolve_model_name': '.pull', 'PushError': '.push',
+    'checkpoint_config': '.pull', 'load': '.pull', 'load_lung_crop': '.pull', 'resolve_model_name': '.pull',
+    'PushError': '.push',
     'push_dataset': '.push', 'push_model': '.push', 'stage_dataset': '.push', 'stage_model': '.push',
 }
 __all__ = sorted(_WHERE)

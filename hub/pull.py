@@ -11,15 +11,17 @@ from typing import Any, Dict, Optional
 import timm
 import torch
 from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 from timm.models import resolve_pretrained_cfg, split_model_name_tag
 
 from ..errors import BadInputError, display
 from ..models import allow_pickle_weights, close_matches
 from ..models.config import ConfigError, check_checkpoint_config
+from ..models.lung_detector import DETECTOR_FILES, LungDetector, load_detector
 from ..train.run_folder import find_run
 
-__all__ = ['check_hub_target', 'check_revision', 'checkpoint_config', 'load', 'resolve_model_name']
+__all__ = ['check_hub_target', 'check_revision', 'checkpoint_config', 'load', 'load_lung_crop', 'resolve_model_name']
 
 _HUB_ID = re.compile(r'[\w.-]+/[\w.-]+(@.+)?')
 _REF_PART = re.compile(r'[A-Za-z0-9_][A-Za-z0-9._-]*')
@@ -80,6 +82,15 @@ def resolve_model_name(ref: str) -> str:
                         f"a local folder.{close_matches(ref, timm.list_models('magsd_*'))}")
 
 
+def _hub_id(name: str) -> Optional[str]:
+    """The Hub repo (and revision) behind a resolved model name that is not a local folder, or None."""
+    hub_id = name[len('hf-hub:'):] if name.startswith('hf-hub:') else None
+    if hub_id is None and split_model_name_tag(name)[0].startswith('magsd_') and timm.is_model(name.split('.')[0]):
+        cfg = resolve_pretrained_cfg(name)
+        hub_id = cfg.hf_hub_id if cfg is not None else None  # a published MA-Net tag (HUB_WEIGHTS)
+    return hub_id
+
+
 def _config_file(name: str) -> Optional[Path]:
     """Where the config.json behind a resolved model name lies (downloaded if it is on the Hub), or None."""
     if name.startswith('local-dir:'):
@@ -87,14 +98,33 @@ def _config_file(name: str) -> Optional[Path]:
         if not path.is_file():
             raise FileNotFoundError(f'{display(path)}: no such checkpoint config.')
         return path
-    hub_id = name[len('hf-hub:'):] if name.startswith('hf-hub:') else None
-    if hub_id is None and split_model_name_tag(name)[0].startswith('magsd_') and timm.is_model(name.split('.')[0]):
-        cfg = resolve_pretrained_cfg(name)
-        hub_id = cfg.hf_hub_id if cfg is not None else None  # a published MA-Net tag (HUB_WEIGHTS)
+    hub_id = _hub_id(name)
     if hub_id is None:
         return None
     repo_id, revision = _split_hub_id(hub_id)
     return Path(hf_hub_download(repo_id, 'config.json', revision=revision))
+
+
+def load_lung_crop(name: str, config: Dict[str, Any]) -> Optional[LungDetector]:
+    """The lung detector a checkpoint cuts films with (its config.json lung_crop), checked to be the one it was
+    trained with; None for a model that sees whole films. Missing detector files are refused, never skipped."""
+    record = config.get('lung_crop')
+    if record is None:
+        return None
+    if name.startswith('local-dir:'):
+        folder = Path(name[len('local-dir:'):])
+    else:
+        repo_id, revision = _split_hub_id(_hub_id(name))
+        try:
+            folder = Path([hf_hub_download(repo_id, file, revision=revision) for file in DETECTOR_FILES][0]).parent
+        except EntryNotFoundError:
+            folder = None
+    missing = [file for file in DETECTOR_FILES if folder is None or not (folder / file).is_file()]
+    if missing:
+        raise BadInputError(f"{display(name)}: the model cuts films to their lungs (config.json lung_crop), but "
+                            f"{' and '.join(missing)} {'are' if len(missing) > 1 else 'is'} not beside it: without "
+                            'the detector it was trained with, its answers would be about other images.')
+    return load_detector(folder, record)
 
 
 def checkpoint_config(name: str) -> Dict[str, Any]:

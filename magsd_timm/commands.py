@@ -13,8 +13,9 @@ import torch
 
 from .console import EXIT_NOT_REPRODUCED
 from .errors import BadInputError, display
-from .hub.pull import checkpoint_config, load, resolve_model_name
+from .hub.pull import checkpoint_config, load, load_lung_crop, resolve_model_name
 from .models.config import training_record
+from .models.lung_detector import DETECTOR_FILES
 from .outputs import strict_json, write_text_atomic
 
 __all__ = ['run_evaluate', 'run_export', 'run_info', 'run_predict', 'run_zoo']
@@ -42,6 +43,14 @@ def _open(args: argparse.Namespace, backbone_weights: bool = True) -> Tuple[torc
             'or a Hub repo pushed from one with magsd-hub push-model; --allow-untrained runs it anyway.')
     model = load(name, pretrained=pretrained, allow_pickle=args.allow_pickle, config=config).eval()
     return model, name, config
+
+
+def _transform(model: torch.nn.Module, name: str, config: Dict[str, Any]):
+    """What every film goes through before the model, as it went in training: the model's data config, and the
+    cut to the lungs by the detector the checkpoint carries, when it was trained so."""
+    from .data.transforms import build_transforms, resolve_cxr_data_config
+
+    return build_transforms(resolve_cxr_data_config(model), crop=load_lung_crop(name, config))
 
 
 def _temperature(config: Dict[str, Any]) -> float:
@@ -77,7 +86,7 @@ def _predictions_text(predictions, label_names: List[str], fmt: str, model: str,
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from .data.transforms import build_transforms, resolve_cxr_data_config
+    from .data.transforms import resolve_cxr_data_config
     from .inference import collect_inputs, predict_files
 
     files, missing = collect_inputs(args.inputs)
@@ -86,7 +95,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise BadInputError(f'--heatmap needs an MA-Net (magsd_*) model; {name} has no attention maps.')
     data_config, label_names = resolve_cxr_data_config(model), _label_names(model)
     predictions, unreadable = predict_files(
-        model.to(_device(args.device)), files, build_transforms(data_config), label_names, args.batch_size,
+        model.to(_device(args.device)), files, _transform(model, name, config), label_names, args.batch_size,
         args.tta, _temperature(config), Path(args.heatmap) if args.heatmap else None, data_config)
     failures = [(pattern, f'{pattern}: {reason}') for pattern, reason in missing] + unreadable
     text = _predictions_text(predictions, label_names, args.format, args.model, failures)
@@ -105,7 +114,6 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from .data import open_dataset
-    from .data.transforms import build_transforms, resolve_cxr_data_config
     from .evaluation import align_labels, evaluate, fit_temperature, predict_dataset, save_temperature, write_reports
     from .inference import probabilities
     from .metrics import classification_metrics
@@ -116,7 +124,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                          f'folder; {args.model} is not one. Download it first (hf download ORG/NAME --local-dir DIR).')
     model, name, config = _open(args)
     model.to(_device(args.device))
-    transform = build_transforms(resolve_cxr_data_config(model))
+    transform = _transform(model, name, config)
     class_names = _label_names(model)
 
     def split_logits(split: str):
@@ -191,7 +199,7 @@ def run_export(args: argparse.Namespace) -> int:
     from .data.transforms import resolve_cxr_data_config
     from .export import export_model
 
-    model, name, _ = _open(args)
+    model, name, config = _open(args)
     suffix = '.onnx' if args.format == 'onnx' else '.pt'
     output = Path(args.output or (Path(args.model).name.replace('/', '_').split('@')[0] + suffix))
     check = export_model(model, output, args.format, resolve_cxr_data_config(model)['input_size'])
@@ -202,6 +210,10 @@ def run_export(args: argparse.Namespace) -> int:
         print(f'magsd: the export does not reproduce the model; {output} was not written', file=sys.stderr)
         return EXIT_NOT_REPRODUCED
     print(f'wrote {output} (dynamic batch dimension)')
+    if config.get('lung_crop'):
+        print(f'note: {display(args.model)} was trained on films cut to their lungs by the lung detector beside it '
+              f'({", ".join(DETECTOR_FILES)}); the export holds the classifier alone: cut the films with that detector '
+              'before it (magsd predict does).')
     return 0
 
 
@@ -220,6 +232,7 @@ def run_info(args: argparse.Namespace) -> int:
         'gmacs': round(count_macs(model, data_config['input_size']) / 1e9, 3), 'num_classes': model.num_classes,
         'label_names': _label_names(model), 'temperature': _temperature(config),
         'trained_on': training_record(config),
+        'lung_crop': load_lung_crop(name, config).record() if config.get('lung_crop') else None,  # checked beside it
         'data_config': {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
     }
     if args.json:

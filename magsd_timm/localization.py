@@ -5,7 +5,8 @@ x, y, width, height in that original size), any number per image, matched to a d
 file name. A box without area, off its image or not made of numbers, and an image without a valid
 size, is left out and counted (never scored as a miss); a file over MAX_BOX_FILE_BYTES is refused.
 The model sees each image resized to its input size (aspect not kept), so a box scales by
-the input size over the original size. For each image with boxes:
+the input size over the original size; a model that crops films to their lungs sees the crop, so
+its boxes are moved onto the crop first (``boxes_in_view``). For each image with boxes:
 
 * mass in boxes: the share of the heat map's total inside the union of its boxes;
 * pointing game: whether the map's maximum falls inside that union.
@@ -18,7 +19,7 @@ Grad-CAM of its predicted class at its last feature level. Both are averaged ove
 """
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -30,11 +31,12 @@ from .explain import attention_heatmap, grad_cam, save_overlay
 from .metrics import group_resamples, percentile_interval
 from .models.config import is_finite_number
 
-__all__ = ['MAX_BOX_FILE_BYTES', 'Boxes', 'box_masks', 'heat_maps', 'load_boxes', 'localization_report',
-           'mass_in_boxes', 'pointing_hits']
+__all__ = ['MAX_BOX_FILE_BYTES', 'BoxEntry', 'Boxes', 'box_masks', 'boxes_in_view', 'heat_maps', 'load_boxes',
+           'localization_report', 'mass_in_boxes', 'pointing_hits']
 
 MAX_BOX_FILE_BYTES = 64 * 2 ** 20  # the 579-image lung box file of ieee8023 is 0.8 MB
 MAX_IMAGE_SIDE = 65_536
+BoxEntry = Tuple[Tuple[float, float], Sequence[Sequence[float]]]  # (width, height), [(x, y, width, height), ...]
 
 
 class Boxes(dict):
@@ -101,8 +103,7 @@ def load_boxes(path: Union[str, Path]) -> Boxes:
     return boxes
 
 
-def _input_rects(entry: Tuple[Tuple[int, int], Sequence[Sequence[float]]], size: Tuple[int, int]
-                 ) -> List[Tuple[int, int, int, int]]:
+def _input_rects(entry: BoxEntry, size: Tuple[int, int]) -> List[Tuple[int, int, int, int]]:
     """An image's boxes as (x0, y0, x1, y1) pixels of the model's input (H, W), from its original size."""
     (orig_w, orig_h), rects = entry
     height, width = size
@@ -111,8 +112,31 @@ def _input_rects(entry: Tuple[Tuple[int, int], Sequence[Sequence[float]]], size:
             for x, y, w, h in rects]
 
 
-def box_masks(boxes: Sequence[Tuple[Tuple[int, int], Sequence[Sequence[float]]]], size: Tuple[int, int]
-              ) -> torch.Tensor:
+def boxes_in_view(dataset: CXRDataset, boxes: Mapping[str, BoxEntry]) -> Dict[int, BoxEntry]:
+    """The boxes of each of the dataset's images that has some (by index), on the part of the film the model sees:
+    all of it, or, for a model that crops films to their lungs, the crop (boxes cut at its edges)."""
+    seen = {}
+    for index, name in enumerate(dataset.file_names()):
+        if name in boxes:
+            window = dataset.window(index)
+            seen[index] = boxes[name] if window is None else _cropped(boxes[name], window)
+    return seen
+
+
+def _cropped(entry: BoxEntry, window: Sequence[float]) -> BoxEntry:
+    """An image's boxes on a part of it (shares: left, top, right, bottom): moved, cut at its edges, empty ones gone."""
+    (width, height), rects = entry
+    left, top, right, bottom = window[0] * width, window[1] * height, window[2] * width, window[3] * height
+    kept = []
+    for x, y, w, h in rects:
+        x0, y0 = max(x, left) - left, max(y, top) - top
+        x1, y1 = min(x + w, right) - left, min(y + h, bottom) - top
+        if x1 > x0 and y1 > y0:
+            kept.append((x0, y0, x1 - x0, y1 - y0))
+    return (right - left, bottom - top), kept
+
+
+def box_masks(boxes: Sequence[BoxEntry], size: Tuple[int, int]) -> torch.Tensor:
     """Union masks (B, 1, H, W) at the model's input size of each image's boxes, scaled from its original size."""
     masks = torch.zeros(len(boxes), 1, *size, dtype=torch.bool)
     for i, entry in enumerate(boxes):
@@ -161,7 +185,8 @@ def localization_report(model: nn.Module, dataset: CXRDataset, boxes: Boxes, bat
     """Mass in boxes and pointing-game hit rate (means and 95% intervals) over the dataset's images with boxes;
     with overlays, the first num_overlays of them drawn there (heat map, boxes, mass and hit in the title)."""
     names = dataset.file_names()
-    chosen = [i for i, name in enumerate(names) if name in boxes]
+    seen = boxes_in_view(dataset, boxes)
+    chosen = sorted(seen)
     if not chosen:
         raise BadInputError(f'none of the {len(dataset)} images has boxes in the box file (matched by file name).')
     subset = torch.utils.data.Subset(dataset, chosen)
@@ -173,7 +198,7 @@ def localization_report(model: nn.Module, dataset: CXRDataset, boxes: Boxes, bat
         Path(overlays).mkdir(parents=True, exist_ok=True)
     for images, _ in DataLoader(subset, batch_size=batch_size, shuffle=False):
         maps, method = heat_maps(model, images.to(device))
-        batch = [boxes[names[i]] for i in chosen[start:start + len(images)]]
+        batch = [seen[i] for i in chosen[start:start + len(images)]]
         masks = box_masks(batch, tuple(images.shape[-2:]))
         masses.append(mass_in_boxes(maps.cpu(), masks))
         hits.append(pointing_hits(maps.cpu(), masks))
@@ -189,7 +214,7 @@ def localization_report(model: nn.Module, dataset: CXRDataset, boxes: Boxes, bat
     patients = dataset.patient_groups()[0]
     groups = [patients[i] for i in chosen]
     resamples = list(group_resamples(groups, replicates, seed))
-    area = box_masks([boxes[names[i]] for i in chosen], tuple(images.shape[-2:])).flatten(1).float().mean(dim=1)
+    area = box_masks([seen[i] for i in chosen], tuple(images.shape[-2:])).flatten(1).float().mean(dim=1)
     return {
         'method': method, 'num_images': len(chosen),
         'mass_in_boxes': float(mass.nanmean()), 'mass_in_boxes_interval': _interval(mass, resamples),

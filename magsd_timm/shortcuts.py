@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from .data.dataset import CXRDataset
 from .inference import model_logits, probabilities
-from .localization import Boxes, box_masks
+from .localization import Boxes, box_masks, boxes_in_view
 from .tables import markdown_table
 
 __all__ = ['CENTRAL_REGION', 'FOCUS_CLASS', 'border_masks', 'central_masks', 'class_source_accuracy',
@@ -67,7 +67,7 @@ def border_masks(lungs: torch.Tensor) -> torch.Tensor:
 def hiding_report(model: nn.Module, dataset: CXRDataset, class_names: Sequence[str], boxes: Optional[Boxes] = None,
                   temperature: float = 1.0, batch_size: int = 16) -> Dict[str, Any]:
     """How the answers change with the lungs hidden and with the border hidden, over the whole dataset."""
-    names = dataset.file_names()
+    seen = boxes_in_view(dataset, boxes) if boxes is not None else {}
     device = next(model.parameters()).device
     model.eval()
     probs: Dict[str, List[torch.Tensor]] = {'none': [], 'lungs': [], 'border': []}
@@ -76,9 +76,9 @@ def hiding_report(model: nn.Module, dataset: CXRDataset, class_names: Sequence[s
     for images, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         size = tuple(images.shape[-2:])
         lungs = central_masks(len(images), size)
-        for j, name in enumerate(names[start:start + len(images)]):
-            if boxes is not None and name in boxes:
-                lungs[j] = box_masks([boxes[name]], size)[0]
+        for j in range(len(images)):
+            if start + j in seen:
+                lungs[j] = box_masks([seen[start + j]], size)[0]
                 with_boxes += 1
         for condition, mask in (('none', None), ('lungs', lungs), ('border', border_masks(lungs))):
             if mask is not None:

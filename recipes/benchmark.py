@@ -721,14 +721,15 @@ def _train_run(args: argparse.Namespace, method: str, seed: int) -> Path:
     return output
 
 
-def _scored_sets(model: torch.nn.Module, args: argparse.Namespace) -> Dict[str, Any]:
-    """What the runs are scored on: the test split; leaving a source out, the test split without it
-    ('in distribution') and every image of the held-out source, from all splits ('held out')."""
+def _scored_sets(model: torch.nn.Module, crop: Any, args: argparse.Namespace) -> Dict[str, Any]:
+    """What the runs are scored on (films cut by crop, the run's lung detector, when it has one): the test split;
+    leaving a source out, the test split without it ('in distribution') and every image of the held-out source,
+    from all splits ('held out')."""
     from magsd_timm.data import open_dataset
     from magsd_timm.data.dataset import CXRDataset
     from magsd_timm.data.transforms import build_transforms, resolve_cxr_data_config
 
-    transform = build_transforms(resolve_cxr_data_config(model))
+    transform = build_transforms(resolve_cxr_data_config(model), crop=crop)
     test = open_dataset(str(args.data), 'test', transform)
     if not args.holdout_source:
         return {'test': test}
@@ -740,12 +741,14 @@ def _scored_sets(model: torch.nn.Module, args: argparse.Namespace) -> Dict[str, 
 def _run_probabilities(run: Path, args: argparse.Namespace) -> Tuple[Dict[str, Any], torch.nn.Module]:
     """The best checkpoint's probabilities (data class order), labels and images on each scored set, and the model."""
     from magsd_timm.evaluation import align_labels, predict_dataset
-    from magsd_timm.hub import load
+    from magsd_timm.hub import checkpoint_config, load, load_lung_crop
     from magsd_timm.inference import probabilities
 
-    model = load(f'local-dir:{run / "best"}').to(args.device)
+    best = f'local-dir:{run / "best"}'
+    config = checkpoint_config(best)
+    model = load(best, config=config).to(args.device)
     scored = {}
-    for name, dataset in _scored_sets(model, args).items():
+    for name, dataset in _scored_sets(model, load_lung_crop(best, config), args).items():
         dataset, unreadable = dataset.readable()
         for _, why in unreadable[:10]:  # both methods are scored on the same readable images, and it is said
             print(f'cxr: left out of the {name} images: {why}', flush=True)
@@ -907,7 +910,8 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
     lines = [f"MAG-SD ({shared.get('model')}) against its plain backbone, trained alike ({shared.get('epochs')} "
              f"epochs, {shared.get('img_size')} px, batch {shared.get('batch_size')}, optimizer {shared.get('opt')} "
              f"lr {shared.get('lr')}, schedule {shared.get('sched')}, pretrained {shared.get('pretrained')}, "
-             f"{shared.get('freeze_stages')} stages frozen, balance {shared.get('balance')}, as the runs' args.yaml "
+             f"{shared.get('freeze_stages')} stages frozen, balance {shared.get('balance')}, films cut to the lungs by "
+             f"{shared.get('crop_lungs') or 'no detector'}, as the runs' args.yaml "
              f"record), seeds {', '.join(map(str, sorted({r.get('seed') for r in records})))}, on {scored} "
              f"({len(results['MAG-SD'][main]['labels'])} images): mean ± standard deviation over seeds, and the 95% "
              f"bootstrap interval (over patients) of the seed mean. {minutes:.0f} minutes for this invocation "

@@ -53,6 +53,7 @@ with extras_needed('train'):  # accelerate, opencv, datasets: pip install "magsd
     from magsd_timm.hub.cards import render_model_card
     from magsd_timm.models import close_matches
     from magsd_timm.models.config import MAX_INPUT_SIDE, MIN_INPUT_SIDE
+    from magsd_timm.models.lung_detector import DETECTOR_WEIGHTS, LungDetector, load_detector, weights_digest
     from magsd_timm.models.offline_weights import create_pretrained
     from magsd_timm.objective import MagSDObjective
     from magsd_timm.seeds import seeded_generator
@@ -69,7 +70,9 @@ with extras_needed('train'):  # accelerate, opencv, datasets: pip install "magsd
     from magsd_timm.train.run_folder import BEST, FINAL, RunFolder, TrainingRun, setting_differences
 
 BEST_METRICS = ('macro_f1', 'accuracy')
-RECORD_ONLY = ('command',)  # what args.yaml records beside the settings: a config file may hold it, it sets nothing
+# what args.yaml records beside the settings: a config file may hold them, they set nothing (the detector's
+# digest makes a resume or a reused run with another detector in the same folder differ)
+RECORD_ONLY = ('command', 'crop_lungs_sha256')
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -99,6 +102,10 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument('--exclude-sources', nargs='+', default=[], metavar='SOURCE',
                        help='leave the images of these sources out of training and validation (leave one source '
                             'out: test on them)')
+    group.add_argument('--crop-lungs', type=Path, default=None, metavar='DETECTOR',
+                       help='cut every film to its lungs first, with this lung detector (a folder of '
+                            'recipes/train_lung_detector.py); best/ and final/ carry it, so that predict and '
+                            'evaluate cut alike')
     group.add_argument('--batch-size', type=number(int, 1), default=8, help='images per step and process')
     group.add_argument('--workers', type=number(int, 0), default=0, help='data loader worker processes')
     group.add_argument('--cache-images', action=argparse.BooleanOptionalAction, default=True,
@@ -173,8 +180,13 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
 
 
 def recorded_args(args: argparse.Namespace) -> Dict[str, Any]:
-    """The arguments as args.yaml records them (what resumes and benchmark reuses compare)."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != 'traceback'}
+    """The arguments as args.yaml records them (what resumes and benchmark reuses compare), with the digest of the
+    lung detector's weights when films are cut to their lungs."""
+    recorded = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != 'traceback'}
+    weights = args.crop_lungs / DETECTOR_WEIGHTS if args.crop_lungs else None
+    if weights is not None:
+        recorded['crop_lungs_sha256'] = weights_digest(weights) if weights.is_file() else None
+    return recorded
 
 
 def _baseline_of(args: argparse.Namespace) -> Optional[torch.nn.Module]:
@@ -255,11 +267,12 @@ def _checked_split(dataset: CXRDataset, split: str, accelerator: Accelerator, ke
     return dataset
 
 
-def _open_data(args: argparse.Namespace, data_config: Dict[str, Any], accelerator: Accelerator):
-    """The checked train and validation splits: readable images, at least two classes to learn."""
-    train_set = open_dataset(args.data, 'train', build_transforms(data_config, train=True, augment=args.augment),
-                             seed=args.seed, augment_seed=args.seed)
-    val_set = open_dataset(args.data, 'validation', build_transforms(data_config), seed=args.seed)
+def _open_data(args: argparse.Namespace, data_config: Dict[str, Any], accelerator: Accelerator,
+               crop: Optional[LungDetector]):
+    """The checked train and validation splits (cut to the lungs by crop): readable images, at least two classes."""
+    train_set = open_dataset(args.data, 'train', build_transforms(data_config, train=True, augment=args.augment,
+                                                                  crop=crop), seed=args.seed, augment_seed=args.seed)
+    val_set = open_dataset(args.data, 'validation', build_transforms(data_config, crop=crop), seed=args.seed)
     if args.exclude_sources:
         known = sorted({s for split in (train_set, val_set) for s in split.column('source') if s is not None})
         unknown = [s for s in args.exclude_sources if s not in known]
@@ -356,7 +369,8 @@ def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str], ru
     if resuming:
         _check_resume(args, run, recorded)
     data_config = resolve_cxr_data_config(_create_model(args, 1, meta=True), img_size=args.img_size)
-    train_set, val_set = _open_data(args, data_config, accelerator)
+    crop = load_detector(args.crop_lungs) if args.crop_lungs else None  # no detector there: refused, said
+    train_set, val_set = _open_data(args, data_config, accelerator, crop)
     class_names = train_set.class_names
     model = _create_model(args, len(class_names))
     pretrained_source = getattr(model, 'pretrained_source', None)  # prepare may wrap the model
@@ -424,7 +438,8 @@ def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str], ru
                                             progress.pretrained_source)
                 run.save_model(BEST, exported, class_names, data_config, training,
                                card=lambda folder, metrics=metrics, epoch=row['epoch']: render_model_card(
-                                   exported, TrainingRun(folder, recorded, metrics, epoch, command), repo_id='ORG/NAME'))
+                                   exported, TrainingRun(folder, recorded, metrics, epoch, command), repo_id='ORG/NAME'),
+                               lung_crop=crop)
                 run.write_best_report(metrics, row['epoch'], class_names)
             run.write_summary(summary_rows)
         bar.write(f"epoch {row['epoch']}: " + ', '.join(f'{k} {v:.4f}' for k, v in row.items() if k != 'epoch'))
@@ -436,7 +451,7 @@ def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str], ru
     if accelerator.is_main_process:
         run.save_model(FINAL, exported, class_names, data_config,
                        _training_record(args, class_names, train_set, val_set, args.epochs - 1,
-                                        progress.pretrained_source))
+                                        progress.pretrained_source), lung_crop=crop)
         accelerator.print(f'done: {display(run.path)}. Push the best checkpoint to the Hub with:\n'
                           f'  magsd-hub push-model {display(run.path)} ORG/NAME')
     accelerator.end_training()

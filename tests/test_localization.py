@@ -11,7 +11,15 @@ from PIL import Image
 import magsd_timm  # noqa: F401
 from magsd_timm.data import CXRDataset, build_transforms, resolve_cxr_data_config
 from magsd_timm.errors import BadInputError
-from magsd_timm.localization import box_masks, load_boxes, localization_report, mass_in_boxes, pointing_hits
+from magsd_timm.localization import (
+    box_masks,
+    boxes_in_view,
+    load_boxes,
+    localization_report,
+    mass_in_boxes,
+    pointing_hits,
+)
+from magsd_timm.models.lung_detector import LungDetector
 
 
 def _coco(path, entries):
@@ -29,6 +37,20 @@ def test_boxes_scale_from_the_original_size_to_the_models_input(tmp_path):
     # (10, 20, 20, 20) at 100 x 200 -> x 5..15, y 5..10 at 50 x 50; the second box reaches the corner
     assert mask[5:10, 5:15].all() and not mask[4, 5] and not mask[5, 15] and not mask[10, 5]
     assert mask[25:, 30:].all() and int(mask.sum()) == 5 * 10 + 25 * 20
+
+
+def test_a_model_that_crops_to_the_lungs_is_scored_on_the_boxes_moved_onto_its_crop(tmp_path):
+    Image.fromarray(np.full((80, 60), 128, np.uint8)).save(tmp_path / 'a.png')
+    boxes = load_boxes(_coco(tmp_path / 'b.json', [('a.png', 120, 160, [(0, 0, 60, 160), (0, 0, 10, 10)])]))
+    records = [dict(path=str(tmp_path / 'a.png'), label='normal')]
+    whole = CXRDataset(records, ['normal'], build_transforms(resolve_cxr_data_config(img_size=32)))
+    assert boxes_in_view(whole, boxes) == {0: boxes['a.png']}
+    # a fresh detector answers its mean box: the middle half of the film on each side
+    crop = LungDetector('test_resnet', 32, margin=0., mean_box=(0.25, 0.25, 0.75, 0.75))
+    cropped = CXRDataset(records, ['normal'], build_transforms(resolve_cxr_data_config(img_size=32), crop=crop))
+    # the left half of the original is the left half of the crop; the corner box is cut away
+    assert boxes_in_view(cropped, boxes) == {0: ((60., 80.), [(0., 0., 30., 80.)])}
+    assert cropped[0][0].shape == (1, 32, 32)
 
 
 def test_mass_and_pointing_score_a_map_against_its_boxes():

@@ -150,6 +150,11 @@ class CXRDataset(Dataset):
             return read_image(image['path'])
         return read_image_bytes(image.get('bytes') or b'', self.name(index))
 
+    def window(self, index: int) -> Optional[Tuple[float, float, float, float]]:
+        """The part of an item's film its transform keeps (shares: left, top, right, bottom), None for all of it."""
+        preprocess = self._split_transform[0]
+        return preprocess.window(self.image(index)) if preprocess is not None else None
+
     def label(self, index: int) -> int:
         """The class index of an item."""
         if self.from_files:

@@ -5,7 +5,10 @@ limit 4.0, 4x4 tiles, on 8 bits) -> training augmentation -> a z-score per image
 same steps compose with torchvision's; evaluation never augments. Inputs are what
 ``read_image`` returns (float32 (H, W) in [0, 1]); outputs are tensors (1, H, W).
 
-The first step, ``Preprocess`` (tensor, resize, CLAHE), is deterministic: a dataset may compute it
+A model trained on films cropped to their lungs (``--crop-lungs``) gets the same crop first, by the
+lung detector it carries (magsd_timm/models/lung_detector.py), before the resize.
+
+The first step, ``Preprocess`` ([lung crop,] tensor, resize, CLAHE), is deterministic: a dataset may compute it
 once per image and keep it (``CXRDataset.readable(keep=True)``) instead of decoding every film in
 every epoch; the random steps after it run on every draw as before.
 
@@ -20,12 +23,15 @@ Augmentation blocks:
 Normalisation: ``'dataset'`` subtracts a mean and divides by a std (the model's data config, or a
 dataset's own); ``'column'`` is the published z-score of each image column.
 """
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 from torchvision.transforms import v2
+
+if TYPE_CHECKING:
+    from ..models.lung_detector import LungDetector
 
 __all__ = [
     'AUGMENTATIONS', 'Clahe', 'ColumnZScore', 'Preprocess', 'ToTensor', 'augmentation', 'build_transforms',
@@ -64,16 +70,29 @@ class Clahe(nn.Module):
 
 
 class Preprocess(nn.Module):
-    """The deterministic steps every image gets first: to a tensor, resized to the input size, CLAHE."""
+    """The deterministic steps every image gets first: [cut to its lungs,] to a tensor, resized to the input size,
+    CLAHE."""
 
-    def __init__(self, size: Tuple[int, int], interpolation: v2.InterpolationMode, clahe: bool = True):
+    def __init__(self, size: Tuple[int, int], interpolation: v2.InterpolationMode, clahe: bool = True,
+                 crop: Optional['LungDetector'] = None):
         super().__init__()
-        self.clahe = clahe
+        self.clahe, self.crop = clahe, crop
         self.steps = v2.Compose([ToTensor(), v2.Resize(size, interpolation=interpolation, antialias=True),
                                  *([Clahe()] if clahe else [])])
 
     def forward(self, image: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
+        if self.crop is not None:
+            image = self.crop.crop(np.asarray(image))
         return self.steps(image)
+
+    def window(self, image: np.ndarray) -> Optional[Tuple[float, float, float, float]]:
+        """The part of the film the model sees, as shares of its width and height (left, top, right, bottom), or
+        None when it sees all of it."""
+        if self.crop is None:
+            return None
+        height, width = np.asarray(image).shape[:2]
+        x0, y0, x1, y1 = self.crop.window(np.asarray(image))
+        return x0 / width, y0 / height, x1 / width, y1 / height
 
     def pack(self, image: torch.Tensor) -> torch.Tensor:
         """The preprocessed image in its smallest exact form: CLAHE's output has 256 levels, so 8 bits hold it."""
@@ -148,14 +167,16 @@ def build_transforms(
         data_config: Dict[str, Any],
         train: bool = False,
         augment: str = 'mild',
+        crop: Optional['LungDetector'] = None,
 ) -> Callable[[np.ndarray], torch.Tensor]:
     """Preprocessing (and for training, augmentation) from a data config: float (H, W) -> tensor (1, H, W).
 
-    The first step is a ``Preprocess``: what a dataset may compute once and keep.
+    The first step is a ``Preprocess``: what a dataset may compute once and keep. crop: the lung detector
+    that cuts each film to its lungs first (the model's, when it was trained so).
     """
     size = tuple(data_config['input_size'][-2:])
     interpolation = v2.InterpolationMode(data_config.get('interpolation', 'bilinear'))
-    steps = [Preprocess(size, interpolation, data_config.get('clahe', True))]
+    steps = [Preprocess(size, interpolation, data_config.get('clahe', True), crop)]
     if train:
         steps.append(augmentation(augment, size))
     if data_config.get('normalization', 'dataset') == 'column':

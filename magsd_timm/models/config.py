@@ -212,6 +212,10 @@ def check_checkpoint_config(config: Any, where: Optional[str] = None) -> Dict[st
                           'checkpoint config may not (its weights are the ones beside it); timm never saves these.')
     if 'temperature' in config:
         check_temperature(config['temperature'], where)
+    if 'lung_crop' in config:  # the detector its films are cut with: checked before any file of it is fetched
+        from .lung_detector import check_crop_record
+
+        check_crop_record(config['lung_crop'], where or 'config.json')
     if 'training' in config and not isinstance(config['training'], dict):
         raise ConfigError(f'{_where(where)}training must be an object (what the classifier was trained on).')
     return config

@@ -4,7 +4,8 @@
       args.yaml              the run's arguments and the command that started it
       checkpoints/step_*     accelerate states to resume from (train.checkpoint)
       best/, final/          timm Hub format: model.safetensors and config.json (label names, the trained
-                             input size, a training record); best/README.md is a model card draft
+                             input size, a training record); best/README.md is a model card draft; with
+                             --crop-lungs, the lung detector's two files and config.json's lung_crop
       eval_best.json, .md    the best checkpoint's validation report
       confusion_matrix.png   of that report
       summary.json, .csv     one row per epoch; curves.png plots them
@@ -20,9 +21,10 @@ import copy
 import csv
 import io
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 import yaml
@@ -33,6 +35,9 @@ from ..errors import BadInputError, display
 from ..models.weights import SAFE_WEIGHTS
 from ..outputs import atomic_folder, atomic_path, exclusive_lock, recover_folder, strict_json, write_text_atomic
 from .checkpoint import latest_checkpoint, remove_partial_checkpoints
+
+if TYPE_CHECKING:
+    from ..models.lung_detector import LungDetector
 
 __all__ = ['BEST', 'FINAL', 'OPERATIONAL_ARGS', 'RunFolder', 'TrainingRun', 'find_run', 'setting_differences']
 
@@ -166,16 +171,28 @@ class RunFolder:
             plot_curves(rows, staged)
 
     def save_model(self, name: str, model: torch.nn.Module, class_names: Sequence[str], data_config: Dict[str, Any],
-                   training: Dict[str, Any], card: Optional[Callable[[Path], str]] = None) -> Path:
-        """best/ or final/ in timm's Hub format, with the trained input size, the training record and a card."""
+                   training: Dict[str, Any], card: Optional[Callable[[Path], str]] = None,
+                   lung_crop: Optional['LungDetector'] = None) -> Path:
+        """best/ or final/ in timm's Hub format, with the trained input size, the training record and a card; and
+        the lung detector that cut its films, when one did."""
+        from ..models.lung_detector import DETECTOR_FILES, DETECTOR_WEIGHTS, weights_digest
+
         folder = self.path / name
+        extra = {'lung_crop': lung_crop.record()} if lung_crop is not None else {}
         # safetensors stores contiguous tensors only: a model trained channels_last is saved from a copy
         model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
         unfreeze(model)  # frozen stages (--freeze-stages) are saved as the architecture's own BatchNorm layers
         with atomic_folder(folder, 'checkpoint') as staging:
             save_for_hf(model, staging, safe_serialization=True,
-                        model_config={'label_names': list(class_names), 'training': training},
+                        model_config={'label_names': list(class_names), 'training': training, **extra},
                         data_config={k: data_config[k] for k in _DATA_CONFIG_KEYS})
+            if lung_crop is not None:
+                for file in DETECTOR_FILES:
+                    shutil.copyfile(lung_crop.source / file, staging / file)
+                if weights_digest(staging / DETECTOR_WEIGHTS) != lung_crop.digest:
+                    raise BadInputError(f'{display(lung_crop.source)}: the lung detector there changed during the run; '
+                                        'its checkpoint would carry another detector than the one its films were cut '
+                                        'with.')
             if card is not None:
                 (staging / 'README.md').write_text(card(staging))
         return folder

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -348,3 +349,58 @@ def test_a_process_training_on_the_cpu_takes_the_physical_cores_it_shares_unless
     with recipe._threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before  # an in-process run gives the threads back
+
+
+def test_a_run_cut_to_the_lungs_carries_its_detector_and_inference_cuts_alike(tmp_path, capsys):
+    import shutil
+
+    from magsd_timm.cli import main as magsd
+    from magsd_timm.data import build_transforms, resolve_cxr_data_config
+    from magsd_timm.data.reader import read_image
+    from magsd_timm.data.sample import sample_records
+    from magsd_timm.models.lung_detector import (
+        DETECTOR_FILES,
+        DETECTOR_WEIGHTS,
+        LungDetector,
+        save_detector,
+        weights_digest,
+    )
+
+    lungs = tmp_path / 'lungs'  # a fresh detector answers its mean box: each film's middle
+    save_detector(LungDetector('test_resnet', 32, margin=0., mean_box=(0.25, 0.2, 0.75, 0.8)), lungs, {})
+    out = tmp_path / 'run'
+    proc = _train_here(capsys, out, *TRAINED_AS, '--crop-lungs', lungs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = {'detector': dict(architecture='test_resnet', img_size=32, margin=0., mean_box=[0.25, 0.2, 0.75, 0.8]),
+              'sha256': weights_digest(lungs / DETECTOR_WEIGHTS)}
+    for folder in ('best', 'final'):
+        assert json.loads((out / folder / 'config.json').read_text())['lung_crop'] == record
+        assert all((out / folder / f).read_bytes() == (lungs / f).read_bytes() for f in DETECTOR_FILES)
+    assert yaml.safe_load((out / 'args.yaml').read_text())['crop_lungs_sha256'] == record['sha256']
+
+    # predict cuts each film as training did: its answer is the model's on the middle of the film
+    film = sample_records()[0]['path']
+    assert magsd(['predict', str(out / 'best'), film, '--format', 'json']) == 0
+    answer = json.loads(capsys.readouterr().out)['predictions'][0]['probabilities']
+    model = timm.create_model(f'local-dir:{out / "best"}', pretrained=True).eval()
+    image = read_image(film)
+    height, width = image.shape
+    middle = image[int(0.2 * height):int(np.ceil(0.8 * height)), int(0.25 * width):int(np.ceil(0.75 * width))]
+    with torch.no_grad():
+        expected = model(build_transforms(resolve_cxr_data_config(model))(middle)[None]).softmax(dim=1)[0]
+    assert list(answer.values()) == pytest.approx(expected.tolist(), abs=1e-5)
+
+    # a checkpoint without its detector, or with another one, is refused, never run on whole films
+    bare = tmp_path / 'bare'
+    shutil.copytree(out / 'best', bare)
+    (bare / DETECTOR_WEIGHTS).unlink()
+    assert magsd(['predict', str(bare), film]) == 2
+    assert 'lung_detector.safetensors is not beside it' in capsys.readouterr().err
+    save_detector(LungDetector('test_resnet', 32, margin=0., mean_box=(0.1, 0.2, 0.75, 0.8)), bare / 'x', {})
+    for f in DETECTOR_FILES:
+        shutil.copyfile(bare / 'x' / f, bare / f)
+    assert magsd(['evaluate', str(bare), '--output', str(tmp_path / 'eval')]) == 2
+    assert 'is not the one the classifier was trained with (mean_box, weights differ' in capsys.readouterr().err
+    _one_line(_train_here(capsys, tmp_path / 'none', *TRAINED_AS, '--crop-lungs', tmp_path / 'nowhere'), 2,
+              'no lung detector (lung_detector.json and lung_detector.safetensors); train one with')
+    assert not (tmp_path / 'none' / 'best').exists()
