@@ -9,7 +9,7 @@ import math
 import re
 from pathlib import Path
 from string import Template
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from huggingface_hub import DatasetCard, EvalResult, ModelCardData
@@ -18,6 +18,7 @@ from timm.models import resolve_pretrained_cfg
 from ..complexity import count_macs, count_parameters
 from ..data.build import KNOWN_SOURCES
 from ..metrics import metrics_markdown
+from ..models.lung_detector import DETECTOR_FILES
 from ..tables import markdown_table, shown_command, shown_path
 from ..train.run_folder import TrainingRun
 
@@ -115,6 +116,25 @@ def _backbone_init(base_model: Optional[str], training: Any) -> str:
     return f'ImageNet weights `{base_model}`' + (f", loaded from {' '.join(str(source).split())}" if source else '')
 
 
+def _preprocessing(config: Dict[str, Any], repo_id: str) -> Tuple[str, str]:
+    """The card's preprocessing sentence and its code line: the whole film, or the film cut to its lungs by the
+    detector the repo carries."""
+    steps = 'resized whole to the image size (aspect not kept), CLAHE (clip 4.0, 4 x 4 tiles)'
+    whole = 'transform = build_transforms(resolve_cxr_data_config(model))'
+    record = config.get('lung_crop')
+    if not record:
+        return f'each film {steps}', whole
+    detector = record['detector']
+    sentence = (f"each film first cut to its lungs by the lung detector in this repo ({', '.join(DETECTOR_FILES)}: "
+                f"`{detector['architecture']}` at {detector['img_size']} px, the predicted box widened by "
+                f"{detector['margin']:g} of the film on each side), then {steps}. Predictions on whole films would be "
+                'about other images: `magsd predict` cuts them, and so does the code below')
+    code = ("from magsd_timm.hub import checkpoint_config, load_lung_crop\n"
+            f"crop = load_lung_crop('hf-hub:{repo_id}', checkpoint_config('hf-hub:{repo_id}'))  # this repo's "
+            "lung detector\ntransform = build_transforms(resolve_cxr_data_config(model), crop=crop)")
+    return sentence, code
+
+
 def render_model_card(model: torch.nn.Module, run: TrainingRun, repo_id: str, license: str = 'apache-2.0',
                       dataset_id: Optional[str] = None) -> str:
     """The README.md of a Hub model repo: timm-style YAML metadata, then the card's body."""
@@ -149,5 +169,6 @@ def render_model_card(model: torch.nn.Module, run: TrainingRun, repo_id: str, li
                                                           for k, v in args.items()] or [['(not recorded)', '']]),
         evaluation=_evaluation(run, class_names),
     )
+    values['preprocessing'], values['transform_code'] = _preprocessing(config, repo_id)
     body = Template(importlib.resources.files('magsd_timm.hub').joinpath('model_card.md').read_text())
     return f'---\n{metadata.to_yaml()}\n---\n\n{body.substitute(values)}'

@@ -16,10 +16,11 @@ from huggingface_hub.errors import HfHubHTTPError, HTTPError
 
 from ..errors import BadInputError, display
 from ..models.config import check_checkpoint_config
+from ..models.lung_detector import DETECTOR_FILES
 from ..models.weights import SAFE_WEIGHTS
 from ..train.run_folder import find_run
 from .cards import render_model_card
-from .pull import check_hub_target, load
+from .pull import check_hub_target, load, load_lung_crop
 
 __all__ = ['PushError', 'push_dataset', 'push_model', 'stage_dataset', 'stage_model']
 
@@ -42,7 +43,8 @@ def _new_folder(folder: Path) -> Path:
 
 def stage_model(output_dir: Union[str, Path], folder: Union[str, Path], repo_id: str,
                 license: str = 'apache-2.0', dataset_id: Optional[str] = None) -> Path:
-    """Write what push_model uploads: model.safetensors, config.json and the model card (README.md)."""
+    """Write what push_model uploads: model.safetensors, config.json, the model card (README.md), and the lung
+    detector of a model that cuts films to their lungs."""
     run = find_run(output_dir)
     checkpoint = run.checkpoint
     if not (checkpoint / SAFE_WEIGHTS).is_file():
@@ -59,9 +61,10 @@ def stage_model(output_dir: Union[str, Path], folder: Union[str, Path], repo_id:
                             "timm.models.save_for_hf(..., model_config={'label_names': [...]}).")
     # rebuilding from the folder proves the repo will load: config, architecture and every tensor's shape
     model = load(f'local-dir:{checkpoint}', config=config).eval()
+    crop = load_lung_crop(f'local-dir:{checkpoint}', config)  # a repo without its detector would answer wrongly
     folder = _new_folder(folder)
-    shutil.copyfile(checkpoint / SAFE_WEIGHTS, folder / SAFE_WEIGHTS)
-    shutil.copyfile(checkpoint / 'config.json', folder / 'config.json')
+    for file in (SAFE_WEIGHTS, 'config.json', *(DETECTOR_FILES if crop is not None else ())):
+        shutil.copyfile(checkpoint / file, folder / file)
     (folder / 'README.md').write_text(render_model_card(model, run, repo_id, license=license, dataset_id=dataset_id))
     return folder
 

@@ -174,3 +174,41 @@ def test_revisions_as_the_hub_names_them_are_accepted(revision):
     from magsd_timm.hub.pull import check_revision
 
     assert check_revision(revision) == revision
+
+
+def test_a_model_that_cuts_films_to_its_lungs_travels_with_its_detector_and_is_refused_without_it(
+        hub, trained_run, tmp_path):
+    import shutil
+
+    from huggingface_hub import HfApi
+
+    from magsd_timm.errors import BadInputError
+    from magsd_timm.hub import checkpoint_config, load_lung_crop
+    from magsd_timm.models.lung_detector import DETECTOR_FILES, LungDetector, load_detector, save_detector
+
+    run = tmp_path / 'run'
+    shutil.copytree(trained_run, run)
+    save_detector(LungDetector('test_resnet', 32, mean_box=(0.2, 0.1, 0.8, 0.9)), tmp_path / 'lungs', {})
+    detector = load_detector(tmp_path / 'lungs')
+    for file in DETECTOR_FILES:
+        shutil.copyfile(tmp_path / 'lungs' / file, run / 'best' / file)
+    config = json.loads((run / 'best' / 'config.json').read_text())
+    (run / 'best' / 'config.json').write_text(json.dumps(dict(config, lung_crop=detector.record())))
+    push_model(run, 'tester/magsd-lungs')
+    name = 'hf-hub:tester/magsd-lungs'
+    pulled = load_lung_crop(name, checkpoint_config(name))
+    assert pulled.digest == detector.digest and pulled.mean_box == [0.2, 0.1, 0.8, 0.9]
+    card = hub.file('tester/magsd-lungs', 'README.md').decode()
+    assert 'first cut to its lungs by the lung detector in this repo' in card and 'load_lung_crop(' in card
+
+    bare = tmp_path / 'bare'  # a repo whose config cuts to the lungs, without the detector
+    bare.mkdir()
+    for file in ('model.safetensors', 'config.json'):
+        shutil.copyfile(run / 'best' / file, bare / file)
+    HfApi().create_repo('tester/magsd-no-lungs')
+    HfApi().upload_folder(folder_path=str(bare), repo_id='tester/magsd-no-lungs')
+    name = 'hf-hub:tester/magsd-no-lungs'
+    with pytest.raises(BadInputError, match='lung_detector.json and lung_detector.safetensors are not beside it'):
+        load_lung_crop(name, checkpoint_config(name))
+    with pytest.raises(BadInputError, match='lung_detector.json and lung_detector.safetensors are not beside it'):
+        push_model(bare, 'tester/magsd-never')  # nor is such a folder pushed
