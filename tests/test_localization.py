@@ -11,14 +11,7 @@ from PIL import Image
 import magsd_timm  # noqa: F401
 from magsd_timm.data import CXRDataset, build_transforms, resolve_cxr_data_config
 from magsd_timm.errors import BadInputError
-from magsd_timm.localization import (
-    box_masks,
-    boxes_in_view,
-    load_boxes,
-    localization_report,
-    mass_in_boxes,
-    pointing_hits,
-)
+from magsd_timm.localization import box_masks, boxes_in_view, load_boxes, localization_report, mass_in_boxes, pointing_hits
 from magsd_timm.models.lung_detector import LungDetector
 
 

@@ -358,13 +358,7 @@ def test_a_run_cut_to_the_lungs_carries_its_detector_and_inference_cuts_alike(tm
     from magsd_timm.data import build_transforms, resolve_cxr_data_config
     from magsd_timm.data.reader import read_image
     from magsd_timm.data.sample import sample_records
-    from magsd_timm.models.lung_detector import (
-        DETECTOR_FILES,
-        DETECTOR_WEIGHTS,
-        LungDetector,
-        save_detector,
-        weights_digest,
-    )
+    from magsd_timm.models.lung_detector import DETECTOR_FILES, DETECTOR_WEIGHTS, LungDetector, save_detector, weights_digest
 
     lungs = tmp_path / 'lungs'  # a fresh detector answers its mean box: each film's middle
     save_detector(LungDetector('test_resnet', 32, margin=0., mean_box=(0.25, 0.2, 0.75, 0.8)), lungs, {})
@@ -377,6 +371,8 @@ def test_a_run_cut_to_the_lungs_carries_its_detector_and_inference_cuts_alike(tm
         assert json.loads((out / folder / 'config.json').read_text())['lung_crop'] == record
         assert all((out / folder / f).read_bytes() == (lungs / f).read_bytes() for f in DETECTOR_FILES)
     assert yaml.safe_load((out / 'args.yaml').read_text())['crop_lungs_sha256'] == record['sha256']
+    assert magsd(['info', str(out / 'best'), '--json']) == 0
+    assert json.loads(capsys.readouterr().out)['lung_crop'] == record
 
     # predict cuts each film as training did: its answer is the model's on the middle of the film
     film = sample_records()[0]['path']
