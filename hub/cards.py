@@ -97,6 +97,10 @@ def _evaluation(run: TrainingRun, class_names: List[str]) -> str:
         parts.append(f"### Validation split\n\nThe split that chose the checkpoint (epoch {run.epoch}), "
                      f"{run.metrics.get('num_samples')} images, so an optimistic estimate (n/a: undefined on these "
                      f"images).\n\n{metrics_markdown(run.metrics, class_names)}")
+    if parts and not run.test_report:  # the shortcut measures come with a test report: say so, never drop them silently
+        parts.append('No test report yet, so no shortcut measures (accuracy per source, answers with the lungs or the '
+                     'border hidden): `magsd evaluate RUN/best DATA --output RUN/test` writes them, and this card then '
+                     'shows them beside the accuracy.')
     return '\n\n'.join(parts) or 'No evaluation was recorded with this checkpoint.'
 
 
