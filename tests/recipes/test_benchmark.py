@@ -204,7 +204,7 @@ def test_cxr_suite_trains_both_methods_alike_leaving_a_source_out_and_reports_wh
 
     recipe = bench_here.module
     plain = recipe._parse_args([*SMALL, '--output-dir', str(tmp_path), *suite[:4], *suite[6:]])
-    assert list(recipe._scored_sets(load(f'local-dir:{run / "best"}'), plain)) == ['test']  # no source left out
+    assert list(recipe._scored_sets(load(f'local-dir:{run / "best"}'), None, plain)) == ['test']  # no source left out
     # a run is reused only with exactly the settings asked for; anything else is refused, nothing trained
     stamps = sorted(p.stat().st_mtime_ns for p in (tmp_path / 'cxr').rglob('*.safetensors'))
     err = bench_here(*suite, '--cxr-epochs', '15', code=2)
