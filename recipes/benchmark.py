@@ -913,8 +913,8 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
              f"epochs, {shared.get('img_size')} px, batch {shared.get('batch_size')}, optimizer {shared.get('opt')} "
              f"lr {shared.get('lr')}, schedule {shared.get('sched')}, pretrained {shared.get('pretrained')}, "
              f"{shared.get('freeze_stages')} stages frozen, balance {shared.get('balance')}, films cut to the lungs by "
-             f"{shared.get('crop_lungs') or 'no detector'}, as the runs' args.yaml "
-             f"record), seeds {', '.join(map(str, sorted({r.get('seed') for r in records})))}, on {scored} "
+             f"{display(shown_path(shared['crop_lungs'])) if shared.get('crop_lungs') else 'no detector'}, as the runs' "
+             f"args.yaml record), seeds {', '.join(map(str, sorted({r.get('seed') for r in records})))}, on {scored} "
              f"({len(results['MAG-SD'][main]['labels'])} images): mean ± standard deviation over seeds, and the 95% "
              f"bootstrap interval (over patients) of the seed mean. {minutes:.0f} minutes for this invocation "
              '(training runs found complete are reused).', '']
