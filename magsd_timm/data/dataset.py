@@ -12,7 +12,7 @@ its first step; ``readable(keep=True)`` keeps what that pass computed (the trans
 import functools
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ class CXRDataset(Dataset):
         self.seed, self.epoch = seed, 0
         self.dropped: List[Tuple[str, str]] = []  # (file, why) left out when the source was opened
         self.kept: Optional[List[Optional[torch.Tensor]]] = None  # each item's packed Preprocess output
+        self._windows: Dict[int, Optional[Tuple[float, float, float, float]]] = {}  # window(), once per item
 
     @functools.cached_property  # once per dataset, not per item: the transform does not change
     def _split_transform(self) -> Tuple[Optional[Preprocess], Optional[Transform]]:
@@ -151,9 +152,14 @@ class CXRDataset(Dataset):
         return read_image_bytes(image.get('bytes') or b'', self.name(index))
 
     def window(self, index: int) -> Optional[Tuple[float, float, float, float]]:
-        """The part of an item's film its transform keeps (shares: left, top, right, bottom), None for all of it."""
+        """The part of an item's film its transform keeps (shares: left, top, right, bottom), None for all of it;
+        found once per item (the film read and the detector run only for a transform that cuts to the lungs)."""
         preprocess = self._split_transform[0]
-        return preprocess.window(self.image(index)) if preprocess is not None else None
+        if preprocess is None or preprocess.crop is None:
+            return None
+        if index not in self._windows:
+            self._windows[index] = preprocess.window(self.image(index))
+        return self._windows[index]
 
     def label(self, index: int) -> int:
         """The class index of an item."""
