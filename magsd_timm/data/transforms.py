@@ -85,11 +85,8 @@ class Preprocess(nn.Module):
             image = self.crop.crop(np.asarray(image))
         return self.steps(image)
 
-    def window(self, image: np.ndarray) -> Optional[Tuple[float, float, float, float]]:
-        """The part of the film the model sees, as shares of its width and height (left, top, right, bottom), or
-        None when it sees all of it."""
-        if self.crop is None:
-            return None
+    def window(self, image: np.ndarray) -> Tuple[float, float, float, float]:
+        """The part of the film the crop keeps, as shares of its width and height (left, top, right, bottom)."""
         height, width = np.asarray(image).shape[:2]
         x0, y0, x1, y1 = self.crop.window(np.asarray(image))
         return x0 / width, y0 / height, x1 / width, y1 / height

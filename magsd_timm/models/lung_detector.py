@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import BadInputError, display
+from .config import is_finite_number
 
 __all__ = ['ARCHITECTURES', 'DETECTOR_CONFIG', 'DETECTOR_FILES', 'DETECTOR_WEIGHTS', 'LungDetector', 'box_iou',
            'check_crop_record', 'check_detector_config', 'load_detector', 'save_detector', 'weights_digest']
@@ -144,8 +145,7 @@ def check_detector_config(config: Any, where: str) -> None:
             MARGIN_RANGE[1]:
         raise BadInputError(f'{where}: margin {margin!r} must be a number from {MARGIN_RANGE[0]} to {MARGIN_RANGE[1]}.')
     box = config.get('mean_box')
-    if not isinstance(box, list) or len(box) != 4 or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in box) \
+    if not isinstance(box, list) or len(box) != 4 or not all(is_finite_number(v) and 0 <= v <= 1 for v in box) \
             or not (box[0] < box[2] and box[1] < box[3]):
         raise BadInputError(f'{where}: mean_box {box!r} must be four shares x0, y0, x1, y1 with x0 < x1 and y0 < y1.')
 
