@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from support.recipes import load_recipe
@@ -81,6 +82,16 @@ def test_step_suite_compares_each_magsd_step_with_the_plain_reference(tmp_path):
         assert _printed_quotient(cells[2], cells[1], rows[0][1]), cells
     assert sum('<= 2.6x' in cells[3] for cells in rows) == 1  # the fastest MAG-SD step is judged
     assert names[-1] == 'augmentations + loss alone' and 'of the fastest MAG-SD step' in rows[-1][2]
+
+
+def test_the_plain_reference_step_runs_in_the_precision_of_the_magsd_steps(bench_here, monkeypatch):
+    module = bench_here.module
+    args = module._parse_args([*SMALL, '--dtype', 'bfloat16'])
+    seen = []
+    cross_entropy = module.F.cross_entropy
+    monkeypatch.setattr(module.F, 'cross_entropy', lambda logits, y: seen.append(logits.dtype) or cross_entropy(logits, y))
+    module._plain_train_step(args, False)()
+    assert seen == [torch.bfloat16]  # a bf16 MAG-SD step over an fp32 plain one would credit bf16 to MAG-SD
 
 
 def test_bad_arguments_are_refused_by_name(bench_here, capsys):
