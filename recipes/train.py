@@ -49,11 +49,12 @@ with extras_needed('train'):  # accelerate, opencv, datasets: pip install "magsd
     import magsd_timm  # noqa: F401  (registers the magsd_* models)
     from magsd_timm.data.dataset import BalancedSampler, CXRDataset, open_dataset
     from magsd_timm.data.transforms import AUGMENTATIONS, build_transforms, resolve_cxr_data_config
+    from magsd_timm.digest import file_sha256
     from magsd_timm.errors import BadInputError, display
     from magsd_timm.hub.cards import render_model_card
     from magsd_timm.models import close_matches
     from magsd_timm.models.config import MAX_INPUT_SIDE, MIN_INPUT_SIDE
-    from magsd_timm.models.lung_detector import DETECTOR_WEIGHTS, LungDetector, load_detector, weights_digest
+    from magsd_timm.models.lung_detector import DETECTOR_WEIGHTS, LungDetector, load_detector
     from magsd_timm.models.offline_weights import create_pretrained
     from magsd_timm.objective import MagSDObjective
     from magsd_timm.seeds import seeded_generator
@@ -185,7 +186,7 @@ def recorded_args(args: argparse.Namespace) -> Dict[str, Any]:
     recorded = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != 'traceback'}
     weights = args.crop_lungs / DETECTOR_WEIGHTS if args.crop_lungs else None
     if weights is not None:
-        recorded['crop_lungs_sha256'] = weights_digest(weights) if weights.is_file() else None
+        recorded['crop_lungs_sha256'] = file_sha256(weights) if weights.is_file() else None
     return recorded
 
 

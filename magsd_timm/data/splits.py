@@ -9,31 +9,22 @@ the one with a known patient id, then the most pixels, then the first by (source
 carry different labels are a label conflict: no order can say which label is right, so every copy is
 left out and reported.
 """
-import hashlib
 import random
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, NamedTuple, Sequence, Tuple
 
+from ..digest import file_sha256
 from ..errors import display
 from .near_copies import Fingerprint, near_copy_groups, near_copy_pairs
 from .sources import Record
 
 __all__ = [
-    'SPLITS', 'NearCopy', 'assign_patients', 'check_no_patient_overlap', 'content_hash', 'deduplicate',
+    'SPLITS', 'NearCopy', 'assign_patients', 'check_no_patient_overlap', 'deduplicate',
     'drop_near_copies', 'patient_folds', 'patient_split', 'patient_subset', 'source_holdout',
 ]
 
 SPLITS = ('train', 'validation', 'test')
-
-
-def content_hash(path: str) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 Resolved = Tuple[List[Record], List[Tuple[Record, str]], List[Tuple[Record, str]]]  # kept, copies, conflicts
@@ -48,7 +39,7 @@ def deduplicate(records: Sequence[Record]) -> Resolved:
     groups: Dict[str, List[Record]] = defaultdict(list)
     for record in sorted(records, key=lambda r: (r['source'] or '', r['path'])):
         try:
-            digest = record.get('sha256') or content_hash(record['path'])
+            digest = record.get('sha256') or file_sha256(record['path'])
         except OSError:  # missing or unreadable: no copy of anything; the reader names it when it is read
             groups[f"unreadable:{record['path']}"].append(dict(record, sha256=None))
             continue

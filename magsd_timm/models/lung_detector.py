@@ -16,7 +16,6 @@ A classifier trained on cropped films carries its detector: the two files beside
 its config.json a ``lung_crop`` record (the detector's settings and the SHA-256 of its weights), so
 that predict and evaluate crop alike, and refuse when the detector is missing or is another one.
 """
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -25,11 +24,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..digest import file_sha256
 from ..errors import BadInputError, display
 from .config import is_finite_number
 
 __all__ = ['ARCHITECTURES', 'DETECTOR_CONFIG', 'DETECTOR_FILES', 'DETECTOR_WEIGHTS', 'LungDetector', 'box_iou',
-           'check_crop_record', 'check_detector_config', 'load_detector', 'save_detector', 'weights_digest']
+           'check_crop_record', 'check_detector_config', 'load_detector', 'save_detector']
 
 DETECTOR_WEIGHTS = 'lung_detector.safetensors'
 DETECTOR_CONFIG = 'lung_detector.json'
@@ -161,15 +161,6 @@ def check_crop_record(record: Any, where: str) -> None:
         raise BadInputError(f'{where}: lung_crop sha256 {digest!r} is not a SHA-256 (64 lower-case hex digits).')
 
 
-def weights_digest(path: Union[str, Path]) -> str:
-    """The SHA-256 of a file (hex): what ties a classifier to the detector it was trained with."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save_detector(detector: LungDetector, folder: Union[str, Path], scores: Dict[str, Any]) -> None:
     """Write the detector's weights and config (with what it scored) into folder, each file atomically."""
     from safetensors.torch import save_file
@@ -199,7 +190,7 @@ def load_detector(folder: Union[str, Path], record: Optional[Dict[str, Any]] = N
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise BadInputError(f'{display(config_path)}: not a readable detector config ({e}).') from e
     check_detector_config(config, display(config_path))
-    digest = weights_digest(weights_path)
+    digest = file_sha256(weights_path)
     if record is not None:
         changed = [k for k, v in record['detector'].items() if config.get(k) != v] + (
             ['weights'] if digest != record['sha256'] else [])

@@ -175,7 +175,8 @@ class RunFolder:
                    lung_crop: Optional['LungDetector'] = None) -> Path:
         """best/ or final/ in timm's Hub format, with the trained input size, the training record and a card; and
         the lung detector that cut its films, when one did."""
-        from ..models.lung_detector import DETECTOR_FILES, DETECTOR_WEIGHTS, weights_digest
+        from ..digest import file_sha256
+        from ..models.lung_detector import DETECTOR_FILES, DETECTOR_WEIGHTS
 
         folder = self.path / name
         extra = {'lung_crop': lung_crop.record()} if lung_crop is not None else {}
@@ -189,7 +190,7 @@ class RunFolder:
             if lung_crop is not None:
                 for file in DETECTOR_FILES:
                     shutil.copyfile(lung_crop.source / file, staging / file)
-                if weights_digest(staging / DETECTOR_WEIGHTS) != lung_crop.digest:
+                if file_sha256(staging / DETECTOR_WEIGHTS) != lung_crop.digest:
                     raise BadInputError(f'{display(lung_crop.source)}: the lung detector there changed during the run; '
                                         'its checkpoint would carry another detector than the one its films were cut '
                                         'with.')

@@ -358,7 +358,8 @@ def test_a_run_cut_to_the_lungs_carries_its_detector_and_inference_cuts_alike(tm
     from magsd_timm.data import build_transforms, resolve_cxr_data_config
     from magsd_timm.data.reader import read_image
     from magsd_timm.data.sample import sample_records
-    from magsd_timm.models.lung_detector import DETECTOR_FILES, DETECTOR_WEIGHTS, LungDetector, save_detector, weights_digest
+    from magsd_timm.digest import file_sha256
+    from magsd_timm.models.lung_detector import DETECTOR_FILES, DETECTOR_WEIGHTS, LungDetector, save_detector
 
     lungs = tmp_path / 'lungs'  # a fresh detector answers its mean box: each film's middle
     save_detector(LungDetector('test_resnet', 32, margin=0., mean_box=(0.25, 0.2, 0.75, 0.8)), lungs, {})
@@ -366,7 +367,7 @@ def test_a_run_cut_to_the_lungs_carries_its_detector_and_inference_cuts_alike(tm
     proc = _train_here(capsys, out, *TRAINED_AS, '--crop-lungs', lungs)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = {'detector': dict(architecture='test_resnet', img_size=32, margin=0., mean_box=[0.25, 0.2, 0.75, 0.8]),
-              'sha256': weights_digest(lungs / DETECTOR_WEIGHTS)}
+              'sha256': file_sha256(lungs / DETECTOR_WEIGHTS)}
     for folder in ('best', 'final'):
         assert json.loads((out / folder / 'config.json').read_text())['lung_crop'] == record
         assert all((out / folder / f).read_bytes() == (lungs / f).read_bytes() for f in DETECTOR_FILES)
