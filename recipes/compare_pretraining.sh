@@ -17,6 +17,7 @@
 #   BENCH_DTYPE  data type of the step benchmark when STEP_BENCH=1 (float32; on a GPU: bfloat16)
 #   STEP_BENCH   1: also time a MAG-SD step against a plain step of Lite0 (recipes/benchmark.py --suite step)
 #   BENCH_ARGS   further flags of that benchmark (e.g. "--min-run-time 60")
+#   EVAL_ARGS    further flags of magsd evaluate (e.g. "--bootstrap 5000" for finer intervals)
 # A run folder that exists is resumed with the same settings (train.py refuses other settings), so the script
 # can be run again after an interruption; a finished run keeps the training time it recorded.
 set -euo pipefail
@@ -51,7 +52,7 @@ for config in $CONFIGS; do
     $LAUNCH "$HERE/train.py" --data "$DATA" --output "$run" --seed "$seed" --batch-size "$BATCH" \
       $(flags "$config") $TRAIN_ARGS "${resume[@]}"
     [ -n "$finished" ] || echo "$(( $(date +%s) - start ))" > "$run/wall_seconds.txt"
-    magsd evaluate "$run/best" "$DATA" --output "$run/eval_test" --device "$DEVICE" ${BOXES:+--boxes "$BOXES"}
+    magsd evaluate "$run/best" "$DATA" --output "$run/eval_test" --device "$DEVICE" ${BOXES:+--boxes "$BOXES"} ${EVAL_ARGS:-}
   done
 done
 
