@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument('--threads', type=int, default=2, help='CPU threads for torch')
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'], help='where the speed suites run')
     parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'],
-                        help='autocast dtype of every timed case, MA-Net and plain alike (float32: no autocast)')
+                        help='autocast of the model, step and throughput suites, MA-Net and plain alike (float32: none)')
     parser.add_argument('--compile', action='store_true', help='add a torch.compile case to the step suite')
     parser.add_argument('--min-run-time', type=float, default=20., help='seconds of timing per suite part')
     parser.add_argument('--min-rounds', type=int, default=5,
