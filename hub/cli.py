@@ -2,7 +2,7 @@
 import argparse
 from typing import List, Optional
 
-from ..console import EXIT_CODES, HelpFormatter, add_traceback_flag, add_version_flag, run_command
+from ..console import EXIT_CODES, CommandParser, HelpFormatter, add_traceback_flag, add_version_flag, run_command
 from ..errors import display
 
 __all__ = ['add_push_commands', 'main', 'run_push']
@@ -43,7 +43,7 @@ def add_push_commands(commands: 'argparse._SubParsersAction') -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='magsd-hub', description=__doc__, epilog=EXIT_CODES,
+    parser = CommandParser(prog='magsd-hub', description=__doc__, epilog=EXIT_CODES,
                                      formatter_class=HelpFormatter)
     add_version_flag(parser)
     add_push_commands(parser.add_subparsers(dest='command', required=True, metavar='COMMAND'))

@@ -10,7 +10,7 @@ push-dataset are magsd-hub's commands.
 import argparse
 from typing import List, Optional
 
-from .console import EXIT_CODES, HelpFormatter, add_traceback_flag, add_version_flag, number, run_command
+from .console import EXIT_CODES, CommandParser, HelpFormatter, add_traceback_flag, add_version_flag, number, run_command
 
 __all__ = ['main']
 
@@ -18,7 +18,7 @@ __all__ = ['main']
 def _parser() -> argparse.ArgumentParser:
     from .hub.cli import add_push_commands  # its parser only: the Hub code loads when a push runs
 
-    parser = argparse.ArgumentParser(prog='magsd', description=__doc__, epilog=EXIT_CODES,
+    parser = CommandParser(prog='magsd', description=__doc__, epilog=EXIT_CODES,
                                      formatter_class=HelpFormatter)
     add_version_flag(parser)
     commands = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')

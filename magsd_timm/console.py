@@ -13,14 +13,15 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, NoReturn, Optional, Sequence, Tuple, Union
 
 from .errors import BadInputError, DivergedError, display
 
 __all__ = [
-    'EXIT_BAD_INPUT', 'EXIT_CODES', 'EXIT_DIVERGED', 'EXIT_FAILED', 'EXIT_NOT_REPRODUCED', 'EXIT_OK',
-    'EXTRAS', 'HelpFormatter', 'add_config_flag', 'add_traceback_flag', 'add_version_flag', 'config_flags',
-    'error_line', 'exit_code', 'extras_needed', 'json_object', 'missing_extra', 'number', 'parse_with_config', 'run_command',
+    'EXIT_BAD_INPUT', 'EXIT_CODES', 'EXIT_DIVERGED', 'EXIT_FAILED', 'EXIT_NOT_REPRODUCED', 'EXIT_OK', 'EXTRAS',
+    'CommandParser', 'HelpFormatter', 'add_config_flag', 'add_traceback_flag', 'add_version_flag', 'config_flags',
+    'config_records', 'error_line', 'exit_code', 'extras_needed', 'json_object', 'missing_extra', 'number', 'one_line',
+    'parse_with_config', 'run_command',
 ]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_NOT_REPRODUCED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -97,9 +98,18 @@ def exit_code(error: BaseException) -> int:
     return EXIT_FAILED
 
 
+MAX_LINE = 2000  # characters of an error line: a message quoting hostile input stays one readable line
+
+
+def one_line(text: str) -> str:
+    """A message as one printable line of at most MAX_LINE characters (white space runs folded, the rest cut)."""
+    text = display(' '.join(str(text).split()))
+    return text if len(text) <= MAX_LINE else f'{text[:MAX_LINE - 30]}... ({len(text):,} characters)'
+
+
 def error_line(prog: str, error: BaseException) -> str:
     """One printable line for an error: the program, then the message (the error's type when unexpected)."""
-    message = display(' '.join(str(error).split())) or type(error).__name__
+    message = one_line(str(error)) or type(error).__name__
     extra = missing_extra(error)
     if extra:
         message = (f'this needs {error.name.split(".")[0]}, which comes with the {extra} extra: '
@@ -144,6 +154,13 @@ def add_version_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--version', action='version', version=f'%(prog)s (magsd-timm) {__version__}')
 
 
+class CommandParser(argparse.ArgumentParser):
+    """The parser of every command: a wrong argument is one line and exit 2, as every other error (not the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f'{self.prog}: {one_line(message)} (see {self.prog} --help)\n')
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """--help of every command: the description as written, each option's default shown (unless its help says it)."""
 
@@ -166,26 +183,51 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str],
 
     The file is a mapping of option names (as args.yaml records them: 'lr', 'batch_size') to values;
     each value is checked as the flag's own would be, and a name that is no option is refused, so a
-    file cannot set what the command line could not. Keys in ``ignore`` are records, not settings.
+    file cannot set what the command line could not. Keys in ``ignore`` are records, not settings
+    (config_records gives them). One -c file at most: a second would silently replace the first.
     """
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument('-c', '--config', default=None)
-    known, rest = pre.parse_known_args(argv)
-    if known.config is None:
+    path, rest = _config_path(parser, argv)
+    if path is None:
         return parser.parse_args(argv)
-    return parser.parse_args(config_flags(parser, known.config, ignore) + rest)
+    return parser.parse_args(config_flags(parser, path, ignore) + rest)
+
+
+def config_records(parser: argparse.ArgumentParser, argv: Sequence[str], keys: Sequence[str]
+                   ) -> Tuple[Optional[str], Dict[str, Any]]:
+    """The -c file of argv (None without one) and the values it gives to the record-only keys (a run's digests)."""
+    path, _ = _config_path(parser, argv)
+    if path is None:
+        return None, {}
+    settings = _settings(parser, path)
+    return path, {key: settings[key] for key in keys if key in settings}
+
+
+def _config_path(parser: argparse.ArgumentParser, argv: Sequence[str]) -> Tuple[Optional[str], List[str]]:
+    """The -c file argv names (or None) and the other arguments; two -c files are refused."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument('-c', '--config', action='append', default=[])
+    known, rest = pre.parse_known_args(argv)
+    if len(known.config) > 1:
+        parser.error(f'-c/--config is given {len(known.config)} times ({", ".join(map(display, known.config))}): '
+                     'give one settings file, and flags for what should differ from it')
+    return (known.config[0] if known.config else None), rest
+
+
+def _settings(parser: argparse.ArgumentParser, path: str) -> Dict[str, Any]:
+    """The settings a YAML file holds (strict_yaml: no aliases, no repeated keys, bounded); argparse errors name it."""
+    from .strict_yaml import YamlSettingsError, load_settings
+
+    try:
+        return load_settings(Path(path).read_text(encoding='utf-8'))
+    except (OSError, UnicodeDecodeError) as e:
+        parser.error(f'--config {display(path)}: cannot be read ({" ".join(str(e).split())})')
+    except YamlSettingsError as e:
+        parser.error(f'--config {display(path)}: {e}')
 
 
 def config_flags(parser: argparse.ArgumentParser, path: str, ignore: Sequence[str] = ()) -> List[str]:
     """The flags a YAML settings file stands for (argparse errors name the file)."""
-    import yaml
-
-    try:
-        settings = yaml.safe_load(Path(path).read_text(encoding='utf-8'))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        parser.error(f'--config {display(path)}: cannot be read as YAML ({" ".join(str(e).split())})')
-    if not isinstance(settings, dict):
-        parser.error(f'--config {display(path)}: not a mapping of settings to values')
+    settings = _settings(parser, path)
     actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in _NOT_SETTINGS}
     flags: List[str] = []
     for key, value in settings.items():

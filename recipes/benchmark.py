@@ -64,7 +64,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from magsd_timm.console import EXIT_CODES, HelpFormatter, add_traceback_flag, add_version_flag, json_object
+from magsd_timm.console import EXIT_CODES, CommandParser, HelpFormatter, add_traceback_flag, add_version_flag, json_object
 from magsd_timm.errors import BadInputError, display
 from magsd_timm.tables import markdown_table, shown_path
 
@@ -85,7 +85,7 @@ Step = Callable[[], None]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    parser = CommandParser(description=__doc__, epilog=EXIT_CODES, formatter_class=HelpFormatter)
     parser.add_argument('--suite', default='all',
                         choices=['model', 'step', 'data', 'trainer', 'throughput', 'attention', 'cli', 'cxr', 'near-copies',
                                  'all'],
@@ -707,7 +707,9 @@ def _train_run(args: argparse.Namespace, method: str, seed: int) -> Path:
     folder = RunFolder(output)
     if folder.has_results():  # train.py's own parser tells what the requested run would record
         recipe = _train_recipe()
-        changed = setting_differences(folder.read_args(), recipe.recorded_args(recipe._parse_args(train_args)))
+        requested = recipe._parse_args(train_args)  # and the data it would train on, fingerprinted
+        recorded = recipe.recorded_args(requested, *recipe.training_splits(requested))
+        changed = setting_differences(folder.read_args(), recorded)
         if changed:
             raise BadInputError(f"{output} holds a run with other settings ({'; '.join(changed)}): remove it, or choose "
                                 'another --output-dir; its results are not those of this comparison.')

@@ -22,6 +22,7 @@ from typing import List, Tuple
 
 from magsd_timm.console import (
     EXIT_CODES,
+    CommandParser,
     HelpFormatter,
     add_traceback_flag,
     add_version_flag,
@@ -47,7 +48,7 @@ with extras_needed('prepare_data'):  # opencv, datasets: pip install "magsd-timm
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    parser = CommandParser(description=__doc__, epilog=EXIT_CODES, formatter_class=HelpFormatter)
     parser.add_argument('output', type=Path, help='folder to write (data/, README.md, splits.json, skipped.json)')
     parser.add_argument('--folder', action='append', default=[], type=Path, help='class-per-folder tree')
     parser.add_argument('--manifest', action='append', default=[], type=Path, help='CSV or Parquet manifest')

@@ -25,10 +25,12 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from magsd_timm.console import (
     EXIT_CODES,
+    CommandParser,
     HelpFormatter,
     add_config_flag,
     add_traceback_flag,
     add_version_flag,
+    config_records,
     extras_needed,
     json_object,
     number,
@@ -49,7 +51,7 @@ with extras_needed('train'):  # accelerate, opencv, datasets: pip install "magsd
     import magsd_timm  # noqa: F401  (registers the magsd_* models)
     from magsd_timm.data.dataset import BalancedSampler, CXRDataset, open_dataset
     from magsd_timm.data.transforms import AUGMENTATIONS, build_transforms, resolve_cxr_data_config
-    from magsd_timm.digest import file_sha256
+    from magsd_timm.digest import file_sha256, json_sha256
     from magsd_timm.errors import BadInputError, display
     from magsd_timm.hub.cards import render_model_card
     from magsd_timm.models import close_matches
@@ -71,13 +73,13 @@ with extras_needed('train'):  # accelerate, opencv, datasets: pip install "magsd
     from magsd_timm.train.run_folder import BEST, FINAL, RunFolder, TrainingRun, setting_differences
 
 BEST_METRICS = ('macro_f1', 'accuracy')
-# what args.yaml records beside the settings: a config file may hold them, they set nothing (the detector's
-# digest makes a resume or a reused run with another detector in the same folder differ)
-RECORD_ONLY = ('command', 'crop_lungs_sha256')
+# what args.yaml records beside the settings: a config file may hold them and they set nothing, but a replay
+# (-c RUN/args.yaml) must use the data and the lung detector whose digests it records (check_replay)
+RECORD_ONLY = ('command', 'data_sha256', 'crop_lungs_sha256')
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    parser = CommandParser(description=__doc__, epilog=EXIT_CODES, formatter_class=HelpFormatter)
     add_config_flag(parser, 'a YAML file of settings (keys as in a run\'s args.yaml), e.g. '
                             'recipes/configs/paper.yaml or RUN/args.yaml to replay a run; flags override it')
     group = parser.add_argument_group('model')
@@ -180,14 +182,45 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
     return args
 
 
-def recorded_args(args: argparse.Namespace) -> Dict[str, Any]:
-    """The arguments as args.yaml records them (what resumes and benchmark reuses compare), with the digest of the
-    lung detector's weights when films are cut to their lungs."""
+def recorded_args(args: argparse.Namespace, train_set: CXRDataset, val_set: CXRDataset) -> Dict[str, Any]:
+    """The arguments as args.yaml records them (what resumes and benchmark reuses compare), with the fingerprint of
+    the data the run trains and validates on, and the digest of the lung detector's weights when films are cut to
+    their lungs: a run is continued, reused or replayed on the same data and detector, or not at all."""
     recorded = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != 'traceback'}
+    recorded['data_sha256'] = json_sha256({'train': train_set.fingerprint(), 'validation': val_set.fingerprint()})
     weights = args.crop_lungs / DETECTOR_WEIGHTS if args.crop_lungs else None
     if weights is not None:
         recorded['crop_lungs_sha256'] = file_sha256(weights) if weights.is_file() else None
     return recorded
+
+
+def check_replay(recorded: Dict[str, Any], replayed: Dict[str, Any], config: Optional[str]) -> None:
+    """Refuse a -c RUN/args.yaml replay whose data or lung detector is not the one the recorded run used."""
+    what = {'data_sha256': ('data', '--data'), 'crop_lungs_sha256': ("lung detector's weights", '--crop-lungs')}
+    for key, (thing, flag) in what.items():
+        if replayed.get(key) is not None and replayed[key] != recorded.get(key):
+            raise BadInputError(
+                f'-c {display(config)}: the run it records used other {thing} than {flag} gives now ({key} '
+                f'{str(replayed[key])[:12]}... then, {str(recorded.get(key))[:12]}... now); a replay repeats a run '
+                f'on what it used: give that, or remove {key} from the file to train a new run.')
+
+
+def training_splits(args: argparse.Namespace, data_config: Optional[Dict[str, Any]] = None,
+                    crop: Optional[LungDetector] = None) -> Tuple[CXRDataset, CXRDataset]:
+    """The train and validation splits a run of these arguments uses (sources excluded), no image read yet; with
+    their transforms when data_config is given (films cut to the lungs by crop)."""
+    train_transform, val_transform = (None, None) if data_config is None else (
+        build_transforms(data_config, train=True, augment=args.augment, crop=crop), build_transforms(data_config, crop=crop))
+    train_set = open_dataset(args.data, 'train', train_transform, seed=args.seed, augment_seed=args.seed)
+    val_set = open_dataset(args.data, 'validation', val_transform, seed=args.seed)
+    if args.exclude_sources:
+        known = sorted({s for split in (train_set, val_set) for s in split.column('source') if s is not None})
+        unknown = [s for s in args.exclude_sources if s not in known]
+        if unknown:
+            raise BadInputError(f"--exclude-sources {' '.join(unknown)}: no such source in "
+                                f"{display(args.data or 'the bundled sample')} (it has {', '.join(known) or 'none'}).")
+        train_set, val_set = (split.without_sources(args.exclude_sources) for split in (train_set, val_set))
+    return train_set, val_set
 
 
 def _baseline_of(args: argparse.Namespace) -> Optional[torch.nn.Module]:
@@ -246,12 +279,18 @@ def _claim_output(accelerator: Accelerator, run: RunFolder, resume: bool, stack:
 
 
 def _check_resume(args: argparse.Namespace, run: RunFolder, recorded: Dict[str, Any]) -> None:
-    """Refuse to continue a run with any setting that changes its result (epochs, seed, lr, data, ...)."""
-    changed = setting_differences(run.read_args(), recorded)
+    """Refuse to continue a run on other data, or with any setting that changes its result (epochs, seed, lr, ...)."""
+    then = dict(run.read_args())
+    data_then, data_now = then.pop('data_sha256', None), recorded['data_sha256']
+    changed = setting_differences(then, {k: v for k, v in recorded.items() if k != 'data_sha256'})
+    if data_then != data_now:
+        changed.insert(0, f'the data: {display(args.data or "the bundled sample")} holds other films, labels, sources or '
+                          f'splits than the run was trained on (data_sha256 {str(data_then)[:12]}... then, '
+                          f'{data_now[:12]}... now)')
     if changed:
-        raise BadInputError(f'--resume: {display(args.output)} was trained with other settings ({"; ".join(changed)}); '
-                            'a resumed run continues the same training, so resume with the same settings (to train '
-                            'longer or otherwise, start a new --output).')
+        raise BadInputError(f'--resume: {display(args.output)} was trained with other settings or data '
+                            f'({"; ".join(changed)}); a resumed run continues the same training, so resume with the '
+                            'same settings and data (to train longer or otherwise, start a new --output).')
 
 
 def _checked_split(dataset: CXRDataset, split: str, accelerator: Accelerator, keep: bool) -> CXRDataset:
@@ -268,19 +307,12 @@ def _checked_split(dataset: CXRDataset, split: str, accelerator: Accelerator, ke
     return dataset
 
 
-def _open_data(args: argparse.Namespace, data_config: Dict[str, Any], accelerator: Accelerator,
-               crop: Optional[LungDetector]):
-    """The checked train and validation splits (cut to the lungs by crop): readable images, at least two classes."""
-    train_set = open_dataset(args.data, 'train', build_transforms(data_config, train=True, augment=args.augment,
-                                                                  crop=crop), seed=args.seed, augment_seed=args.seed)
-    val_set = open_dataset(args.data, 'validation', build_transforms(data_config, crop=crop), seed=args.seed)
-    if args.exclude_sources:
-        known = sorted({s for split in (train_set, val_set) for s in split.column('source') if s is not None})
-        unknown = [s for s in args.exclude_sources if s not in known]
-        if unknown:
-            raise BadInputError(f"--exclude-sources {' '.join(unknown)}: no such source in "
-                                f"{display(args.data or 'the bundled sample')} (it has {', '.join(known) or 'none'}).")
-        train_set, val_set = (split.without_sources(args.exclude_sources) for split in (train_set, val_set))
+def _checked_splits(args: argparse.Namespace, train_set: CXRDataset, val_set: CXRDataset,
+                    accelerator: Accelerator) -> Tuple[CXRDataset, CXRDataset]:
+    """The splits without their unreadable images, each said, and refused unless the training split holds two classes."""
+    if not len(train_set) and args.exclude_sources:
+        raise BadInputError(f"--exclude-sources {' '.join(args.exclude_sources)}: leaves no training image in "
+                            f"{display(args.data or 'the bundled sample')}; leave out fewer sources.")
     train_set = _checked_split(train_set, 'train', accelerator, args.cache_images)
     val_set = _checked_split(val_set, 'validation', accelerator, args.cache_images)
     present = sorted({train_set.class_names[k] for k in train_set.labels()})
@@ -312,9 +344,10 @@ def _class_weights(args: argparse.Namespace, train_set: CXRDataset) -> Optional[
 
 
 def _training_record(args: argparse.Namespace, class_names: List[str], train_set: CXRDataset,
-                     val_set: CXRDataset, epoch: int, pretrained_source: Optional[str]) -> Dict[str, Any]:
+                     val_set: CXRDataset, epoch: int, pretrained_source: Optional[str], data_sha256: str
+                     ) -> Dict[str, Any]:
     """What a checkpoint's classifier was trained on: it is what tells a trained checkpoint from an untrained one."""
-    return dict(data=args.data or 'sample', classes=list(class_names), train_images=len(train_set),
+    return dict(data=args.data or 'sample', data_sha256=data_sha256, classes=list(class_names), train_images=len(train_set),
                 validation_images=len(val_set), epochs=args.epochs, epoch=epoch, img_size=args.img_size,
                 method=args.method, model=args.model, pretrained=args.pretrained,
                 pretrained_weights=pretrained_source, seed=args.seed, magsd_timm=magsd_timm.__version__)
@@ -365,13 +398,16 @@ def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str], ru
     # set up: data, model, optimizer, schedule, EMA, objective
     set_seed(args.seed)
     command = 'accelerate launch recipes/train.py ' + shlex.join(argv)
-    recorded = recorded_args(args)
+    data_config = resolve_cxr_data_config(_create_model(args, 1, meta=True), img_size=args.img_size)
+    crop = load_detector(args.crop_lungs) if args.crop_lungs else None  # no detector there: refused, said
+    train_set, val_set = training_splits(args, data_config, crop)
+    recorded = recorded_args(args, train_set, val_set)
+    config, replayed = config_records(_parser(), argv, RECORD_ONLY)
+    check_replay(recorded, replayed, config)
     resuming = args.resume and latest_checkpoint(run.checkpoints) is not None
     if resuming:
         _check_resume(args, run, recorded)
-    data_config = resolve_cxr_data_config(_create_model(args, 1, meta=True), img_size=args.img_size)
-    crop = load_detector(args.crop_lungs) if args.crop_lungs else None  # no detector there: refused, said
-    train_set, val_set = _open_data(args, data_config, accelerator, crop)
+    train_set, val_set = _checked_splits(args, train_set, val_set, accelerator)
     class_names = train_set.class_names
     model = _create_model(args, len(class_names))
     pretrained_source = getattr(model, 'pretrained_source', None)  # prepare may wrap the model
@@ -436,7 +472,7 @@ def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str], ru
         if accelerator.is_main_process:
             if improved:
                 training = _training_record(args, class_names, train_set, val_set, row['epoch'],
-                                            progress.pretrained_source)
+                                            progress.pretrained_source, recorded['data_sha256'])
                 run.save_model(BEST, exported, class_names, data_config, training,
                                card=lambda folder, metrics=metrics, epoch=row['epoch']: render_model_card(
                                    exported, TrainingRun(folder, recorded, metrics, epoch, command), repo_id='ORG/NAME'),
@@ -452,7 +488,7 @@ def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str], ru
     if accelerator.is_main_process:
         run.save_model(FINAL, exported, class_names, data_config,
                        _training_record(args, class_names, train_set, val_set, args.epochs - 1,
-                                        progress.pretrained_source), lung_crop=crop)
+                                        progress.pretrained_source, recorded['data_sha256']), lung_crop=crop)
         accelerator.print(f'done: {display(run.path)}. Push the best checkpoint to the Hub with:\n'
                           f'  magsd-hub push-model {display(run.path)} ORG/NAME')
     accelerator.end_training()

@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Tuple
 
 from magsd_timm.console import (
     EXIT_CODES,
+    CommandParser,
     HelpFormatter,
     add_traceback_flag,
     add_version_flag,
@@ -49,7 +50,7 @@ Film = Tuple[Path, List[float], str]  # file, union box (x0, y0, x1, y1 as share
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    parser = CommandParser(description=__doc__, epilog=EXIT_CODES, formatter_class=HelpFormatter)
     parser.add_argument('output', type=Path, help='folder to write the detector to')
     parser.add_argument('--boxes', type=Path, required=True, help='COCO lung boxes (bbox in the original pixels)')
     parser.add_argument('--images', type=Path, required=True, help='folder of the films the box file names')

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..digest import bytes_sha256, file_sha256, json_sha256
 from ..errors import BadInputError, display
 from ..seeds import mix_seed, seeded_generator
 from .reader import ImageReadError, read_image, read_image_bytes
@@ -151,6 +152,17 @@ class CXRDataset(Dataset):
             return read_image(image['path'])
         return read_image_bytes(image.get('bytes') or b'', self.name(index))
 
+    def fingerprint(self) -> str:
+        """The SHA-256 of what the items are, in order: each one's image bytes (their SHA-256), class, source and
+        patient. Equal data, equal fingerprint; a run records it, so that it is never continued or reused on other data."""
+        if self.from_files:  # every file was hashed when its source was opened (None: unreadable, left out later)
+            digests = [r.get('sha256') for r in self.items]
+        else:
+            digests = [bytes_sha256(image['bytes']) if image.get('bytes') is not None else _path_sha256(image.get('path'))
+                       for image in self.items['image']]
+        labels = [self.class_names[k] for k in self.labels()]
+        return json_sha256([list(row) for row in zip(digests, labels, self.column('source'), self.column('patient_id'))])
+
     def window(self, index: int) -> Optional[Tuple[float, float, float, float]]:
         """The part of an item's film its transform keeps (shares: left, top, right, bottom), None for all of it;
         found once per item (the film read and the detector run only for a transform that cuts to the lungs)."""
@@ -207,6 +219,14 @@ class CXRDataset(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(mix_seed(self.seed, self.epoch, index))
             return transform(image), self.label(index)
+
+
+def _path_sha256(path: Optional[str]) -> Optional[str]:
+    """The SHA-256 of an image file a dataset refers to, None when it cannot be read (it is left out when decoded)."""
+    try:
+        return file_sha256(path) if path else None
+    except OSError:
+        return None
 
 
 def _undecoded_images(items: 'datasets.Dataset') -> 'datasets.Dataset':

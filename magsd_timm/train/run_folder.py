@@ -34,6 +34,7 @@ from timm.utils import unfreeze
 from ..errors import BadInputError, display
 from ..models.weights import SAFE_WEIGHTS
 from ..outputs import atomic_folder, atomic_path, exclusive_lock, recover_folder, strict_json, write_text_atomic
+from ..strict_yaml import YamlSettingsError, load_settings
 from .checkpoint import latest_checkpoint, remove_partial_checkpoints
 
 if TYPE_CHECKING:
@@ -136,12 +137,9 @@ class RunFolder:
         if not path.is_file():
             return {}
         try:
-            args = yaml.safe_load(path.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise BadInputError(f'{display(path)}: not a readable record of a run\'s arguments ({type(e).__name__}).') from e
-        if not isinstance(args, dict):
-            raise BadInputError(f'{display(path)}: not a record of a run\'s arguments (expected a mapping).')
-        return args
+            return load_settings(path.read_text(encoding='utf-8'))
+        except (YamlSettingsError, UnicodeDecodeError) as e:
+            raise BadInputError(f'{display(path)}: not a readable record of a run\'s arguments ({e}).') from e
 
     def write_args(self, args: Dict[str, Any], command: str) -> None:
         """Record the run's arguments and the command that started it."""

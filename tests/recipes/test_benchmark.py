@@ -226,6 +226,11 @@ def test_cxr_suite_trains_both_methods_alike_leaving_a_source_out_and_reports_wh
         assert recipe._train_run(args, method, 0) == tmp_path / 'cxr' / f'{method}-without-left-seed0'
     assert 'cxr: ' not in capsys.readouterr().out  # no training command was printed, so none was run
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / 'cxr').rglob('*.safetensors')) == stamps
+    # the data folder prepared again with another seed: a finished run trained on the old splits is not reused
+    build_dataset(records, tmp_path / 'data', seed=3, fractions=(0.5, 0.25, 0.25), overwrite=True)
+    capsys.readouterr()
+    err = bench_here(*suite, '--cxr-epochs', '1', code=2)
+    assert 'holds a run with other settings (data_sha256: ' in err and err.count('\n') == 1
     (tmp_path / 'cxr' / 'magsd-without-left-seed0' / 'args.yaml').write_text('[unclosed')
     err = bench_here(*suite, '--cxr-epochs', '1', code=2)
     assert "args.yaml: not a readable record of a run's arguments" in err and err.count('\n') == 1

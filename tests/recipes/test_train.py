@@ -133,7 +133,7 @@ CONFIGS = RECIPE.parent / 'configs'
 def test_the_default_config_file_is_the_trainers_defaults_every_setting_spelled_out():
     recipe = _recipe()
     settings = yaml.safe_load((CONFIGS / 'default.yaml').read_text())
-    assert set(settings) == set(recipe.recorded_args(recipe._parse_args([])))  # none missing, none unknown
+    assert set(settings) == set(vars(recipe._parse_args([]))) - {'traceback'}  # none missing, none unknown
     assert recipe._parse_args(['-c', str(CONFIGS / 'default.yaml')]) == recipe._parse_args([])
 
 
@@ -163,6 +163,9 @@ def test_a_list_setting_of_a_config_file_gives_its_items(tmp_path):
     ('model: --help\n', '--model --help: unknown model'),  # a value stays a value, whatever it starts with
     ('exclude_sources: [--help]\n', 'exclude_sources must be a list of names'),
     ('exclude_sources: [{a: 1}]\n', 'exclude_sources must be a list of names'),
+    # what YAML allows beyond a flat mapping is refused: a few aliases expand to gigabytes; a repeated key hides one
+    ('a: &a [1, 1]\nb: &b [*a, *a]\nlr: *b\n', 'aliases and anchors are not allowed'),
+    ('lr: 0.1\nlr: 0.2\n', "'lr' is given twice"),
 ])
 def test_a_config_file_is_checked_as_the_flags_are(tmp_path, capsys, text, message):
     config = tmp_path / 'c.yaml'
@@ -170,6 +173,16 @@ def test_a_config_file_is_checked_as_the_flags_are(tmp_path, capsys, text, messa
     with pytest.raises(SystemExit) as exit_:
         _recipe()._parse_args(['-c', str(config)])
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_empty_config_file_sets_nothing_and_two_config_files_are_refused(tmp_path, capsys):
+    empty = tmp_path / 'empty.yaml'
+    empty.write_text('# nothing set\n')
+    assert _recipe()._parse_args(['-c', str(empty)]) == _recipe()._parse_args([])
+    with pytest.raises(SystemExit) as exit_:
+        _recipe()._parse_args(['-c', str(empty), '-c', str(CONFIGS / 'paper.yaml')])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and '-c/--config is given 2 times' in err and err.count('\n') == 1
 
 
 def test_a_runs_args_yaml_replays_the_run_to_the_same_weights(tmp_path, trained_run, capsys):
@@ -333,6 +346,40 @@ def test_a_resume_with_a_setting_that_changes_the_result_is_refused_and_the_reco
     records = {p: p.read_bytes() for p in (resumed / 'args.yaml', resumed / 'final' / 'config.json')}
     _one_line(_train_here(capsys, resumed, '--resume', *TRAINED_AS, *flags), 2, named)
     assert all(p.read_bytes() == data for p, data in records.items())
+
+
+def test_a_run_is_tied_to_its_data_and_a_resume_or_replay_on_other_data_is_refused(tmp_path, capsys):
+    import re
+    import shutil
+
+    from magsd_timm.data.sample import sample_dir
+
+    data, out = tmp_path / 'films', tmp_path / 'run'
+    shutil.copytree(sample_dir(), data)
+    assert _train_here(capsys, out, '--data', data, '--epochs', '1').returncode == 0
+    digest = yaml.safe_load((out / 'args.yaml').read_text())['data_sha256']
+    assert re.fullmatch('[0-9a-f]{64}', digest)
+    for folder in ('best', 'final'):  # the checkpoints say what they were trained on too
+        assert json.loads((out / folder / 'config.json').read_text())['training']['data_sha256'] == digest
+    assert _train_here(capsys, out, '--data', data, '--epochs', '1', '--resume').returncode == 0  # the same data
+    moved = sorted((data / 'normal').iterdir())[0]  # the same folder, other data: one film under the other class
+    moved.rename(data / 'pneumonia' / moved.name)
+    records = {p: p.read_bytes() for p in (out / 'args.yaml', out / 'final' / 'config.json')}
+    _one_line(_train_here(capsys, out, '--data', data, '--epochs', '1', '--resume'), 2,
+              f'(the data: {data} holds other films, labels, sources or splits than the run was trained on')
+    _one_line(_train_here(capsys, tmp_path / 'replay', '-c', out / 'args.yaml'), 2,
+              'the run it records used other data than --data gives now')
+    assert all(p.read_bytes() == before for p, before in records.items()) and not (tmp_path / 'replay').exists()
+
+
+def test_a_replay_with_another_lung_detector_is_refused():
+    from magsd_timm.errors import BadInputError
+
+    recorded = {'data_sha256': 'a' * 64, 'crop_lungs_sha256': 'b' * 64}
+    with pytest.raises(BadInputError, match="used other lung detector's weights than --crop-lungs gives now"):
+        _recipe().check_replay(recorded, dict(recorded, crop_lungs_sha256='c' * 64), 'run/args.yaml')
+    _recipe().check_replay(recorded, {}, 'recipes/configs/paper.yaml')  # a file that records no run checks nothing
+    _recipe().check_replay(recorded, recorded, 'run/args.yaml')
 
 
 def test_a_process_training_on_the_cpu_takes_the_physical_cores_it_shares_unless_told(monkeypatch):
