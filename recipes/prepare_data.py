@@ -124,10 +124,12 @@ def _prepare(args: argparse.Namespace) -> int:
     sources = _named_sources(args)
     records = [record for _, _, source in sources for record in source] or sample_records()
     left_out = [row for _, _, source in sources for row in getattr(source, 'left_out', [])]
+    # a manifest's split column is the user's own assignment: honoured (or refused, said), never silently re-split
+    given = any(r.get('split') for flag, _, source in sources if flag == '--manifest' for r in source)
     summary = build_dataset(
         records, args.output, seed=args.seed, fractions=args.fractions, holdout_source=args.holdout_source,
         folds=args.folds, pretty_name=args.name, overwrite=args.overwrite, left_out=left_out,
-        max_per_class=args.max_per_class)
+        max_per_class=args.max_per_class, given_splits=given)
     print(json.dumps({k: summary[k] for k in ('output', 'counts', 'left_out', 'skipped', 'duplicates', 'near_copies',
                                               'conflicts', 'seed')}, indent=2))
     return 0

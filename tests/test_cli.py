@@ -117,6 +117,16 @@ def test_unreadable_and_missing_inputs_are_reported_and_the_rest_predicted(train
     assert '2 input(s) failed, 1 image(s) predicted' in proc.stderr
 
 
+def test_an_image_that_cannot_be_a_radiograph_is_refused_never_answered(trained_run, tmp_path, magsd_here):
+    from PIL import Image
+
+    Image.new('L', (512, 512), 255).save(tmp_path / 'white.png')
+    good = sample_records()[0]['path']
+    proc = magsd_here('predict', trained_run, good, tmp_path / 'white.png')
+    assert proc.returncode == 1 and 'white.png: blank or nearly constant' in proc.stderr
+    assert 'white.png' not in proc.stdout and len(proc.stdout.strip().splitlines()) == 2  # the header and the film
+
+
 def test_an_unknown_model_lists_close_matches(magsd_here):
     proc = magsd_here('info', 'magsd_resnet5')
     assert proc.returncode == 2 and 'Close matches: magsd_resnet50' in proc.stderr

@@ -18,15 +18,18 @@ import numpy as np
 from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image
 
-from ..errors import display
+from ..digest import bytes_sha256
+from ..errors import BadInputError, display
 from ..outputs import atomic_folder, check_no_overlap, exclusive_lock, recover_folder, strict_json
 from ..tables import markdown_table
 from .near_copies import Fingerprint, NoStructureError, fingerprint
-from .reader import ImageReadError, is_dicom, read_image
+from .reader import ImageReadError, decode_image, is_dicom, read_file_bytes
 from .sources import Record, fold_labels
 from .splits import (
+    SPLITS,
     NearCopy,
     assign_patients,
+    check_no_patient_overlap,
     deduplicate,
     drop_near_copies,
     patient_folds,
@@ -63,12 +66,13 @@ def _size_category(n: int) -> str:
     return 'n>1M'
 
 
-def _image_bytes(path: str) -> Dict[str, Any]:
-    """The file's own bytes, or for DICOM a lossless 16-bit PNG of the read image (PIL cannot decode DICOM)."""
-    if not is_dicom(Path(path)):
-        return {'bytes': Path(path).read_bytes(), 'path': display(Path(path).name)}
+def _stored_image(path: str, data: bytes, image: np.ndarray, dicom: bool) -> Dict[str, Any]:
+    """What the dataset stores of a file: the very bytes that were checked and hashed, or for DICOM a lossless 16-bit
+    PNG of the image read from them (PIL cannot decode DICOM)."""
+    if not dicom:
+        return {'bytes': data, 'path': display(Path(path).name)}
     buffer = io.BytesIO()
-    Image.fromarray(np.round(read_image(path) * 65535).astype(np.uint16)).save(buffer, format='PNG')
+    Image.fromarray(np.round(image * 65535).astype(np.uint16)).save(buffer, format='PNG')
     return {'bytes': buffer.getvalue(), 'path': display(Path(path).with_suffix('.png').name)}
 
 
@@ -153,21 +157,46 @@ def render_card(
     return str(DatasetCard(f'---\n{metadata.to_yaml()}\n---\n\n{body.substitute(values)}'))
 
 
-def _validated(records: Sequence[Record]) -> Tuple[List[Record], List[Tuple[Record, str]], Dict[str, Fingerprint]]:
-    """Records whose image reads and can be compared, the others with the reason, and the fingerprints by path.
+Checked = Tuple[List[Record], List[Tuple[Record, str]], Dict[str, Fingerprint], Dict[str, Dict[str, Any]]]
 
-    No decoded image is kept in memory, only its near-copy fingerprint.
+
+def _validated(records: Sequence[Record]) -> Checked:
+    """Each file read once: the records whose bytes decode as a radiograph and can be compared (with the SHA-256 of those
+    bytes), the others with the reason, and by path the near-copy fingerprints and what the dataset stores.
+
+    The bytes checked are the bytes hashed and stored: a file replaced while the build runs cannot slip in unchecked.
+    No decoded image is kept in memory, only its fingerprint (and a DICOM film's PNG).
     """
-    good, skipped, prints = [], [], {}
+    good, skipped, prints, stored = [], [], {}, {}
     for record in records:
+        path = record['path']
         try:
-            prints[record['path']] = fingerprint(read_image(record['path']))
-            good.append(record)
+            data = read_file_bytes(path)
+            dicom = is_dicom(path, data)
+            image = decode_image(data, display(path), dicom)
+            prints[path] = fingerprint(image)
         except ImageReadError as e:
             skipped.append((record, str(e)))
+            continue
         except NoStructureError as e:
-            skipped.append((record, f"{display(record['path'])}: cannot be compared with other films ({e})."))
-    return good, skipped, prints
+            skipped.append((record, f"{display(path)}: cannot be compared with other films ({e})."))
+            continue
+        stored[path] = _stored_image(path, data, image, dicom)
+        good.append(dict(record, sha256=bytes_sha256(data)))
+    return good, skipped, prints, stored
+
+
+def _check_given_splits(records: Sequence[Record], holdout_source: Optional[str]) -> None:
+    """Refuse given splits (a manifest's split column) that leave an image without one, or that a held-out source
+    would override."""
+    without = next((r for r in records if not r.get('split')), None)
+    if without is not None:
+        raise BadInputError(f"a manifest's split column assigns images to splits, but {display(without['path'])} "
+                            f"(source {without['source']}) has none: give every image its split in manifests, or "
+                            'remove the split column to split every source by patient.')
+    if holdout_source:
+        raise BadInputError(f"--holdout-source {holdout_source}: the manifests' split column gives the splits already; "
+                            'remove the column to hold a source out.')
 
 
 def build_dataset(
@@ -181,9 +210,11 @@ def build_dataset(
         overwrite: bool = False,
         left_out: Sequence[Tuple[str, str]] = (),
         max_per_class: Optional[int] = None,
+        given_splits: bool = False,
 ) -> Dict[str, Any]:
     """Check, deduplicate and split records by patient, then write a DatasetDict with its card to output.
 
+    given_splits: keep the split each record carries (a manifest's split column) instead of splitting by patient.
     left_out: (path, reason) of the rows the sources did not take (SourceRecords.left_out), listed with
     the rest in skipped.json and counted in the card. max_per_class: keep at most that many images of
     each class, whole patients drawn with the seed (splits.patient_subset), before the split.
@@ -194,22 +225,27 @@ def build_dataset(
         for note in recover_folder(output):
             _logger.warning('%s', note)
         if output.exists() and not overwrite:
-            raise FileExistsError(f'{display(output)} exists: choose another output or pass overwrite=True '
-                                  '(--overwrite).')
+            raise FileExistsError(f'{display(output)} exists: choose another output, or replace it (--overwrite).')
         if max_per_class:
             records = patient_subset(records, max_per_class, seed)
-        return _build(records, output, seed, fractions, holdout_source, folds, pretty_name, left_out, max_per_class)
+        return _build(records, output, seed, fractions, holdout_source, folds, pretty_name, left_out, max_per_class,
+                      given_splits)
 
 
 def _build(records: Sequence[Record], output: Path, seed: int, fractions: Sequence[float],
            holdout_source: Optional[str], folds: int, pretty_name: str,
-           left_out: Sequence[Tuple[str, str]], max_per_class: Optional[int]) -> Dict[str, Any]:
+           left_out: Sequence[Tuple[str, str]], max_per_class: Optional[int], given: bool) -> Dict[str, Any]:
     import datasets
 
     records, label_notes = fold_labels(records)
-    valid, skipped, prints = _validated(records)
+    if given:
+        _check_given_splits(records, holdout_source)
+    valid, skipped, prints, stored = _validated(records)
     for _record, reason in skipped:
         _logger.warning('skipped %s', reason)
+    if not valid:
+        said = f': {skipped[0][1]}' + (f' (and {len(skipped) - 1} more, alike or not)' if len(skipped) > 1 else '')
+        raise BadInputError(f'none of the {len(records)} image(s) could be read as a radiograph{said}')
     kept, duplicates, conflicts = deduplicate(valid)
     kept, near_dropped, near_conflicts, near = drop_near_copies(kept, prints)
     duplicates, conflicts = duplicates + near_dropped, conflicts + near_conflicts
@@ -218,9 +254,14 @@ def _build(records: Sequence[Record], output: Path, seed: int, fractions: Sequen
     for record, reason in conflicts:
         _logger.warning('left out %s: %s', display(record['path']), reason)
     if not kept:
-        raise ValueError('No readable image left to build a dataset from.')
+        raise BadInputError('no image is left to build a dataset from: every readable one is a copy with a label '
+                            'conflict (listed in the log above).')
     kept = assign_patients(kept)
-    if holdout_source:
+    if given:
+        splits = {split: [r for r in kept if r['split'] == split] for split in SPLITS}
+        check_no_patient_overlap(splits)
+        method = "As the manifests' split column gives (honoured, not re-split); no patient is in two splits."
+    elif holdout_source:
         held = source_holdout(kept, holdout_source)
         inner = patient_split(held['train'], (1 - fractions[1], fractions[1], 0.), seed)
         splits = {'train': inner['train'], 'validation': inner['validation'], 'test': held['test']}
@@ -235,6 +276,7 @@ def _build(records: Sequence[Record], output: Path, seed: int, fractions: Sequen
         method = (f'A subset for quick runs: at most {max_per_class} images of each class, whole patients drawn '
                   f'with seed {seed}. ') + method
     class_names = sorted({r['label'] for r in kept})
+    _check_usable(splits, class_names, fractions if not (given or holdout_source) else None)
     fold_of = {}
     if folds:
         pool = splits['train'] + splits['validation']
@@ -248,7 +290,7 @@ def _build(records: Sequence[Record], output: Path, seed: int, fractions: Sequen
     })
     dataset = datasets.DatasetDict({
         name: datasets.Dataset.from_list([dict(
-            image=_image_bytes(r['path']), label=class_names.index(r['label']),
+            image=stored[r['path']], label=class_names.index(r['label']),
             patient_id=r['patient_id'], patient_id_known=r['patient_id_known'], source=r['source'],
             file_name=display(Path(r['path']).name), sha256=r['sha256'], fold=fold_of.get(r['path'], -1),
         ) for r in rs], features=features)
@@ -273,6 +315,19 @@ def _build(records: Sequence[Record], output: Path, seed: int, fractions: Sequen
                 near_copies=len(near_dropped), conflicts=len(conflicts), left_out=len(left_out), output=display(output))
 
 
+
+
+def _check_usable(splits: Dict[str, List[Record]], class_names: Sequence[str],
+                  fractions: Optional[Sequence[float]]) -> None:
+    """Refuse a dataset nobody can train and test on: one class, or an empty split (that fractions asked for)."""
+    if len(class_names) < 2:
+        raise BadInputError(f"the readable images hold one class ({', '.join(class_names)}): a classifier needs images "
+                            'of at least two classes.')
+    for (split, records), share in zip(splits.items(), fractions or (1, 1, 1)):
+        if share > 0 and not records:
+            raise BadInputError(f"the {split} split is empty ({sum(map(len, splits.values()))} readable image(s) of "
+                                f"{len({r['patient_id'] for rs in splits.values() for r in rs})} patient(s) in all): "
+                                'add images, or give the split its images' + (' (--fractions)' if fractions else '.'))
 
 
 def load_prepared(path: Path) -> 'datasets.DatasetDict':

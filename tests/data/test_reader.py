@@ -1,4 +1,5 @@
 """read_image: every supported file kind becomes float (H, W) in [0, 1]; bad files are named with a reason."""
+import os
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +153,49 @@ def test_a_file_name_that_is_not_utf8_is_named_printably(tmp_path):
         read_image(path)
     assert 'scan_\\xff.png: not an image file' in str(info.value)
     str(info.value).encode('utf-8')  # the message prints anywhere
+
+
+def _colourful(size=200) -> Image.Image:
+    """A picture in many hues (blocks of random colours): not a radiograph."""
+    blocks = np.random.default_rng(0).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    return Image.fromarray(blocks).resize((size, size), Image.NEAREST)
+
+
+def _mostly_black() -> Image.Image:
+    pixels = np.zeros((200, 200), dtype=np.uint8)
+    pixels[:30, :30] = np.random.default_rng(0).integers(0, 256, size=(30, 30))
+    return Image.fromarray(pixels)
+
+
+@pytest.mark.parametrize('make, reason', [
+    (lambda: Image.new('L', (256, 256), 255), 'blank or nearly constant'),
+    (lambda: Image.new('RGB', (256, 256), (90, 90, 90)), 'blank or nearly constant'),
+    (lambda: Image.fromarray((120 + np.random.default_rng(0).integers(0, 5, size=(200, 200))).astype(np.uint8)),
+     'blank or nearly constant'),
+    (_mostly_black, 'of its pixels have one grey level'),
+    (_colourful, 'a colour image'),
+])
+def test_an_image_that_cannot_be_a_radiograph_is_refused_with_the_reason(tmp_path, make, reason):
+    path = tmp_path / 'not-a-film.png'
+    make().save(path)
+    with pytest.raises(ImageReadError, match=reason):
+        read_image(path)
+
+
+def test_a_photograph_of_a_film_tinted_one_hue_is_a_radiograph(tmp_path):
+    grey = np.asarray(Image.open(REAL[0]), dtype=np.float64)
+    tinted = np.stack([grey * 0.7 + 50, grey * 0.55 + 30, grey * 0.9 + 60], -1)  # purple, as photographed films are
+    Image.fromarray(tinted.clip(0, 255).astype(np.uint8)).save(tmp_path / 'tinted.png')
+    image = read_image(tmp_path / 'tinted.png')
+    assert np.corrcoef(image.ravel(), grey.ravel())[0, 1] > 0.99
+
+
+@pytest.mark.parametrize('make, reason', [
+    (lambda p: os.mkfifo(p), r'a named pipe \(FIFO\), not a regular image file'),
+    (lambda p: p.mkdir(), 'a folder, not an image file'),
+])
+def test_what_is_no_regular_file_is_named_as_such(tmp_path, make, reason):
+    path = tmp_path / 'x.png'
+    make(path)
+    with pytest.raises(ImageReadError, match=reason):
+        read_image(path)  # and never blocks on a pipe
