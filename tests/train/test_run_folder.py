@@ -50,6 +50,26 @@ def test_what_the_trainer_writes_find_run_reads_back(tmp_path):
     assert not [p for p in run.path.iterdir() if p.name.startswith('.')]  # no staging file left behind
 
 
+def test_the_saved_config_names_the_classes_in_the_classifiers_order_for_readers_without_timm(tmp_path):
+    from magsd_timm import CXR_LABEL_NAMES
+
+    trained_order = sorted(CXR_LABEL_NAMES)  # a dataset's classes, sorted: not the architecture's default order
+    assert trained_order != list(CXR_LABEL_NAMES)
+    model = timm.create_model('magsd_custom', backbone='test_resnet', num_classes=4)
+    RunFolder(tmp_path / 'run').save_model(FINAL, model, trained_order, DATA_CONFIG, {'epoch': 1})
+    config = json.loads((tmp_path / 'run' / FINAL / 'config.json').read_text())
+    assert config['label_names'] == config['pretrained_cfg']['label_names'] == trained_order
+
+
+def test_a_config_whose_two_lists_of_classes_disagree_is_refused():
+    from magsd_timm.models.config import ConfigError, check_checkpoint_config
+
+    config = dict(architecture='magsd_resnet18', num_classes=2, label_names=['a', 'b'],
+                  pretrained_cfg=dict(label_names=['b', 'a']))
+    with pytest.raises(ConfigError, match="one of them is not the classifier's order"):
+        check_checkpoint_config(config)
+
+
 def test_a_used_folder_is_refused_unless_resumed_and_a_held_one_always(tmp_path):
     run = RunFolder(tmp_path / 'run')
     run.write_args({}, 'train')
