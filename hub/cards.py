@@ -17,6 +17,7 @@ from timm.models import resolve_pretrained_cfg
 
 from ..complexity import count_macs, count_parameters
 from ..data.build import KNOWN_SOURCES
+from ..hub_files import HUB_PREFIX, hub_file, parse_hub_ref
 from ..metrics import metrics_markdown
 from ..models.lung_detector import DETECTOR_FILES
 from ..tables import markdown_table, shown_command, shown_path
@@ -52,10 +53,11 @@ def _dataset(data: Optional[str]) -> Dict[str, Optional[str]]:
             f'the 16-image sample bundled with magsd-timm ({reference}, licence {licence}): far too small to '
             'train a useful model; it shows the pipeline works.'),
             biases=f'{note}; two classes only (normal, bacterial pneumonia).')
-    if data.startswith('hf-hub:'):
-        hub_id = data[len('hf-hub:'):]
-        try:
-            card = DatasetCard.load(hub_id, repo_type='dataset').text
+    if data.startswith(HUB_PREFIX):
+        hub_id = data[len(HUB_PREFIX):]
+        try:  # the Hub's card, never a local folder of the same name
+            repo_id, revision = parse_hub_ref(hub_id)
+            card = DatasetCard.load(hub_file(repo_id, 'README.md', revision, repo_type='dataset')).text
         except Exception:  # noqa: BLE001 - the card is descriptive; the push does not depend on it
             card = ''
         return dict(hub_id=hub_id, name=hub_id, text=f'[{hub_id}](https://huggingface.co/datasets/{hub_id})',

@@ -10,12 +10,11 @@ from typing import Any, Dict, Optional
 
 import timm
 import torch
-from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError
-from huggingface_hub.utils import validate_repo_id
 from timm.models import resolve_pretrained_cfg, split_model_name_tag
 
 from ..errors import BadInputError, display
+from ..hub_files import HUB_PREFIX, check_hub_target, check_revision, hub_file, parse_hub_ref
 from ..models import allow_pickle_weights, close_matches
 from ..models.config import ConfigError, check_checkpoint_config
 from ..models.lung_detector import DETECTOR_FILES, LungDetector, load_detector
@@ -24,34 +23,6 @@ from ..train.run_folder import find_run
 __all__ = ['check_hub_target', 'check_revision', 'checkpoint_config', 'load', 'load_lung_crop', 'resolve_model_name']
 
 _HUB_ID = re.compile(r'[\w.-]+/[\w.-]+(@.+)?')
-_REF_PART = re.compile(r'[A-Za-z0-9_][A-Za-z0-9._-]*')
-
-
-def check_revision(revision: str) -> str:
-    """A Hub revision (branch, tag, commit or refs/pr/N) as git allows it; path-like ones ('..', '/x') are refused."""
-    parts = revision.split('/')
-    if (len(revision) > 255 or any(not _REF_PART.fullmatch(p) or p.endswith(('.lock', '.')) for p in parts)
-            or '..' in revision):
-        raise BadInputError(
-            f"Invalid revision '{display(revision)}': a revision is a branch, tag or commit name of letters, digits, "
-            "'.', '_', '-' and '/' separators (no '..', no empty or dot-led parts), e.g. main, v1.0, refs/pr/1.")
-    return revision
-
-
-def check_hub_target(repo_id: str, revision: Optional[str] = None) -> None:
-    """Refuse an invalid repo id or revision before any request is made (pulls and pushes alike)."""
-    try:
-        validate_repo_id(repo_id)
-    except ValueError as e:
-        raise BadInputError(f"Invalid Hub repo id '{display(repo_id)}': {e}") from None
-    if revision is not None:
-        check_revision(revision)
-
-
-def _split_hub_id(hub_id: str) -> tuple:
-    repo_id, sep, revision = hub_id.partition('@')
-    check_hub_target(repo_id, revision if sep else None)
-    return repo_id, revision if sep else None
 
 
 def _looks_like_path(ref: str) -> bool:
@@ -63,8 +34,8 @@ def _looks_like_path(ref: str) -> bool:
 
 def resolve_model_name(ref: str) -> str:
     """The timm model name of a registered name, an 'hf-hub:'/'local-dir:' name, 'org/repo[@rev]' or a local folder."""
-    if ref.startswith('hf-hub:'):
-        _split_hub_id(ref[len('hf-hub:'):])
+    if ref.startswith(HUB_PREFIX):
+        parse_hub_ref(ref[len(HUB_PREFIX):])
         return ref
     if ref.startswith('local-dir:'):
         return ref
@@ -76,8 +47,8 @@ def resolve_model_name(ref: str) -> str:
         raise FileNotFoundError(f"{display(ref)}: no such checkpoint folder (a Hub repo is named ORG/NAME, or "
                                 'hf-hub:ORG/NAME).')
     if _HUB_ID.fullmatch(ref):
-        _split_hub_id(ref)
-        return f'hf-hub:{ref}'
+        parse_hub_ref(ref)
+        return f'{HUB_PREFIX}{ref}'
     raise BadInputError(f"Unknown model '{display(ref)}': not a registered model, a Hub id (org/name[@revision]) or "
                         f"a local folder.{close_matches(ref, timm.list_models('magsd_*'))}")
 
@@ -101,8 +72,8 @@ def _config_file(name: str) -> Optional[Path]:
     hub_id = _hub_id(name)
     if hub_id is None:
         return None
-    repo_id, revision = _split_hub_id(hub_id)
-    return Path(hf_hub_download(repo_id, 'config.json', revision=revision))
+    repo_id, revision = parse_hub_ref(hub_id)
+    return hub_file(repo_id, 'config.json', revision)
 
 
 def load_lung_crop(name: str, config: Dict[str, Any]) -> Optional[LungDetector]:
@@ -114,9 +85,9 @@ def load_lung_crop(name: str, config: Dict[str, Any]) -> Optional[LungDetector]:
     if name.startswith('local-dir:'):
         folder = Path(name[len('local-dir:'):])
     else:
-        repo_id, revision = _split_hub_id(_hub_id(name))
+        repo_id, revision = parse_hub_ref(_hub_id(name))
         try:
-            folder = Path([hf_hub_download(repo_id, file, revision=revision) for file in DETECTOR_FILES][0]).parent
+            folder = Path([hub_file(repo_id, file, revision) for file in DETECTOR_FILES][0]).parent
         except EntryNotFoundError:
             folder = None
     missing = [file for file in DETECTOR_FILES if folder is None or not (folder / file).is_file()]

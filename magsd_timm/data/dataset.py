@@ -20,6 +20,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ..digest import bytes_sha256, file_sha256, json_sha256
 from ..errors import BadInputError, display
+from ..hub_files import HUB_PREFIX, hub_snapshot, parse_hub_ref
 from ..seeds import mix_seed, seeded_generator
 from .reader import ImageReadError, read_image, read_image_bytes
 from .sample import sample_records
@@ -300,8 +301,8 @@ def open_dataset(
 
     if source in (None, 'sample'):
         return _from_records(sample_records(), split, seed, transform, augment_seed)
-    if str(source).startswith('hf-hub:'):
-        hub = datasets.load_dataset(str(source)[len('hf-hub:'):], split=split)
+    if str(source).startswith(HUB_PREFIX):  # the Hub's repo, never a local folder of the same name
+        hub = datasets.load_dataset(str(hub_snapshot(*parse_hub_ref(str(source)[len(HUB_PREFIX):]))), split=split)
         return CXRDataset(hub, hub.features['label'].names, transform, augment_seed)
     path = Path(source)
     if (path / 'data' / 'dataset_dict.json').exists():  # written by prepare_data.py

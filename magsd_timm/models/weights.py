@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional
 
 import torch
-from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 from timm.models import get_model_traits
 
 from ..errors import BadInputError
+from ..hub_files import hub_file
 
 __all__ = ['UnsafeWeightsError', 'WeightsMismatchError', 'allow_pickle_weights', 'check_state_dict',
            'require_safe_weights', 'said', 'tensor_problems']
@@ -82,7 +82,7 @@ def require_safe_weights(pretrained_cfg: Dict[str, Any], cache_dir: Optional[str
             return
         filename = SAFE_WEIGHTS  # timm loads the safetensors alternative of pytorch_model.bin first when it exists
         try:
-            hf_hub_download(repo_id, filename, revision=revision or None, cache_dir=cache_dir)
+            hub_file(repo_id, filename, revision or None, cache_dir=cache_dir)
         except EntryNotFoundError as e:
             if isinstance(e, LocalEntryNotFoundError):  # offline and not cached: not evidence of pickle weights
                 raise

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import timm
@@ -167,6 +168,46 @@ def test_path_like_revisions_are_refused_before_any_download(hub, ref):
     with pytest.raises(ValueError, match='Invalid revision'):
         magsd_timm.load(ref)
     assert hub.requests[since:] == []
+
+
+@pytest.mark.parametrize('ref', ['hf-hub:/abs/dir', 'hf-hub:../x', 'hf-hub:./org/name', 'hf-hub:a/b/c', 'hf-hub:name'])
+def test_after_hf_hub_comes_a_repo_id_never_a_path_for_models_and_datasets_alike(hub, ref):
+    from magsd_timm.data import open_dataset
+
+    since = len(hub.requests)
+    for load in (magsd_timm.load, lambda r: open_dataset(r, 'train')):
+        with pytest.raises(ValueError, match='after hf-hub: comes a Hub repo id, ORG/NAME'):
+            load(ref)
+    assert hub.requests[since:] == []
+
+
+def test_a_hub_id_that_is_also_a_local_folder_is_the_hubs(hub, tmp_path, monkeypatch):
+    from datasets import Dataset
+
+    from magsd_timm.data import open_dataset
+
+    monkeypatch.chdir(tmp_path)
+    Dataset.from_dict({'label': [0]}).save_to_disk('tester/not-on-the-hub')  # a local folder of the same name
+    with pytest.raises(Exception) as raised:
+        open_dataset('hf-hub:tester/not-on-the-hub', 'train')
+    assert 'RepositoryNotFound' in type(raised.value).__name__ or '404' in str(raised.value)
+    assert any('tester/not-on-the-hub' in path for _, path, _ in hub.requests)  # it asked the Hub, not the disk
+
+
+def test_a_file_the_hub_names_outside_the_cache_is_removed_and_refused(hub, pushed, tmp_path):
+    from huggingface_hub import constants
+
+    from magsd_timm.hub import checkpoint_config
+    from magsd_timm.hub_files import HubFileError
+
+    hub.put_commit('tester/etag-escape', {'config.json': (pushed / 'config.json').read_bytes()})
+    blobs = Path(constants.HF_HUB_CACHE) / 'models--tester--etag-escape' / 'blobs'
+    hub.etags[('tester/etag-escape', 'config.json')] = os.path.relpath(tmp_path / 'escaped', blobs)
+    with pytest.raises(HubFileError, match='outside the cache'):
+        checkpoint_config('hf-hub:tester/etag-escape')
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither the server's bytes nor their lock stay there
+    del hub.etags[('tester/etag-escape', 'config.json')]
+    assert checkpoint_config('hf-hub:tester/etag-escape')['architecture']  # an honest answer is used
 
 
 @pytest.mark.parametrize('revision', ['main', 'v1.0', 'refs/pr/1', 'a' * 40, 'exp_2-b'])

@@ -76,6 +76,7 @@ class LoopbackHub:
         self.lfs: Dict[str, bytes] = {}
         self.requests: List[Tuple[str, str, Optional[str]]] = []  # method, path, Authorization header
         self._failures: List[Tuple[str, str, int]] = []
+        self.etags: Dict[Tuple[str, str], str] = {}  # (repo id, path) -> the ETag served for it, as a hostile Hub may
         self._lock = threading.RLock()
         self._counter = 0
         self.httpd = ThreadingHTTPServer(('127.0.0.1', 0), _handler_for(self))
@@ -432,8 +433,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise HubError(404, f'{path} does not exist on {revision}', 'EntryNotFound')
         entry = commit.files[path]
         data = entry.data if entry.lfs_oid is None else self.hub.lfs[entry.lfs_oid]
-        headers = {'X-Repo-Commit': commit.oid, 'ETag': f'"{entry.lfs_oid or entry.blob_oid}"',
-                   'Accept-Ranges': 'bytes'}
+        etag = self.hub.etags.get((found.repo_id, path), entry.lfs_oid or entry.blob_oid)
+        headers = {'X-Repo-Commit': commit.oid, 'ETag': f'"{etag}"', 'Accept-Ranges': 'bytes'}
         if entry.lfs_oid:
             headers.update({'X-Linked-Etag': f'"{entry.lfs_oid}"', 'X-Linked-Size': str(entry.size)})
         status, ranged = 200, self.headers.get('Range')
