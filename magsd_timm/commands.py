@@ -3,11 +3,12 @@
 They load torch, timm and the package's models; the parser in cli.py does not, so --help is quick.
 """
 import argparse
+import contextlib
 import csv
 import io
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import torch
 
@@ -16,7 +17,7 @@ from .errors import BadInputError, display
 from .hub.pull import checkpoint_config, load, load_lung_crop, resolve_model_name
 from .models.config import training_record
 from .models.lung_detector import DETECTOR_FILES
-from .outputs import strict_json, write_text_atomic
+from .outputs import atomic_folder, check_no_overlap, exclusive_lock, recover_folder, strict_json, write_text_atomic
 
 __all__ = ['run_evaluate', 'run_export', 'run_info', 'run_predict', 'run_zoo']
 
@@ -156,18 +157,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if calibration:
         report['calibration'] = calibration
     output = Path(args.output or f'eval/{args.split}')
-    boxes = None
-    if args.boxes:
-        from .localization import load_boxes, localization_report
+    with contextlib.ExitStack() as stack:  # one writer; the report whole or not at all, nothing of an earlier one left
+        staging = stack.enter_context(_report_folder(output, [args.data] if args.data else []))
+        boxes = None
+        if args.boxes:
+            from .localization import load_boxes, localization_report
 
-        boxes = load_boxes(args.boxes)
-        for problem in boxes.invalid[:10]:
-            print(f'magsd evaluate: left out of {display(args.boxes)}: {display(problem)}', file=sys.stderr)
-        report['localization'] = localization_report(
-            model, dataset, boxes, args.batch_size, args.bootstrap, args.seed,
-            output / 'overlays' if args.overlays else None, args.overlays)
-    report['hiding'] = hiding_report(model, dataset, class_names, boxes, temperature, args.batch_size)
-    written = write_reports(report, probs, labels, class_names, output)
+            boxes = load_boxes(args.boxes)
+            for problem in boxes.invalid[:10]:
+                print(f'magsd evaluate: left out of {display(args.boxes)}: {display(problem)}', file=sys.stderr)
+            report['localization'] = localization_report(
+                model, dataset, boxes, args.batch_size, args.bootstrap, args.seed,
+                staging / 'overlays' if args.overlays else None, args.overlays)
+        report['hiding'] = hiding_report(model, dataset, class_names, boxes, temperature, args.batch_size)
+        written = [output / path.name for path in write_reports(report, probs, labels, class_names, staging)]
     if calibration:  # the checkpoint changes last, when everything else of the command has succeeded
         save_temperature(Path(name[len('local-dir:'):]), temperature)
     metrics, intervals = report['metrics'], report['intervals']
@@ -191,6 +194,25 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f'magsd evaluate: {len(unreadable)} unreadable image(s) left out (listed in evaluation.json)',
               file=sys.stderr)
     return 1 if unreadable else 0
+
+
+@contextlib.contextmanager
+def _report_folder(output: Path, inputs: List[str]) -> Iterator[Path]:
+    """A staging folder for a report that replaces output whole when the block succeeds, under output's lock.
+
+    output may be new, empty, or a report written before (evaluation.json): a folder of other files
+    would be deleted by the replacement, so it is refused, as is an output inside an input.
+    """
+    check_no_overlap(output, [i for i in inputs if Path(i).exists()], 'report folder')
+    with exclusive_lock(output, 'magsd evaluate'):
+        for note in recover_folder(output):
+            print(f'magsd evaluate: {note}', file=sys.stderr)
+        if output.exists() and not (output.is_dir() and (not any(output.iterdir())
+                                                         or (output / 'evaluation.json').is_file())):
+            raise BadInputError(f'--output {display(output)} holds other files than an evaluation report: the report '
+                                'replaces the folder it is written to; choose a new or empty folder.')
+        with atomic_folder(output, 'evaluation report') as staging:
+            yield staging
 
 
 # ---- export -------------------------------------------------------------------------------------

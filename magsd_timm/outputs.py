@@ -26,7 +26,8 @@ from .errors import BadInputError, display
 
 __all__ = ['OutputBusyError', 'OutputWriteError', 'atomic_folder', 'atomic_path', 'check_no_overlap', 'exclusive_lock',
            'recover_folder',
-           'replace_folder', 'staging_folder', 'strict_json', 'write_failure', 'write_text_atomic']
+           'replace_folder', 'staging_folder', 'strict_json', 'umask_modes_inside', 'write_failure',
+           'write_text_atomic']
 
 PathLike = Union[str, Path]
 
@@ -96,16 +97,24 @@ def _failures_named(path: Path, what: str) -> Iterator[None]:
         raise
 
 
+def _umask_mode(folder: bool) -> int:
+    """The mode any tool's new file (or folder) gets under the process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if folder else 0o666) & ~umask
+
+
 def _usual_mode(path: Path, staged: Path, folder: bool) -> None:
-    """Give a staged file or folder (mkstemp/mkdtemp make them private) the mode of the one it replaces, else the
-    mode any tool's output gets under the process's umask."""
-    if path.exists():
-        mode = stat.S_IMODE(path.stat().st_mode)
-    else:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = (0o777 if folder else 0o666) & ~umask
-    os.chmod(staged, mode)
+    """Give a staged file or folder the mode of the one it replaces, else the umask's (mkstemp and mkdtemp make them
+    private, and so do writers such as safetensors, which replace the file they are given)."""
+    os.chmod(staged, stat.S_IMODE(path.stat().st_mode) if path.exists() else _umask_mode(folder))
+
+
+def umask_modes_inside(folder: Path) -> None:
+    """Every file and folder written inside a staging folder gets the umask's mode (writers may make them private)."""
+    for inner in folder.rglob('*'):
+        if not inner.is_symlink():
+            os.chmod(inner, _umask_mode(inner.is_dir()))
 
 
 @contextlib.contextmanager
@@ -121,6 +130,7 @@ def atomic_path(path: PathLike, what: str = 'output') -> Iterator[Path]:
     try:
         with _failures_named(path, what):
             yield staged
+            _usual_mode(path, staged, folder=False)  # again: the block's writer may have replaced the file
             os.replace(staged, path)
     finally:
         staged.unlink(missing_ok=True)
@@ -177,6 +187,7 @@ def atomic_folder(path: PathLike, what: str = 'output') -> Iterator[Path]:
     try:
         with _failures_named(path, what):
             yield staging
+            umask_modes_inside(staging)
             replace_folder(staging, path)
     finally:
         if staging.exists():
@@ -207,15 +218,31 @@ def strict_json(value: Any, indent: int = 2) -> str:
 
 @contextlib.contextmanager
 def exclusive_lock(output: PathLike, what: str) -> Iterator[Path]:
-    """Hold the lock of an output (a hidden .NAME.lock beside it) for the block, or refuse at once if it is held."""
+    """Hold the lock of an output (a hidden .NAME.lock beside it) for the block, or refuse at once if it is held.
+
+    The lock files are removed when the block ends, so none stays beside the output. A writer that locked
+    a lock file its predecessor removed meanwhile holds nothing: it finds the path gone or another file
+    there, lets go and locks the file at the path (a few tries, then it is refused as busy).
+    """
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     path = output.with_name(f'.{output.name}.lock')
     holder = output.with_name(f'.{output.name}.lock.pid')  # who holds it, for the message of the refused writer
-    lock = filelock.FileLock(path, blocking=False)
-    try:
-        lock.acquire()
-    except filelock.Timeout:
+    locked: List[int] = []  # the inode of each file the lock was taken on
+    for _ in range(5):
+        lock = filelock.FileLock(path, blocking=False, on_acquired=lambda fd: locked.append(os.fstat(fd).st_ino))
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            break
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == locked[-1]:
+            break
+        lock.release()  # the file it locked was removed by the writer before: try the one at the path now
+    if not lock.is_locked:
         try:
             pid = holder.read_text(encoding='utf-8').strip() or '?'
         except OSError:
@@ -228,4 +255,5 @@ def exclusive_lock(output: PathLike, what: str) -> Iterator[Path]:
         yield path
     finally:
         holder.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)  # removed while held: a writer that locks it now finds it gone (above)
         lock.release()

@@ -397,6 +397,23 @@ def test_evaluate_scores_where_the_model_looks_against_boxes(trained_run, tmp_pa
     assert 'share of the heat map inside the boxes' in (tmp_path / 'out' / 'evaluation.md').read_text()
     assert len(list((tmp_path / 'out' / 'overlays').glob('*.png'))) == 2
 
+    # a report replaces the earlier one whole: nothing of it stays beside the new one (its overlays), no lock either
+    proc = magsd_here('evaluate', trained_run, '--split', 'train', '--bootstrap', '20', '--output', tmp_path / 'out')
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / 'out' / 'overlays').exists() and 'localization' not in json.loads(
+        (tmp_path / 'out' / 'evaluation.json').read_text())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith('.')]
+    report = (tmp_path / 'out' / 'evaluation.json').read_bytes()
+    (tmp_path / 'bad.json').write_text('{"images": 1}')  # fails half-way: the earlier report stays as it was
+    proc = magsd_here('evaluate', trained_run, '--split', 'train', '--bootstrap', '20', '--boxes', tmp_path / 'bad.json',
+                      '--output', tmp_path / 'out')
+    assert proc.returncode == 2 and (tmp_path / 'out' / 'evaluation.json').read_bytes() == report
+    (tmp_path / 'mine').mkdir()
+    (tmp_path / 'mine' / 'notes.txt').write_text('keep me')
+    proc = magsd_here('evaluate', trained_run, '--split', 'train', '--output', tmp_path / 'mine')
+    assert proc.returncode == 2 and 'holds other files than an evaluation report' in proc.stderr
+    assert (tmp_path / 'mine' / 'notes.txt').read_text() == 'keep me'
+
 
 # ---- what a config feeds into inference is checked, and so is what inference gives ------------------
 

@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from magsd_timm.outputs import (
     OutputBusyError,
@@ -119,6 +120,19 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_output(tmp_path):
 
 
 @pytest.mark.subprocess
+def test_a_writer_that_ends_leaves_no_lock_file_and_the_next_one_locks_afresh(tmp_path):
+    output = tmp_path / 'run'
+    with exclusive_lock(output, 'training run'):
+        assert sorted(p.name for p in tmp_path.iterdir()) == ['.run.lock', '.run.lock.pid']
+    assert list(tmp_path.iterdir()) == []
+    with exclusive_lock(output, 'training run'):
+        with pytest.raises(OutputBusyError):
+            with exclusive_lock(output, 'training run'):
+                pass
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.subprocess
 def test_a_killed_holder_leaves_no_lock_behind(tmp_path):
     output = tmp_path / 'run'
     holder = subprocess.Popen([sys.executable, '-c', textwrap.dedent(LOCK_HOLDER), str(output)],
@@ -132,11 +146,17 @@ def test_a_killed_holder_leaves_no_lock_behind(tmp_path):
 
 
 def test_outputs_follow_the_umask_and_a_replaced_file_keeps_its_mode(tmp_path):
+    from safetensors.torch import save_file
+
     old = os.umask(0o027)
     try:
         write_text_atomic(tmp_path / 'new.txt', 'x')
+        with atomic_path(tmp_path / 'weights.safetensors') as staged:  # safetensors writes its files private (0600)
+            save_file({'w': torch.zeros(2)}, str(staged))
         with atomic_folder(tmp_path / 'folder') as staging:
             (staging / 'inside.txt').write_text('y')
+            (staging / 'sub').mkdir(mode=0o700)
+            save_file({'w': torch.zeros(2)}, str(staging / 'sub' / 'model.safetensors'))
         (tmp_path / 'kept.json').write_text('{}')
         (tmp_path / 'kept.json').chmod(0o604)
         write_text_atomic(tmp_path / 'kept.json', '{"a": 1}')
@@ -144,6 +164,9 @@ def test_outputs_follow_the_umask_and_a_replaced_file_keeps_its_mode(tmp_path):
         os.umask(old)
     assert (tmp_path / 'new.txt').stat().st_mode & 0o777 == 0o640
     assert (tmp_path / 'folder').stat().st_mode & 0o777 == 0o750
+    assert (tmp_path / 'weights.safetensors').stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / 'folder' / 'sub').stat().st_mode & 0o777 == 0o750
+    assert (tmp_path / 'folder' / 'sub' / 'model.safetensors').stat().st_mode & 0o777 == 0o640
     assert (tmp_path / 'kept.json').stat().st_mode & 0o777 == 0o604 and (tmp_path / 'kept.json').read_text() == '{"a": 1}'
 
 

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 from safetensors import SafetensorError
 
 from ..errors import display
-from ..outputs import replace_folder, staging_folder, write_failure
+from ..outputs import replace_folder, staging_folder, umask_modes_inside, write_failure
 
 __all__ = ['TrainProgress', 'latest_checkpoint', 'remove_partial_checkpoints', 'save_checkpoint']
 
@@ -74,6 +74,7 @@ def save_checkpoint(accelerator, root: Path, global_step: int, keep: int = 2) ->
         raise write_failure(final, e, 'checkpoint', f' (the partial {display(staging)} was removed{kept})') from e
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        umask_modes_inside(staging)  # accelerate's writers make some files private
         replace_folder(staging, final)
         complete = sorted((p for p in root.glob(f'{PREFIX}*') if p.is_dir()), key=lambda p: p.name)
         for old in complete[:-keep] if keep > 0 else []:
