@@ -16,7 +16,7 @@ from timm.models import resolve_pretrained_cfg, split_model_name_tag
 from ..errors import BadInputError, display
 from ..hub_files import HUB_PREFIX, check_hub_target, check_revision, hub_file, parse_hub_ref
 from ..models import allow_pickle_weights, close_matches
-from ..models.config import ConfigError, check_checkpoint_config
+from ..models.config import ConfigError, check_checkpoint_config, check_model_size
 from ..models.lung_detector import DETECTOR_FILES, LungDetector, load_detector
 from ..train.run_folder import find_run
 
@@ -123,6 +123,8 @@ def load(ref: str, pretrained: bool = True, allow_pickle: bool = False, config: 
     if config and not timm.is_model(config['architecture']):
         raise ConfigError(f"{display(ref)}: config.json names architecture '{config['architecture']}', which is not a "
                           f"registered timm model.{close_matches(config['architecture'], timm.list_models())}")
+    if config:  # what it would allocate, before anything is
+        check_model_size(config, display(ref))
     with allow_pickle_weights(allow_pickle):
         try:
             return timm.create_model(name, pretrained=pretrained, **kwargs)

@@ -10,7 +10,16 @@ push-dataset are magsd-hub's commands.
 import argparse
 from typing import List, Optional
 
-from .console import EXIT_CODES, CommandParser, HelpFormatter, add_traceback_flag, add_version_flag, number, run_command
+from .console import (
+    EXIT_CODES,
+    MAX_BATCH_SIZE,
+    CommandParser,
+    HelpFormatter,
+    add_traceback_flag,
+    add_version_flag,
+    number,
+    run_command,
+)
 
 __all__ = ['main']
 
@@ -41,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument('--output', help='write the table/JSON/CSV here (default: standard output)')
     predict.add_argument('--heatmap', metavar='DIR', help='write an attention overlay PNG per image to DIR')
     predict.add_argument('--tta', action='store_true', help='attention test-time augmentation (raw + attention crop)')
-    predict.add_argument('--batch-size', type=number(int, 1), default=16, help='images per forward pass')
+    predict.add_argument('--batch-size', type=number(int, 1, MAX_BATCH_SIZE), default=16, help='images per forward pass')
     predict.add_argument('--device', default='auto', help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
 
     evaluate = command('evaluate', 'metrics with bootstrap 95%% CIs, calibration and plots on one data split')
@@ -59,12 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument('--calibration-split', default='validation', choices=['train', 'validation', 'test'],
                           help='the split temperature scaling is fitted on')
     evaluate.add_argument('--tta', action='store_true', help='attention test-time augmentation (raw + attention crop)')
-    evaluate.add_argument('--batch-size', type=number(int, 1), default=16, help='images per forward pass')
+    evaluate.add_argument('--batch-size', type=number(int, 1, MAX_BATCH_SIZE), default=16, help='images per forward pass')
     evaluate.add_argument('--device', default='auto', help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
     evaluate.add_argument('--boxes', metavar='COCO_JSON',
                           help='score where the model looks against these boxes (e.g. lungs), matched by file name: '
                                'heat-map mass inside them and the pointing game; overlays in OUTPUT/overlays')
-    evaluate.add_argument('--overlays', type=number(int, 0), default=4, help='overlay PNGs to write with --boxes')
+    evaluate.add_argument('--overlays', type=number(int, 0, 10_000), default=4, help='overlay PNGs to write with --boxes')
 
     export = command('export', 'ONNX or TorchScript file with a dynamic batch dimension, checked against eager')
     export.add_argument('--format', choices=['onnx', 'torchscript'], required=True, help='the file format')

@@ -19,6 +19,7 @@ from .errors import BadInputError, DivergedError, display
 
 __all__ = [
     'EXIT_BAD_INPUT', 'EXIT_CODES', 'EXIT_DIVERGED', 'EXIT_FAILED', 'EXIT_NOT_REPRODUCED', 'EXIT_OK', 'EXTRAS',
+    'MAX_BATCH_SIZE', 'MAX_EPOCHS', 'MAX_THREADS', 'MAX_WORKERS',
     'CommandParser', 'HelpFormatter', 'add_config_flag', 'add_traceback_flag', 'add_version_flag', 'config_flags',
     'config_records', 'error_line', 'exit_code', 'extras_needed', 'json_object', 'missing_extra', 'number', 'one_line',
     'parse_with_config', 'run_command',
@@ -26,6 +27,9 @@ __all__ = [
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_NOT_REPRODUCED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 TRACEBACK_ENV = 'MAGSD_TRACEBACK'
+# upper bounds of the counts a command takes (flags and -c files alike): past them a typo or a hostile
+# settings file would start thousands of processes or threads, or allocate without end
+MAX_BATCH_SIZE, MAX_WORKERS, MAX_THREADS, MAX_EPOCHS = 4096, 256, 1024, 10_000
 
 EXIT_CODES = f"""Exit codes (magsd, magsd-hub and the recipes prepare_data.py, train.py and benchmark.py alike):
   0  done

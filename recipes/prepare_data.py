@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
                         help='keep at most N images of each class, whole patients drawn with --seed (a subset for '
                              'quick runs; what was not drawn is not listed)')
     parser.add_argument('--holdout-source', help='leave this source out as the test split')
-    parser.add_argument('--folds', type=number(int, 0), default=0, help='also assign K folds by patient (K >= 2)')
+    parser.add_argument('--folds', type=number(int, 0, 1000), default=0, help='also assign K folds by patient (K >= 2)')
     parser.add_argument('--name', default='Chest X-rays for MAG-SD', help='pretty name in the card')
     parser.add_argument('--overwrite', action='store_true', help='replace an existing output')
     add_traceback_flag(parser)

@@ -25,6 +25,10 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from magsd_timm.console import (
     EXIT_CODES,
+    MAX_BATCH_SIZE,
+    MAX_EPOCHS,
+    MAX_THREADS,
+    MAX_WORKERS,
     CommandParser,
     HelpFormatter,
     add_config_flag,
@@ -89,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument('--model-kwargs', type=json_object, default={}, help='JSON object of extra model arguments')
     group.add_argument('--pretrained', action=argparse.BooleanOptionalAction, default=False,
                        help='start from pretrained (backbone) weights')
-    group.add_argument('--freeze-stages', type=number(int, 0), default=0,
+    group.add_argument('--freeze-stages', type=number(int, 0, 100), default=0,
                        help='freeze the first N stages of the backbone (stem first; timm\'s group_matcher) '
                             'with their BatchNorm statistics: faster steps when fine-tuning pretrained weights')
     group = parser.add_argument_group('data')
@@ -109,13 +113,13 @@ def _parser() -> argparse.ArgumentParser:
                        help='cut every film to its lungs first, with this lung detector (a folder of '
                             'recipes/train_lung_detector.py); best/ and final/ carry it, so that predict and '
                             'evaluate cut alike')
-    group.add_argument('--batch-size', type=number(int, 1), default=8, help='images per step and process')
-    group.add_argument('--workers', type=number(int, 0), default=0, help='data loader worker processes')
+    group.add_argument('--batch-size', type=number(int, 1, MAX_BATCH_SIZE), default=8, help='images per step and process')
+    group.add_argument('--workers', type=number(int, 0, MAX_WORKERS), default=0, help='data loader worker processes')
     group.add_argument('--cache-images', action=argparse.BooleanOptionalAction, default=True,
                        help='decode, resize and equalise each image once and keep it in memory for every '
                             'epoch (the same tensors, less work); --no-cache-images for data larger than memory')
     group = parser.add_argument_group('optimisation (the authors\' recipe: -c recipes/configs/paper.yaml)')
-    group.add_argument('--epochs', type=number(int, 1), default=4, help='passes over the training split')
+    group.add_argument('--epochs', type=number(int, 1, MAX_EPOCHS), default=4, help='passes over the training split')
     group.add_argument('--opt', default='adamw',
                        help="'paper' (the authors' SGD with Nesterov momentum, all parameters decayed) or any timm "
                             'optimizer name')
@@ -130,7 +134,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="cosine, step (the paper's x0.1 at 50%% and 83%% of the run), constant, or timm:NAME for "
                             "timm's scheduler factory (timm:tanh, timm:poly, ...)")
     group.add_argument('--warmup-epochs', type=number(float, 0), default=1., help='linear learning-rate warmup')
-    group.add_argument('--grad-accum', type=number(int, 1), default=1, help='steps whose gradients make one update')
+    group.add_argument('--grad-accum', type=number(int, 1, MAX_BATCH_SIZE), default=1,
+                       help='steps whose gradients make one update')
     group.add_argument('--clip-grad', type=number(float, 0, low_open=True), default=None,
                        help='clip the gradient norm to this value (> 0)')
     group.add_argument('--model-ema', type=number(float, 0, 1, low_open=True, high_open=True), default=None,
@@ -145,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument('--resume', action='store_true', help='continue from the last checkpoint in --output')
     group.add_argument('--checkpoint-every', type=number(int, 0), default=0,
                        help='also checkpoint every N steps (0: at epoch ends only)')
-    group.add_argument('--keep-checkpoints', type=number(int, 1), default=2, help='resumable checkpoints kept')
+    group.add_argument('--keep-checkpoints', type=number(int, 1, 1000), default=2, help='resumable checkpoints kept')
     group.add_argument('--best-metric', default='macro_f1', choices=BEST_METRICS,
                        help='the validation metric that chooses best/')
     group = parser.add_argument_group('hardware')
@@ -153,7 +158,7 @@ def _parser() -> argparse.ArgumentParser:
                        help='train on the CPU (Accelerator(cpu=True))')
     group.add_argument('--mixed-precision', default=None, choices=['no', 'bf16', 'fp16'],
                        help="default: accelerate's config")
-    group.add_argument('--threads', type=number(int, 0), default=0,
+    group.add_argument('--threads', type=number(int, 0, MAX_THREADS), default=0,
                        help='CPU threads of each process training on the CPU; 0: the physical cores shared by the '
                             'processes of this machine (accelerate launch gives each one thread unless launched '
                             'with --cpu or --num_cpu_threads_per_process)')

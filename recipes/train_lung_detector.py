@@ -25,6 +25,8 @@ from typing import Any, Dict, List, Tuple
 
 from magsd_timm.console import (
     EXIT_CODES,
+    MAX_BATCH_SIZE,
+    MAX_EPOCHS,
     CommandParser,
     HelpFormatter,
     add_traceback_flag,
@@ -61,8 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument('--img-size', type=number(int, 32, 512), default=128, help='input side in pixels')
     parser.add_argument('--margin', type=number(float, *MARGIN_RANGE), default=0.05,
                         help='share of the film added on every side of the predicted box when cropping')
-    parser.add_argument('--epochs', type=number(int, 1), default=30, help='passes over the training films')
-    parser.add_argument('--batch-size', type=number(int, 1), default=32, help='films per step')
+    parser.add_argument('--epochs', type=number(int, 1, MAX_EPOCHS), default=30, help='passes over the training films')
+    parser.add_argument('--batch-size', type=number(int, 1, MAX_BATCH_SIZE), default=32, help='films per step')
     parser.add_argument('--lr', type=number(float, 0, low_open=True), default=1e-3, help='AdamW learning rate')
     parser.add_argument('--heldout', type=number(float, 0, 1, low_open=True, high_open=True), default=0.2,
                         help='share of the patients held out for scoring')

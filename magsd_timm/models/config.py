@@ -14,7 +14,8 @@ from ..errors import BadInputError
 __all__ = [
     'BACKBONE_KWARGS', 'MAX_HEAD_WEIGHTS', 'MAX_INPUT_SIDE', 'MAX_NUM_CLASSES', 'MAX_NUM_MAPS', 'MIN_INPUT_SIDE',
     'TEMPERATURE_RANGE', 'ConfigError', 'UnknownModelArgumentError',
-    'check_checkpoint_config', 'check_data_config', 'check_head_size', 'check_input_size', 'check_model_args',
+    'MAX_PARAMETERS', 'check_checkpoint_config', 'check_data_config', 'check_head_size', 'check_input_size',
+    'check_model_args', 'check_model_size',
     'check_temperature', 'is_finite_number', 'training_record',
 ]
 
@@ -45,6 +46,15 @@ BACKBONE_KWARGS = {
     'drop_rate': 'a number in [0, 1)',
     'drop_path_rate': 'a number in [0, 1)',
 }
+
+
+# what a downloaded config may make a load allocate, estimated on the meta device before anything is: the
+# largest registered MA-Net has 43 M parameters; 1e9 is 4 GB of fp32 weights
+MAX_PARAMETERS = 1_000_000_000
+MAX_SETTING = 65_536  # any whole number a config passes to a model: widths, depths, sizes, counts
+# model arguments that would make a load read weights from elsewhere, whatever the architecture
+LOADING_ARGS = ('pretrained', 'pretrained_cfg', 'pretrained_cfg_overlay', 'checkpoint_path', 'cache_dir',
+                'pretrained_strict', 'features_only')
 
 
 class ConfigError(BadInputError):
@@ -223,6 +233,47 @@ def check_checkpoint_config(config: Any, where: Optional[str] = None) -> Dict[st
     if 'training' in config and not isinstance(config['training'], dict):
         raise ConfigError(f'{_where(where)}training must be an object (what the classifier was trained on).')
     return config
+
+
+def _whole_numbers(value: Any, name: str) -> Iterable[Tuple[str, int]]:
+    """Every whole number in a (nested) model argument, with where it sits."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        yield name, value
+    elif isinstance(value, dict):
+        for key, inner in value.items():
+            yield from _whole_numbers(inner, f'{name}.{key}')
+    elif isinstance(value, (list, tuple)):
+        for i, inner in enumerate(value):
+            yield from _whole_numbers(inner, f'{name}[{i}]')
+
+
+def check_model_size(config: Mapping[str, Any], where: Optional[str] = None) -> int:
+    """The parameter count of the model a checked config builds, estimated on the meta device (nothing allocated);
+    ConfigError when a model argument loads weights from elsewhere or is over MAX_SETTING, or the count is over
+    MAX_PARAMETERS."""
+    import timm
+
+    args = dict(config.get('model_args') or {})
+    loading = sorted(k for k in args if k in LOADING_ARGS)
+    if loading:
+        raise ConfigError(f"{_where(where)}model_args {', '.join(loading)}: a config may not say where weights come "
+                          'from or how they load (its weights are the ones beside it).')
+    for name, value in _whole_numbers(args, 'model_args'):
+        if abs(value) > MAX_SETTING:
+            raise ConfigError(f'{_where(where)}{name} {value} is over {MAX_SETTING:,}: no image model takes such a '
+                              'setting, and building it could take all the memory there is.')
+    try:
+        model = timm.create_model(config['architecture'], pretrained=False, device='meta', **args)
+    except TypeError:  # an argument the architecture does not take: the real build says which, by name
+        return 0
+    count = sum(p.numel() for p in model.parameters())
+    if count > MAX_PARAMETERS:
+        raise ConfigError(f"{_where(where)}{config['architecture']} with these model_args has {count:,} parameters, "
+                          f'over the {MAX_PARAMETERS:,} a checkpoint may ask for ({count * 4 / 2 ** 30:.1f} GiB of '
+                          'fp32 weights).')
+    return count
 
 
 def training_record(config: Mapping[str, Any]) -> Optional[Dict[str, Any]]:

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from timm.models import save_for_hf
 
-import magsd_timm  # noqa: F401  (registers the models)
+import magsd_timm  # registers the models
 from magsd_timm.models import ConfigError, WeightsMismatchError
 from magsd_timm.models.config import (
     MAX_INPUT_SIDE,
@@ -161,3 +161,21 @@ def test_a_hub_weights_file_that_is_not_safetensors_is_refused_before_any_downlo
     with pytest.raises(UnsafeWeightsError, match=r"Hub repo 'org/model' has no model.safetensors, only pickle .*w\.pth"):
         require_safe_weights({'source': 'hf-hub', 'hf_hub_id': 'org/model', 'hf_hub_filename': 'w.pth'})
     require_safe_weights({'source': 'hf-hub', 'hf_hub_id': 'org/model', 'hf_hub_filename': 'other.safetensors'})
+
+
+@pytest.mark.parametrize('config, message', [
+    (dict(architecture='vit_small_patch16_224', model_args=dict(embed_dim=60_000, num_heads=6)),
+     r'518,527,501,000 parameters, over the 1,000,000,000'),
+    (dict(architecture='magsd_custom', model_args=dict(backbone='vit_giant_patch14_224')), 'parameters, over the'),
+    (dict(architecture='vit_small_patch16_224', model_args=dict(depth=10 ** 7)), 'model_args.depth 10000000 is over'),
+    (dict(architecture='resnet18', model_args=dict(pretrained_cfg_overlay=dict(file='/etc/passwd'))),
+     'model_args pretrained_cfg_overlay: a config may not say where weights come from'),
+])
+def test_a_downloaded_config_that_would_allocate_without_bound_is_refused_before_anything_is_built(
+        tmp_path, config, message):
+    folder = tmp_path / 'checkpoint'
+    folder.mkdir()
+    (folder / 'config.json').write_text(json.dumps(dict(config, num_classes=2, pretrained_cfg={})))
+    (folder / 'model.safetensors').write_bytes(b'')
+    with pytest.raises(ConfigError, match=message):
+        magsd_timm.load(str(folder))  # the empty weights are never reached

@@ -113,6 +113,11 @@ def _recipe():
     (['--opt', 'adahessian'], '--opt adahessian: needs second-order gradients'),
     (['--model-kwargs', '[1]'], 'a JSON object'),
     (['--model-kwargs', '{bad'], 'not valid JSON'),
+    # counts are bounded: a typo or a hostile settings file cannot start without end
+    (['--workers', '100000'], 'argument --workers: 100000 must be <= 256'),
+    (['--threads', '99999'], 'argument --threads: 99999 must be <= 1024'),
+    (['--epochs', '10000000'], 'argument --epochs: 10000000 must be <= 10000'),
+    (['--batch-size', '1000000'], 'argument --batch-size: 1000000 must be <= 4096'),
 ])
 def test_bad_arguments_are_refused_by_name(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -166,6 +171,7 @@ def test_a_list_setting_of_a_config_file_gives_its_items(tmp_path):
     # what YAML allows beyond a flat mapping is refused: a few aliases expand to gigabytes; a repeated key hides one
     ('a: &a [1, 1]\nb: &b [*a, *a]\nlr: *b\n', 'aliases and anchors are not allowed'),
     ('lr: 0.1\nlr: 0.2\n', "'lr' is given twice"),
+    ('workers: 100000\n', 'argument --workers: 100000 must be <= 256'),
 ])
 def test_a_config_file_is_checked_as_the_flags_are(tmp_path, capsys, text, message):
     config = tmp_path / 'c.yaml'
