@@ -994,6 +994,7 @@ def run_near_copy_suite(args: argparse.Namespace) -> str:
     """Recall per kind of made copy, precision, pairs among the folders' own files, and the time."""
     import json
     import random
+    import resource
 
     from PIL import Image
 
@@ -1015,9 +1016,11 @@ def run_near_copy_suite(args: argparse.Namespace) -> str:
         for kind, copy in COPY_KINDS.items():
             prints.append(fingerprint(image_to_array(copy(film))))
             made.append((i, kind))
+    kept = sum(p.whole.nbytes + p.equalised.nbytes for p in prints)
     start = time.perf_counter()
     pairs = near_copy_pairs(prints)
     search = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     film_of = {len(own) + m: i for m, (i, _) in enumerate(made)}  # a made copy's film; own files are their own
     group = {i: n for n, g in enumerate(near_copy_groups(len(prints), list(pairs))) for i in g}
     lines = [f'{len(prints)} images searched: {len(own)} files of {len(files)} in '
@@ -1039,7 +1042,9 @@ def run_near_copy_suite(args: argparse.Namespace) -> str:
               f'Pairs found among the files themselves: {len(own_pairs)} (real copies in the collection, or false '
               'matches: listed in near-copies-found.json to look at).',
               f'Time: {1e3 * per_file:.1f} ms per file (read and fingerprint, one process); the search of all '
-              f'{len(prints)} images {search:.1f} s.']
+              f'{len(prints)} images {search:.1f} s.',
+              f'Memory: {kept / len(prints) / 1024:.1f} KB kept per image for the search (its fingerprint); the '
+              f'process peaked at {peak / 2 ** 20:.0f} MiB resident.']
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / 'near-copies-found.json').write_text(json.dumps(
         [dict(a=display(own[i]), b=display(own[j]), score=round(pairs[i, j], 4)) for i, j in own_pairs], indent=1))

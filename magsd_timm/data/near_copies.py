@@ -40,11 +40,16 @@ class NoStructureError(ValueError):
 
 @dataclass(frozen=True)
 class Fingerprint:
-    """What the search compares of one image: crop descriptors, the equalised image, its size in pixels."""
+    """What the search keeps of one image, about 19 KB: the whole image's descriptor, the equalised image (from
+    which its crops' descriptors are computed when they are compared, not kept), its size in pixels."""
 
-    crops: np.ndarray  # (len(CROPS), _COARSE ** 2) float32 unit vectors
+    whole: np.ndarray  # (_COARSE ** 2,) float32 unit vector: the descriptor of CROPS[0]
     equalised: np.ndarray  # (_KEPT, _KEPT) uint8
     pixels: int
+
+    def crops(self) -> np.ndarray:
+        """The descriptors of every crop of CROPS, (len(CROPS), _COARSE ** 2) float32 unit vectors."""
+        return np.stack([_descriptor(self.equalised, c) for c in CROPS])
 
 
 def _cv2():
@@ -80,21 +85,29 @@ def fingerprint(image: np.ndarray) -> Fingerprint:
     kept = cv2.resize(equalised, (_KEPT, _KEPT), interpolation=cv2.INTER_AREA)
     if int(kept.max()) - int(kept.min()) < 2:
         raise NoStructureError('uniform image: nothing to compare')
-    crops = np.stack([_unit(_detail(_crop(kept, c), _COARSE, 5)) for c in CROPS])
-    return Fingerprint(crops=crops, equalised=kept, pixels=int(image.shape[0] * image.shape[1]))
+    return Fingerprint(whole=_descriptor(kept, CROPS[0]), equalised=kept, pixels=int(image.shape[0] * image.shape[1]))
+
+
+def _descriptor(equalised: np.ndarray, crop: Tuple[float, float, float, float]) -> np.ndarray:
+    """The fine detail of a crop of the equalised image at the candidate stage's size, as a unit vector."""
+    return _unit(_detail(_crop(equalised, crop), _COARSE, 5)).astype(np.float32)
 
 
 def _candidates(prints: Sequence[Fingerprint], block: int = 128) -> Iterator[Tuple[int, int, int, float]]:
-    """(i, j, crop, score): the whole of image i correlates with crop `crop` of image j at CANDIDATE_THRESHOLD or more."""
+    """(i, j, crop, score): the whole of image i correlates with crop `crop` of image j at CANDIDATE_THRESHOLD or more.
+
+    The crops' descriptors of a block of images are computed, compared with every image's whole, and
+    dropped: memory grows with one block's crops, not with every image's.
+    """
     n = len(prints)
-    whole = np.stack([p.crops[0] for p in prints])
-    every_crop = np.concatenate([p.crops for p in prints])  # image j's crops are rows j*C .. j*C+C-1
+    whole = np.stack([p.whole for p in prints])
     for start in range(0, n, block):
-        scores = (whole[start:start + block] @ every_crop.T).reshape(-1, n, len(CROPS))
+        crops = np.stack([p.crops() for p in prints[start:start + block]])  # (block, len(CROPS), _COARSE ** 2)
+        scores = np.einsum('id,jcd->ijc', whole, crops)  # (n, block, len(CROPS))
         best, which = scores.max(-1), scores.argmax(-1)
         for i, j in zip(*np.nonzero(best >= CANDIDATE_THRESHOLD)):
-            if start + i != j:
-                yield start + int(i), int(j), int(which[i, j]), float(best[i, j])
+            if i != start + j:
+                yield int(i), start + int(j), int(which[i, j]), float(best[i, j])
 
 
 def _checked(a: Fingerprint, b: Fingerprint, crop: int) -> float:

@@ -168,6 +168,8 @@ def test_near_copy_suite_finds_made_copies_and_lists_the_pairs_among_the_files(t
     rows = [_cells(line) for line in stdout.splitlines() if line.startswith('| ') and '/' in line]
     assert len(rows) == 9 and all(r[1] == '2 / 2 = 1.000' for r in rows)  # every kind of copy, of both films
     assert '24 images searched: 6 files of 6' in stdout and 'Pairs found among the files themselves: 1 ' in stdout
+    kept = float(re.search(r'Memory: ([\d.]+) KB kept per image', stdout)[1])
+    assert 18 < kept < 19 and 'MiB resident' in stdout  # a 24 x 24 descriptor and a 128 x 128 equalised image
     found = json.loads((tmp_path / 'near-copies-found.json').read_text())
     assert len(found) == 1 and {Path(found[0]['a']).name, Path(found[0]['b']).name} == {'0.jpeg', 'again.jpeg'}
 
