@@ -20,7 +20,8 @@ from ..models.config import ConfigError, check_checkpoint_config, check_model_si
 from ..models.lung_detector import DETECTOR_FILES, LungDetector, load_detector
 from ..train.run_folder import find_run
 
-__all__ = ['check_hub_target', 'check_revision', 'checkpoint_config', 'load', 'load_lung_crop', 'resolve_model_name']
+__all__ = ['check_hub_target', 'check_revision', 'checkpoint_config', 'load', 'load_lung_crop', 'resolve_model_name',
+           'shown_model']
 
 _HUB_ID = re.compile(r'[\w.-]+/[\w.-]+(@.+)?')
 
@@ -51,6 +52,11 @@ def resolve_model_name(ref: str) -> str:
         return f'{HUB_PREFIX}{ref}'
     raise BadInputError(f"Unknown model '{display(ref)}': not a registered model, a Hub id (org/name[@revision]) or "
                         f"a local folder.{close_matches(ref, timm.list_models('magsd_*'))}")
+
+
+def shown_model(name: str) -> str:
+    """A resolved model name as users write it: a local checkpoint's folder without timm's 'local-dir:' prefix."""
+    return display(name[len('local-dir:'):] if name.startswith('local-dir:') else name)
 
 
 def _hub_id(name: str) -> Optional[str]:
@@ -92,7 +98,7 @@ def load_lung_crop(name: str, config: Dict[str, Any]) -> Optional[LungDetector]:
             folder = None
     missing = [file for file in DETECTOR_FILES if folder is None or not (folder / file).is_file()]
     if missing:
-        raise BadInputError(f"{display(name)}: the model cuts films to their lungs (config.json lung_crop), but "
+        raise BadInputError(f"{shown_model(name)}: the model cuts films to their lungs (config.json lung_crop), but "
                             f"{' and '.join(missing)} {'are' if len(missing) > 1 else 'is'} not beside it: without "
                             'the detector it was trained with, its answers would be about other images.')
     return load_detector(folder, record)

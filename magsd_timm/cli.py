@@ -99,7 +99,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .hub.cli import run_push
 
         return run_push(args, prog=f'magsd {args.command}')
-    from . import commands  # torch, timm and the models load here, once a command runs
 
-    run = getattr(commands, f'run_{args.command}')
-    return run_command(f'magsd {args.command}', lambda: run(args), args.traceback)
+    def run() -> int:
+        from . import commands  # torch, timm and the models load here, once a command runs (Ctrl-C: one line)
+
+        return getattr(commands, f'run_{args.command}')(args)
+    return run_command(f'magsd {args.command}', run, args.traceback)

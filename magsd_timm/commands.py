@@ -13,8 +13,8 @@ from typing import Any, Dict, Iterator, List, Tuple
 import torch
 
 from .console import EXIT_NOT_REPRODUCED
-from .errors import BadInputError, display
-from .hub.pull import checkpoint_config, load, load_lung_crop, resolve_model_name
+from .errors import BadInputError, display, printable
+from .hub.pull import checkpoint_config, load, load_lung_crop, resolve_model_name, shown_model
 from .models.config import training_record
 from .models.lung_detector import DETECTOR_FILES
 from .outputs import atomic_folder, check_no_overlap, exclusive_lock, recover_folder, strict_json, write_text_atomic
@@ -81,7 +81,7 @@ def _predictions_text(predictions, label_names: List[str], fmt: str, model: str,
                              display(p.heatmap) if p.heatmap else ''])
         return buffer.getvalue()
     header = ['file', 'predicted', *label_names]
-    rows = [[display(p.path), p.predicted, *(f'{p.probabilities[c]:.4f}' for c in label_names)] for p in predictions]
+    rows = [[printable(p.path), p.predicted, *(f'{p.probabilities[c]:.4f}' for c in label_names)] for p in predictions]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return '\n'.join('  '.join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]) + '\n'
 
@@ -93,7 +93,7 @@ def run_predict(args: argparse.Namespace) -> int:
     files, missing = collect_inputs(args.inputs)
     model, name, config = _open(args)
     if args.heatmap and not hasattr(model, 'forward_with_attention'):
-        raise BadInputError(f'--heatmap needs an MA-Net (magsd_*) model; {name} has no attention maps.')
+        raise BadInputError(f'--heatmap needs an MA-Net (magsd_*) model; {shown_model(name)} has no attention maps.')
     data_config, label_names = resolve_cxr_data_config(model), _label_names(model)
     predictions, unreadable = predict_files(
         model.to(_device(args.device)), files, _transform(model, name, config), label_names, args.batch_size,
@@ -105,7 +105,7 @@ def run_predict(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     for _, message in failures:
-        print(f'magsd predict: {display(message)}', file=sys.stderr)
+        print(f'magsd predict: {printable(message)}', file=sys.stderr)
     if failures:
         print(f'magsd predict: {len(failures)} input(s) failed, {len(predictions)} image(s) predicted', file=sys.stderr)
     return 1 if failures else 0
@@ -132,7 +132,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         # a test set changed is said (report, stderr, exit 1), never silently
         dataset, unreadable = open_dataset(args.data, split, transform, seed=args.seed).readable()
         for _, why in unreadable[:10]:
-            print(f'magsd evaluate: left out of the {split} split: {display(why)}', file=sys.stderr)
+            print(f'magsd evaluate: left out of the {split} split: {printable(why)}', file=sys.stderr)
         if not len(dataset):
             raise BadInputError(f'the {split} split of {display(args.data or "the sample")} has no readable image.')
         to_model = align_labels(class_names, dataset.class_names)

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, NoReturn, Optional, Sequence, Tuple, Union
 
-from .errors import BadInputError, DivergedError, display
+from .errors import BadInputError, DivergedError, display, printable
 
 __all__ = [
     'EXIT_BAD_INPUT', 'EXIT_CODES', 'EXIT_DIVERGED', 'EXIT_FAILED', 'EXIT_NOT_REPRODUCED', 'EXIT_OK', 'EXTRAS',
@@ -57,7 +57,8 @@ def missing_extra(error: BaseException) -> Optional[str]:
 
 @contextlib.contextmanager
 def extras_needed(prog: str) -> Iterator[None]:
-    """Around a script's imports: an optional module that is missing ends it with one line naming its extra (exit 2)."""
+    """Around a script's imports: an optional module that is missing ends it with one line naming its extra (exit 2),
+    and Ctrl-C while they load (seconds: torch, timm) ends it with one line too (exit 130), never a traceback."""
     try:
         yield
     except ModuleNotFoundError as error:
@@ -65,6 +66,9 @@ def extras_needed(prog: str) -> Iterator[None]:
             raise
         print(error_line(prog, error), file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    except KeyboardInterrupt as error:
+        print(error_line(prog, error), file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def _hub_exit_code(error: BaseException) -> Optional[int]:
@@ -107,7 +111,7 @@ MAX_LINE = 2000  # characters of an error line: a message quoting hostile input 
 
 def one_line(text: str) -> str:
     """A message as one printable line of at most MAX_LINE characters (white space runs folded, the rest cut)."""
-    text = display(' '.join(str(text).split()))
+    text = printable(' '.join(str(text).split()))
     return text if len(text) <= MAX_LINE else f'{text[:MAX_LINE - 30]}... ({len(text):,} characters)'
 
 

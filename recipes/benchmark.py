@@ -1061,7 +1061,7 @@ def main(argv: List[str]) -> int:
     from magsd_timm.console import run_command
 
     args = _parse_args(argv)
-    return run_command('benchmark', lambda: _benchmark(args), args.traceback)
+    return run_command('benchmark.py', lambda: _benchmark(args), args.traceback)
 
 
 def _benchmark(args: argparse.Namespace) -> int:

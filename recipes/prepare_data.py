@@ -32,7 +32,7 @@ from magsd_timm.console import (
 )
 from magsd_timm.errors import BadInputError, display
 
-with extras_needed('prepare_data'):  # opencv, datasets: pip install "magsd-timm[data]"
+with extras_needed('prepare_data.py'):  # opencv, datasets: pip install "magsd-timm[data]"
     from magsd_timm import CXR_LABEL_NAMES
     from magsd_timm.data.build import build_dataset
     from magsd_timm.data.sample import sample_records
@@ -139,7 +139,7 @@ def main(argv: List[str]) -> int:
     """Build the dataset; the exit code says how it went (see --help)."""
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     args = _parse_args(argv)
-    return run_command('prepare_data', lambda: _prepare(args), args.traceback)
+    return run_command('prepare_data.py', lambda: _prepare(args), args.traceback)
 
 
 if __name__ == '__main__':

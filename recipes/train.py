@@ -42,7 +42,7 @@ from magsd_timm.console import (
     run_command,
 )
 
-with extras_needed('train'):  # accelerate, opencv, datasets: pip install "magsd-timm[train]"
+with extras_needed('train.py'):  # accelerate, opencv, datasets: pip install "magsd-timm[train]"
     import timm
     import timm.optim
     import torch
@@ -275,7 +275,7 @@ def _claim_output(accelerator: Accelerator, run: RunFolder, resume: bool, stack:
     if accelerator.is_main_process:
         try:
             for note in run.claim(stack, resume):
-                accelerator.print(f'train: {note}')
+                accelerator.print(f'train.py: {note}')
         except BadInputError as e:
             error = str(e)
     error = broadcast_object_list([error])[0]
@@ -303,9 +303,9 @@ def _checked_split(dataset: CXRDataset, split: str, accelerator: Accelerator, ke
     keep: their deterministic preprocessing kept from this pass for every epoch."""
     dataset, problems = dataset.readable(keep=keep)
     for _, why in problems[:10]:
-        accelerator.print(f'train: skipped from the {split} split: {display(why)}')
+        accelerator.print(f'train.py: skipped from the {split} split: {display(why)}')
     if len(problems) > 10:
-        accelerator.print(f'train: ... and {len(problems) - 10} more (all listed in skipped.json)')
+        accelerator.print(f'train.py: ... and {len(problems) - 10} more (all listed in skipped.json)')
     if not len(dataset):
         work = 'train' if split == 'train' else 'validate'
         raise BadInputError(f'the {split} split has no readable image: nothing to {work} on.')
@@ -362,7 +362,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Train, validate every epoch, checkpoint, and export the best and final models; the exit code says how."""
     argv = sys.argv[1:] if argv is None else argv
     args = _parse_args(argv)
-    return run_command('train', lambda: _train(args, argv), args.traceback)
+    return run_command('train.py', lambda: _train(args, argv), args.traceback)
 
 
 def _train(args: argparse.Namespace, argv: List[str]) -> int:
@@ -438,55 +438,56 @@ def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str], ru
         # each split's opening dedups the whole source, so a duplicate is listed by both: once is enough
         dropped = [dict(file=f, reason=why) for f, why in dict.fromkeys(train_set.dropped + val_set.dropped)]
         if dropped:
-            accelerator.print(f'train: left out {len(dropped)} image(s) (duplicates, label conflicts, unreadable '
+            accelerator.print(f'train.py: left out {len(dropped)} image(s) (duplicates, label conflicts, unreadable '
                               f'files), listed in {display(run.write_skipped(dropped))}')
     accelerator.init_trackers('magsd', config={k: str(v) for k, v in recorded.items()})
     exported = ema.module if ema is not None else accelerator.unwrap_model(model)
 
     # the loop: train an epoch, validate, save the best, checkpoint
-    bar = tqdm(total=len(train_loader) * args.epochs, initial=progress.global_step, unit='batch',
-               disable=not accelerator.is_local_main_process)
-    while progress.epoch < args.epochs:
-        model.train()
-        train_loader.set_epoch(progress.epoch)
-        train_set.set_epoch(progress.epoch)
-        logged, clock = [], time.perf_counter()
-        for images, labels in accelerator.skip_first_batches(train_loader, progress.step_in_epoch):
-            images = images.contiguous(memory_format=torch.channels_last)
-            parts = train_step(accelerator, setup, images, labels, progress)
-            last, clock = clock, time.perf_counter()
-            images_per_s = len(images) * accelerator.num_processes / max(clock - last, 1e-9)
-            bar.update()
-            bar.set_postfix(loss=f"{parts['loss']:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}",
-                            img_s=f'{images_per_s:.1f}')
-            accelerator.log({f'train/{k}': v for k, v in parts.items()} | {'train/images_per_s': images_per_s},
-                            step=progress.global_step)
-            logged.append(parts)
-            if args.checkpoint_every and progress.global_step % args.checkpoint_every == 0 and accelerator.sync_gradients:
-                save_checkpoint(accelerator, run.checkpoints, progress.global_step, args.keep_checkpoints)
-        metrics = validate(accelerator, ema.module if ema is not None else model, val_loader, class_names)
-        row = {'epoch': progress.epoch, 'lr': optimizer.param_groups[0]['lr'],
-               **{f'train_{k}': sum(p[k] for p in logged) / len(logged) for k in (logged[0] if logged else {})},
-               **{f'val_{k}': metrics[k] for k in ('accuracy', 'macro_f1')}}
-        summary_rows.append(row)
-        progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
-        improved = progress.best_metric is None or _score(metrics, args.best_metric) > progress.best_metric
-        if improved:
-            progress.best_metric = _score(metrics, args.best_metric)
-        accelerator.log({f'val/{k}': row[f'val_{k}'] for k in ('accuracy', 'macro_f1')}, step=progress.global_step)
-        if accelerator.is_main_process:
+    # closed on an error too, so that its message starts a line of its own, not the bar's
+    with tqdm(total=len(train_loader) * args.epochs, initial=progress.global_step, unit='batch',
+              disable=not accelerator.is_local_main_process) as bar:
+        while progress.epoch < args.epochs:
+            model.train()
+            train_loader.set_epoch(progress.epoch)
+            train_set.set_epoch(progress.epoch)
+            logged, clock = [], time.perf_counter()
+            for images, labels in accelerator.skip_first_batches(train_loader, progress.step_in_epoch):
+                images = images.contiguous(memory_format=torch.channels_last)
+                parts = train_step(accelerator, setup, images, labels, progress)
+                last, clock = clock, time.perf_counter()
+                images_per_s = len(images) * accelerator.num_processes / max(clock - last, 1e-9)
+                bar.update()
+                bar.set_postfix(loss=f"{parts['loss']:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}",
+                                img_s=f'{images_per_s:.1f}')
+                accelerator.log({f'train/{k}': v for k, v in parts.items()} | {'train/images_per_s': images_per_s},
+                                step=progress.global_step)
+                logged.append(parts)
+                due = args.checkpoint_every and progress.global_step % args.checkpoint_every == 0
+                if due and accelerator.sync_gradients:
+                    save_checkpoint(accelerator, run.checkpoints, progress.global_step, args.keep_checkpoints)
+            metrics = validate(accelerator, ema.module if ema is not None else model, val_loader, class_names)
+            row = {'epoch': progress.epoch, 'lr': optimizer.param_groups[0]['lr'],
+                   **{f'train_{k}': sum(p[k] for p in logged) / len(logged) for k in (logged[0] if logged else {})},
+                   **{f'val_{k}': metrics[k] for k in ('accuracy', 'macro_f1')}}
+            summary_rows.append(row)
+            progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
+            improved = progress.best_metric is None or _score(metrics, args.best_metric) > progress.best_metric
             if improved:
-                training = _training_record(args, class_names, train_set, val_set, row['epoch'],
-                                            progress.pretrained_source, recorded['data_sha256'])
-                run.save_model(BEST, exported, class_names, data_config, training,
-                               card=lambda folder, metrics=metrics, epoch=row['epoch']: render_model_card(
-                                   exported, TrainingRun(folder, recorded, metrics, epoch, command), repo_id='ORG/NAME'),
-                               lung_crop=crop)
-                run.write_best_report(metrics, row['epoch'], class_names)
-            run.write_summary(summary_rows)
-        bar.write(f"epoch {row['epoch']}: " + ', '.join(f'{k} {v:.4f}' for k, v in row.items() if k != 'epoch'))
-        save_checkpoint(accelerator, run.checkpoints, progress.global_step, args.keep_checkpoints)
-    bar.close()
+                progress.best_metric = _score(metrics, args.best_metric)
+            accelerator.log({f'val/{k}': row[f'val_{k}'] for k in ('accuracy', 'macro_f1')}, step=progress.global_step)
+            if accelerator.is_main_process:
+                if improved:
+                    training = _training_record(args, class_names, train_set, val_set, row['epoch'],
+                                                progress.pretrained_source, recorded['data_sha256'])
+                    run.save_model(BEST, exported, class_names, data_config, training,
+                                   card=lambda folder, metrics=metrics, epoch=row['epoch']: render_model_card(
+                                       exported, TrainingRun(folder, recorded, metrics, epoch, command), repo_id='ORG/NAME'),
+                                   lung_crop=crop)
+                    run.write_best_report(metrics, row['epoch'], class_names)
+                run.write_summary(summary_rows)
+            bar.write(f"epoch {row['epoch']}: " + ', '.join(f'{k} {v:.4f}' for k, v in row.items() if k != 'epoch'))
+            save_checkpoint(accelerator, run.checkpoints, progress.global_step, args.keep_checkpoints)
 
     # the end: every process agrees, the final model is saved
     _check_ranks_in_sync(accelerator, accelerator.unwrap_model(model))

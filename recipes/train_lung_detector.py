@@ -37,7 +37,7 @@ from magsd_timm.console import (
 )
 from magsd_timm.errors import BadInputError, display
 
-with extras_needed('train_lung_detector'):  # opencv: pip install "magsd-timm[data]"
+with extras_needed('train_lung_detector.py'):  # opencv: pip install "magsd-timm[data]"
     import numpy as np
     import torch
 
@@ -200,7 +200,7 @@ def main(argv: List[str]) -> int:
     """Train and score the detector; the exit code says how it went (see --help)."""
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
     args = _parser().parse_args(argv)
-    return run_command('train_lung_detector', lambda: _train(args), args.traceback)
+    return run_command('train_lung_detector.py', lambda: _train(args), args.traceback)
 
 
 if __name__ == '__main__':

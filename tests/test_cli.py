@@ -127,6 +127,19 @@ def test_an_image_that_cannot_be_a_radiograph_is_refused_never_answered(trained_
     assert 'white.png' not in proc.stdout and len(proc.stdout.strip().splitlines()) == 2  # the header and the film
 
 
+def test_file_names_with_control_or_bidirectional_characters_cannot_break_or_reverse_a_row(
+        trained_run, tmp_path, magsd_here):
+    film = Path(sample_records()[0]['path']).read_bytes()
+    named = tmp_path / 'a\u202egpj.\x1b[31mb\nc.jpeg'  # reverses the rest of a line, colours it, breaks it
+    named.write_bytes(film)
+    (tmp_path / 'gone\u2067.png').write_text('not an image')
+    proc = magsd_here('predict', trained_run, named, tmp_path / 'gone\u2067.png')
+    rows = proc.stdout.strip().splitlines()
+    assert len(rows) == 2 and 'a\\u202egpj.\\x1b[31mb\\nc.jpeg' in rows[1]
+    assert not any(c in proc.stdout + proc.stderr for c in '\u202e\u2067\x1b')
+    assert 'gone\\u2067.png' in proc.stderr
+
+
 def test_an_unknown_model_lists_close_matches(magsd_here):
     proc = magsd_here('info', 'magsd_resnet5')
     assert proc.returncode == 2 and 'Close matches: magsd_resnet50' in proc.stderr

@@ -31,9 +31,14 @@ from .transforms import Preprocess
 if TYPE_CHECKING:
     import datasets
 
-__all__ = ['BalancedSampler', 'CXRDataset', 'open_dataset']
+__all__ = ['BalancedSampler', 'CXRDataset', 'ImageChangedError', 'open_dataset']
 
 Transform = Callable[[np.ndarray], torch.Tensor]
+
+
+class ImageChangedError(OSError):
+    """An image that read well when the dataset was checked no longer does (deleted, replaced, a failing disk): the
+    machine failed, not the input (exit 1)."""
 
 
 class CXRDataset(Dataset):
@@ -50,6 +55,7 @@ class CXRDataset(Dataset):
         self.dropped: List[Tuple[str, str]] = []  # (file, why) left out when the source was opened
         self.kept: Optional[List[Optional[torch.Tensor]]] = None  # each item's packed Preprocess output
         self._windows: Dict[int, Optional[Tuple[float, float, float, float]]] = {}  # window(), once per item
+        self.failed_check: Optional[set] = None  # after check_images: the items that failed it (others read well)
 
     @functools.cached_property  # once per dataset, not per item: the transform does not change
     def _split_transform(self) -> Tuple[Optional[Preprocess], Optional[Transform]]:
@@ -77,6 +83,7 @@ class CXRDataset(Dataset):
             kept.append(preprocess.pack(preprocess(image)) if preprocess is not None else None)
         if preprocess is not None:
             self.kept = kept
+        self.failed_check = {index for index, _ in problems}
         return problems
 
     def readable(self, keep: bool = False) -> Tuple['CXRDataset', List[Tuple[str, str]]]:
@@ -133,6 +140,8 @@ class CXRDataset(Dataset):
         items = [self.items[i] for i in keep] if self.from_files else self.items.select(keep)
         subset = CXRDataset(items, self.class_names, self.transform, self.seed)
         subset.dropped = list(self.dropped)
+        if self.failed_check is not None:
+            subset.failed_check = {new for new, old in enumerate(keep) if old in self.failed_check}
         if self.kept is not None:
             subset.kept = [self.kept[i] for i in keep]
         return subset
@@ -163,6 +172,16 @@ class CXRDataset(Dataset):
                        for image in self.items['image']]
         labels = [self.class_names[k] for k in self.labels()]
         return json_sha256([list(row) for row in zip(digests, labels, self.column('source'), self.column('patient_id'))])
+
+    def _checked_image(self, index: int) -> np.ndarray:
+        """image(index), where a failure of an image that read well when checked is the machine's (ImageChangedError)."""
+        try:
+            return self.image(index)
+        except ImageReadError as e:
+            if self.failed_check is None or index in self.failed_check:
+                raise
+            raise ImageChangedError(f'{e} It read well when the run started: it was deleted, replaced or cannot be '
+                                    'read from the disk now.') from e
 
     def window(self, index: int) -> Optional[Tuple[float, float, float, float]]:
         """The part of an item's film its transform keeps (shares: left, top, right, bottom), None for all of it;
@@ -211,7 +230,7 @@ class CXRDataset(Dataset):
             if transform is None:
                 return image, self.label(index)
         else:
-            image, transform = self.image(index), self.transform
+            image, transform = self._checked_image(index), self.transform
         if transform is None:
             return torch.from_numpy(image)[None], self.label(index)
         if self.seed is None:

@@ -101,6 +101,17 @@ def _inside(root: Path, *parts: str) -> Optional[Path]:
     return path
 
 
+def _outside_why(root: Path, *parts: str) -> str:
+    """Why root/parts is not inside root: a symbolic link on the way (named, with where it leads), or the parts."""
+    path = root
+    for part in Path(*parts).parts:
+        path = path / part
+        if path.is_symlink() and not _inside(root, *path.relative_to(root).parts):
+            return (f'{display(path.relative_to(root))} is a symbolic link to {display(path.resolve())}, outside the '
+                    'collection (copy the files there, or give that folder instead)')
+    return 'the folder or filename leads outside the collection'
+
+
 def _require_dir(root: PathLike) -> Path:
     root = Path(root)
     if not root.is_dir():
@@ -251,8 +262,8 @@ def ieee8023_records(root: PathLike, label_map: Optional[Mapping[str, Optional[s
         view = row['view'].strip()
         label, why = _ieee8023_class(row['finding'], label_map)
         if path is None:
-            path, why = root / folder / row['filename'], \
-                'the folder or filename leads outside the collection (or is empty)'
+            path, why = root / folder / row['filename'], (_outside_why(root, folder, row['filename'])
+                                                          if row['filename'].strip() else 'the filename is empty')
         elif row['modality'] != 'X-ray':
             why = f"modality {row['modality'] or 'not given'}, not X-ray"
         elif view not in IEEE8023_FRONTAL_VIEWS:
@@ -302,7 +313,7 @@ def covidx_records(
             patient, filename, label, origin = fields[:4]
             path = _inside(root, split, filename)
             if path is None:
-                outside.append((display(root / split / filename), 'covidx: the file name leads outside the collection'))
+                outside.append((display(root / split / filename), f'covidx: {_outside_why(root, split, filename)}'))
                 continue
             records.append(_record(path, label, patient, f'covidx/{origin}', SPLIT_NAMES.get(split, split)))
     kept = _mapped(records, dict(COVIDX_LABELS, **(label_map or {})), 'covidx')

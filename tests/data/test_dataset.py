@@ -139,3 +139,21 @@ def test_kept_preprocessing_gives_the_same_items_without_decoding_again(tmp_path
         for i, (image, label) in enumerate(expected):
             assert torch.equal(kept[i][0], image) and kept[i][1] == label
     assert reads == []  # every epoch ran from the kept images
+
+
+def test_an_image_that_read_well_when_checked_and_fails_later_is_the_machines_failure(tmp_path):
+    from magsd_timm.console import exit_code
+    from magsd_timm.data.dataset import ImageChangedError
+    from magsd_timm.data.reader import ImageReadError
+    from magsd_timm.data.sample import sample_dir
+
+    shutil.copytree(sample_dir(), tmp_path / 'films')
+    dataset, problems = open_dataset(tmp_path / 'films', 'train').readable()
+    assert problems == []
+    Path(dataset.items[0]['path']).unlink()  # deleted while a run goes on (no cached images)
+    with pytest.raises(ImageChangedError, match='no such file. It read well when the run started') as failure:
+        dataset[0]
+    assert exit_code(failure.value) == 1  # not the input's fault: exit 1, not 2
+    with pytest.raises(ImageReadError, match='no such file') as unchecked:  # a plain read: a bad input, as before
+        dataset.image(0)
+    assert exit_code(unchecked.value) == 2

@@ -1,5 +1,6 @@
 """Sources: folder trees, manifests and converters on small trees laid out as each collection publishes."""
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -239,14 +240,26 @@ def test_paths_in_collection_metadata_stay_inside_the_collection(tmp_path):
         f'3,COVID-19,PA,X-ray,images,{outside}', f'4,COVID-19,PA,X-ray,{outside.parent},x.png'])
     source = ieee8023_records(root)
     assert [Path(r['path']).name for r in source] == ['a.jpg']
-    assert [why for _, why in source.left_out] == ['ieee8023: the folder or filename leads outside the collection '
-                                                   '(or is empty)'] * 3
+    assert [why for _, why in source.left_out] == ['ieee8023: the folder or filename leads outside the collection'] * 3
     covidx = tmp_path / 'covidx'
     _image(covidx / 'train' / 'x1.png')
     (tmp_path / 'train.txt').write_text(f'p1 x1.png positive cohen\np2 ../../private/x.png positive cohen\n'
                                         f'p3 {outside} positive cohen\n')
     records = covidx_records(covidx, {'train': tmp_path / 'train.txt'})
     assert [Path(r['path']).name for r in records] == ['x1.png'] and len(records.left_out) == 2
+
+
+def test_an_images_folder_that_is_a_symbolic_link_out_of_the_collection_is_named_as_one(tmp_path):
+    elsewhere = tmp_path / 'elsewhere'
+    _image(elsewhere / 'a.jpg')
+    root = _ieee8023(tmp_path, 'patientid,finding,view,modality,folder,filename', ['1,COVID-19,PA,X-ray,images,a.jpg'])
+    shutil.rmtree(root / 'images')
+    (root / 'images').symlink_to(elsewhere, target_is_directory=True)
+    source = ieee8023_records(root)
+    assert list(source) == []
+    assert [why for _, why in source.left_out] == [
+        f'ieee8023: images is a symbolic link to {elsewhere}, outside the collection (copy the files there, or give '
+        'that folder instead)']
 
 
 def test_a_manifest_with_a_byte_order_mark_is_read_and_one_not_in_utf8_is_named(tmp_path):

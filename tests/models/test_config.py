@@ -170,12 +170,15 @@ def test_a_hub_weights_file_that_is_not_safetensors_is_refused_before_any_downlo
     (dict(architecture='vit_small_patch16_224', model_args=dict(depth=10 ** 7)), 'model_args.depth 10000000 is over'),
     (dict(architecture='resnet18', model_args=dict(pretrained_cfg_overlay=dict(file='/etc/passwd'))),
      'model_args pretrained_cfg_overlay: a config may not say where weights come from'),
+    (dict(architecture='magsd_custom', pretrained_cfg=dict(input_size=[1, 224, 224]),  # a ViT built for 33 x 64 px
+          model_args=dict(backbone='vit_small_patch16_224', backbone_kwargs=dict(img_size=[33, 64]))),
+     r"cannot take the input size \[1, 224, 224\] of its own pretrained_cfg \(Input height \(224\) doesn't match"),
 ])
-def test_a_downloaded_config_that_would_allocate_without_bound_is_refused_before_anything_is_built(
+def test_a_downloaded_config_that_would_allocate_without_bound_or_cannot_run_is_refused_before_anything_is_built(
         tmp_path, config, message):
     folder = tmp_path / 'checkpoint'
     folder.mkdir()
-    (folder / 'config.json').write_text(json.dumps(dict(config, num_classes=2, pretrained_cfg={})))
+    (folder / 'config.json').write_text(json.dumps(dict(dict(num_classes=2, pretrained_cfg={}), **config)))
     (folder / 'model.safetensors').write_bytes(b'')
     with pytest.raises(ConfigError, match=message):
         magsd_timm.load(str(folder))  # the empty weights are never reached

