@@ -182,3 +182,29 @@ def test_a_missing_extra_is_one_line_that_names_it(trained_run, tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 2 and err.count('\n') == 1 and f'pip install "magsd-timm[{extra}]"' in err, err
     assert not (tmp_path / 'm.onnx').exists()
+
+
+def test_a_wrong_argument_is_one_line_that_points_to_the_help(capsys):
+    from magsd_timm.console import CommandParser
+
+    parser = CommandParser(prog='train.py')
+    parser.add_argument('--epochs', type=number(int, 1, 10))
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(['--epochs', '0'])
+    err = capsys.readouterr().err
+    assert exit_.value.code == EXIT_BAD_INPUT and err == 'train.py: argument --epochs: 0 must be >= 1 (see train.py --help)\n'
+
+
+def test_ctrl_c_while_a_script_loads_is_one_line_and_exit_130(capsys):
+    from magsd_timm.console import extras_needed
+
+    with pytest.raises(SystemExit) as exit_:
+        with extras_needed('train.py'):
+            raise KeyboardInterrupt
+    assert exit_.value.code == 130 and capsys.readouterr().err == 'train.py: interrupted\n'
+
+
+def test_an_error_line_is_printable_and_bounded(capsys):
+    run_command('magsd predict', lambda: (_ for _ in ()).throw(BadInputError('x\u202e\x1b[2J' + 'y' * 10_000)))
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and '\\u202e\\x1b[2J' in err and len(err) < 2100 and '(10,' in err

@@ -31,7 +31,8 @@ def test_default_is_the_bundled_sample_and_an_existing_output_is_kept(tmp_path, 
     assert summary['seed'] == 3 and sum(summary['counts'].values()) == 16
     assert (out / 'README.md').exists() and (out / 'data' / 'dataset_dict.json').exists()
     again = run_here(out)
-    assert again.returncode == 2 and 'exists' in again.stderr
+    assert again.returncode == 2 and 'exists: choose another output, or replace it (--overwrite)' in again.stderr
+    assert 'overwrite=True' not in again.stderr  # a command-line user is told the flag, not the function's argument
 
 
 @pytest.mark.parametrize('args, message', [

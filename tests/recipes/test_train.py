@@ -315,6 +315,8 @@ def test_a_source_left_out_is_neither_trained_nor_validated_on_and_an_unknown_on
     assert json.loads((tmp_path / 'loso' / 'eval_best.json').read_text())['num_samples'] == 2
     _one_line(_train_here(capsys, tmp_path / 'x', '--data', manifest, '--exclude-sources', 'c'), 2,
               '--exclude-sources c: no such source in')
+    _one_line(_train_here(capsys, tmp_path / 'x', '--data', manifest, '--exclude-sources', 'a', 'b'), 2,
+              '--exclude-sources a b: leaves no training image in')
     assert not (tmp_path / 'x' / 'best').exists()
 
 
