@@ -192,7 +192,8 @@ def test_a_wrong_argument_is_one_line_that_points_to_the_help(capsys):
     with pytest.raises(SystemExit) as exit_:
         parser.parse_args(['--epochs', '0'])
     err = capsys.readouterr().err
-    assert exit_.value.code == EXIT_BAD_INPUT and err == 'train.py: argument --epochs: 0 must be >= 1 (see train.py --help)\n'
+    assert exit_.value.code == EXIT_BAD_INPUT
+    assert err == 'train.py: argument --epochs: 0 must be >= 1 (see train.py --help)\n'  # no usage lines
 
 
 def test_ctrl_c_while_a_script_loads_is_one_line_and_exit_130(capsys):

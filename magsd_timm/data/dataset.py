@@ -167,9 +167,9 @@ class CXRDataset(Dataset):
         patient. Equal data, equal fingerprint; a run records it, so that it is never continued or reused on other data."""
         if self.from_files:  # every file was hashed when its source was opened (None: unreadable, left out later)
             digests = [r.get('sha256') for r in self.items]
-        else:
+        else:  # a few hundred images' bytes in memory at a time, not the whole column
             digests = [bytes_sha256(image['bytes']) if image.get('bytes') is not None else _path_sha256(image.get('path'))
-                       for image in self.items['image']]
+                       for batch in self.items.select_columns(['image']).iter(batch_size=256) for image in batch['image']]
         labels = [self.class_names[k] for k in self.labels()]
         return json_sha256([list(row) for row in zip(digests, labels, self.column('source'), self.column('patient_id'))])
 
