@@ -165,7 +165,8 @@ def _validated(records: Sequence[Record]) -> Checked:
     bytes), the others with the reason, and by path the near-copy fingerprints and what the dataset stores.
 
     The bytes checked are the bytes hashed and stored: a file replaced while the build runs cannot slip in unchecked.
-    No decoded image is kept in memory, only its fingerprint (and a DICOM film's PNG).
+    No decoded image is kept in memory: a file's bytes (a DICOM film's PNG), which the dataset holds anyway, and its
+    fingerprint.
     """
     good, skipped, prints, stored = [], [], {}, {}
     for record in records:

@@ -102,8 +102,8 @@ def _candidates(prints: Sequence[Fingerprint], block: int = 128) -> Iterator[Tup
     n = len(prints)
     whole = np.stack([p.whole for p in prints])
     for start in range(0, n, block):
-        crops = np.stack([p.crops() for p in prints[start:start + block]])  # (block, len(CROPS), _COARSE ** 2)
-        scores = np.einsum('id,jcd->ijc', whole, crops)  # (n, block, len(CROPS))
+        crops = np.concatenate([p.crops() for p in prints[start:start + block]])  # image j's crops: rows j*C..j*C+C-1
+        scores = (whole @ crops.T).reshape(n, -1, len(CROPS))  # one matrix product: (n, block, len(CROPS))
         best, which = scores.max(-1), scores.argmax(-1)
         for i, j in zip(*np.nonzero(best >= CANDIDATE_THRESHOLD)):
             if i != start + j:
