@@ -14,14 +14,13 @@ from huggingface_hub.errors import EntryNotFoundError
 from timm.models import resolve_pretrained_cfg, split_model_name_tag
 
 from ..errors import BadInputError, display
-from ..hub_files import HUB_PREFIX, check_hub_target, check_revision, hub_file, parse_hub_ref
+from ..hub_files import HUB_PREFIX, hub_file, parse_hub_ref
 from ..models import allow_pickle_weights, close_matches
 from ..models.config import ConfigError, check_checkpoint_config, check_model_size
 from ..models.lung_detector import DETECTOR_FILES, LungDetector, load_detector
 from ..train.run_folder import find_run
 
-__all__ = ['check_hub_target', 'check_revision', 'checkpoint_config', 'load', 'load_lung_crop', 'resolve_model_name',
-           'shown_model']
+__all__ = ['checkpoint_config', 'load', 'load_lung_crop', 'resolve_model_name', 'shown_model']
 
 _HUB_ID = re.compile(r'[\w.-]+/[\w.-]+(@.+)?')
 

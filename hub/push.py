@@ -15,12 +15,13 @@ from huggingface_hub import DatasetCard, HfApi
 from huggingface_hub.errors import HfHubHTTPError, HTTPError
 
 from ..errors import BadInputError, display
+from ..hub_files import check_hub_target
 from ..models.config import check_checkpoint_config
 from ..models.lung_detector import DETECTOR_FILES
 from ..models.weights import SAFE_WEIGHTS
 from ..train.run_folder import find_run
 from .cards import render_model_card
-from .pull import check_hub_target, load, load_lung_crop
+from .pull import load, load_lung_crop
 
 __all__ = ['PushError', 'push_dataset', 'push_model', 'stage_dataset', 'stage_model']
 

@@ -212,7 +212,7 @@ def test_a_file_the_hub_names_outside_the_cache_is_removed_and_refused(hub, push
 
 @pytest.mark.parametrize('revision', ['main', 'v1.0', 'refs/pr/1', 'a' * 40, 'exp_2-b'])
 def test_revisions_as_the_hub_names_them_are_accepted(revision):
-    from magsd_timm.hub.pull import check_revision
+    from magsd_timm.hub_files import check_revision
 
     assert check_revision(revision) == revision
 
