@@ -126,15 +126,15 @@ def load(ref: str, pretrained: bool = True, allow_pickle: bool = False, config: 
     if config is None:
         config = checkpoint_config(name) if name.startswith(('local-dir:', 'hf-hub:')) else {}
     if config and not timm.is_model(config['architecture']):
-        raise ConfigError(f"{display(ref)}: config.json names architecture '{config['architecture']}', which is not a "
+        raise ConfigError(f"{shown_model(ref)}: config.json names architecture '{config['architecture']}', which is not a "
                           f"registered timm model.{close_matches(config['architecture'], timm.list_models())}")
     if config:  # what it would allocate, before anything is
-        check_model_size(config, display(ref))
+        check_model_size(config, shown_model(ref))
     with allow_pickle_weights(allow_pickle):
         try:
             return timm.create_model(name, pretrained=pretrained, **kwargs)
         except TypeError as e:
             if not config or isinstance(e, ConfigError):  # a ConfigError already names the argument
                 raise
-            raise ConfigError(f"{display(ref)}: config.json's model_args {config.get('model_args', {})} do not fit "
+            raise ConfigError(f"{shown_model(ref)}: config.json's model_args {config.get('model_args', {})} do not fit "
                               f"architecture '{config['architecture']}' ({e}).") from e

@@ -13,6 +13,7 @@ from magsd_timm.data import CXRDataset, build_transforms, resolve_cxr_data_confi
 from magsd_timm.errors import BadInputError
 from magsd_timm.localization import box_masks, boxes_in_view, load_boxes, localization_report, mass_in_boxes, pointing_hits
 from magsd_timm.models.lung_detector import LungDetector
+from support.image_files import distinct_film
 
 
 def _coco(path, entries):
@@ -33,7 +34,7 @@ def test_boxes_scale_from_the_original_size_to_the_models_input(tmp_path):
 
 
 def test_a_model_that_crops_to_the_lungs_is_scored_on_the_boxes_moved_onto_its_crop(tmp_path):
-    Image.fromarray(np.full((80, 60), 128, np.uint8)).save(tmp_path / 'a.png')
+    Image.fromarray(distinct_film(0, shape=(80, 60))).save(tmp_path / 'a.png')  # a textured film of that size
     boxes = load_boxes(_coco(tmp_path / 'b.json', [('a.png', 120, 160, [(0, 0, 60, 160), (0, 0, 10, 10)])]))
     records = [dict(path=str(tmp_path / 'a.png'), label='normal')]
     whole = CXRDataset(records, ['normal'], build_transforms(resolve_cxr_data_config(img_size=32)))
