@@ -59,7 +59,7 @@ with extras_needed('train.py'):  # accelerate, opencv, datasets: pip install "ma
     from magsd_timm.errors import BadInputError, display
     from magsd_timm.hub.cards import render_model_card
     from magsd_timm.models import close_matches
-    from magsd_timm.models.config import MAX_INPUT_SIDE, MIN_INPUT_SIDE
+    from magsd_timm.models.config import MAX_INPUT_SIDE, MIN_INPUT_SIDE, check_input_fits
     from magsd_timm.models.lung_detector import DETECTOR_WEIGHTS, LungDetector, load_detector
     from magsd_timm.models.offline_weights import create_pretrained
     from magsd_timm.objective import MagSDObjective
@@ -403,7 +403,10 @@ def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str], ru
     # set up: data, model, optimizer, schedule, EMA, objective
     set_seed(args.seed)
     command = 'accelerate launch recipes/train.py ' + shlex.join(argv)
-    data_config = resolve_cxr_data_config(_create_model(args, 1, meta=True), img_size=args.img_size)
+    structure = _create_model(args, 1, meta=True)
+    data_config = resolve_cxr_data_config(structure, img_size=args.img_size)
+    check_input_fits(structure, data_config['input_size'], f'--model {args.model} --model-kwargs '
+                     f'{json.dumps(args.model_kwargs)}', f'(--img-size {args.img_size})')
     crop = load_detector(args.crop_lungs) if args.crop_lungs else None  # no detector there: refused, said
     train_set, val_set = training_splits(args, data_config, crop)
     recorded = recorded_args(args, train_set, val_set)

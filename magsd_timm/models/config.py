@@ -14,7 +14,8 @@ from ..errors import BadInputError
 __all__ = [
     'BACKBONE_KWARGS', 'MAX_HEAD_WEIGHTS', 'MAX_INPUT_SIDE', 'MAX_NUM_CLASSES', 'MAX_NUM_MAPS', 'MIN_INPUT_SIDE',
     'TEMPERATURE_RANGE', 'ConfigError', 'UnknownModelArgumentError',
-    'MAX_PARAMETERS', 'check_checkpoint_config', 'check_data_config', 'check_head_size', 'check_input_size',
+    'MAX_PARAMETERS', 'check_checkpoint_config', 'check_data_config', 'check_head_size', 'check_input_fits',
+    'check_input_size',
     'check_model_args', 'check_model_size',
     'check_temperature', 'is_finite_number', 'training_record',
 ]
@@ -254,7 +255,6 @@ def check_model_size(config: Mapping[str, Any], where: Optional[str] = None) -> 
     ConfigError when a model argument loads weights from elsewhere or is over MAX_SETTING, the count is over
     MAX_PARAMETERS, or the model cannot take the input size its config gives."""
     import timm
-    import torch
 
     args = dict(config.get('model_args') or {})
     loading = sorted(k for k in args if k in LOADING_ARGS)
@@ -277,13 +277,22 @@ def check_model_size(config: Mapping[str, Any], where: Optional[str] = None) -> 
                           f'over the {MAX_PARAMETERS:,} a checkpoint may ask for ({count * 4 / 2 ** 30:.1f} GiB of '
                           'fp32 weights).')
     input_size = tuple((config.get('pretrained_cfg') or {}).get('input_size') or model.pretrained_cfg['input_size'])
-    try:  # a model that cannot take its own input (a ViT built for another size) would fail on every film
+    check_input_fits(model, input_size, f"{_where(where)}{config['architecture']} with these model_args",
+                     'of its own pretrained_cfg')
+    return count
+
+
+def check_input_fits(model: Any, input_size: Tuple[int, ...], what: str, whose: str = '') -> None:
+    """ConfigError unless a model (on the meta device: nothing is computed) takes an input of input_size (C, H, W):
+    a model built for another size (a ViT's img_size) would fail on every film, with an error of timm's."""
+    import torch
+
+    try:
         with torch.no_grad():
             model.eval()(torch.empty((1, *input_size), device='meta'))
     except (AssertionError, RuntimeError, ValueError) as e:
-        raise ConfigError(f"{_where(where)}{config['architecture']} with these model_args cannot take the input size "
-                          f"{list(input_size)} of its own pretrained_cfg ({' '.join(str(e).split())}).") from e
-    return count
+        raise ConfigError(f"{what} cannot take the input size {list(input_size)} {whose}".rstrip()
+                          + f" ({' '.join(str(e).split())}).") from e
 
 
 def training_record(config: Mapping[str, Any]) -> Optional[Dict[str, Any]]:

@@ -227,11 +227,14 @@ def test_data_and_model_errors_stop_the_run_before_it_starts(tmp_path, trained_r
               'missing.csv: no such data source')
     _one_line(_train_here(capsys, tmp_path / 'c', '--model-kwargs', '{"not_an_argument": 1}'), 2,
               'unknown model argument(s) not_an_argument')
+    vit_96 = '{"backbone": "vit_small_patch16_224", "backbone_kwargs": {"img_size": 96}}'  # built for 96 px, fed 64
+    _one_line(_train_here(capsys, tmp_path / 'd', '--model', 'magsd_custom', '--model-kwargs', vit_96), 2,
+              "cannot take the input size [1, 64, 64] (--img-size 64) (Input height (64) doesn't match model (96).)")
     resumed = tmp_path / 'resumed'
     shutil.copytree(trained_run, resumed)  # trained as magsd_custom over test_resnet
     _one_line(_train_here(capsys, resumed, '--resume', '--model', 'magsd_resnet18'), 2,
               "model: 'magsd_custom' then, 'magsd_resnet18' now")
-    assert not any((tmp_path / name).exists() for name in 'abc')
+    assert not any((tmp_path / name).exists() for name in 'abcd')
 
 
 def test_a_second_run_into_a_busy_output_is_refused(tmp_path, capsys):
