@@ -154,3 +154,13 @@ def test_an_output_that_overlaps_a_source_is_refused_and_the_source_kept(tmp_pat
     proc = run_here(output, '--folder', source, '--overwrite')
     assert proc.returncode == 2 and 'choose an output outside every input' in proc.stderr, proc.stderr
     assert sorted(p.relative_to(tmp_path) for p in source.rglob('*')) == before
+
+
+def test_a_manifests_split_column_is_never_silently_re_split(tmp_path, run_here):
+    from magsd_timm.data.sample import sample_records
+
+    manifest = tmp_path / 'm.csv'
+    manifest.write_text('path,label,split\n' + ''.join(f"{r['path']},{r['label']},train\n" for r in sample_records()))
+    proc = run_here(tmp_path / 'out', '--manifest', manifest)  # every row says train: honoured, so refused
+    assert proc.returncode == 2 and 'the validation split is empty' in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith('prepare_data.py: ') and not (tmp_path / 'out').exists()
