@@ -53,9 +53,9 @@ BACKBONE_KWARGS = {
 # largest registered MA-Net has 43 M parameters; 1e9 is 4 GB of fp32 weights
 MAX_PARAMETERS = 1_000_000_000
 MAX_SETTING = 65_536  # any whole number a config passes to a model: widths, depths, sizes, counts
-# model arguments that would make a load read weights from elsewhere, whatever the architecture
+# model arguments that would make a load read weights from elsewhere, or place the model, whatever the architecture
 LOADING_ARGS = ('pretrained', 'pretrained_cfg', 'pretrained_cfg_overlay', 'checkpoint_path', 'cache_dir',
-                'pretrained_strict', 'features_only')
+                'pretrained_strict', 'features_only', 'device', 'dtype')
 
 
 class ConfigError(BadInputError):
@@ -260,7 +260,7 @@ def check_model_size(config: Mapping[str, Any], where: Optional[str] = None) -> 
     loading = sorted(k for k in args if k in LOADING_ARGS)
     if loading:
         raise ConfigError(f"{_where(where)}model_args {', '.join(loading)}: a config may not say where weights come "
-                          'from or how they load (its weights are the ones beside it).')
+                          'from, how they load or where the model lives (its weights are the ones beside it).')
     # MA-Net bounds each of its own arguments, by name (check_model_args); any other model's are bounded here
     numbers = [] if str(config['architecture']).startswith('magsd_') else _whole_numbers(args, 'model_args')
     for name, value in numbers:

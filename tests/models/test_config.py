@@ -170,6 +170,7 @@ def test_a_hub_weights_file_that_is_not_safetensors_is_refused_before_any_downlo
     (dict(architecture='vit_small_patch16_224', model_args=dict(depth=10 ** 7)), 'model_args.depth 10000000 is over'),
     (dict(architecture='resnet18', model_args=dict(pretrained_cfg_overlay=dict(file='/etc/passwd'))),
      'model_args pretrained_cfg_overlay: a config may not say where weights come from'),
+    (dict(architecture='resnet18', model_args=dict(device='cuda')), 'model_args device: a config may not say'),
     (dict(architecture='magsd_custom', pretrained_cfg=dict(input_size=[1, 224, 224]),  # a ViT built for 33 x 64 px
           model_args=dict(backbone='vit_small_patch16_224', backbone_kwargs=dict(img_size=[33, 64]))),
      r"cannot take the input size \[1, 224, 224\] of its own pretrained_cfg \(Input height \(224\) doesn't match"),
