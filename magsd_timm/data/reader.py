@@ -41,8 +41,8 @@ __all__ = ['ImageReadError', 'MAX_FILE_BYTES', 'MAX_PIXELS', 'MIN_SIZE', 'check_
 MIN_SIZE = 32  # pixels, the shorter side
 MAX_PIXELS = 8192 * 8192  # twice the largest detector's side; below PIL's own bomb limits (89 Mpx warns)
 MAX_FILE_BYTES = 1 << 30  # a 16-bit 8192 x 8192 film uncompressed is 128 MiB
-MIN_SPREAD = 0.05  # of the grey range, between the 1st and 99th percentiles (public films: 0.3 at least)
-MAX_ONE_LEVEL = 0.9  # share of the pixels at one grey level (public films: 0.5 at most, black borders included)
+MIN_SPREAD = 0.05  # of the grey range, between the 1st and 99th percentiles (the shared films: 0.22 at least)
+MAX_ONE_LEVEL = 0.9  # share of the pixels at one grey level (the shared films: 0.70 at most, black borders included)
 MAX_COLOURED = 0.2  # share of the pixels whose channels differ by over COLOURED_LEVELS of 255
 COLOURED_LEVELS = 40
 MIN_ONE_HUE = 0.95  # of a coloured image's variance along its main axis in RGB (tinted public films: 0.97 at least)
@@ -62,6 +62,11 @@ def is_dicom(path: Union[str, Path], data: bytes = b'') -> bool:
     if not data:
         with path.open('rb') as f:
             data = f.read(132)
+    return _dicom_marker(data)
+
+
+def _dicom_marker(data: bytes) -> bool:
+    """Whether bytes begin as a DICOM file does: the DICM marker after the 128-byte preamble."""
     return len(data) >= 132 and data[128:132] == b'DICM'
 
 
@@ -212,7 +217,7 @@ def decode_image(data: bytes, name: str, dicom: Optional[bool] = None) -> np.nda
     if not data:
         raise ImageReadError(f'{name}: empty image.')
     if dicom is None:
-        dicom = len(data) >= 132 and data[128:132] == b'DICM'
+        dicom = _dicom_marker(data)
     return decode_checked(name, lambda: _read_dicom(data, name) if dicom else _read_pil(io.BytesIO(data), name))
 
 
