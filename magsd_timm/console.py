@@ -22,7 +22,7 @@ __all__ = [
     'MAX_BATCH_SIZE', 'MAX_EPOCHS', 'MAX_THREADS', 'MAX_WORKERS',
     'CommandParser', 'HelpFormatter', 'add_config_flag', 'add_traceback_flag', 'add_version_flag', 'config_flags',
     'config_records', 'error_line', 'exit_code', 'extras_needed', 'json_object', 'missing_extra', 'number', 'one_line',
-    'parse_with_config', 'run_command',
+    'parse_with_config', 'run_command', 'spelled',
 ]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_NOT_REPRODUCED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -285,6 +285,17 @@ def number(kind: type = float, low: Optional[float] = None, high: Optional[float
             raise argparse.ArgumentTypeError(f"{text} must be {'<' if high_open else '<='} {high:g}")
         return value
     parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def spelled(check: Callable[[str], str]) -> Callable[[str], str]:
+    """An argparse type from a check that returns the text or raises ValueError with its reason (said as is)."""
+    def parse(text: str) -> str:
+        try:
+            return check(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"'{text}': {e}") from None
+    parse.__name__ = check.__name__
     return parse
 
 

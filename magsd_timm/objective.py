@@ -98,8 +98,13 @@ class MagSDObjective:
             labels: torch.Tensor,
             generator: Optional[torch.Generator] = None,
             backward: Optional[Callable[[torch.Tensor], None]] = None,
+            raw_extra: Optional[Callable[[], Tuple[torch.Tensor, Dict[str, torch.Tensor]]]] = None,
     ) -> ObjectiveOutput:
-        """Compute the objective and back-propagate it pass by pass with `backward` (e.g. accelerator.backward)."""
+        """Compute the objective and back-propagate it pass by pass with `backward` (e.g. accelerator.backward).
+
+        raw_extra: a further loss on the raw pass (and its parts for the log), back-propagated with it while its
+        activations live: e.g. a source adversary on the features the raw pass pooled (train/adversary.py).
+        """
         backward = backward or torch.Tensor.backward
         no_sync: Callable[[], ContextManager] = getattr(model, 'no_sync', contextlib.nullcontext)
         uniforms = draw_uniforms(images.shape[0], generator, images.device)
@@ -107,7 +112,8 @@ class MagSDObjective:
             logits, attention = _raw_pass(model, images)
             ce_raw, target, parts = raw_terms(
                 logits, labels, self.confidence, self.smoothing, self.authors_target, self.class_weights)
-            backward(ce_raw)
+            extra, extra_parts = raw_extra() if raw_extra is not None else (0., {})
+            backward(ce_raw + extra)
         views = attention_views_from_uniforms(images, attention, uniforms, self.augment)
         passes = self._view_batches(views)
         total = ce_raw.detach()
@@ -122,5 +128,6 @@ class MagSDObjective:
                 backward(loss)
             total = total + loss.detach()
         parts['loss'] = total
+        parts.update(extra_parts)
         return ObjectiveOutput(total, parts, logits.detach())
 

@@ -123,6 +123,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument('--train-args', default=CXR_TRAIN_ARGS, help='cxr: further recipes/train.py flags for both methods')
     parser.add_argument('--holdout-source', default=None, metavar='SOURCE',
                         help='cxr: leave this source out of training and validation and score every image of it')
+    parser.add_argument('--unseen-covid-source', default=None, metavar='SOURCE',
+                        help="cxr: leave this source's COVID-19 films (and the --probe films) out of training and "
+                             'validation; score them against the normal films of the test split, at an operating '
+                             'point chosen on validation')
+    parser.add_argument('--probe', default=UNSEEN_PROBE, metavar='SOURCE:CLASS',
+                        help='cxr, with --unseen-covid-source: normal films held out entirely and scored for '
+                             "specificity ('none': no probe)")
     parser.add_argument('--bootstrap', type=int, default=1000, help='cxr: bootstrap resamples of the intervals')
     parser.add_argument('--near-copy-images', type=Path, nargs='+', default=[],
                         help='near-copies: folders of films (searched recursively; default: the bundled sample)')
@@ -141,6 +148,8 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.img_size < 32 or args.threads < 1 or args.min_run_time <= 0 or args.min_rounds < 1:
         parser.error('--batch-size, --threads and --min-rounds must be >= 1, --img-size >= 32, --min-run-time > 0')
+    if args.holdout_source and args.unseen_covid_source:
+        parser.error('--holdout-source and --unseen-covid-source are two tests: give one')
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda: no CUDA device is available here')
     return args
@@ -667,6 +676,11 @@ def _machine(args: argparse.Namespace) -> str:
 CXR_TARGET = 0.02  # MAG-SD macro F1 over the baseline's, on the test split, mean over seeds
 LOSO_TARGET = 0.80  # COVID-19 vs normal AUROC on a source left out of training, mean over seeds
 MAP_TARGET = 0.7  # share of MA-Net's display map inside the lung boxes
+UNSEEN_TARGET = 0.85  # COVID-19 vs normal AUROC on a source's COVID-19 films never seen, mean over seeds
+SPECIFICITY_TARGET = 0.80  # adult normal films called normal at the operating point
+OPERATING_SENSITIVITY = 0.90  # the operating point: this share of validation's COVID-19 films called COVID-19
+UNSEEN_PROBE = 'ieee8023:normal'  # frontal adult 'No Finding' films of many hospitals, held out entirely
+OPERATING = 'validation'  # the scored set that chooses the operating point (scored, not reported)
 
 
 def _train_recipe():
@@ -690,6 +704,25 @@ def _die_with_parent() -> None:
         pass
 
 
+def _held_out(args: argparse.Namespace) -> List[str]:
+    """What every run of the invocation leaves out of training and validation (train.py --exclude-sources)."""
+    if args.holdout_source:
+        return [args.holdout_source]
+    if args.unseen_covid_source:
+        return [f'{args.unseen_covid_source}:COVID-19', *([args.probe] if _probe(args) else [])]
+    return []
+
+
+def _probe(args: argparse.Namespace) -> Optional[str]:
+    """The probe films' SOURCE:CLASS when the data holds any, else None."""
+    from magsd_timm.data import open_dataset
+
+    if not args.unseen_covid_source or args.probe == 'none':
+        return None
+    return args.probe if any(any(open_dataset(str(args.data), split).held_by([args.probe]))
+                             for split in ('train', 'validation', 'test')) else None
+
+
 def _train_run(args: argparse.Namespace, method: str, seed: int) -> Path:
     """One training run of the cxr suite: reused only if its record has exactly these settings, else run (or resumed)."""
     import shlex
@@ -697,12 +730,14 @@ def _train_run(args: argparse.Namespace, method: str, seed: int) -> Path:
 
     from magsd_timm.train.run_folder import RunFolder, setting_differences
 
-    without = f'-without-{args.holdout_source}' if args.holdout_source else ''
+    without = (f'-without-{args.holdout_source}' if args.holdout_source else
+               f'-unseen-{args.unseen_covid_source}' if args.unseen_covid_source else '')
     output = args.output_dir / 'cxr' / f'{method}{without}-seed{seed}'
+    held = _held_out(args)
     train_args = ['--data', str(args.data), '--model', args.cxr_model, '--method', method, '--img-size',
                   str(args.cxr_img_size), '--epochs', str(args.cxr_epochs), '--batch-size', str(args.cxr_batch_size),
                   '--seed', str(seed), '--output', str(output), *(['--cpu'] if args.device == 'cpu' else []),
-                  *(['--exclude-sources', args.holdout_source] if args.holdout_source else []),
+                  *(['--exclude-sources', *held] if held else []),
                   *shlex.split(args.train_args)]
     folder = RunFolder(output)
     if folder.has_results():  # train.py's own parser tells what the requested run would record
@@ -727,18 +762,31 @@ def _train_run(args: argparse.Namespace, method: str, seed: int) -> Path:
 def _scored_sets(model: torch.nn.Module, crop: Any, args: argparse.Namespace) -> Dict[str, Any]:
     """What the runs are scored on (films cut by crop, the run's lung detector, when it has one): the test split;
     leaving a source out, the test split without it ('in distribution') and every image of the held-out source,
-    from all splits ('held out')."""
+    from all splits ('held out'); with an unseen COVID-19 source, the test split without what was held out, that
+    source's COVID-19 films with the normal films of the test split, the probe, and the validation split that
+    chooses the operating point."""
     from magsd_timm.data import open_dataset
     from magsd_timm.data.dataset import CXRDataset
     from magsd_timm.data.transforms import build_transforms, resolve_cxr_data_config
 
     transform = build_transforms(resolve_cxr_data_config(model), crop=crop)
-    test = open_dataset(str(args.data), 'test', transform)
-    if not args.holdout_source:
-        return {'test': test}
-    held = CXRDataset.joined([open_dataset(str(args.data), split, transform).of_sources([args.holdout_source])
-                              for split in ('train', 'validation', 'test')])
-    return {'in distribution': test.without_sources([args.holdout_source]), 'held out': held}
+    splits = {split: open_dataset(str(args.data), split, transform) for split in ('train', 'validation', 'test')}
+    held = _held_out(args)
+    if not held:
+        return {'test': splits['test']}
+    if args.holdout_source:
+        return {'in distribution': splits['test'].without_sources(held),
+                'held out': CXRDataset.joined([split.of_sources(held) for split in splits.values()])}
+    probe = _probe(args)
+    normals = [f'{source}:normal' for source in sorted({s for s in splits['test'].column('source') if s})
+               if f'{source}:normal' != probe]
+    sets = {'in distribution': splits['test'].without_sources(held),
+            'unseen COVID-19': CXRDataset.joined([split.of_sources(held[:1]) for split in splits.values()]
+                                                 + [splits['test'].of_sources(normals)])}
+    if probe:
+        sets['probe'] = CXRDataset.joined([split.of_sources([probe]) for split in splits.values()])
+    sets[OPERATING] = splits['validation'].without_sources(held)
+    return sets
 
 
 def _run_probabilities(run: Path, args: argparse.Namespace) -> Tuple[Dict[str, Any], torch.nn.Module]:
@@ -798,6 +846,9 @@ def _method_results(runs: List[Tuple[Dict[str, Any], torch.nn.Module]], args: ar
         probs = [run[scored][0] for run, _ in runs]
         labels, dataset = runs[0][0][scored][1], runs[0][0][scored][2]
         names, groups = dataset.class_names, dataset.patient_groups()[0]
+        if scored == OPERATING:  # it chooses the operating point: probabilities only
+            out[scored] = dict(probs=probs, labels=labels, dataset=dataset, class_names=names)
+            continue
         present = [names[k] for k in sorted(set(labels.tolist()))]
         kept = _covid_vs_normal(labels, names)
         out[scored] = dict(
@@ -815,6 +866,81 @@ def _method_results(runs: List[Tuple[Dict[str, Any], torch.nn.Module]], args: ar
                                              present=two)['auroc']['COVID-19'],
                 num_images=len(kept))
     return out
+
+
+def _reported(results: Dict[str, Any]) -> List[str]:
+    """The scored sets a method's results report (not its models, not the set that only chooses the operating point)."""
+    return [name for name in results if name not in ('models', OPERATING)]
+
+
+def _operating_point(result: Dict[str, Any]) -> float:
+    """The P(COVID-19) threshold at or above which OPERATING_SENSITIVITY of the set's COVID-19 films lie."""
+    names, labels = result['class_names'], result['labels']
+    covid = names.index('COVID-19')
+    return [float(torch.quantile(p[labels == covid, covid].double(), 1 - OPERATING_SENSITIVITY,
+                                 interpolation='lower')) for p in result['probs']]
+
+
+def _rate(hits: List[torch.Tensor], groups: Sequence[Any], args: argparse.Namespace) -> str:
+    """The seed mean of a rate (the share of True in each seed's hits), ± its sd, and its 95% bootstrap interval over
+    patients."""
+    from magsd_timm.metrics import group_resamples, percentile_interval
+
+    rates = torch.stack([h.double() for h in hits])  # (seeds, films)
+    draws = [float(rates[:, picked].mean()) for picked in group_resamples(groups, args.bootstrap, 0)]
+    low, high = percentile_interval(torch.tensor(draws), 0.95)
+    return f'{_mean_std(rates.mean(dim=1).tolist())} [{low:.3f}, {high:.3f}]'
+
+
+def _unseen_lines(results: Dict[str, Any], methods: Sequence[str], args: argparse.Namespace) -> List[str]:
+    """COVID-19 of a source never seen against normal films: AUROC, and at the operating point chosen on validation
+    the sensitivity, the specificity on each source's normal films and on the probe."""
+    first = results[methods[0]]['unseen COVID-19']
+    names = first['class_names']
+    covid, normal = names.index('COVID-19'), names.index('normal')
+    sources = first['dataset'].column('source')
+    unseen = [i for i, k in enumerate(first['labels'].tolist()) if k == covid]
+    by_source = {src: [i for i, (s, k) in enumerate(zip(sources, first['labels'].tolist())) if s == src and k == normal]
+                 for src in sorted({s for s, k in zip(sources, first['labels'].tolist()) if k == normal})}
+    lines = [f"Unseen COVID-19 source: `{args.unseen_covid_source}`'s {len(unseen)} COVID-19 films (every split) were "
+             'never trained or validated on; they are scored against the normal films of the test split '
+             f"({', '.join(f'{src} {len(ix)}' for src, ix in by_source.items())}). The operating point is the "
+             f"P(COVID-19) at which {OPERATING_SENSITIVITY:.2f} of the validation split's COVID-19 films are called "
+             'COVID-19 (chosen per run).', '']
+    if 'pair' not in first:
+        return lines + ['The set does not hold both COVID-19 and normal films: no AUROC.']
+    pair = {m: results[m]['unseen COVID-19']['pair'] for m in methods}
+    rows = [[f"COVID-19 vs normal AUROC ({pair[methods[0]]['num_images']} films)",
+             *(f"{_mean_std(pair[m]['auroc'])} [{pair[m]['interval'][0]:.3f}, {pair[m]['interval'][1]:.3f}]"
+               for m in methods)],
+            ['operating point: P(COVID-19) at least', *(_mean_std(_operating_point(results[m][OPERATING]))
+                                                        for m in methods)]]
+    cut = {m: _operating_point(results[m][OPERATING]) for m in methods}
+
+    def at_point(m: str, scored: str, index: List[int], positive: bool) -> str:
+        result = results[m][scored]
+        groups = [result['dataset'].patient_groups()[0][i] for i in index]
+        hits = [(p[index, covid] >= t) if positive else (p[index, covid] < t) for p, t in zip(result['probs'], cut[m])]
+        return _rate(hits, groups, args)
+
+    rows.append([f'COVID-19 sensitivity, unseen films ({len(unseen)})',
+                 *(at_point(m, 'unseen COVID-19', unseen, True) for m in methods)])
+    for src, index in by_source.items():
+        rows.append([f'specificity, {src} normal films of the test split ({len(index)})',
+                     *(at_point(m, 'unseen COVID-19', index, False) for m in methods)])
+    if 'probe' in results[methods[0]]:
+        probe = list(range(len(results[methods[0]]['probe']['labels'])))
+        rows.append([f'specificity, probe: {_probe(args)} ({len(probe)} films, held out entirely)',
+                     *(at_point(m, 'probe', probe, False) for m in methods)])
+    lines.append(markdown_table(['unseen source', *methods], rows))
+    auroc = {m: statistics.mean(pair[m]['auroc']) for m in methods}
+    lines += ['', *(f'{m}: AUROC on the unseen COVID-19 source {auroc[m]:.3f} (target >= {UNSEEN_TARGET:.2f}: '
+                    f'{_verdict(auroc[m] >= UNSEEN_TARGET)}).' for m in methods)]
+    if len(methods) > 1:
+        gain = auroc[methods[0]] - auroc[methods[1]]
+        lines.append(f'{methods[0]} minus {methods[1]}: {gain:+.3f} (target >= +{CXR_TARGET:.2f}: '
+                     f'{_verdict(gain >= CXR_TARGET)}).')
+    return lines
 
 
 def _holdout_lines(results: Dict[str, Any], methods: Sequence[str], args: argparse.Namespace) -> List[str]:
@@ -846,7 +972,7 @@ def _shortcut_lines(results: Dict[str, Any], methods: Sequence[str]) -> List[str
 
     tables = {}
     for m in methods:
-        sets = [results[m][s] for s in results[m] if s != 'models']
+        sets = [results[m][s] for s in _reported(results[m])]
         sources = [src for r in sets for src in r['dataset'].column('source')]
         labels = torch.cat([r['labels'] for r in sets])
         names = sets[0]['class_names']
@@ -861,7 +987,7 @@ def _shortcut_lines(results: Dict[str, Any], methods: Sequence[str]) -> List[str
              'Hiding the lungs (lung boxes where the box file has them, else the central region) or the border '
              '(the outer eighth of each side, lungs excluded), mean ± sd over seeds:', '']
     rows = []
-    for scored in [s for s in results[methods[0]] if s != 'models']:
+    for scored in _reported(results[methods[0]]):
         for condition in ('lungs', 'border'):
             cells = [f'{scored}: {condition} hidden']
             for m in methods:
@@ -895,7 +1021,7 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
         records += [RunFolder(folder).read_args() for folder in folders]
         results[name] = _method_results([_run_probabilities(folder, args) for folder in folders], args, boxes)
     minutes = (time.perf_counter() - start) / 60
-    main = 'in distribution' if args.holdout_source else 'test'
+    main = 'in distribution' if _held_out(args) else 'test'
     class_names = results['MAG-SD'][main]['class_names']
     names = list(methods)
 
@@ -907,13 +1033,15 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
     # what the runs' records say, not what this invocation asked (a reused run was checked to match)
     shared = {k: v for k, v in records[0].items()
               if k not in ('method', 'seed', 'output', 'command', 'resume') and all(r.get(k) == v for r in records)}
-    scored = (f"the test split of `{display(shown_path(args.data))}` without `{args.holdout_source}`, which was left "
-              'out of training and validation' if args.holdout_source else
-              f'the test split of `{display(shown_path(args.data))}`')
+    held = ' '.join(f'`{name}`' for name in _held_out(args))
+    scored = (f"the test split of `{display(shown_path(args.data))}` without {held}, which was left out of training "
+              'and validation' if held else f'the test split of `{display(shown_path(args.data))}`')
     lines = [f"MAG-SD ({shared.get('model')}) against its plain backbone, trained alike ({shared.get('epochs')} "
              f"epochs, {shared.get('img_size')} px, batch {shared.get('batch_size')}, optimizer {shared.get('opt')} "
              f"lr {shared.get('lr')}, schedule {shared.get('sched')}, pretrained {shared.get('pretrained')}, "
-             f"{shared.get('freeze_stages')} stages frozen, balance {shared.get('balance')}, films cut to the lungs by "
+             f"{shared.get('freeze_stages')} stages frozen, balance {shared.get('balance')}, "
+             f"{shared.get('epoch_samples') or 'all'} draws an epoch, augment {shared.get('augment')}, source "
+             f"adversary {shared.get('source_adversary')}, films cut to the lungs by "
              f"{display(shown_path(shared['crop_lungs'])) if shared.get('crop_lungs') else 'no detector'}, as the runs' "
              f"args.yaml record), seeds {', '.join(map(str, sorted({r.get('seed') for r in records})))}, on {scored} "
              f"({len(results['MAG-SD'][main]['labels'])} images): mean ± standard deviation over seeds, and the 95% "
@@ -936,14 +1064,16 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
                   f'{_verdict(gain >= CXR_TARGET)}).', '']
     if args.holdout_source:
         lines += _holdout_lines(results, names, args) + ['']
+    if args.unseen_covid_source:
+        lines += _unseen_lines(results, names, args) + ['']
     covid = 'COVID-19' in class_names
     source_rows = []
-    for scored_set in [s for s in results['MAG-SD'] if s != 'models']:
+    for scored_set in _reported(results['MAG-SD']):
         by_run = {n: [per_source_metrics(p, results[n][scored_set]['labels'],
                                          results[n][scored_set]['dataset'].column('source'), class_names)
                       for p in results[n][scored_set]['probs']] for n in names}
         for source, (count, _, _) in by_run['MAG-SD'][0].items():
-            cells = [source, count]
+            cells = [source, scored_set, count]
             for n in names:
                 scores = [run[source][2] for run in by_run[n]]
                 cells += [_mean_std([m['accuracy'] for m in scores]), _mean_std([m['macro_f1'] for m in scores])]
@@ -952,7 +1082,7 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
             source_rows.append(cells)
     columns = ['accuracy', 'macro F1', *(['COVID-19 sensitivity', 'COVID-19 specificity'] if covid else [])]
     lines += ['Per source (macro F1 over the classes each source holds):', '',
-              markdown_table(['source', 'images', *(f'{n} {c}' for n in names for c in columns)], source_rows), '']
+              markdown_table(['source', 'scored', 'images', *(f'{n} {c}' for n in names for c in columns)], source_rows), '']
     lines += _shortcut_lines(results, names)
     if args.boxes:
         where = {n: [localization_report(model, results[n][main]['dataset'], boxes, replicates=args.bootstrap)

@@ -40,6 +40,7 @@ from magsd_timm.console import (
     number,
     parse_with_config,
     run_command,
+    spelled,
 )
 
 with extras_needed('train.py'):  # accelerate, opencv, datasets: pip install "magsd-timm[train]"
@@ -54,7 +55,7 @@ with extras_needed('train.py'):  # accelerate, opencv, datasets: pip install "ma
 
     import magsd_timm  # noqa: F401  (registers the magsd_* models)
     from magsd_timm.data.dataset import BalancedSampler, CXRDataset, open_dataset
-    from magsd_timm.data.transforms import AUGMENTATIONS, build_transforms, resolve_cxr_data_config
+    from magsd_timm.data.transforms import augment_spec, build_transforms, resolve_cxr_data_config
     from magsd_timm.digest import file_sha256, json_sha256
     from magsd_timm.errors import BadInputError, display
     from magsd_timm.hub.cards import render_model_card
@@ -64,6 +65,7 @@ with extras_needed('train.py'):  # accelerate, opencv, datasets: pip install "ma
     from magsd_timm.models.offline_weights import create_pretrained
     from magsd_timm.objective import MagSDObjective
     from magsd_timm.seeds import seeded_generator
+    from magsd_timm.train.adversary import SourceAdversary, SourceLabelled, source_names
     from magsd_timm.train.checkpoint import TrainProgress, latest_checkpoint, save_checkpoint
     from magsd_timm.train.loop import TrainSetup, train_step, validate
     from magsd_timm.train.optim import (
@@ -101,14 +103,20 @@ def _parser() -> argparse.ArgumentParser:
                        help='prepared dataset folder, image folder, hf-hub:ORG/NAME (default: the bundled sample)')
     group.add_argument('--img-size', type=number(int, MIN_INPUT_SIDE, MAX_INPUT_SIDE), default=224,
                        help='input side in pixels (the film is resized whole, aspect not kept)')
-    group.add_argument('--augment', default='mild', choices=AUGMENTATIONS,
-                       help="training augmentation: 'published' is the paper's, 'mild' keeps the anatomy")
+    group.add_argument('--augment', default='mild', type=spelled(augment_spec),
+                       help="training augmentation: 'published' is the paper's, 'mild' keeps the anatomy, 'none'; "
+                            "then any of +intensity +blur +noise +jpeg +resample +geometry +border, or +hospital "
+                            "for all (what differs between hospitals, docs/training.md), e.g. mild+hospital")
     group.add_argument('--balance', default='none', choices=['none', 'sampler', 'class-source', 'loss'],
                        help='class balance: draw classes equally often (class-source: and within a class its '
                             'sources equally often), or weight the cross-entropy')
-    group.add_argument('--exclude-sources', nargs='+', default=[], metavar='SOURCE',
+    group.add_argument('--epoch-samples', type=number(int, 1, 10 ** 8), default=None, metavar='N',
+                       help='with --balance sampler or class-source: N draws make an epoch (default: as many as '
+                            'training images), so that an epoch costs the same on data of any size')
+    group.add_argument('--exclude-sources', nargs='+', default=[], metavar='SOURCE[:CLASS]',
                        help='leave the images of these sources out of training and validation (leave one source '
-                            'out: test on them)')
+                            'out: test on them); SOURCE:CLASS leaves out one class of a source (e.g. '
+                            'ieee8023:COVID-19: test on COVID-19 films of a source never seen)')
     group.add_argument('--crop-lungs', type=Path, default=None, metavar='DETECTOR',
                        help='cut every film to its lungs first, with this lung detector (a folder of '
                             'recipes/train_lung_detector.py); best/ and final/ carry it, so that predict and '
@@ -141,6 +149,10 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument('--model-ema', type=number(float, 0, 1, low_open=True, high_open=True), default=None,
                        metavar='DECAY', help='keep an EMA of the weights (0 < DECAY < 1, e.g. 0.999); it is '
                                              'evaluated and exported')
+    group.add_argument('--source-adversary', type=number(float, 0, 10), default=0., metavar='WEIGHT',
+                       help='train against the source: a head predicts each film\'s source (given its class) from the '
+                            'pooled features, behind a gradient reversal of this weight (domain-adversarial training; '
+                            '0: off; docs/training.md)')
     group.add_argument('--label-smoothing', type=number(float, 0, 1, high_open=True), default=0.,
                        help='baseline cross-entropy only')
     group.add_argument('--seed', type=number(int, 0, 2 ** 32 - 1), default=0,
@@ -182,6 +194,9 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
                      + ('' if known else close_matches(args.opt.lower(), timm.optim.list_optimizers())))
     if not timm.is_model(args.model.split('.')[0]):
         parser.error(f'--model {args.model}: unknown model.{close_matches(args.model, timm.list_models())}')
+    if args.epoch_samples is not None and args.balance not in ('sampler', 'class-source'):
+        parser.error(f'--epoch-samples {args.epoch_samples}: sets the draws of balanced sampling; give --balance '
+                     'sampler or class-source, or leave it out (an epoch is then one pass over the training split)')
     if args.method == 'magsd' and not args.model.startswith('magsd_'):
         parser.error(f"--model {args.model}: the MAG-SD method needs a magsd_* model (or use --method baseline)")
     return args
@@ -219,13 +234,26 @@ def training_splits(args: argparse.Namespace, data_config: Optional[Dict[str, An
     train_set = open_dataset(args.data, 'train', train_transform, seed=args.seed, augment_seed=args.seed)
     val_set = open_dataset(args.data, 'validation', val_transform, seed=args.seed)
     if args.exclude_sources:
-        known = sorted({s for split in (train_set, val_set) for s in split.column('source') if s is not None})
-        unknown = [s for s in args.exclude_sources if s not in known]
-        if unknown:
-            raise BadInputError(f"--exclude-sources {' '.join(unknown)}: no such source in "
-                                f"{display(args.data or 'the bundled sample')} (it has {', '.join(known) or 'none'}).")
+        _check_exclusions(args, train_set, val_set)
         train_set, val_set = (split.without_sources(args.exclude_sources) for split in (train_set, val_set))
     return train_set, val_set
+
+
+def _check_exclusions(args: argparse.Namespace, train_set: CXRDataset, val_set: CXRDataset) -> None:
+    """Refuse an --exclude-sources name that takes no film: a source, or a source's class, the data does not hold."""
+    held = {(source, train_set.class_names[k]) for split in (train_set, val_set)
+            for source, k in zip(split.column('source'), split.labels()) if source is not None}
+    known = sorted({source for source, _ in held})
+    where = display(args.data or 'the bundled sample')
+    for name in args.exclude_sources:
+        source, _, label = name.partition(':')
+        if source not in known:
+            raise BadInputError(f"--exclude-sources {name}: no such source in {where} "
+                                f"(it has {', '.join(known) or 'none'}).")
+        if label and (source, label) not in held:
+            classes = sorted(c for s, c in held if s == source)
+            raise BadInputError(f"--exclude-sources {name}: {source} has no {label} film in the training or validation "
+                                f"split of {where} (its classes there: {', '.join(classes)}).")
 
 
 def _baseline_of(args: argparse.Namespace) -> Optional[torch.nn.Module]:
@@ -328,15 +356,32 @@ def _checked_splits(args: argparse.Namespace, train_set: CXRDataset, val_set: CX
 
 
 def _loaders(args: argparse.Namespace, train_set: CXRDataset, val_set: CXRDataset):
-    """The training loader (shuffled, or balanced draws) and the validation loader."""
+    """The training loader (shuffled, or balanced draws; with each film's source index when trained against the
+    source) and the validation loader."""
     sampler = None
     if args.balance == 'sampler':
-        sampler = BalancedSampler(train_set.labels(), args.seed)
+        sampler = BalancedSampler(train_set.labels(), args.seed, args.epoch_samples)
     elif args.balance == 'class-source':
-        sampler = BalancedSampler(list(zip(train_set.labels(), train_set.column('source'))), args.seed)
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler,
+        sampler = BalancedSampler(list(zip(train_set.labels(), train_set.column('source'))), args.seed,
+                                  args.epoch_samples)
+    items = SourceLabelled(train_set, source_names(train_set)) if args.source_adversary else train_set
+    train_loader = DataLoader(items, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler,
                               num_workers=args.workers, generator=seeded_generator(args.seed))
     return train_loader, DataLoader(val_set, batch_size=args.batch_size, num_workers=args.workers)
+
+
+def _adversary(args: argparse.Namespace, model: torch.nn.Module, train_set: CXRDataset) -> Optional[SourceAdversary]:
+    """The source adversary of --source-adversary (None when 0): refused unless the films come from two sources."""
+    if not args.source_adversary:
+        return None
+    sources = source_names(train_set)
+    if sources is None or len(sources) < 2:
+        raise BadInputError(f'--source-adversary {args.source_adversary:g}: the training films of '
+                            f"{display(args.data or 'the bundled sample')} come from "
+                            f"{'films without a recorded source' if sources is None else 'one source'}: there is no "
+                            'source to train against (prepare the data with recipes/prepare_data.py from several).')
+    return SourceAdversary(model.get_classifier().in_features, len(train_set.class_names), len(sources),
+                           args.source_adversary)
 
 
 def _class_weights(args: argparse.Namespace, train_set: CXRDataset) -> Optional[Tuple[float, ...]]:
@@ -422,15 +467,20 @@ def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str], ru
     _freeze(args, model)
     model = model.to(memory_format=torch.channels_last)  # the fastest form in the step benchmark
     optimizer = create_optimizer(model, args.opt, args.lr, args.momentum, args.weight_decay, args.head_lr_scale)
+    adversary = _adversary(args, model, train_set)
+    if adversary is not None:  # one optimizer and schedule: the head learns at the network's rate, undecayed
+        optimizer.add_param_group({'params': list(adversary.parameters()), 'weight_decay': 0.})
     ema = ModelEmaV3(model, decay=args.model_ema) if args.model_ema else None
     train_loader, val_loader = _loaders(args, train_set, val_set)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    if adversary is not None:  # prepared as a model: wrapped like it, and in every checkpoint
+        adversary = accelerator.prepare(adversary)
     scheduler = create_schedule(optimizer, args.sched, args.epochs, math.ceil(len(train_loader) / args.grad_accum),
                                 args.warmup_epochs)
     class_weights = _class_weights(args, train_set)
     setup = TrainSetup(model, optimizer, scheduler, MagSDObjective(class_weights=class_weights)
                        if args.method == 'magsd' else None, ema, args.clip_grad, args.label_smoothing,
-                       class_weights, args.seed)
+                       class_weights, args.seed, adversary, len(train_loader) * args.epochs)
     progress = TrainProgress(pretrained_source)
     for state in (progress, scheduler, *([ema.to(accelerator.device)] if ema is not None else [])):
         accelerator.register_for_checkpointing(state)
@@ -455,9 +505,9 @@ def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str], ru
             train_loader.set_epoch(progress.epoch)
             train_set.set_epoch(progress.epoch)
             logged, clock = [], time.perf_counter()
-            for images, labels in accelerator.skip_first_batches(train_loader, progress.step_in_epoch):
+            for images, labels, *sources in accelerator.skip_first_batches(train_loader, progress.step_in_epoch):
                 images = images.contiguous(memory_format=torch.channels_last)
-                parts = train_step(accelerator, setup, images, labels, progress)
+                parts = train_step(accelerator, setup, images, labels, progress, *sources)
                 last, clock = clock, time.perf_counter()
                 images_per_s = len(images) * accelerator.num_processes / max(clock - last, 1e-9)
                 bar.update()

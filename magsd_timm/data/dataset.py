@@ -112,14 +112,20 @@ class CXRDataset(Dataset):
         return subset
 
     def without_sources(self, sources: Sequence[str]) -> 'CXRDataset':
-        """The same dataset without the items of these sources (a source held out of training)."""
-        held = set(sources)
-        return self._subset([i for i, source in enumerate(self.column('source')) if source not in held])
+        """The same dataset without the items of these sources ('SOURCE', or 'SOURCE:CLASS' for one class of it): a
+        source, or one source's films of a class, held out of training."""
+        return self._subset([i for i, held in enumerate(self.held_by(sources)) if not held])
 
     def of_sources(self, sources: Sequence[str]) -> 'CXRDataset':
-        """The items of these sources alone."""
-        wanted = set(sources)
-        return self._subset([i for i, source in enumerate(self.column('source')) if source in wanted])
+        """The items of these sources ('SOURCE' or 'SOURCE:CLASS') alone."""
+        return self._subset([i for i, held in enumerate(self.held_by(sources)) if held])
+
+    def held_by(self, sources: Sequence[str]) -> List[bool]:
+        """For each item, whether one of these 'SOURCE' or 'SOURCE:CLASS' names takes it."""
+        whole = {s for s in sources if ':' not in s}
+        pairs = {tuple(s.split(':', 1)) for s in sources if ':' in s}
+        return [source in whole or (source, self.class_names[k]) in pairs
+                for source, k in zip(self.column('source'), self.labels())]
 
     @staticmethod
     def joined(parts: Sequence['CXRDataset']) -> 'CXRDataset':
@@ -260,13 +266,14 @@ def _undecoded_images(items: 'datasets.Dataset') -> 'datasets.Dataset':
 
 
 class BalancedSampler(Sampler):
-    """As many draws as items, with replacement, every class equally likely; reseeded each epoch.
+    """Draws with replacement, every class equally likely; reseeded each epoch.
 
     groups: each item's class, or its (class, source) pair: then every class is equally likely and,
     within a class, every source it comes from, so that no collection stands for a class.
+    num_samples: draws per epoch (default: as many as items), which fixes an epoch's cost whatever the data's size.
     """
 
-    def __init__(self, groups: Sequence[Hashable], seed: int = 0):
+    def __init__(self, groups: Sequence[Hashable], seed: int = 0, num_samples: Optional[int] = None):
         top = [g[0] if isinstance(g, tuple) else g for g in groups]
         counts = Counter(groups)
         subgroups = Counter(t for t, _ in {(t, g) for t, g in zip(top, groups)})  # e.g. sources per class
@@ -274,17 +281,18 @@ class BalancedSampler(Sampler):
         self.weights = torch.tensor([1. / (counts[g] * subgroups[t]) for g, t in zip(groups, top)],
                                     dtype=torch.double)
         self.seed, self.epoch = seed, 0
+        self.num_samples = num_samples or len(self.weights)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose draws to make."""
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.weights)
+        return self.num_samples
 
     def __iter__(self) -> Iterator[int]:
         generator = seeded_generator(self.seed, self.epoch)
-        return iter(torch.multinomial(self.weights, len(self.weights), True, generator=generator).tolist())
+        return iter(torch.multinomial(self.weights, self.num_samples, True, generator=generator).tolist())
 
 
 def _split_records(records: List[Record], split: str, seed: int

@@ -20,6 +20,10 @@ Augmentation blocks:
   with scale 0.85-1 and ratio 0.9-1.1, no flips (a flipped chest puts the heart on the wrong side).
 * ``'none'``.
 
+A block may be followed by '+' and steps that change how the film was taken rather than what it
+shows (``magsd_timm/data/acquisition.py``): ``mild+hospital`` is the mild block and every such step,
+``mild+intensity+jpeg`` two of them. The whole spelling is what a run records (``augment`` in args.yaml).
+
 Normalisation: ``'dataset'`` subtracts a mean and divides by a std (the model's data config, or a
 dataset's own); ``'column'`` is the published z-score of each image column.
 """
@@ -34,11 +38,11 @@ if TYPE_CHECKING:
     from ..models.lung_detector import LungDetector
 
 __all__ = [
-    'AUGMENTATIONS', 'Clahe', 'ColumnZScore', 'Preprocess', 'ToTensor', 'augmentation', 'build_transforms',
-    'resolve_cxr_data_config',
+    'AUGMENTATIONS', 'Clahe', 'ColumnZScore', 'Preprocess', 'ToTensor', 'augment_spec', 'augmentation',
+    'build_transforms', 'resolve_cxr_data_config',
 ]
 
-AUGMENTATIONS = ('published', 'mild', 'none')
+AUGMENTATIONS = ('published', 'mild', 'none')  # the blocks; acquisition steps may follow them ('mild+hospital')
 NORMALIZATIONS = ('dataset', 'column')
 
 
@@ -114,8 +118,34 @@ class ColumnZScore(nn.Module):
         return (image - mean) / (std + self.eps)
 
 
+def augment_spec(spec: str) -> str:
+    """An --augment spelling checked: a block ('published', 'mild', 'none'), optionally '+' acquisition steps."""
+    from .acquisition import ACQUISITION_STEPS
+
+    block, *steps = spec.split('+')
+    known = [*ACQUISITION_STEPS, 'hospital']
+    if block not in AUGMENTATIONS:
+        raise ValueError(f"'{block}' is not an augmentation block: start with one of {', '.join(AUGMENTATIONS)}")
+    unknown = [s for s in steps if s not in known]
+    if unknown:
+        raise ValueError(f"'{unknown[0]}' is not an acquisition step: choose from {', '.join(known)}")
+    if len(set(steps)) < len(steps):
+        raise ValueError('a step is named twice')
+    return spec
+
+
 def augmentation(kind: str, size: Tuple[int, int]) -> nn.Module:
-    """The training augmentation block by name: 'published', 'mild' or 'none'."""
+    """The training augmentation by its spelling: a block ('published', 'mild' or 'none'), then any '+'-joined
+    acquisition steps (magsd_timm/data/acquisition.py)."""
+    from .acquisition import acquisition_steps
+
+    block, *steps = augment_spec(kind).split('+')
+    if not steps:
+        return _block(block, size)
+    return v2.Compose([_block(block, size), *acquisition_steps(steps)])
+
+
+def _block(kind: str, size: Tuple[int, int]) -> nn.Module:
     if kind == 'published':
         return v2.RandomApply([
             v2.ColorJitter(brightness=0.5, contrast=0.7),
@@ -130,9 +160,7 @@ def augmentation(kind: str, size: Tuple[int, int]) -> nn.Module:
             v2.RandomRotation(10),
             v2.RandomResizedCrop(size, scale=(0.85, 1.), ratio=(0.9, 1.1), antialias=True),
         ])
-    if kind == 'none':
-        return nn.Identity()
-    raise ValueError(f"Unknown augmentation '{kind}': choose one of {', '.join(AUGMENTATIONS)}.")
+    return nn.Identity()
 
 
 def resolve_cxr_data_config(model: Optional[nn.Module] = None, **overrides: Any) -> Dict[str, Any]:

@@ -6,6 +6,7 @@ MAG-SD objective, or cross-entropy for the baseline), and at each optimizer upda
 optimizer step, the learning-rate schedule and the weight EMA. A training loop calls it once per
 batch and does the rest (logging, checkpoints, evaluation) itself.
 """
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
@@ -19,6 +20,7 @@ from ..errors import DivergedError
 from ..metrics import classification_metrics
 from ..objective import MagSDObjective
 from ..seeds import seeded_generator
+from .adversary import SourceAdversary, classifier_input
 from .checkpoint import TrainProgress
 
 __all__ = ['NonFiniteLossError', 'TrainSetup', 'train_step', 'validate']
@@ -40,26 +42,38 @@ class TrainSetup:
     label_smoothing: float = 0.  # of the baseline's cross-entropy
     class_weights: Optional[Sequence[float]] = None  # of the baseline's cross-entropy
     seed: int = 0  # with the global step, it draws the MAG-SD views: a resumed run draws the same ones
+    adversary: Optional[SourceAdversary] = None  # trained against the source (train/adversary.py), in the optimizer
+    total_steps: int = 1  # the run's batches: the adversary's reversal ramps up over them
 
 
 def _loss(accelerator, setup: TrainSetup, images: torch.Tensor, labels: torch.Tensor,
-          global_step: int) -> Dict[str, torch.Tensor]:
+          global_step: int, sources: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
     """Forward and backward of one batch; the detached loss and its parts."""
-    if setup.objective is not None:
-        return setup.objective.backward(setup.model, images, labels, seeded_generator(setup.seed, global_step),
-                                        accelerator.backward).parts
-    logits = setup.model(images)
-    weight = torch.tensor(setup.class_weights, device=logits.device) if setup.class_weights is not None else None
-    loss = F.cross_entropy(logits, labels, weight=weight, label_smoothing=setup.label_smoothing)
-    accelerator.backward(loss)
-    return {'loss': loss.detach(), 'accuracy': (logits.argmax(-1) == labels).float().mean()}
+    with contextlib.ExitStack() as stack:
+        extra = None
+        if setup.adversary is not None:  # on the raw pass's pooled features
+            caught = stack.enter_context(classifier_input(setup.model))
+            share = global_step / max(setup.total_steps, 1)
+
+            def extra():
+                return setup.adversary.loss(caught[0], labels, sources, share)
+        if setup.objective is not None:
+            return setup.objective.backward(setup.model, images, labels, seeded_generator(setup.seed, global_step),
+                                            accelerator.backward, extra).parts
+        logits = setup.model(images)
+        weight = torch.tensor(setup.class_weights, device=logits.device) if setup.class_weights is not None else None
+        loss = F.cross_entropy(logits, labels, weight=weight, label_smoothing=setup.label_smoothing)
+        source_loss, parts = extra() if extra is not None else (0., {})
+        accelerator.backward(loss + source_loss)
+        return {'loss': loss.detach(), 'accuracy': (logits.argmax(-1) == labels).float().mean(), **parts}
 
 
 def train_step(accelerator, setup: TrainSetup, images: torch.Tensor, labels: torch.Tensor,
-               progress: TrainProgress) -> Dict[str, float]:
-    """Train on one batch (model in train mode); at an optimizer update also clip, step, schedule and EMA."""
-    with accelerator.accumulate(setup.model):
-        parts = _loss(accelerator, setup, images, labels, progress.global_step)
+               progress: TrainProgress, sources: Optional[torch.Tensor] = None) -> Dict[str, float]:
+    """Train on one batch (model in train mode); at an optimizer update also clip, step, schedule and EMA.
+    sources: each film's source index, for the source adversary (TrainSetup.adversary)."""
+    with accelerator.accumulate(setup.model, *([setup.adversary] if setup.adversary is not None else [])):
+        parts = _loss(accelerator, setup, images, labels, progress.global_step, sources)
         loss = float(parts['loss'])
         if not math.isfinite(loss):
             raise NonFiniteLossError(

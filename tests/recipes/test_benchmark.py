@@ -267,3 +267,49 @@ child.wait()
     else:
         os.kill(child, signal.SIGKILL)
         pytest.fail('the child outlived its killed parent')
+
+
+def test_cxr_suite_scores_a_covid_source_never_seen_at_an_operating_point_chosen_on_validation(tmp_path, bench_here):
+    from magsd_timm.data import sample_records
+    from magsd_timm.data.build import build_dataset
+
+    films = sample_records()
+    covid = [r for r in films if r['label'] == 'bacterial pneumonia']
+    normal = [r for r in films if r['label'] == 'normal']
+    placed = ([('COVID-19', 'seen', s) for s in ('train', 'train', 'validation', 'test')]
+              + [('COVID-19', 'unseen', s) for s in ('train', 'train', 'validation', 'test')])
+    placed_normal = ([('normal', src, s) for src in ('seen', 'unseen') for s in ('train', 'validation', 'test')]
+                     + [('normal', 'far', 'train'), ('normal', 'far', 'test')])
+    records = [dict(r, label=label, source=source, split=split, patient_id=f'p{i}')
+               for i, (r, (label, source, split)) in enumerate(zip(covid + normal, placed + placed_normal))]
+    build_dataset(records, tmp_path / 'data', given_splits=True)
+    suite = ['--suite', 'cxr', '--data', str(tmp_path / 'data'), '--unseen-covid-source', 'unseen', '--probe',
+             'far:normal', '--seeds', '0', '--cxr-img-size', '64', '--cxr-batch-size', '4', '--cxr-model',
+             'magsd_custom', '--bootstrap', '20', '--cxr-epochs', '1',
+             '--train-args', '--model-kwargs \'{"backbone": "test_resnet"}\' --augment mild+hospital --balance '
+                             'class-source --epoch-samples 6 --source-adversary 0.5']
+    stdout = bench_here(*suite)
+    table = (tmp_path / 'cxr.md').read_text()
+    assert table in stdout
+    rows = {_cells(line)[0]: _cells(line) for line in table.splitlines() if line.startswith('| ')}
+    # both methods trained without the unseen source's COVID-19 films and without the probe
+    for method in ('magsd', 'baseline'):
+        recorded = yaml.safe_load((tmp_path / 'cxr' / f'{method}-unseen-unseen-seed0' / 'args.yaml').read_text())
+        assert recorded['exclude_sources'] == ['unseen:COVID-19', 'far:normal']
+        assert (recorded['augment'], recorded['epoch_samples'], recorded['source_adversary']) == ('mild+hospital', 6, 0.5)
+    assert "`unseen`'s 4 COVID-19 films (every split) were never trained or validated on" in table
+    assert 'normal films of the test split (seen 1, unseen 1)' in table  # the probe is scored on its own
+    assert re.fullmatch(r'\d\.\d{3} ± 0\.000 \[\d\.\d{3}, \d\.\d{3}\]', rows['COVID-19 vs normal AUROC (6 films)'][1])
+    assert re.fullmatch(r'\d\.\d{3} ± 0\.000', rows['operating point: P(COVID-19) at least'][2])
+    for row in ('COVID-19 sensitivity, unseen films (4)', 'specificity, seen normal films of the test split (1)',
+                'specificity, probe: far:normal (2 films, held out entirely)'):
+        assert re.fullmatch(r'[01]\.\d{3} ± 0\.000 \[[01]\.\d{3}, [01]\.\d{3}\]', rows[row][1]), row
+    assert 'AUROC on the unseen COVID-19 source' in table and 'target >= 0.85' in table
+    assert 'MAG-SD minus baseline: ' in table
+    assert 'augment mild+hospital, source adversary 0.5' in table  # what the runs' records say
+    assert 'without `unseen:COVID-19` `far:normal`, which was left out of training and validation' in table
+    # the operating point is P(COVID-19) at the validation split's 10th percentile of COVID-19 films
+    recipe = bench_here.module
+    result = dict(class_names=['COVID-19', 'normal'], labels=torch.tensor([0] * 10 + [1]),
+                  probs=[torch.tensor([[v, 1 - v] for v in [.1, .2, .3, .4, .5, .6, .7, .8, .9, 1., .05]])])
+    assert recipe._operating_point(result) == [pytest.approx(.1)]
