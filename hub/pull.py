@@ -18,6 +18,8 @@ from ..hub_files import HUB_PREFIX, hub_file, parse_hub_ref
 from ..models import allow_pickle_weights, close_matches
 from ..models.config import ConfigError, check_checkpoint_config, check_model_size
 from ..models.lung_detector import DETECTOR_FILES, LungDetector, load_detector
+from ..models.magsd import HUB_WEIGHTS
+from ..models.published import published_file
 from ..train.run_folder import find_run
 
 __all__ = ['checkpoint_config', 'load', 'load_lung_crop', 'resolve_model_name', 'shown_model']
@@ -74,6 +76,9 @@ def _config_file(name: str) -> Optional[Path]:
         if not path.is_file():
             raise FileNotFoundError(f'{display(path)}: no such checkpoint config.')
         return path
+    entry = HUB_WEIGHTS.get(name)
+    if entry is not None:  # a published tag: from the Hub when it answers, else the package's copy
+        return published_file(name, entry, 'config.json')[0]
     hub_id = _hub_id(name)
     if hub_id is None:
         return None
@@ -124,12 +129,14 @@ def load(ref: str, pretrained: bool = True, allow_pickle: bool = False, config: 
     """
     name = resolve_model_name(ref)
     if config is None:
-        config = checkpoint_config(name) if name.startswith(('local-dir:', 'hf-hub:')) else {}
+        config = checkpoint_config(name) if name.startswith(('local-dir:', 'hf-hub:')) or name in HUB_WEIGHTS else {}
     if config and not timm.is_model(config['architecture']):
         raise ConfigError(f"{shown_model(ref)}: config.json names architecture '{config['architecture']}', which is not a "
                           f"registered timm model.{close_matches(config['architecture'], timm.list_models())}")
     if config:  # what it would allocate, before anything is
         check_model_size(config, shown_model(ref))
+    if name in HUB_WEIGHTS:  # a published tag: built as its config.json records (timm reads it for hf-hub: names)
+        kwargs = {**config.get('model_args', {}), **kwargs}
     with allow_pickle_weights(allow_pickle):
         try:
             return timm.create_model(name, pretrained=pretrained, **kwargs)

@@ -87,17 +87,23 @@ class RandomNoise(nn.Module):
 
 
 class RandomJpeg(nn.Module):
-    """JPEG re-encoding: the compression of another archive or export."""
+    """JPEG re-encoding (OpenCV's codec, as CLAHE's): the compression of another archive or export."""
 
     def __init__(self, p: float = 0.3, quality: Tuple[int, int] = (20, 90)):
         super().__init__()
-        self.p, self.jpeg = p, v2.JPEG(quality)
+        self.p, self.quality = p, quality
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        import cv2  # here, like Clahe's: a data config needs no OpenCV
+
         if not _chance(self.p):
             return image
-        encoded = self.jpeg((image.clamp(0, 1) * 255).round().to(torch.uint8))
-        return encoded.float() / 255
+        quality = int(torch.randint(self.quality[0], self.quality[1] + 1, ()))
+        pixels = (image[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        ok, encoded = cv2.imencode('.jpg', pixels, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:  # OpenCV encodes any 8-bit grey image; a failure would be its own
+            raise RuntimeError('OpenCV could not JPEG-encode an augmented film')
+        return torch.from_numpy(cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE)).float().div_(255).unsqueeze(0)
 
 
 class RandomResample(nn.Module):

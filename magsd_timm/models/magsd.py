@@ -33,8 +33,10 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import register_notrace_function
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
+from ..errors import BadInputError
 from .config import check_head_size, check_input_size, check_model_args
-from .offline_weights import create_pretrained
+from .offline_weights import create_pretrained, say_source
+from .published import PUBLISHED_KEYS, published_file
 from .timm_private import FeatureGetterNet, feature_take_indices
 from .weights import WeightsMismatchError, check_state_dict, require_safe_weights
 
@@ -64,9 +66,10 @@ def _cfg(first_conv: str = 'backbone.conv1', **kwargs: Any) -> Dict[str, Any]:
     }
 
 
-# Published MA-Net weights, as 'magsd_<arch>.<tag>': cfg of the checkpoint (hf_hub_id, num_classes,
-# label_names, ...). None yet: CXR weights come from recipes/train.py + magsd-hub push-model (docs/model.md,
-# "Pretrained tags"), and each published repo gets its entry here.
+# Published MA-Net weights, as 'magsd_<arch>.<tag>': timm's cfg of the checkpoint (hf_hub_id, num_classes,
+# label_names, ...), the folder of hub/ that holds the same files inside the package, and the SHA-256 of its
+# model.safetensors (models/published.py). The untagged name stays the architecture with its backbone's ImageNet
+# weights: a trained classifier is asked for by its tag, never given in its place (docs/model.md).
 HUB_WEIGHTS: Dict[str, Dict[str, Any]] = {}
 
 _ARCH_CFGS = {
@@ -92,7 +95,8 @@ _ARCH_CFGS = {
 
 def _default_cfgs(hub_weights: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     """timm's default cfgs: one untagged cfg per architecture, and one tag per published Hub repo."""
-    tagged = {name: dict(_ARCH_CFGS[name.split('.')[0]], **cfg) for name, cfg in hub_weights.items()}
+    tagged = {name: dict(_ARCH_CFGS[name.split('.')[0]], **{k: v for k, v in cfg.items() if k not in PUBLISHED_KEYS})
+              for name, cfg in hub_weights.items()}
     return generate_default_cfgs({**_ARCH_CFGS, **tagged})
 
 
@@ -454,8 +458,36 @@ def _weights_source(cfg: Any, variant: str) -> str:
     return str(cfg.hf_hub_id or cfg.file or cfg.url or variant)
 
 
+def _check_tag(variant: str, tag: str) -> None:
+    """Refuse a tag the variant does not have, naming the ones it has."""
+    tags = [t for t in default_cfgs[variant].tags if t] if variant in default_cfgs else []
+    if tag not in tags:
+        have = (f"its published chest X-ray models are {', '.join(f'{variant}.{t}' for t in tags)}" if tags else
+                'it has no published chest X-ray model')
+        raise BadInputError(f'{variant}.{tag}: no such tag; {have}, and {variant} itself is the architecture with '
+                            'its backbone\'s ImageNet weights.')
+
+
+def _published_weights(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> Optional[str]:
+    """For a published tag asked with pretrained=True: its checked weights file from the Hub or the package, put in
+    kwargs' pretrained_cfg_overlay for timm to load, and where it came from; else None."""
+    tag = kwargs.get('pretrained_cfg') if isinstance(kwargs.get('pretrained_cfg'), str) else None
+    if tag is not None:
+        _check_tag(variant, tag)
+    name = f'{variant}.{tag}' if tag else variant
+    entry = HUB_WEIGHTS.get(name)
+    overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
+    if not pretrained or entry is None or overlay.get('file'):
+        return None
+    path, source = published_file(name, entry)
+    say_source(name, source)
+    kwargs['pretrained_cfg_overlay'] = dict(overlay, file=str(path))
+    return f'{name} from {source}'
+
+
 def _create_magsd(variant: str, pretrained: bool = False, **kwargs: Any) -> MANet:
     """Build an MA-Net variant; pretrained loads its safetensors weights, or without any the backbone's ImageNet weights."""
+    published = _published_weights(variant, pretrained, kwargs)
     cfg = resolve_pretrained_cfg(
         variant, pretrained_cfg=kwargs.get('pretrained_cfg'), pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
     where = _weights_source(cfg, variant)
@@ -482,7 +514,7 @@ def _create_magsd(variant: str, pretrained: bool = False, **kwargs: Any) -> MANe
         net.pretrained_source = _load_backbone_pretrained(net, kwargs.get('cache_dir'))
         _warn_untrained(variant)
     elif pretrained:
-        net.pretrained_source = where
+        net.pretrained_source = published or where
     return model
 
 

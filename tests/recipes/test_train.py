@@ -305,13 +305,7 @@ def test_baseline_trains_the_plain_backbone_and_options_run(tmp_path, capsys):
 
 
 def test_a_source_left_out_is_neither_trained_nor_validated_on_and_an_unknown_one_is_refused(tmp_path, capsys):
-    from magsd_timm.data.sample import sample_records
-
-    rows = ['path,label,source,split']  # sources a and b, in every split; validation: 2 of a, 2 of b
-    for n, record in enumerate(sample_records()):
-        rows.append(f"{record['path']},{record['label']},{'ab'[n % 2]},{'validation' if n in (0, 1, 8, 9) else 'train'}")
-    manifest = tmp_path / 'two_sites.csv'
-    manifest.write_text('\n'.join(rows) + '\n')
+    manifest = _two_site_manifest(tmp_path)
     proc = _train_here(capsys, tmp_path / 'loso', '--data', manifest, '--epochs', '1', '--exclude-sources', 'b',
                        '--balance', 'class-source')
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -321,6 +315,73 @@ def test_a_source_left_out_is_neither_trained_nor_validated_on_and_an_unknown_on
     _one_line(_train_here(capsys, tmp_path / 'x', '--data', manifest, '--exclude-sources', 'a', 'b'), 2,
               '--exclude-sources a b: leaves no training image in')
     assert not (tmp_path / 'x' / 'best').exists()
+
+
+def _two_site_manifest(tmp_path: Path) -> Path:
+    """The sample as two sources, a and b, in the train and validation splits (validation: 2 films of each)."""
+    from magsd_timm.data.sample import sample_records
+
+    rows = ['path,label,source,split']
+    for n, record in enumerate(sample_records()):
+        rows.append(f"{record['path']},{record['label']},{'ab'[n % 2]},{'validation' if n in (0, 1, 8, 9) else 'train'}")
+    manifest = tmp_path / 'two_sites.csv'
+    manifest.write_text('\n'.join(rows) + '\n')
+    return manifest
+
+
+def test_one_class_of_a_source_can_be_left_out_and_a_class_it_lacks_is_refused(tmp_path, capsys):
+    recipe = load_recipe('train')
+    manifest = _two_site_manifest(tmp_path)
+    args = recipe._parse_args(['--data', str(manifest), '--exclude-sources', 'b:normal'])
+    train, val = recipe.training_splits(args)
+    kept = {(s, train.class_names[k]) for split in (train, val) for s, k in zip(split.column('source'), split.labels())}
+    assert kept == {('a', 'normal'), ('a', 'bacterial pneumonia'), ('b', 'bacterial pneumonia')}
+    _one_line(_train_here(capsys, tmp_path / 'x', '--data', manifest, '--exclude-sources', 'b:COVID-19'), 2,
+              '--exclude-sources b:COVID-19: b has no COVID-19 film in the training or validation split of')
+    assert not (tmp_path / 'x').exists()
+
+
+def test_epoch_samples_fix_the_draws_of_an_epoch_and_need_balanced_draws(tmp_path, capsys):
+    out = tmp_path / 'draws'
+    proc = _train_here(capsys, out, '--epochs', '1', '--balance', 'class-source', '--epoch-samples', '20')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in (out / 'checkpoints').iterdir()) == ['step_00000005']  # 20 draws, batch 4
+    assert yaml.safe_load((out / 'args.yaml').read_text())['epoch_samples'] == 20
+    with pytest.raises(SystemExit) as stop:
+        load_recipe('train')._parse_args(['--epoch-samples', '20'])
+    assert stop.value.code == 2
+    assert '--epoch-samples 20: sets the draws of balanced sampling; give --balance sampler or class-source' in \
+        capsys.readouterr().err
+
+
+def test_training_against_the_source_keeps_the_head_out_of_the_exported_model(tmp_path, capsys):
+    manifest = _two_site_manifest(tmp_path)
+    out = tmp_path / 'adversary'
+    proc = _train_here(capsys, out, '--data', manifest, '--epochs', '2', '--source-adversary', '0.5',
+                       '--augment', 'mild+hospital', '--checkpoint-every', '2')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header = (out / 'summary.csv').read_text().splitlines()[0].split(',')
+    assert {'train_source_loss', 'train_source_accuracy'} <= set(header)
+    recorded = yaml.safe_load((out / 'args.yaml').read_text())
+    assert (recorded['source_adversary'], recorded['augment']) == (0.5, 'mild+hospital')
+    exported = load_file(out / 'final' / 'model.safetensors')
+    reference = timm.create_model('magsd_resnet18', num_classes=2, in_chans=1).state_dict()
+    assert exported.keys() == reference.keys()  # the source head trained beside the model, not in it
+    checkpoint = sorted((out / 'checkpoints').iterdir())[-1]
+    assert (checkpoint / 'model_1.safetensors').is_file()  # ... and is in every checkpoint, so a resume continues it
+    _one_line(_train_here(capsys, tmp_path / 'x', '--source-adversary', '0.5'), 2,
+              '--source-adversary 0.5: the training films of the bundled sample come from one source')
+
+
+@pytest.mark.parametrize('spelling, message', [
+    ('mild+flip', "'flip' is not an acquisition step"),
+    ('hospital', "'hospital' is not an augmentation block: start with one of published, mild, none"),
+    ('mild+noise+noise', 'a step is named twice'),
+])
+def test_an_augmentation_spelling_is_checked_by_name(spelling, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        load_recipe('train')._parse_args(['--augment', spelling])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_a_pretrained_run_records_where_its_backbone_weights_came_from(tmp_path, capsys, monkeypatch):
