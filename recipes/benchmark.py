@@ -66,6 +66,7 @@ import torch.nn.functional as F
 
 from magsd_timm.console import EXIT_CODES, CommandParser, HelpFormatter, add_traceback_flag, add_version_flag, json_object
 from magsd_timm.errors import BadInputError, display
+from magsd_timm.outputs import strict_json, write_text_atomic
 from magsd_timm.tables import markdown_table, shown_path
 
 # the recommended recipe (docs/results.md): pretrained EfficientNet-Lite0, 3 stages frozen, 128 px, sized for 2 CPU
@@ -704,6 +705,11 @@ def _die_with_parent() -> None:
         pass
 
 
+def _table_name(args: argparse.Namespace) -> str:
+    """The name of the cxr suite's table (and summary): cxr, or with the source it tests unseen."""
+    return f'cxr-unseen-{args.unseen_covid_source}' if args.unseen_covid_source else 'cxr'
+
+
 def _held_out(args: argparse.Namespace) -> List[str]:
     """What every run of the invocation leaves out of training and validation (train.py --exclude-sources)."""
     if args.holdout_source:
@@ -881,59 +887,80 @@ def _operating_point(result: Dict[str, Any]) -> float:
                                  interpolation='lower')) for p in result['probs']]
 
 
-def _rate(hits: List[torch.Tensor], groups: Sequence[Any], args: argparse.Namespace) -> str:
-    """The seed mean of a rate (the share of True in each seed's hits), ± its sd, and its 95% bootstrap interval over
-    patients."""
+def _rate(hits: List[torch.Tensor], groups: Sequence[Any], args: argparse.Namespace) -> Dict[str, Any]:
+    """A rate (the share of True in each seed's hits): per seed, and the 95% bootstrap interval of the seed mean
+    over patients."""
     from magsd_timm.metrics import group_resamples, percentile_interval
 
     rates = torch.stack([h.double() for h in hits])  # (seeds, films)
     draws = [float(rates[:, picked].mean()) for picked in group_resamples(groups, args.bootstrap, 0)]
-    low, high = percentile_interval(torch.tensor(draws), 0.95)
-    return f'{_mean_std(rates.mean(dim=1).tolist())} [{low:.3f}, {high:.3f}]'
+    return dict(per_seed=rates.mean(dim=1).tolist(), interval=percentile_interval(torch.tensor(draws), 0.95),
+                films=rates.shape[1])
 
 
-def _unseen_lines(results: Dict[str, Any], methods: Sequence[str], args: argparse.Namespace) -> List[str]:
-    """COVID-19 of a source never seen against normal films: AUROC, and at the operating point chosen on validation
-    the sensitivity, the specificity on each source's normal films and on the probe."""
+def _with_interval(values: List[float], interval: Sequence[float]) -> str:
+    return f'{_mean_std(values)} [{interval[0]:.3f}, {interval[1]:.3f}]'
+
+
+def unseen_summary(results: Dict[str, Any], methods: Sequence[str], args: argparse.Namespace) -> Dict[str, Any]:
+    """What the unseen-source test measured, per method: the COVID-19 vs normal AUROC on the unseen source's films,
+    the operating point chosen on validation, and there the sensitivity on the unseen films and the specificity on
+    each source's normal films of the test split and on the probe (per seed, with intervals over patients)."""
     first = results[methods[0]]['unseen COVID-19']
     names = first['class_names']
     covid, normal = names.index('COVID-19'), names.index('normal')
-    sources = first['dataset'].column('source')
-    unseen = [i for i, k in enumerate(first['labels'].tolist()) if k == covid]
-    by_source = {src: [i for i, (s, k) in enumerate(zip(sources, first['labels'].tolist())) if s == src and k == normal]
-                 for src in sorted({s for s, k in zip(sources, first['labels'].tolist()) if k == normal})}
-    lines = [f"Unseen COVID-19 source: `{args.unseen_covid_source}`'s {len(unseen)} COVID-19 films (every split) were "
-             'never trained or validated on; they are scored against the normal films of the test split '
-             f"({', '.join(f'{src} {len(ix)}' for src, ix in by_source.items())}). The operating point is the "
-             f"P(COVID-19) at which {OPERATING_SENSITIVITY:.2f} of the validation split's COVID-19 films are called "
-             'COVID-19 (chosen per run).', '']
-    if 'pair' not in first:
+    sources, labels = first['dataset'].column('source'), first['labels'].tolist()
+    unseen = [i for i, k in enumerate(labels) if k == covid]
+    by_source = {src: [i for i, (s, k) in enumerate(zip(sources, labels)) if s == src and k == normal]
+                 for src in sorted({s for s, k in zip(sources, labels) if k == normal})}
+    summary: Dict[str, Any] = dict(source=args.unseen_covid_source, unseen_films=len(unseen), probe=_probe(args),
+                                   normal_films={src: len(ix) for src, ix in by_source.items()},
+                                   operating_sensitivity=OPERATING_SENSITIVITY, methods={})
+    for m in methods:
+        cut = _operating_point(results[m][OPERATING])
+
+        def at_point(scored: str, index: List[int], positive: bool, m: str = m, cut: List[float] = cut
+                     ) -> Dict[str, Any]:
+            result = results[m][scored]
+            groups = [result['dataset'].patient_groups()[0][i] for i in index]
+            return _rate([(p[index, covid] >= t) if positive else (p[index, covid] < t)
+                          for p, t in zip(result['probs'], cut)], groups, args)
+
+        pair = results[m]['unseen COVID-19'].get('pair')
+        summary['methods'][m] = dict(
+            auroc=pair and dict(per_seed=pair['auroc'], interval=list(pair['interval']), films=pair['num_images']),
+            operating_point=cut, sensitivity=at_point('unseen COVID-19', unseen, True),
+            specificity={src: at_point('unseen COVID-19', ix, False) for src, ix in by_source.items()},
+            probe_specificity=at_point('probe', list(range(len(results[m]['probe']['labels']))), False)
+            if 'probe' in results[m] else None)
+    return summary
+
+
+def _unseen_lines(summary: Dict[str, Any], methods: Sequence[str]) -> List[str]:
+    """The unseen-source test as a table with its verdicts."""
+    by = summary['methods']
+    lines = [f"Unseen COVID-19 source: `{summary['source']}`'s {summary['unseen_films']} COVID-19 films (every split) "
+             'were never trained or validated on; they are scored against the normal films of the test split '
+             f"({', '.join(f'{src} {n}' for src, n in summary['normal_films'].items())}). The operating point is the "
+             f"P(COVID-19) at which {summary['operating_sensitivity']:.2f} of the validation split's COVID-19 films are "
+             'called COVID-19 (chosen per run).', '']
+    if by[methods[0]]['auroc'] is None:
         return lines + ['The set does not hold both COVID-19 and normal films: no AUROC.']
-    pair = {m: results[m]['unseen COVID-19']['pair'] for m in methods}
-    rows = [[f"COVID-19 vs normal AUROC ({pair[methods[0]]['num_images']} films)",
-             *(f"{_mean_std(pair[m]['auroc'])} [{pair[m]['interval'][0]:.3f}, {pair[m]['interval'][1]:.3f}]"
-               for m in methods)],
-            ['operating point: P(COVID-19) at least', *(_mean_std(_operating_point(results[m][OPERATING]))
-                                                        for m in methods)]]
-    cut = {m: _operating_point(results[m][OPERATING]) for m in methods}
-
-    def at_point(m: str, scored: str, index: List[int], positive: bool) -> str:
-        result = results[m][scored]
-        groups = [result['dataset'].patient_groups()[0][i] for i in index]
-        hits = [(p[index, covid] >= t) if positive else (p[index, covid] < t) for p, t in zip(result['probs'], cut[m])]
-        return _rate(hits, groups, args)
-
-    rows.append([f'COVID-19 sensitivity, unseen films ({len(unseen)})',
-                 *(at_point(m, 'unseen COVID-19', unseen, True) for m in methods)])
-    for src, index in by_source.items():
-        rows.append([f'specificity, {src} normal films of the test split ({len(index)})',
-                     *(at_point(m, 'unseen COVID-19', index, False) for m in methods)])
-    if 'probe' in results[methods[0]]:
-        probe = list(range(len(results[methods[0]]['probe']['labels'])))
-        rows.append([f'specificity, probe: {_probe(args)} ({len(probe)} films, held out entirely)',
-                     *(at_point(m, 'probe', probe, False) for m in methods)])
+    rows = [[f"COVID-19 vs normal AUROC ({by[methods[0]]['auroc']['films']} films)",
+             *(_with_interval(by[m]['auroc']['per_seed'], by[m]['auroc']['interval']) for m in methods)],
+            ['operating point: P(COVID-19) at least', *(_mean_std(by[m]['operating_point']) for m in methods)],
+            [f"COVID-19 sensitivity, unseen films ({summary['unseen_films']})",
+             *(_with_interval(by[m]['sensitivity']['per_seed'], by[m]['sensitivity']['interval']) for m in methods)]]
+    for src, n in summary['normal_films'].items():
+        rows.append([f'specificity, {src} normal films of the test split ({n})',
+                     *(_with_interval(by[m]['specificity'][src]['per_seed'], by[m]['specificity'][src]['interval'])
+                       for m in methods)])
+    if by[methods[0]]['probe_specificity'] is not None:
+        rows.append([f"specificity, probe: {summary['probe']} ({by[methods[0]]['probe_specificity']['films']} films, "
+                     'held out entirely)', *(_with_interval(by[m]['probe_specificity']['per_seed'],
+                                                            by[m]['probe_specificity']['interval']) for m in methods)])
     lines.append(markdown_table(['unseen source', *methods], rows))
-    auroc = {m: statistics.mean(pair[m]['auroc']) for m in methods}
+    auroc = {m: statistics.mean(by[m]['auroc']['per_seed']) for m in methods}
     lines += ['', *(f'{m}: AUROC on the unseen COVID-19 source {auroc[m]:.3f} (target >= {UNSEEN_TARGET:.2f}: '
                     f'{_verdict(auroc[m] >= UNSEEN_TARGET)}).' for m in methods)]
     if len(methods) > 1:
@@ -1065,7 +1092,13 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
     if args.holdout_source:
         lines += _holdout_lines(results, names, args) + ['']
     if args.unseen_covid_source:
-        lines += _unseen_lines(results, names, args) + ['']
+        summary = unseen_summary(results, names, args)
+        summary['in_distribution'] = {n: dict(macro_f1=[m['macro_f1'] for m in results[n][main]['per_seed']],
+                                              macro_f1_interval=list(results[n][main]['intervals']['macro_f1']))
+                                      for n in names}
+        summary['runs'] = records  # each run's args.yaml: the settings, the data's SHA-256, the command
+        write_text_atomic(args.output_dir / f'{_table_name(args)}.json', strict_json(summary), 'cxr summary')
+        lines += _unseen_lines(summary, names) + ['']
     covid = 'COVID-19' in class_names
     source_rows = []
     for scored_set in _reported(results['MAG-SD']):
@@ -1204,8 +1237,9 @@ def _benchmark(args: argparse.Namespace) -> int:
             continue
         table = (f'Machine: {_machine(args)}.\n\n' if name in ('cxr', 'near-copies') else header) + run(args) + '\n'
         print(table)
-        (args.output_dir / f'{name}.md').write_text(table)
-        print(f"written to {args.output_dir / f'{name}.md'}\n")
+        written = args.output_dir / f"{_table_name(args) if name == 'cxr' else name}.md"
+        written.write_text(table)
+        print(f'written to {written}\n')
     return 0
 
 

@@ -270,6 +270,8 @@ child.wait()
 
 
 def test_cxr_suite_scores_a_covid_source_never_seen_at_an_operating_point_chosen_on_validation(tmp_path, bench_here):
+    import json
+
     from magsd_timm.data import sample_records
     from magsd_timm.data.build import build_dataset
 
@@ -289,9 +291,16 @@ def test_cxr_suite_scores_a_covid_source_never_seen_at_an_operating_point_chosen
              '--train-args', '--model-kwargs \'{"backbone": "test_resnet"}\' --augment mild+hospital --balance '
                              'class-source --epoch-samples 6 --source-adversary 0.5']
     stdout = bench_here(*suite)
-    table = (tmp_path / 'cxr.md').read_text()
+    table = (tmp_path / 'cxr-unseen-unseen.md').read_text()
     assert table in stdout
     rows = {_cells(line)[0]: _cells(line) for line in table.splitlines() if line.startswith('| ')}
+    summary = json.loads((tmp_path / 'cxr-unseen-unseen.json').read_text())  # what a model card is built from
+    assert summary['source'] == 'unseen' and summary['normal_films'] == {'seen': 1, 'unseen': 1}
+    magsd_auroc = summary['methods']['MAG-SD']['auroc']
+    assert rows['COVID-19 vs normal AUROC (6 films)'][1].startswith(f"{magsd_auroc['per_seed'][0]:.3f} ± 0.000 [")
+    assert summary['methods']['baseline']['probe_specificity']['films'] == 2
+    assert [r['method'] for r in summary['runs']] == ['magsd', 'baseline'] and 'data_sha256' in summary['runs'][0]
+    assert set(summary['in_distribution']['MAG-SD']) == {'macro_f1', 'macro_f1_interval'}
     # both methods trained without the unseen source's COVID-19 films and without the probe
     for method in ('magsd', 'baseline'):
         recorded = yaml.safe_load((tmp_path / 'cxr' / f'{method}-unseen-unseen-seed0' / 'args.yaml').read_text())
