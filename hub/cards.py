@@ -7,6 +7,8 @@ import importlib.resources
 import json
 import math
 import re
+import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 from typing import Any, Dict, List, Optional, Tuple
@@ -23,7 +25,7 @@ from ..models.lung_detector import DETECTOR_FILES
 from ..tables import markdown_table, shown_command, shown_path
 from ..train.run_folder import TrainingRun
 
-__all__ = ['MODEL_TAGS', 'render_model_card']
+__all__ = ['MODEL_TAGS', 'Publication', 'render_model_card']
 
 MODEL_TAGS = ['image-classification', 'timm', 'magsd', 'medical-imaging', 'chest-x-ray']
 
@@ -69,6 +71,60 @@ def _dataset(data: Optional[str]) -> Dict[str, Optional[str]]:
     return dict(hub_id=None, name=name, text=f'`{shown}` (a local dataset, prepared with magsd-timm)' if card else
                 f'`{shown}` (a local image folder)',
                 biases=(card and _section(card.text, 'Known biases')) or 'Not documented.')
+
+
+@dataclass
+class Publication:
+    """What a published tag's card leads with: how the recipe did on COVID-19 sources it never saw (the cxr suite's
+    cxr-unseen-SOURCE.json of each source) and this model's own operating point (hub.publish.operating_point_of)."""
+    tag: str  # magsd_<arch>.<tag>
+    unseen: List[Dict[str, Any]]
+    operating_point: Dict[str, Any]
+
+
+def _cell(rate: Optional[Dict[str, Any]]) -> str:
+    """A rate over seeds as the card shows it: the seed mean and its 95% interval over patients."""
+    if not rate:
+        return 'n/a'
+    return f"{statistics.mean(rate['per_seed']):.3f} [{rate['interval'][0]:.3f}, {rate['interval'][1]:.3f}]"
+
+
+def _publication_section(pub: Publication, method: str) -> str:
+    """The card's first section: results on unseen COVID-19 sources per source, then this model's operating point."""
+    rows, sources = [], sorted({s for summary in pub.unseen for s in summary['normal_films']})
+    for summary in pub.unseen:
+        result = summary['methods'][method]
+        seeds = len(result['auroc']['per_seed']) if result['auroc'] else 0
+        rows.append([summary['source'], summary['unseen_films'], seeds, _cell(result['auroc']),
+                     _cell(result['sensitivity']), *(_cell(result['specificity'].get(s)) for s in sources),
+                     f"{_cell(result['probe_specificity'])} ({result['probe_specificity']['films']} films)"
+                     if result['probe_specificity'] else 'n/a'])
+    table = markdown_table(['COVID-19 source never seen', 'its COVID-19 films', 'seeds', 'AUROC, COVID-19 vs normal',
+                            'sensitivity at the operating point', *(f'specificity: {s} normals' for s in sources),
+                            'specificity: probe'], rows)
+    point = pub.operating_point
+    test_rows = [[group, values['films'], f"{values['rate']:.3f}"] for group, values in point['test'].items()]
+    return f"""## Results on COVID-19 sources it never saw
+
+What matters for another hospital: for each COVID-19 source, the same recipe was trained (seeds as
+given) with none of that source's COVID-19 films in training or validation, then scored on all of
+them against the normal films of the test split (held-out patients) and on a probe of normal films
+held out entirely. AUROC: COVID-19 against normal; the operating point: P(COVID-19) at which
+{pub.unseen[0]['operating_sensitivity']:.2f} of the validation split's COVID-19 films are called COVID-19,
+chosen per run. Mean over seeds, [95% bootstrap interval over patients]. This model itself was trained
+on every film, those sources included: the figures describe its recipe, not this file on those films.
+
+{table}
+
+**This model's operating point:** call a film COVID-19 when P(COVID-19) >= {point['threshold']:.4f}
+(the COVID-19 sensitivity {point['sensitivity']:.2f} point of its validation split, {point['validation_films']}
+COVID-19 films). On its test split (patients it never saw, sources it did) that point gives:
+
+{markdown_table(['films', 'count', 'share called right'], test_rows)}
+
+("COVID-19" rows: share called COVID-19; normal rows: share not called COVID-19.)
+
+"""
 
 
 def _finite(value: Any) -> bool:
@@ -142,8 +198,9 @@ def _preprocessing(config: Dict[str, Any], repo_id: str) -> Tuple[str, str]:
 
 
 def render_model_card(model: torch.nn.Module, run: TrainingRun, repo_id: str, license: str = 'apache-2.0',
-                      dataset_id: Optional[str] = None) -> str:
-    """The README.md of a Hub model repo: timm-style YAML metadata, then the card's body."""
+                      dataset_id: Optional[str] = None, publication: Optional[Publication] = None) -> str:
+    """The README.md of a Hub model repo: timm-style YAML metadata, then the card's body; a published tag's card
+    leads with its results on unseen sources."""
     config = json.loads((run.checkpoint / 'config.json').read_text())  # what the repo's users get
     cfg = config['pretrained_cfg']
     class_names = list(config.get('label_names') or [str(i) for i in range(config['num_classes'])])
@@ -174,6 +231,11 @@ def render_model_card(model: torch.nn.Module, run: TrainingRun, repo_id: str, li
         args_table=markdown_table(['argument', 'value'], [[k, shown_path(v) if isinstance(v, str) else v]
                                                           for k, v in args.items()] or [['(not recorded)', '']]),
         evaluation=_evaluation(run, class_names),
+        lead=_publication_section(publication, args.get('method', 'magsd') == 'magsd' and 'MAG-SD' or 'baseline')
+        if publication else '',
+        load_line=(f"model = timm.create_model('{publication.tag}', pretrained=True).eval()  # the Hub, or offline the "
+                   "copy magsd-timm ships" if publication else
+                   f"model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()"),
     )
     values['preprocessing'], values['transform_code'] = _preprocessing(config, repo_id)
     body = Template(importlib.resources.files('magsd_timm.hub').joinpath('model_card.md').read_text())

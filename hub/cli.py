@@ -1,5 +1,6 @@
 """magsd-hub: push trained checkpoints and prepared datasets to the Hugging Face Hub (also magsd push-model, ...)."""
 import argparse
+from pathlib import Path
 from typing import List, Optional
 
 from ..console import EXIT_CODES, CommandParser, HelpFormatter, add_traceback_flag, add_version_flag, run_command
@@ -34,6 +35,11 @@ def add_push_commands(commands: 'argparse._SubParsersAction') -> None:
     _common(model)
     model.add_argument('--license', default='apache-2.0', help='licence of the weights in the card')
     model.add_argument('--dataset-id', default=None, help='Hub id of the training data, for the card')
+    model.add_argument('--tag', default=None, metavar='MAGSD_ARCH.TAG',
+                       help='publish as this timm tag: the card leads with --unseen-results and the operating point '
+                            'chosen on validation, the test report is added, and the HUB_WEIGHTS entry is printed')
+    model.add_argument('--unseen-results', nargs='+', type=Path, default=[], metavar='JSON',
+                       help="with --tag: the cxr suite's cxr-unseen-SOURCE.json of the run's recipe, one per source")
     dataset = commands.add_parser(
         'push-dataset', help='push a prepared dataset (recipes/prepare_data.py) with its dataset card',
         description='Push parquet shards per split, the dataset card, splits.json and skipped.json in one commit; '
@@ -56,10 +62,16 @@ def _push(args: argparse.Namespace) -> int:
     common = dict(private=args.private, revision=args.revision, commit_message=args.commit_message,
                   dry_run=args.dry_run, token=args.token)
     if args.command == 'push-model':
-        result = push_model(args.output_dir, args.repo_id, license=args.license, dataset_id=args.dataset_id, **common)
+        result = push_model(args.output_dir, args.repo_id, license=args.license, dataset_id=args.dataset_id,
+                            tag=args.tag, unseen_results=args.unseen_results, **common)
     else:
         result = push_dataset(args.prepared_dir, args.repo_id, **common)
     print(f'staged for {args.repo_id} in {display(result)}' if args.dry_run else f'pushed: {result}')
+    if args.command == 'push-model' and args.tag and args.dry_run:
+        from .publish import hub_weights_entry
+
+        print(f"its HUB_WEIGHTS entry (magsd_timm/models/magsd.py):\n    '{args.tag}': "
+              f'{hub_weights_entry(Path(result), args.repo_id)!r},')
     return 0
 
 

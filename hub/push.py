@@ -9,7 +9,7 @@ import math
 import shutil
 import tempfile
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import List, Optional, Sequence, Union
 
 from huggingface_hub import DatasetCard, HfApi
 from huggingface_hub.errors import HfHubHTTPError, HTTPError
@@ -43,9 +43,11 @@ def _new_folder(folder: Path) -> Path:
 
 
 def stage_model(output_dir: Union[str, Path], folder: Union[str, Path], repo_id: str,
-                license: str = 'apache-2.0', dataset_id: Optional[str] = None) -> Path:
+                license: str = 'apache-2.0', dataset_id: Optional[str] = None, tag: Optional[str] = None,
+                unseen_results: Sequence[Path] = ()) -> Path:
     """Write what push_model uploads: model.safetensors, config.json, the model card (README.md), and the lung
-    detector of a model that cuts films to their lungs."""
+    detector of a model that cuts films to their lungs; for a published tag (hub/publish.py) also the test report,
+    and a card that leads with the recipe's results on unseen sources and the model's operating point."""
     run = find_run(output_dir)
     checkpoint = run.checkpoint
     if not (checkpoint / SAFE_WEIGHTS).is_file():
@@ -63,10 +65,25 @@ def stage_model(output_dir: Union[str, Path], folder: Union[str, Path], repo_id:
     # rebuilding from the folder proves the repo will load: config, architecture and every tensor's shape
     model = load(f'local-dir:{checkpoint}', config=config).eval()
     crop = load_lung_crop(f'local-dir:{checkpoint}', config)  # a repo without its detector would answer wrongly
+    published = None
+    if tag is not None:
+        if run.test_report is None:
+            raise BadInputError(f'--tag {tag}: a published tag ships its test report: run magsd evaluate '
+                                f'{display(checkpoint)} DATA --split test --output {display(checkpoint.parent / "test")} '
+                                'first.')
+        from ..data.transforms import build_transforms, resolve_cxr_data_config
+        from .publish import publication
+
+        published = publication(model, run, build_transforms(resolve_cxr_data_config(model), crop=crop), tag,
+                                unseen_results)
     folder = _new_folder(folder)
     for file in (SAFE_WEIGHTS, 'config.json', *(DETECTOR_FILES if crop is not None else ())):
         shutil.copyfile(checkpoint / file, folder / file)
-    (folder / 'README.md').write_text(render_model_card(model, run, repo_id, license=license, dataset_id=dataset_id))
+    if published is not None:
+        for suffix in ('json', 'md'):
+            shutil.copyfile(checkpoint.parent / 'test' / f'evaluation.{suffix}', folder / f'test_report.{suffix}')
+    (folder / 'README.md').write_text(render_model_card(model, run, repo_id, license=license, dataset_id=dataset_id,
+                                                        publication=published))
     return folder
 
 
@@ -133,13 +150,15 @@ def _upload(folder: Path, repo_id: str, repo_type: str, private: Optional[bool],
 def push_model(output_dir: Union[str, Path], repo_id: str, private: Optional[bool] = None,
                revision: Optional[str] = None, commit_message: Optional[str] = None,
                dry_run: Optional[Union[str, Path]] = None, token: Optional[str] = None,
-               license: str = 'apache-2.0', dataset_id: Optional[str] = None) -> str:
-    """Push a training output's best checkpoint (or a checkpoint folder) as a timm model repo."""
+               license: str = 'apache-2.0', dataset_id: Optional[str] = None, tag: Optional[str] = None,
+               unseen_results: Sequence[Path] = ()) -> str:
+    """Push a training output's best checkpoint (or a checkpoint folder) as a timm model repo (a published tag's,
+    with tag and the suite's unseen_results: see stage_model)."""
     check_hub_target(repo_id, revision)
     if dry_run is not None:
-        return str(stage_model(output_dir, dry_run, repo_id, license, dataset_id))
+        return str(stage_model(output_dir, dry_run, repo_id, license, dataset_id, tag, unseen_results))
     with tempfile.TemporaryDirectory(prefix='magsd-push-') as tmp:
-        folder = stage_model(output_dir, Path(tmp) / 'model', repo_id, license, dataset_id)
+        folder = stage_model(output_dir, Path(tmp) / 'model', repo_id, license, dataset_id, tag, unseen_results)
         architecture = json.loads((folder / 'config.json').read_text())['architecture']
         return _upload(folder, repo_id, 'model', private, revision,
                        commit_message or f'Upload {architecture} trained with magsd-timm', token)

@@ -879,12 +879,16 @@ def _reported(results: Dict[str, Any]) -> List[str]:
     return [name for name in results if name not in ('models', OPERATING)]
 
 
-def _operating_point(result: Dict[str, Any]) -> float:
-    """The P(COVID-19) threshold at or above which OPERATING_SENSITIVITY of the set's COVID-19 films lie."""
-    names, labels = result['class_names'], result['labels']
-    covid = names.index('COVID-19')
-    return [float(torch.quantile(p[labels == covid, covid].double(), 1 - OPERATING_SENSITIVITY,
-                                 interpolation='lower')) for p in result['probs']]
+def _operating_point(result: Dict[str, Any]) -> List[float]:
+    """Per run, the P(COVID-19) at or above which OPERATING_SENSITIVITY of the set's COVID-19 films lie."""
+    from magsd_timm.operating_point import threshold_at_sensitivity
+
+    covid = result['class_names'].index('COVID-19')
+    try:
+        return [threshold_at_sensitivity(p, result['labels'], covid, OPERATING_SENSITIVITY) for p in result['probs']]
+    except ValueError:
+        raise BadInputError('cxr: the validation split holds no COVID-19 film outside the unseen source: no '
+                            'operating point can be chosen') from None
 
 
 def _rate(hits: List[torch.Tensor], groups: Sequence[Any], args: argparse.Namespace) -> Dict[str, Any]:
@@ -906,15 +910,15 @@ def unseen_summary(results: Dict[str, Any], methods: Sequence[str], args: argpar
     """What the unseen-source test measured, per method: the COVID-19 vs normal AUROC on the unseen source's films,
     the operating point chosen on validation, and there the sensitivity on the unseen films and the specificity on
     each source's normal films of the test split and on the probe (per seed, with intervals over patients)."""
+    from magsd_timm.operating_point import groups_of, rate_at
+
     first = results[methods[0]]['unseen COVID-19']
     names = first['class_names']
-    covid, normal = names.index('COVID-19'), names.index('normal')
-    sources, labels = first['dataset'].column('source'), first['labels'].tolist()
-    unseen = [i for i, k in enumerate(labels) if k == covid]
-    by_source = {src: [i for i, (s, k) in enumerate(zip(sources, labels)) if s == src and k == normal]
-                 for src in sorted({s for s, k in zip(sources, labels) if k == normal})}
+    covid = names.index('COVID-19')
+    groups = groups_of(first['labels'].tolist(), first['dataset'].column('source'), covid, names.index('normal'))
+    unseen = groups.pop('positive')
     summary: Dict[str, Any] = dict(source=args.unseen_covid_source, unseen_films=len(unseen), probe=_probe(args),
-                                   normal_films={src: len(ix) for src, ix in by_source.items()},
+                                   normal_films={src: len(ix) for src, ix in groups.items()},
                                    operating_sensitivity=OPERATING_SENSITIVITY, methods={})
     for m in methods:
         cut = _operating_point(results[m][OPERATING])
@@ -922,15 +926,14 @@ def unseen_summary(results: Dict[str, Any], methods: Sequence[str], args: argpar
         def at_point(scored: str, index: List[int], positive: bool, m: str = m, cut: List[float] = cut
                      ) -> Dict[str, Any]:
             result = results[m][scored]
-            groups = [result['dataset'].patient_groups()[0][i] for i in index]
-            return _rate([(p[index, covid] >= t) if positive else (p[index, covid] < t)
-                          for p, t in zip(result['probs'], cut)], groups, args)
+            patients = [result['dataset'].patient_groups()[0][i] for i in index]
+            return _rate([rate_at(p, index, covid, t, positive) for p, t in zip(result['probs'], cut)], patients, args)
 
         pair = results[m]['unseen COVID-19'].get('pair')
         summary['methods'][m] = dict(
             auroc=pair and dict(per_seed=pair['auroc'], interval=list(pair['interval']), films=pair['num_images']),
             operating_point=cut, sensitivity=at_point('unseen COVID-19', unseen, True),
-            specificity={src: at_point('unseen COVID-19', ix, False) for src, ix in by_source.items()},
+            specificity={src: at_point('unseen COVID-19', ix, False) for src, ix in groups.items()},
             probe_specificity=at_point('probe', list(range(len(results[m]['probe']['labels']))), False)
             if 'probe' in results[m] else None)
     return summary
