@@ -38,6 +38,11 @@ folders). Recall per kind of copy; precision over the pairs found that hold a ma
 among the folders' own files (real copies, or false matches: listed for a look); the time per image
 and of the search. Runs only when named.
 
+Suite `predict`: films per second of `magsd predict` (read, decode, preprocess, the model, the output
+file) with --predict-model on the films of --predict-images (default: the bundled sample), once the
+model is loaded: the command on one film and on all of them, in this process, the difference divided
+by the films added. Runs only when named.
+
 Suite `cli`: how long `--help` of the installed commands takes against starting Python (`python -c
 pass`), each in a fresh process: magsd and magsd-hub load neither torch nor timm for it.
 
@@ -89,8 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = CommandParser(description=__doc__, epilog=EXIT_CODES, formatter_class=HelpFormatter)
     parser.add_argument('--suite', default='all',
                         choices=['model', 'step', 'data', 'trainer', 'throughput', 'attention', 'cli', 'cxr', 'near-copies',
-                                 'all'],
-                        help="'all': every speed suite (cxr and near-copies, which read real data, run only when named)")
+                                 'predict', 'all'],
+                        help="'all': every speed suite (cxr, near-copies and predict run only when named)")
     parser.add_argument('--model', default='magsd_resnet50', help='magsd_* model to time')
     parser.add_argument('--model-kwargs', type=json_object, default={},
                         help='JSON object of its extra arguments, e.g. \'{"backbone": "convnext_tiny"}\' for magsd_custom')
@@ -137,6 +142,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument('--near-copy-films', type=int, default=300, help='near-copies: films drawn and copied')
     parser.add_argument('--near-copy-total', type=int, default=10_000,
                         help='near-copies: images searched in all (every film of the folders if they hold fewer)')
+    parser.add_argument('--predict-model', default=None,
+                        help='predict: the model magsd predict runs (a published tag, a run folder, a Hub id)')
+    parser.add_argument('--predict-images', type=Path, nargs='+', default=[],
+                        help='predict: folders of films (searched recursively; default: the bundled sample)')
     parser.add_argument('--output-dir', type=Path, default=Path('benchmark_results'),
                         help='folder for the Markdown tables (one per suite)')
     add_traceback_flag(parser)
@@ -656,6 +665,39 @@ def run_cli_suite(args: argparse.Namespace) -> str:
     return '\n'.join(lines)
 
 
+# ---- suite `predict`: films per second of `magsd predict` ------------------------------------------
+
+PREDICT_TARGET = 30.  # films per second of magsd predict with the published model on this CPU
+
+
+def run_predict_suite(args: argparse.Namespace) -> str:
+    """Films per second of magsd predict once its model is loaded: the command on one film and on all."""
+    import tempfile
+
+    from magsd_timm.cli import main as magsd
+
+    if not args.predict_model:
+        raise BadInputError('--suite predict needs --predict-model (a published tag, a run folder or a Hub id)')
+    films = _film_files(args.predict_images, '--predict-images')
+    seconds = []
+    with tempfile.TemporaryDirectory(prefix='magsd-predict-') as tmp:
+        for count in (1, len(films)):
+            start = time.perf_counter()
+            code = magsd(['predict', args.predict_model, *map(str, films[:count]), '--output', f'{tmp}/{count}.csv'])
+            seconds.append(time.perf_counter() - start)
+            if code:
+                raise BadInputError(f'predict: magsd predict exited {code} (its message is above)')
+    rate = (len(films) - 1) / max(seconds[1] - seconds[0], 1e-9)
+    return '\n'.join([
+        f'`magsd predict {display(args.predict_model)}` on {len(films)} films of '
+        f"{', '.join(display(shown_path(f)) for f in args.predict_images) or 'the bundled sample'} "
+        f'({args.threads} threads):', '',
+        markdown_table(['films', 'seconds (model loading included)', 'films per second once loaded', 'target'], [
+            [1, f'{seconds[0]:.2f}', '', ''],
+            [len(films), f'{seconds[1]:.2f}', f'{rate:.1f}',
+             f'>= {PREDICT_TARGET:.0f} ({_verdict(rate >= PREDICT_TARGET)})']])])
+
+
 # ---- report ----------------------------------------------------------------------------------------
 
 def _verdict(ok: bool) -> str:
@@ -1142,17 +1184,17 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
 
 # ---- suite `near-copies`: made copies found among real films, and the time it takes ------------------
 
-def _film_files(args: argparse.Namespace) -> List[Path]:
-    """The films of --near-copy-images (every image file below them), or the bundled sample."""
+def _film_files(folders: Sequence[Path], flag: str) -> List[Path]:
+    """The films of the folders a flag gives (every image file below them), or the bundled sample."""
     from magsd_timm.data.sample import sample_records
     from magsd_timm.data.sources import IMAGE_SUFFIXES
 
-    if not args.near_copy_images:
+    if not folders:
         return [Path(r['path']) for r in sample_records()]
-    files = sorted(p for folder in args.near_copy_images for p in Path(folder).rglob('*')
+    files = sorted(p for folder in folders for p in Path(folder).rglob('*')
                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise BadInputError(f"--near-copy-images {' '.join(map(shown_path, args.near_copy_images))}: no image files.")
+        raise BadInputError(f"{flag} {' '.join(map(shown_path, folders))}: no image files.")
     return files
 
 
@@ -1167,7 +1209,7 @@ def run_near_copy_suite(args: argparse.Namespace) -> str:
     from magsd_timm.data.near_copies import COPY_KINDS, fingerprint, near_copy_groups, near_copy_pairs
     from magsd_timm.data.reader import image_to_array, read_image
 
-    files = _film_files(args)
+    files = _film_files(args.near_copy_images, '--near-copy-images')
     rng = random.Random(args.seeds[0])
     drawn = rng.sample(files, min(args.near_copy_films, len(files)))
     others = [p for p in files if p not in set(drawn)]
@@ -1219,7 +1261,8 @@ def run_near_copy_suite(args: argparse.Namespace) -> str:
 
 SUITES = {'model': run_model_suite, 'step': run_step_suite, 'data': run_data_suite, 'trainer': run_trainer_suite,
           'throughput': run_throughput_suite, 'attention': run_attention_suite, 'cli': run_cli_suite,
-          'cxr': run_cxr_suite, 'near-copies': run_near_copy_suite}
+          'cxr': run_cxr_suite, 'near-copies': run_near_copy_suite, 'predict': run_predict_suite}
+NAMED_ONLY = ('cxr', 'near-copies', 'predict')  # they read real data or a trained model: run only when named
 
 
 def main(argv: List[str]) -> int:
@@ -1236,9 +1279,9 @@ def _benchmark(args: argparse.Namespace) -> int:
               f'{args.img_size} px, {args.model} vs {args.baseline}.\n\n')
     args.output_dir.mkdir(parents=True, exist_ok=True)
     for name, run in SUITES.items():
-        if args.suite != name and (args.suite != 'all' or name in ('cxr', 'near-copies')):
+        if args.suite != name and (args.suite != 'all' or name in NAMED_ONLY):
             continue
-        table = (f'Machine: {_machine(args)}.\n\n' if name in ('cxr', 'near-copies') else header) + run(args) + '\n'
+        table = (f'Machine: {_machine(args)}.\n\n' if name in NAMED_ONLY else header) + run(args) + '\n'
         print(table)
         written = args.output_dir / f"{_table_name(args) if name == 'cxr' else name}.md"
         written.write_text(table)

@@ -322,3 +322,12 @@ def test_cxr_suite_scores_a_covid_source_never_seen_at_an_operating_point_chosen
     result = dict(class_names=['COVID-19', 'normal'], labels=torch.tensor([0] * 10 + [1]),
                   probs=[torch.tensor([[v, 1 - v] for v in [.1, .2, .3, .4, .5, .6, .7, .8, .9, 1., .05]])])
     assert recipe._operating_point(result) == [pytest.approx(.1)]
+
+
+def test_predict_suite_gives_films_per_second_of_the_command_once_its_model_is_loaded(tmp_path, bench_here, trained_run):
+    stdout = bench_here('--suite', 'predict', '--predict-model', str(trained_run))
+    table = (tmp_path / 'predict.md').read_text()
+    assert table in stdout and f'`magsd predict {trained_run}` on 16 films of the bundled sample' in table
+    rows = [_cells(line) for line in table.splitlines() if line.startswith('| ') and line[2].isdigit()]
+    assert [r[0] for r in rows] == ['1', '16'] and float(rows[1][2]) > 0 and '>= 30' in rows[1][3]
+    assert 'needs --predict-model' in bench_here('--suite', 'predict', code=2)
