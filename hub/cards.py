@@ -54,7 +54,7 @@ def _dataset(data: Optional[str]) -> Dict[str, Optional[str]]:
         return dict(hub_id=None, name='kermany16', text=(
             f'the 16-image sample bundled with magsd-timm ({reference}, licence {licence}): far too small to '
             'train a useful model; it shows the pipeline works.'),
-            biases=f'{note}; two classes only (normal, bacterial pneumonia).')
+            biases=f'{note}; two classes only (normal, bacterial pneumonia).', provenance=f'- {reference} ({licence})')
     if data.startswith(HUB_PREFIX):
         hub_id = data[len(HUB_PREFIX):]
         try:  # the Hub's card, never a local folder of the same name
@@ -63,14 +63,16 @@ def _dataset(data: Optional[str]) -> Dict[str, Optional[str]]:
         except Exception:  # noqa: BLE001 - the card is descriptive; the push does not depend on it
             card = ''
         return dict(hub_id=hub_id, name=hub_id, text=f'[{hub_id}](https://huggingface.co/datasets/{hub_id})',
-                    biases=_section(card, 'Known biases') or 'See the dataset card.')
+                    biases=_section(card, 'Known biases') or 'See the dataset card.',
+                    provenance=_section(card, 'Provenance') or 'See the dataset card.')
     folder = Path(data)
     card = DatasetCard.load(folder / 'README.md') if (folder / 'README.md').is_file() else None
     name = (card.data.pretty_name if card else None) or folder.name
     shown = ' '.join(str(name).replace('`', "'").split())  # one line of code text, whatever the name holds
     return dict(hub_id=None, name=name, text=f'`{shown}` (a local dataset, prepared with magsd-timm)' if card else
                 f'`{shown}` (a local image folder)',
-                biases=(card and _section(card.text, 'Known biases')) or 'Not documented.')
+                biases=(card and _section(card.text, 'Known biases')) or 'Not documented.',
+                provenance=(card and _section(card.text, 'Provenance')) or 'Not documented.')
 
 
 @dataclass
@@ -80,6 +82,7 @@ class Publication:
     tag: str  # magsd_<arch>.<tag>
     unseen: List[Dict[str, Any]]
     operating_point: Dict[str, Any]
+    train_counts: Dict[str, Dict[str, int]]  # films of the training split per class and source
 
 
 def _cell(rate: Optional[Dict[str, Any]]) -> str:
@@ -104,6 +107,25 @@ def _publication_section(pub: Publication, method: str) -> str:
                             'specificity: probe'], rows)
     point = pub.operating_point
     test_rows = [[group, values['films'], f"{values['rate']:.3f}"] for group, values in point['test'].items()]
+    sources_trained = sorted({s for counts in pub.train_counts.values() for s in counts})
+    counts = markdown_table(['class', *sources_trained], [[c, *(pub.train_counts[c].get(s, 0) for s in sources_trained)]
+                                                          for c in sorted(pub.train_counts)])
+    weak = [f'{group}: {values["rate"]:.2f} of {values["films"]} films called right at the operating point'
+            for group, values in point['test'].items() if values['rate'] < 0.8]
+    weak += [f"normal films of {src} with {summary['source']}'s COVID-19 unseen: specificity "
+             f"{statistics.mean(rate['per_seed']):.2f}"
+             for summary in pub.unseen for src, rate in summary['methods'][method]['specificity'].items()
+             if statistics.mean(rate['per_seed']) < 0.8]
+    failures = '\n'.join(f'- {line}' for line in weak) or '- none below 0.80 among the groups measured above.'
+    commands = '\n'.join(sorted({summary['command'] for summary in pub.unseen if summary.get('command')})) or '(not recorded)'
+    known = ''.join(text for source, text in (
+        ('kermany', "every child's film in the training data is Kermany's (age 1-5, one hospital); "),
+        ('covid19-radiography', "every adult normal film is the COVID-19 Radiography Database's, from RSNA (NIH, one "
+                                'hospital system); ')) if source in sources_trained)
+    licence = ('Part of the ieee8023 collection is published under non-commercial licences (CC BY-NC-SA and '
+               'others, per image): **these weights are for non-commercial research only.** ' if 'ieee8023' in
+               sources_trained else '') + 'Each part of the training data keeps its licence (Data and known biases).'
+
     return f"""## Results on COVID-19 sources it never saw
 
 What matters for another hospital: for each COVID-19 source, the same recipe was trained (seeds as
@@ -123,6 +145,26 @@ COVID-19 films). On its test split (patients it never saw, sources it did) that 
 {markdown_table(['films', 'count', 'share called right'], test_rows)}
 
 ("COVID-19" rows: share called COVID-19; normal rows: share not called COVID-19.)
+
+**Known failure modes, measured** (below 0.80 called right):
+
+{failures}
+
+Not measured: {known}a film from another hospital, age group or device is outside what was measured;
+the shortcut report below (lungs hidden against border hidden) shows how much of each answer rests on
+the lungs.
+
+**Training split** (films per class and source):
+
+{counts}
+
+{licence}
+
+The results above come from:
+
+```
+{commands}
+```
 
 """
 
@@ -226,7 +268,7 @@ def render_model_card(model: torch.nn.Module, run: TrainingRun, repo_id: str, li
         params=f'{count_parameters(model) / 1e6:.2f}', gmacs=f"{count_macs(model, cfg['input_size']) / 1e9:.2f}",
         input_size=' x '.join(map(str, cfg['input_size'])), mean=tuple(cfg['mean']), std=tuple(cfg['std']),
         backbone_init=_backbone_init(base_model, config.get('training')),
-        dataset=dataset['text'], biases=dataset['biases'],
+        dataset=dataset['text'], biases=dataset['biases'], provenance=dataset['provenance'],
         command=shown_command(run.command) if run.command else 'not recorded',
         args_table=markdown_table(['argument', 'value'], [[k, shown_path(v) if isinstance(v, str) else v]
                                                           for k, v in args.items()] or [['(not recorded)', '']]),

@@ -69,6 +69,13 @@ def operating_point_of(model: torch.nn.Module, run: TrainingRun, transform: Any,
         dataset, _ = dataset.readable()
         logits, labels = predict_dataset(model, dataset, batch_size=32)
         scored[split] = (probabilities(logits), align_labels(names, dataset.class_names)[labels], dataset)
+    train = open_dataset(run.args.get('data'), 'train', seed=run.args.get('seed', 0))
+    if run.args.get('exclude_sources'):
+        train = train.without_sources(run.args['exclude_sources'])
+    counts: Dict[str, Dict[str, int]] = {}
+    for source, k in zip(train.column('source'), train.labels()):
+        by_class = counts.setdefault(train.class_names[k], {})
+        by_class[str(source)] = by_class.get(str(source), 0) + 1
     probs, labels, _ = scored['validation']
     threshold = threshold_at_sensitivity(probs, labels, covid, sensitivity)
     probs, labels, dataset = scored['test']
@@ -80,7 +87,7 @@ def operating_point_of(model: torch.nn.Module, run: TrainingRun, transform: Any,
             hits = rate_at(probs, films, covid, threshold, positive=label == 'COVID-19')
             test[f'{label}, {source}'] = dict(films=len(films), rate=float(hits.double().mean()))
     return dict(threshold=threshold, sensitivity=sensitivity,
-                validation_films=int((scored['validation'][1] == covid).sum()), test=test)
+                validation_films=int((scored['validation'][1] == covid).sum()), test=test, train_counts=counts)
 
 
 def publication(model: torch.nn.Module, run: TrainingRun, transform: Any, tag: str,
@@ -95,7 +102,8 @@ def publication(model: torch.nn.Module, run: TrainingRun, transform: Any, tag: s
     if not unseen_files:
         raise BadInputError(f'--tag {tag}: a published tag leads its card with the results of its recipe on unseen '
                             'sources: give --unseen-results (the cxr suite\'s cxr-unseen-SOURCE.json).')
-    return Publication(tag, unseen_results(unseen_files, run), operating_point_of(model, run, transform))
+    point = operating_point_of(model, run, transform)
+    return Publication(tag, unseen_results(unseen_files, run), point, point.pop('train_counts'))
 
 
 def hub_weights_entry(folder: Path, repo_id: str) -> Dict[str, Any]:

@@ -60,6 +60,7 @@ import math
 import multiprocessing as mp
 import platform
 import re
+import shlex
 import statistics
 import sys
 import time
@@ -156,6 +157,7 @@ def _parser() -> argparse.ArgumentParser:
 def _parse_args(argv: List[str]) -> argparse.Namespace:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv)  # what a summary records as the command that made it
     if args.batch_size < 1 or args.img_size < 32 or args.threads < 1 or args.min_run_time <= 0 or args.min_rounds < 1:
         parser.error('--batch-size, --threads and --min-rounds must be >= 1, --img-size >= 32, --min-run-time > 0')
     if args.holdout_source and args.unseen_covid_source:
@@ -1142,6 +1144,7 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
                                               macro_f1_interval=list(results[n][main]['intervals']['macro_f1']))
                                       for n in names}
         summary['runs'] = records  # each run's args.yaml: the settings, the data's SHA-256, the command
+        summary['command'] = 'python recipes/benchmark.py ' + shlex.join(args.argv)
         write_text_atomic(args.output_dir / f'{_table_name(args)}.json', strict_json(summary), 'cxr summary')
         lines += _unseen_lines(summary, names) + ['']
     covid = 'COVID-19' in class_names
