@@ -117,7 +117,8 @@ def _publication_section(pub: Publication, method: str) -> str:
              for summary in pub.unseen for src, rate in summary['methods'][method]['specificity'].items()
              if statistics.mean(rate['per_seed']) < 0.8]
     failures = '\n'.join(f'- {line}' for line in weak) or '- none below 0.80 among the groups measured above.'
-    commands = '\n'.join(sorted({summary['command'] for summary in pub.unseen if summary.get('command')})) or '(not recorded)'
+    commands = '\n'.join(sorted({summary['command'] for summary in pub.unseen if summary.get('command')}))
+    commands = commands or '(not recorded)'
     known = ''.join(text for source, text in (
         ('kermany', "every child's film in the training data is Kermany's (age 1-5, one hospital); "),
         ('covid19-radiography', "every adult normal film is the COVID-19 Radiography Database's, from RSNA (NIH, one "
