@@ -12,22 +12,25 @@ __all__ = ['zoo_markdown', 'zoo_rows']
 
 
 def zoo_rows() -> List[List[str]]:
-    """[name, backbone, params (M), what pretrained=True loads] per registered architecture (built on 'meta')."""
+    """[name, backbone, params (M), what pretrained=True loads, its published chest X-ray tags] per registered
+    architecture (built on 'meta')."""
     rows = []
     for name in timm.list_models('magsd_*'):
-        tags = sorted(tag for tag in HUB_WEIGHTS if tag.split('.')[0] == name)
+        tags = ', '.join(f'`{tag}`' for tag in sorted(HUB_WEIGHTS) if tag.split('.')[0] == name)
         if name == 'magsd_custom':
-            rows.append([f'`{name}`', 'any timm backbone (`backbone=...`)', '', 'the backbone\'s ImageNet weights'])
+            rows.append([f'`{name}`', 'any timm backbone (`backbone=...`)', '', 'the backbone\'s ImageNet weights',
+                         tags])
             continue
         model = timm.create_model(name, device='meta')
-        weights = ', '.join(f'`{tag}`' for tag in tags) or f'ImageNet backbone `{model.backbone_name}`'
+        weights = f'ImageNet backbone `{model.backbone_name}`'
         if model.backbone_name.split('.')[0] in LITE_PACKAGES:
             weights += ', offline with the `offline-weights` extra'
         rows.append([f'`{name}`', f'`{model.backbone_name.split(".")[0]}`',
-                     f'{count_parameters(model) / 1e6:.2f}', weights])
+                     f'{count_parameters(model) / 1e6:.2f}', weights, tags])
     return rows
 
 
 def zoo_markdown() -> str:
     """The zoo table of the README (`magsd zoo`): 4 classes, 1 input channel, 32 attention maps."""
-    return markdown_table(['model', 'backbone', 'params (M)', 'weights of `pretrained=True`'], zoo_rows())
+    return markdown_table(['model', 'backbone', 'params (M)', 'weights of `pretrained=True`',
+                           'chest X-ray models (tags)'], zoo_rows())
