@@ -81,7 +81,7 @@ def test_published_block_holds_the_published_steps():
 
 
 def test_unknown_augmentation_is_refused():
-    with pytest.raises(ValueError, match="Unknown augmentation 'heavy'"):
+    with pytest.raises(ValueError, match="'heavy' is not an augmentation block: start with one of published, mild, none"):
         build_transforms(_config(), train=True, augment='heavy')
 
 
