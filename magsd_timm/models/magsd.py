@@ -472,7 +472,7 @@ def _published_weights(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -
     """For a published tag asked with pretrained=True: its checked weights file from the Hub or the package, put in
     kwargs' pretrained_cfg_overlay for timm to load, and where it came from; else None."""
     tag = kwargs.get('pretrained_cfg') if isinstance(kwargs.get('pretrained_cfg'), str) else None
-    if tag is not None:
+    if tag:
         _check_tag(variant, tag)
     name = f'{variant}.{tag}' if tag else variant
     entry = HUB_WEIGHTS.get(name)
