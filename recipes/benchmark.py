@@ -768,13 +768,19 @@ def _held_out(args: argparse.Namespace) -> List[str]:
 
 
 def _probe(args: argparse.Namespace) -> Optional[str]:
-    """The probe films' SOURCE:CLASS when the data holds any, else None."""
+    """The probe films' SOURCE:CLASS, or None (no unseen-source test, --probe none, or no such film in the data:
+    run_cxr_suite looks once, with _probe_in_data)."""
+    return args.probe if args.unseen_covid_source and args.probe != 'none' else None
+
+
+def _probe_in_data(args: argparse.Namespace) -> str:
+    """--probe as the data holds it: 'none' when no film of the data is the probe's."""
     from magsd_timm.data import open_dataset
 
-    if not args.unseen_covid_source or args.probe == 'none':
-        return None
-    return args.probe if any(any(open_dataset(str(args.data), split).held_by([args.probe]))
-                             for split in ('train', 'validation', 'test')) else None
+    if _probe(args) is None:
+        return 'none'
+    found = any(any(open_dataset(str(args.data), split).held_by([args.probe])) for split in ('train', 'validation', 'test'))
+    return args.probe if found else 'none'
 
 
 def _train_run(args: argparse.Namespace, method: str, seed: int) -> Path:
@@ -1089,6 +1095,7 @@ def run_cxr_suite(args: argparse.Namespace) -> str:
 
     if args.data is None:
         raise BadInputError('--suite cxr needs --data PREPARED (recipes/prepare_data.py)')
+    args.probe = _probe_in_data(args)  # once: every run and every scored set use what it finds
     methods = {'MAG-SD': 'magsd', 'baseline': 'baseline'}
     boxes = load_boxes(args.boxes) if args.boxes else None  # read once, for the hiding and the maps
     results: Dict[str, Dict[str, Any]] = {}
