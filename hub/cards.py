@@ -127,6 +127,10 @@ def _publication_section(pub: Publication, method: str) -> str:
                'others, per image): **these weights are for non-commercial research only.** ' if 'ieee8023' in
                sources_trained else '') + 'Each part of the training data keeps its licence (Data and known biases).'
 
+    temperature = point.get('temperature', 1.0)
+    scale = (f', P being the softmax of the logits divided by the temperature {temperature:.4f} that config.json '
+             'holds (as `magsd predict` reports it)' if temperature != 1.0 else '')
+
     return f"""## Results on COVID-19 sources it never saw
 
 What matters for another hospital: for each COVID-19 source, the same recipe was trained (seeds as
@@ -139,7 +143,7 @@ on every film, those sources included: the figures describe its recipe, not this
 
 {table}
 
-**This model's operating point:** call a film COVID-19 when P(COVID-19) >= {point['threshold']:.4f}
+**This model's operating point:** call a film COVID-19 when P(COVID-19) >= {point['threshold']:.4f}{scale}
 (the COVID-19 sensitivity {point['sensitivity']:.2f} point of its validation split, {point['validation_films']}
 COVID-19 films). On its test split (patients it never saw, sources it did) that point gives:
 
@@ -280,6 +284,11 @@ def render_model_card(model: torch.nn.Module, run: TrainingRun, repo_id: str, li
                    "copy magsd-timm ships" if publication else
                    f"model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()"),
     )
+    temperature = float(config.get('temperature', 1.0))
+    values['probability_line'] = (f'probabilities = (model(image) / {temperature:.4f}).softmax(-1)[0]  # the calibrated '
+                                  'temperature config.json holds, as magsd predict applies it' if temperature != 1.0
+                                  else 'probabilities = model(image).softmax(-1)[0]')
+    values['load_name'] = publication.tag if publication else repo_id
     values['preprocessing'], values['transform_code'] = _preprocessing(config, repo_id)
     body = Template(importlib.resources.files('magsd_timm.hub').joinpath('model_card.md').read_text())
     return f'---\n{metadata.to_yaml()}\n---\n\n{body.substitute(values)}'

@@ -71,7 +71,7 @@ def _push(args: argparse.Namespace) -> int:
         from .publish import hub_weights_entry
 
         print(f"its HUB_WEIGHTS entry (magsd_timm/models/magsd.py):\n    '{args.tag}': "
-              f'{hub_weights_entry(Path(result), args.repo_id)!r},')
+              f'{hub_weights_entry(Path(result), args.repo_id, args.license)!r},')
     return 0
 
 

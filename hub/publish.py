@@ -47,14 +47,15 @@ def unseen_results(files: Sequence[Path], run: TrainingRun) -> List[Dict[str, An
     return summaries
 
 
-def operating_point_of(model: torch.nn.Module, run: TrainingRun, transform: Any,
+def operating_point_of(model: torch.nn.Module, run: TrainingRun, transform: Any, temperature: float = 1.0,
                        sensitivity: float = OPERATING_SENSITIVITY) -> Dict[str, Any]:
-    """The model's COVID-19 operating point, chosen on the validation split it was trained with (its exclusions
+    """The model's COVID-19 operating point on its probabilities (softmax of the logits over the checkpoint's
+    temperature, as magsd predict reports them), chosen on the validation split it was trained with (its exclusions
     applied) and read on the test split: the threshold and the share called right per class and source."""
     from ..data import open_dataset
     from ..evaluation import align_labels, predict_dataset
     from ..inference import probabilities
-    from ..operating_point import rate_at, threshold_at_sensitivity
+    from ..operating_point import films_by_source, rate_at, threshold_at_sensitivity
 
     names = list(model.pretrained_cfg['label_names'])
     if 'COVID-19' not in names or 'normal' not in names:
@@ -68,30 +69,28 @@ def operating_point_of(model: torch.nn.Module, run: TrainingRun, transform: Any,
             dataset = dataset.without_sources(run.args['exclude_sources'])
         dataset, _ = dataset.readable()
         logits, labels = predict_dataset(model, dataset, batch_size=32)
-        scored[split] = (probabilities(logits), align_labels(names, dataset.class_names)[labels], dataset)
+        scored[split] = (probabilities(logits, temperature), align_labels(names, dataset.class_names)[labels], dataset)
     train = open_dataset(run.args.get('data'), 'train', seed=run.args.get('seed', 0))
     if run.args.get('exclude_sources'):
         train = train.without_sources(run.args['exclude_sources'])
-    counts: Dict[str, Dict[str, int]] = {}
-    for source, k in zip(train.column('source'), train.labels()):
-        by_class = counts.setdefault(train.class_names[k], {})
-        by_class[str(source)] = by_class.get(str(source), 0) + 1
+    counts = {name: {source: len(films) for source, films in
+                     films_by_source(train.labels(), train.column('source'), k).items()}
+              for k, name in enumerate(train.class_names)}
     probs, labels, _ = scored['validation']
     threshold = threshold_at_sensitivity(probs, labels, covid, sensitivity)
     probs, labels, dataset = scored['test']
     test = {}
     for label in ('COVID-19', 'normal'):
-        for source in sorted({s for s, k in zip(dataset.column('source'), labels.tolist()) if k == names.index(label)}):
-            films = [i for i, (s, k) in enumerate(zip(dataset.column('source'), labels.tolist()))
-                     if s == source and k == names.index(label)]
+        for source, films in films_by_source(labels.tolist(), dataset.column('source'), names.index(label)).items():
             hits = rate_at(probs, films, covid, threshold, positive=label == 'COVID-19')
             test[f'{label}, {source}'] = dict(films=len(films), rate=float(hits.double().mean()))
-    return dict(threshold=threshold, sensitivity=sensitivity,
-                validation_films=int((scored['validation'][1] == covid).sum()), test=test, train_counts=counts)
+    return dict(threshold=threshold, sensitivity=sensitivity, temperature=temperature,
+                validation_films=int((scored['validation'][1] == covid).sum()), test=test,
+                train_counts={name: by_source for name, by_source in counts.items() if by_source})
 
 
 def publication(model: torch.nn.Module, run: TrainingRun, transform: Any, tag: str,
-                unseen_files: Sequence[Path]) -> Publication:
+                unseen_files: Sequence[Path], temperature: float = 1.0) -> Publication:
     """What a published tag's card leads with, from the suite's summaries and the model itself."""
     import timm
 
@@ -102,13 +101,14 @@ def publication(model: torch.nn.Module, run: TrainingRun, transform: Any, tag: s
     if not unseen_files:
         raise BadInputError(f'--tag {tag}: a published tag leads its card with the results of its recipe on unseen '
                             'sources: give --unseen-results (the cxr suite\'s cxr-unseen-SOURCE.json).')
-    point = operating_point_of(model, run, transform)
+    point = operating_point_of(model, run, transform, temperature)
     return Publication(tag, unseen_results(unseen_files, run), point, point.pop('train_counts'))
 
 
-def hub_weights_entry(folder: Path, repo_id: str) -> Dict[str, Any]:
-    """The HUB_WEIGHTS entry of a staged published repo: timm's cfg, the Hub repo, the folder and the SHA-256."""
+def hub_weights_entry(folder: Path, repo_id: str, license: str) -> Dict[str, Any]:
+    """The HUB_WEIGHTS entry of a staged published repo: timm's cfg with the weights' licence (the code's is
+    Apache-2.0; the weights keep their data's), the Hub repo, the folder and the SHA-256."""
     config = json.loads((folder / 'config.json').read_text())
     cfg = {k: v for k, v in config['pretrained_cfg'].items() if k not in ('architecture', 'tag', 'custom_load')}
-    return dict(cfg, label_names=config['label_names'], num_classes=config['num_classes'], hf_hub_id=repo_id,
-                folder=folder.name, sha256=file_sha256(folder / SAFE_WEIGHTS))
+    return dict(cfg, license=license, label_names=config['label_names'], num_classes=config['num_classes'],
+                hf_hub_id=repo_id, folder=folder.name, sha256=file_sha256(folder / SAFE_WEIGHTS))

@@ -75,7 +75,7 @@ def stage_model(output_dir: Union[str, Path], folder: Union[str, Path], repo_id:
         from .publish import publication
 
         published = publication(model, run, build_transforms(resolve_cxr_data_config(model), crop=crop), tag,
-                                unseen_results)
+                                unseen_results, float(config.get('temperature', 1.0)))
     folder = _new_folder(folder)
     for file in (SAFE_WEIGHTS, 'config.json', *(DETECTOR_FILES if crop is not None else ())):
         shutil.copyfile(checkpoint / file, folder / file)

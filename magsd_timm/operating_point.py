@@ -9,11 +9,12 @@ from typing import Any, Dict, List, Sequence
 
 import torch
 
-__all__ = ['groups_of', 'rate_at', 'threshold_at_sensitivity']
+__all__ = ['films_by_source', 'groups_of', 'rate_at', 'threshold_at_sensitivity']
 
 
 def threshold_at_sensitivity(probs: torch.Tensor, labels: torch.Tensor, index: int, sensitivity: float) -> float:
-    """The highest P(class index) that at least `sensitivity` of the films labelled index reach (ValueError: none)."""
+    """A P(class index) that at least `sensitivity` of the films labelled index reach: the lower (1 - sensitivity)
+    quantile of their scores (ValueError: no such film)."""
     scores = probs[labels == index, index].double()
     if not len(scores):
         raise ValueError('no film of the class to choose an operating point on')
@@ -27,9 +28,15 @@ def rate_at(probs: torch.Tensor, films: Sequence[int], index: int, threshold: fl
     return scores >= threshold if positive else scores < threshold
 
 
+def films_by_source(labels: Sequence[int], sources: Sequence[Any], index: int) -> Dict[str, List[int]]:
+    """The films of class `index`, per source (sorted by name)."""
+    groups: Dict[str, List[int]] = {}
+    for i, (source, k) in enumerate(zip(sources, labels)):
+        if k == index:
+            groups.setdefault(str(source), []).append(i)
+    return dict(sorted(groups.items()))
+
+
 def groups_of(labels: List[int], sources: List[Any], index: int, other: int) -> Dict[str, List[int]]:
     """The films of class `index`, and the films of class `other` per source: what an operating point is read on."""
-    groups = {'positive': [i for i, k in enumerate(labels) if k == index]}
-    for source in sorted({str(s) for s, k in zip(sources, labels) if k == other}):
-        groups[source] = [i for i, (s, k) in enumerate(zip(sources, labels)) if k == other and str(s) == source]
-    return groups
+    return {'positive': [i for i, k in enumerate(labels) if k == index], **films_by_source(labels, sources, other)}

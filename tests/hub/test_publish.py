@@ -71,6 +71,8 @@ def test_a_published_tag_is_staged_with_its_results_operating_point_test_report_
     entry = ast.literal_eval(out.split("'magsd_custom.cxr_test': ", 1)[1].strip().rstrip(','))
     assert entry['folder'] == 'magsd-published' and entry['hf_hub_id'] == 'tester/magsd-published'
     assert entry['label_names'] == ['COVID-19', 'normal'] and len(entry['sha256']) == 64
+    assert entry['license'] == 'other'  # the weights keep their data's licence, not the code's
+    assert "magsd_timm.load('magsd_custom.cxr_test')" in body and 'model(image).softmax(-1)' in body
 
 
 def test_results_of_another_recipe_or_no_results_are_refused(covid_run, tmp_path, capfd):
@@ -86,3 +88,26 @@ def test_results_of_another_recipe_or_no_results_are_refused(covid_run, tmp_path
     assert code == 2 and "a published tag is the model's architecture and a tag, magsd_custom.<tag>" in \
         capfd.readouterr().err
     assert not (tmp_path / 'x').exists()
+
+
+def test_a_calibrated_model_states_its_operating_point_on_the_probabilities_it_reports(covid_run, tmp_path, capfd):
+    import re
+    import shutil
+
+    from magsd_timm.evaluation import save_temperature
+
+    def stated(run: Path, name: str):
+        staged = tmp_path / name
+        assert _hub('push-model', run, 'tester/x', '--dry-run', staged, '--tag', 'magsd_custom.cxr_test',
+                    '--unseen-results', _summary(run, tmp_path)) == 0, capfd.readouterr()
+        body = ModelCard.load(staged / 'README.md').text
+        threshold = float(re.search(r'P\(COVID-19\) >= ([0-9.]+)', body).group(1))
+        return threshold, re.findall(r'\| (?:COVID-19|normal), [ab] \| .*\|', body), body
+
+    calibrated = tmp_path / 'calibrated'
+    shutil.copytree(covid_run, calibrated)
+    save_temperature(calibrated / 'best', 3.0)
+    plain, plain_rows, _ = stated(covid_run, 'plain')
+    scaled, scaled_rows, body = stated(calibrated, 'scaled')
+    assert 'divided by the temperature 3.0000' in body and '(model(image) / 3.0000).softmax(-1)' in body
+    assert scaled != plain and scaled_rows == plain_rows  # another threshold, the same films called (a monotone scale)
