@@ -21,6 +21,7 @@ from ..complexity import count_macs, count_parameters
 from ..data.build import KNOWN_SOURCES
 from ..hub_files import HUB_PREFIX, hub_file, parse_hub_ref
 from ..metrics import metrics_markdown
+from ..models.config import temperature_of
 from ..models.lung_detector import DETECTOR_FILES
 from ..tables import markdown_table, shown_command, shown_path
 from ..train.run_folder import TrainingRun
@@ -127,7 +128,7 @@ def _publication_section(pub: Publication, method: str) -> str:
                'others, per image): **these weights are for non-commercial research only.** ' if 'ieee8023' in
                sources_trained else '') + 'Each part of the training data keeps its licence (Data and known biases).'
 
-    temperature = point.get('temperature', 1.0)
+    temperature = point['temperature']
     scale = (f', P being the softmax of the logits divided by the temperature {temperature:.4f} that config.json '
              'holds (as `magsd predict` reports it)' if temperature != 1.0 else '')
 
@@ -284,7 +285,7 @@ def render_model_card(model: torch.nn.Module, run: TrainingRun, repo_id: str, li
                    "copy magsd-timm ships" if publication else
                    f"model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()"),
     )
-    temperature = float(config.get('temperature', 1.0))
+    temperature = temperature_of(config)
     values['probability_line'] = (f'probabilities = (model(image) / {temperature:.4f}).softmax(-1)[0]  # the calibrated '
                                   'temperature config.json holds, as magsd predict applies it' if temperature != 1.0
                                   else 'probabilities = model(image).softmax(-1)[0]')

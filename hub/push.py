@@ -16,7 +16,7 @@ from huggingface_hub.errors import HfHubHTTPError, HTTPError
 
 from ..errors import BadInputError, display
 from ..hub_files import check_hub_target
-from ..models.config import check_checkpoint_config
+from ..models.config import check_checkpoint_config, temperature_of
 from ..models.lung_detector import DETECTOR_FILES
 from ..models.weights import SAFE_WEIGHTS
 from ..train.run_folder import find_run
@@ -75,7 +75,7 @@ def stage_model(output_dir: Union[str, Path], folder: Union[str, Path], repo_id:
         from .publish import publication
 
         published = publication(model, run, build_transforms(resolve_cxr_data_config(model), crop=crop), tag,
-                                unseen_results, float(config.get('temperature', 1.0)))
+                                unseen_results, temperature_of(config))
     folder = _new_folder(folder)
     for file in (SAFE_WEIGHTS, 'config.json', *(DETECTOR_FILES if crop is not None else ())):
         shutil.copyfile(checkpoint / file, folder / file)

@@ -15,7 +15,7 @@ import torch
 from .console import EXIT_NOT_REPRODUCED
 from .errors import BadInputError, display, printable
 from .hub.pull import checkpoint_config, load, load_lung_crop, resolve_model_name, shown_model
-from .models.config import training_record
+from .models.config import temperature_of, training_record
 from .models.lung_detector import DETECTOR_FILES
 from .outputs import atomic_folder, check_no_overlap, exclusive_lock, recover_folder, strict_json, write_text_atomic
 
@@ -52,10 +52,6 @@ def _transform(model: torch.nn.Module, name: str, config: Dict[str, Any]):
     from .data.transforms import build_transforms, resolve_cxr_data_config
 
     return build_transforms(resolve_cxr_data_config(model), crop=load_lung_crop(name, config))
-
-
-def _temperature(config: Dict[str, Any]) -> float:
-    return float(config.get('temperature', 1.0))  # checkpoint_config refused an invalid one
 
 
 def _label_names(model: torch.nn.Module) -> List[str]:
@@ -97,7 +93,7 @@ def run_predict(args: argparse.Namespace) -> int:
     data_config, label_names = resolve_cxr_data_config(model), _label_names(model)
     predictions, unreadable = predict_files(
         model.to(_device(args.device)), files, _transform(model, name, config), label_names, args.batch_size,
-        args.tta, _temperature(config), Path(args.heatmap) if args.heatmap else None, data_config)
+        args.tta, temperature_of(config), Path(args.heatmap) if args.heatmap else None, data_config)
     failures = [(pattern, f'{pattern}: {reason}') for pattern, reason in missing] + unreadable
     text = _predictions_text(predictions, label_names, args.format, args.model, failures)
     if args.output:
@@ -139,7 +135,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         logits, labels = predict_dataset(model, dataset, args.batch_size, args.tta)
         return dataset, logits, to_model[labels], unreadable
 
-    temperature, calibration, unreadable = _temperature(config), None, []
+    temperature, calibration, unreadable = temperature_of(config), None, []
     if args.calibrate:
         _, cal_logits, cal_labels, skipped = split_logits(args.calibration_split)
         unreadable += skipped
@@ -252,7 +248,7 @@ def run_info(args: argparse.Namespace) -> int:
         'backbone': getattr(model, 'backbone_name', None), 'attention_maps': getattr(model, 'num_maps', None),
         'attention_levels': getattr(model, 'attn_levels', None), 'parameters': count_parameters(model),
         'gmacs': round(count_macs(model, data_config['input_size']) / 1e9, 3), 'num_classes': model.num_classes,
-        'label_names': _label_names(model), 'temperature': _temperature(config),
+        'label_names': _label_names(model), 'temperature': temperature_of(config),
         'trained_on': training_record(config),
         'lung_crop': load_lung_crop(name, config).record() if config.get('lung_crop') else None,  # checked beside it
         'data_config': {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},

@@ -17,7 +17,7 @@ __all__ = [
     'MAX_PARAMETERS', 'check_checkpoint_config', 'check_data_config', 'check_head_size', 'check_input_fits',
     'check_input_size',
     'check_model_args', 'check_model_size',
-    'check_temperature', 'is_finite_number', 'training_record',
+    'check_temperature', 'is_finite_number', 'temperature_of', 'training_record',
 ]
 
 MAX_NUM_MAPS = 1024          # the paper uses 32; WS-DAN at most 64
@@ -82,6 +82,12 @@ def check_temperature(value: Any, where: Optional[str] = None) -> float:
         raise ConfigError(f'{_where(where)}temperature {value!r} is invalid: it must be a number from {low:g} to '
                           f'{high:g} (1 means uncalibrated; magsd evaluate --calibrate fits one).')
     return float(value)
+
+
+def temperature_of(config: Mapping[str, Any]) -> float:
+    """The temperature a checkpoint's config holds (1.0 when uncalibrated); check_checkpoint_config refused an
+    invalid one."""
+    return float(config.get('temperature', 1.0))
 
 
 def check_data_config(config: Mapping[str, Any], where: Optional[str] = None) -> None:
