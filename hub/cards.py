@@ -118,7 +118,7 @@ def _publication_section(pub: Publication, method: str) -> str:
              for summary in pub.unseen for src, rate in summary['methods'][method]['specificity'].items()
              if statistics.mean(rate['per_seed']) < 0.8]
     failures = '\n'.join(f'- {line}' for line in weak) or '- none below 0.80 among the groups measured above.'
-    commands = '\n'.join(sorted({summary['command'] for summary in pub.unseen if summary.get('command')}))
+    commands = '\n'.join(sorted({shown_command(summary['command']) for summary in pub.unseen if summary.get('command')}))
     commands = commands or '(not recorded)'
     known = ''.join(text for source, text in (
         ('kermany', "every child's film in the training data is Kermany's (age 1-5, one hospital); "),
@@ -197,8 +197,9 @@ def _evaluation(run: TrainingRun, class_names: List[str]) -> str:
         from ..evaluation import report_markdown  # the data and inference code, only where a test report exists
 
         report = run.test_report
+        data = shown_path(report.get('data', 'its data'))
         parts.append(f"### Test split\n\n`magsd evaluate` of this checkpoint on the {report.get('split', 'test')} "
-                     f"split of {report.get('data', 'its data')}:\n\n{report_markdown(report, class_names, False)}")
+                     f"split of {data}:\n\n{report_markdown(report, class_names, False)}")
     if run.metrics:
         parts.append(f"### Validation split\n\nThe split that chose the checkpoint (epoch {run.epoch}), "
                      f"{run.metrics.get('num_samples')} images, so an optimistic estimate (n/a: undefined on these "

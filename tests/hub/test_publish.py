@@ -39,7 +39,8 @@ def _summary(run: Path, tmp_path: Path, **changed) -> Path:
                    methods={'MAG-SD': dict(auroc=dict(per_seed=[0.91], interval=[0.85, 0.95], films=14),
                                            operating_point=[0.4], sensitivity=rate, specificity={'a': rate},
                                            probe_specificity=None)},
-                   runs=[record, dict(record, method='baseline')])
+                   runs=[record, dict(record, method='baseline')],
+                   command=f'python recipes/benchmark.py --suite cxr --data {run.parent / "data"} --unseen-covid-source b')
     path = tmp_path / f'cxr-unseen-b-{len(changed)}.json'
     path.write_text(json.dumps(summary))
     return path
@@ -73,6 +74,8 @@ def test_a_published_tag_is_staged_with_its_results_operating_point_test_report_
     assert entry['label_names'] == ['COVID-19', 'normal'] and len(entry['sha256']) == 64
     assert entry['license'] == 'other'  # the weights keep their data's licence, not the code's
     assert "magsd_timm.load('magsd_custom.cxr_test')" in body and 'model(image).softmax(-1)' in body
+    # the card goes to the Hub: its commands and reports name the data, not the folders of the machine that made it
+    assert 'benchmark.py --suite cxr --data data --unseen-covid-source b' in body and str(covid_run.parent) not in body
 
 
 def test_results_of_another_recipe_or_no_results_are_refused(covid_run, tmp_path, capfd):
