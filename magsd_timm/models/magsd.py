@@ -442,15 +442,23 @@ class UntrainedClassifierWarning(UserWarning):
     """An MA-Net was created with pretrained=True but no chest X-ray weights exist: its classifier is untrained."""
 
 
+def _published_tags(variant: str) -> List[str]:
+    """The published chest X-ray models of an architecture, as full names (variant.tag)."""
+    return [f'{variant}.{t}' for t in default_cfgs[variant].tags if t] if variant in default_cfgs else []
+
+
 def _warn_untrained(variant: str) -> None:
     """Say once per variant that only the backbone is pretrained, as timm says of models without weights."""
     if variant in _warned_untrained:
         return
     _warned_untrained.add(variant)
+    tags = _published_tags(variant)
+    trained = (f"its trained chest X-ray model is asked for by its tag: {', '.join(tags)}" if tags else
+               'it has no published chest X-ray weights')
     warnings.warn(
-        f'{variant} has no published chest X-ray weights: pretrained=True loads the ImageNet weights of its '
-        'backbone only, and its attention and classifier are untrained, so its class probabilities mean nothing '
-        'until it is trained (recipes/train.py) or loaded from a trained checkpoint.',
+        f'{variant}: pretrained=True loads the ImageNet weights of its backbone only ({trained}), and its attention '
+        'and classifier are untrained, so its class probabilities mean nothing until it is trained '
+        '(recipes/train.py) or loaded from a trained checkpoint.',
         UntrainedClassifierWarning, stacklevel=4)
 
 
@@ -460,9 +468,9 @@ def _weights_source(cfg: Any, variant: str) -> str:
 
 def _check_tag(variant: str, tag: str) -> None:
     """Refuse a tag the variant does not have, naming the ones it has."""
-    tags = [t for t in default_cfgs[variant].tags if t] if variant in default_cfgs else []
-    if tag not in tags:
-        have = (f"its published chest X-ray models are {', '.join(f'{variant}.{t}' for t in tags)}" if tags else
+    tags = _published_tags(variant)
+    if f'{variant}.{tag}' not in tags:
+        have = (f"its published chest X-ray models are {', '.join(tags)}" if tags else
                 'it has no published chest X-ray model')
         raise BadInputError(f'{variant}.{tag}: no such tag; {have}, and {variant} itself is the architecture with '
                             'its backbone\'s ImageNet weights.')

@@ -107,7 +107,8 @@ def test_saved_pretrained_model_reloads_offline_without_the_backbone_cache(pretr
 def test_pretrained_without_cxr_weights_warns_once_that_the_classifier_is_untrained(pretrained_export):
     result, _ = pretrained_export  # a fresh process: two pretrained builds, then one without weights
     assert len(result['untrained']) == 1
-    assert 'magsd_custom has no published chest X-ray weights' in result['untrained'][0]
+    assert 'magsd_custom: pretrained=True loads the ImageNet weights of its backbone only (it has no published chest ' \
+        'X-ray weights)' in result['untrained'][0]
     assert 'classifier are untrained' in result['untrained'][0]
 
 

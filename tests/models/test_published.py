@@ -129,6 +129,13 @@ def test_a_tag_that_does_not_exist_lists_the_ones_that_do(release):
         timm.create_model('magsd_resnet18.nope')
 
 
+def test_the_untrained_classifier_warning_names_the_architectures_published_tags(release, monkeypatch):
+    monkeypatch.setattr(magsd, '_warned_untrained', set())
+    asked_by_tag = rf'its trained chest X-ray model is asked for by its tag: {NAME}'
+    with pytest.warns(magsd.UntrainedClassifierWarning, match=asked_by_tag):
+        magsd._warn_untrained('magsd_custom')
+
+
 def test_the_untagged_name_stays_the_architecture_with_imagenet_backbone_weights(release):
     model = timm.create_model('magsd_custom', backbone='test_resnet', num_maps=4)
     assert model.pretrained_cfg.get('tag') in (None, '') and model.pretrained_cfg.get('hf_hub_id') is None
