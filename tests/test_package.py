@@ -1,5 +1,6 @@
 """The package as a timm plugin: importing it registers the models and loads nothing else heavy."""
 import importlib.resources
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,45 @@ def test_each_optional_module_is_named_with_the_extra_that_installs_it():
     for module, extra in EXTRAS.items():
         assert extra in extras, module
     assert {'train', 'data', 'dicom', 'export', 'offline-weights', 'all'} <= set(extras)
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize('tag', sorted(magsd_timm.models.magsd.HUB_WEIGHTS) or ['(none published)'])
+def test_after_a_plain_pip_install_each_published_tag_loads_offline_as_its_file(tag, tmp_path):
+    """pip install . (not editable) of the repository's files, then, with no network, pretrained=True in a fresh
+    interpreter gives the logits of the model.safetensors in hub/."""
+    import json
+
+    import timm
+    import torch
+    from safetensors.torch import load_file
+
+    assert tag in magsd_timm.models.magsd.HUB_WEIGHTS, 'the project publishes at least one chest X-ray tag'
+    root = Path(__file__).resolve().parents[1]
+    files = subprocess.run(['git', 'ls-files', '-z', '--cached', '--others', '--exclude-standard'], cwd=root,
+                           capture_output=True, check=True).stdout.decode().split('\0')
+    source = tmp_path / 'clone'  # what a clean clone holds: no build folders, no runs, no caches
+    for name in filter(None, files):
+        if (root / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            (source / name).write_bytes((root / name).read_bytes())
+    subprocess.run([sys.executable, '-m', 'pip', 'install', '--quiet', '--no-deps', '--no-build-isolation',
+                    '--no-index', '--target', str(tmp_path / 'site'), str(source)], check=True, capture_output=True)
+    code = ('import json, sys, timm, torch, magsd_timm; '
+            f'model = timm.create_model({tag!r}, pretrained=True).eval(); '
+            'x = torch.linspace(0, 1, 128 * 128).reshape(1, 1, 128, 128); '
+            'print(json.dumps([magsd_timm.__file__, model(x)[0].tolist()]))')
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / 'site'), HF_HUB_OFFLINE='1')
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    where, logits = json.loads(done.stdout)
+    assert where.startswith(str(tmp_path / 'site'))  # the installed copy, not the repository
+    assert 'from the installed package' in done.stderr
+    entry = magsd_timm.models.magsd.HUB_WEIGHTS[tag]
+    folder = root / 'hub' / entry['folder']
+    config = json.loads((folder / 'config.json').read_text())
+    model = timm.create_model(tag.split('.')[0], **config['model_args']).eval()
+    model.load_state_dict(load_file(folder / 'model.safetensors'))
+    with torch.no_grad():
+        expected = model(torch.linspace(0, 1, 128 * 128).reshape(1, 1, 128, 128))[0]
+    assert torch.allclose(torch.tensor(logits), expected, atol=1e-5)

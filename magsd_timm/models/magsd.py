@@ -70,7 +70,21 @@ def _cfg(first_conv: str = 'backbone.conv1', **kwargs: Any) -> Dict[str, Any]:
 # label_names, ...), the folder of hub/ that holds the same files inside the package, and the SHA-256 of its
 # model.safetensors (models/published.py). The untagged name stays the architecture with its backbone's ImageNet
 # weights: a trained classifier is asked for by its tag, never given in its place (docs/model.md).
-HUB_WEIGHTS: Dict[str, Dict[str, Any]] = {}
+HUB_WEIGHTS: Dict[str, Dict[str, Any]] = {
+    # all the shared chest X-rays, the recommended recipe (hub/magsd_efficientnet_lite0.cxr_v1/README.md);
+    # research only: part of its training data is non-commercial
+    'magsd_efficientnet_lite0.cxr_v1': {
+        'input_size': [1, 128, 128], 'fixed_input_size': False, 'interpolation': 'bilinear', 'crop_pct': 1.0,
+        'crop_mode': 'squash', 'mean': [0.5], 'std': [0.5], 'num_classes': 4,
+        'label_names': ['COVID-19', 'bacterial pneumonia', 'normal', 'viral pneumonia'], 'pool_size': None,
+        'first_conv': 'backbone.conv_stem', 'classifier': 'fc', 'license': 'other',
+        'origin_url': 'https://arxiv.org/abs/2012.02278',
+        'paper_name': 'Multiscale Attention Guided Network for COVID-19 Diagnosis Using Chest X-ray Images',
+        'paper_ids': 'arXiv:2012.02278', 'hf_hub_id': 'magsd-timm/magsd_efficientnet_lite0.cxr_v1',
+        'folder': 'magsd_efficientnet_lite0.cxr_v1',
+        'sha256': '1272566df70ea6e531c9555969a4523c7eabf3c0e89d5770752a516f4bf64823',
+    },
+}
 
 _ARCH_CFGS = {
     'magsd_resnet18': _cfg(),
@@ -97,7 +111,11 @@ def _default_cfgs(hub_weights: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     """timm's default cfgs: one untagged cfg per architecture, and one tag per published Hub repo."""
     tagged = {name: dict(_ARCH_CFGS[name.split('.')[0]], **{k: v for k, v in cfg.items() if k not in PUBLISHED_KEYS})
               for name, cfg in hub_weights.items()}
-    return generate_default_cfgs({**_ARCH_CFGS, **tagged})
+    cfgs = generate_default_cfgs({**_ARCH_CFGS, **tagged})
+    for cfg in cfgs.values():  # timm makes a tag with weights the default; the untagged name stays the architecture
+        cfg.tags.remove('')
+        cfg.tags.appendleft('')
+    return cfgs
 
 
 default_cfgs = _default_cfgs(HUB_WEIGHTS)

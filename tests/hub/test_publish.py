@@ -68,6 +68,7 @@ def test_a_published_tag_is_staged_with_its_results_operating_point_test_report_
     assert "timm.create_model('magsd_custom.cxr_test', pretrained=True)" in body
     assert "This model's operating point:** call a film COVID-19 when P(COVID-19) >=" in body
     assert '| COVID-19, a |' in body and '| normal, b |' in body  # read on its test split, per source
+    assert "b's COVID-19 films, unseen: sensitivity 0.80 at the operating point chosen for 0.90" in body
     assert 'mild+hospital' in body  # the augmentation, as the run recorded it
     entry = ast.literal_eval(out.split("'magsd_custom.cxr_test': ", 1)[1].strip().rstrip(','))
     assert entry['folder'] == 'magsd-published' and entry['hf_hub_id'] == 'tester/magsd-published'

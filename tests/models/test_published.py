@@ -136,6 +136,12 @@ def test_the_untrained_classifier_warning_names_the_architectures_published_tags
         magsd._warn_untrained('magsd_custom')
 
 
+def test_a_published_tag_never_becomes_the_architectures_default():
+    cfgs = magsd._default_cfgs({NAME: dict(hf_hub_id=REPO, folder='x', sha256='0' * 64, license='other')})
+    assert list(cfgs['magsd_custom'].tags) == ['', 'cxr_test'] and cfgs['magsd_custom'].default.hf_hub_id is None
+    assert magsd.default_cfgs['magsd_efficientnet_lite0'].default.hf_hub_id is None  # the published one too
+
+
 def test_the_untagged_name_stays_the_architecture_with_imagenet_backbone_weights(release):
     model = timm.create_model('magsd_custom', backbone='test_resnet', num_maps=4)
     assert model.pretrained_cfg.get('tag') in (None, '') and model.pretrained_cfg.get('hf_hub_id') is None
