@@ -79,6 +79,18 @@ def test_a_published_tag_is_staged_with_its_results_operating_point_test_report_
     assert 'benchmark.py --suite cxr --data data --unseen-covid-source b' in body and str(covid_run.parent) not in body
 
 
+def test_a_probe_called_mostly_covid_is_a_known_failure_mode_on_the_card(covid_run, tmp_path, capfd):
+    path = _summary(covid_run, tmp_path)
+    summary = json.loads(path.read_text())
+    summary['methods']['MAG-SD']['probe_specificity'] = dict(per_seed=[0.25], interval=[0.0, 0.6], films=4)
+    path.write_text(json.dumps(summary))
+    staged = tmp_path / 'staged'
+    assert _hub('push-model', covid_run, 'tester/x', '--dry-run', staged, '--tag', 'magsd_custom.cxr_test',
+                '--unseen-results', path) == 0, capfd.readouterr()
+    failures = ModelCard.load(staged / 'README.md').text.split('Known failure modes', 1)[1].split('Not measured', 1)[0]
+    assert "- the probe's normal films from other hospitals (4), with b's COVID-19 unseen: specificity 0.25" in failures
+
+
 def test_results_of_another_recipe_or_no_results_are_refused(covid_run, tmp_path, capfd):
     other = _summary(covid_run, tmp_path, lr=0.1)
     code = _hub('push-model', covid_run, 'tester/x', '--dry-run', tmp_path / 'x', '--tag', 'magsd_custom.cxr_test',
