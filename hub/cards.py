@@ -113,19 +113,18 @@ def _publication_section(pub: Publication, method: str) -> str:
                                                           for c in sorted(pub.train_counts)])
     weak = [f'{group}: {values["rate"]:.2f} of {values["films"]} films called right at the operating point'
             for group, values in point['test'].items() if values['rate'] < 0.8]
-    weak += [f"normal films of {src} with {summary['source']}'s COVID-19 unseen: specificity "
-             f"{statistics.mean(rate['per_seed']):.2f}"
-             for summary in pub.unseen for src, rate in summary['methods'][method]['specificity'].items()
-             if statistics.mean(rate['per_seed']) < 0.8]
-    for summary in pub.unseen:  # what the unseen films themselves and the probe's say, each where it falls short
-        result = summary['methods'][method]
+    for summary in pub.unseen:  # what each unseen source's films and the probe's say, where they fall short
+        result, unseen = summary['methods'][method], f"{summary['source']}'s COVID-19 unseen"
+        weak += [f'normal films of {src} with {unseen}: specificity {statistics.mean(rate["per_seed"]):.2f}'
+                 for src, rate in result['specificity'].items() if statistics.mean(rate['per_seed']) < 0.8]
         sensitivity, probe = statistics.mean(result['sensitivity']['per_seed']), result.get('probe_specificity')
         if sensitivity < summary['operating_sensitivity']:
             weak.append(f"{summary['source']}'s COVID-19 films, unseen: sensitivity {sensitivity:.2f} at the operating "
                         f"point chosen for {summary['operating_sensitivity']:.2f} on validation")
-        if probe and statistics.mean(probe['per_seed']) < 0.8:
-            weak.append(f"the probe's normal films from other hospitals ({probe['films']}), with {summary['source']}'s "
-                        f"COVID-19 unseen: specificity {statistics.mean(probe['per_seed']):.2f}")
+        probe_rate = statistics.mean(probe['per_seed']) if probe else None
+        if probe_rate is not None and probe_rate < 0.8:
+            weak.append(f"the probe's normal films from other hospitals ({probe['films']}), with {unseen}: "
+                        f"specificity {probe_rate:.2f}")
     failures = '\n'.join(f'- {line}' for line in weak) or '- none below 0.80 among the groups measured above.'
     commands = '\n'.join(sorted({shown_command(summary['command']) for summary in pub.unseen if summary.get('command')}))
     commands = commands or '(not recorded)'

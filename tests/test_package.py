@@ -97,6 +97,8 @@ def test_after_a_plain_pip_install_each_published_tag_loads_offline_as_its_file(
     from safetensors.torch import load_file
 
     assert tag in magsd_timm.models.magsd.HUB_WEIGHTS, 'the project publishes at least one chest X-ray tag'
+    entry = magsd_timm.models.magsd.HUB_WEIGHTS[tag]
+    height, width = entry['input_size'][1:]
     root = Path(__file__).resolve().parents[1]
     files = subprocess.run(['git', 'ls-files', '-z', '--cached', '--others', '--exclude-standard'], cwd=root,
                            capture_output=True, check=True).stdout.decode().split('\0')
@@ -109,7 +111,7 @@ def test_after_a_plain_pip_install_each_published_tag_loads_offline_as_its_file(
                     '--no-index', '--target', str(tmp_path / 'site'), str(source)], check=True, capture_output=True)
     code = ('import json, sys, timm, torch, magsd_timm; '
             f'model = timm.create_model({tag!r}, pretrained=True).eval(); '
-            'x = torch.linspace(0, 1, 128 * 128).reshape(1, 1, 128, 128); '
+            f'x = torch.linspace(0, 1, {height * width}).reshape(1, 1, {height}, {width}); '
             'print(json.dumps([magsd_timm.__file__, model(x)[0].tolist()]))')
     env = dict(os.environ, PYTHONPATH=str(tmp_path / 'site'), HF_HUB_OFFLINE='1')
     done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, cwd=tmp_path)
@@ -117,11 +119,10 @@ def test_after_a_plain_pip_install_each_published_tag_loads_offline_as_its_file(
     where, logits = json.loads(done.stdout)
     assert where.startswith(str(tmp_path / 'site'))  # the installed copy, not the repository
     assert 'from the installed package' in done.stderr
-    entry = magsd_timm.models.magsd.HUB_WEIGHTS[tag]
     folder = root / 'hub' / entry['folder']
     config = json.loads((folder / 'config.json').read_text())
     model = timm.create_model(tag.split('.')[0], **config['model_args']).eval()
     model.load_state_dict(load_file(folder / 'model.safetensors'))
     with torch.no_grad():
-        expected = model(torch.linspace(0, 1, 128 * 128).reshape(1, 1, 128, 128))[0]
+        expected = model(torch.linspace(0, 1, height * width).reshape(1, 1, height, width))[0]
     assert torch.allclose(torch.tensor(logits), expected, atol=1e-5)
