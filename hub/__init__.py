@@ -1,17 +1,5 @@
-"""Hugging Face Hub side of magsd-timm (importable as magsd_timm.hub): push, pull, and the cards.
+"""Data, not code: what goes to the Hub (card templates, published model repos), installed as magsd_timm.hub_content.
 
-The names below load on first use, so that the command line's parsers (``magsd_timm.hub.cli``) start
-without torch, timm or huggingface_hub.
+The code that renders the cards and pushes and pulls repos is magsd_timm.hub; this file only lets the
+folder be installed beside it (pyproject.toml), so that the published tags load with no network.
 """
-from ..lazy import lazy_attributes
-
-_WHERE = {
-    'TrainingRun': '..train.run_folder', 'find_run': '..train.run_folder', 'render_model_card': '.cards',
-    'checkpoint_config': '.pull', 'load': '.pull', 'load_lung_crop': '.pull', 'resolve_model_name': '.pull',
-    'PushError': '.push',
-    'push_dataset': '.push', 'push_model': '.push', 'stage_dataset': '.push', 'stage_model': '.push',
-}
-__all__ = sorted(_WHERE)
-
-
-__getattr__ = lazy_attributes(__name__, _WHERE)

@@ -11,14 +11,14 @@ import importlib.util
 import sys
 from typing import Optional
 
-from .lazy import lazy_attributes
+from .utils.lazy import lazy_attributes
 
 __version__ = '0.1.0'
 _WHERE = {
-    'AttentionAugmentConfig': '.augment', 'AttentionViews': '.augment', 'attention_crop': '.augment',
-    'attention_views': '.augment', 'magsd_loss': '.losses', 'CXR_LABEL_NAMES': '.models', 'MANet': '.models',
-    'bilinear_attention_pool': '.models', 'display_map': '.models', 'MagSDObjective': '.objective',
-    'ObjectiveOutput': '.objective', 'load': '.hub',
+    'AttentionAugmentConfig': '.method.augment', 'AttentionViews': '.method.augment',
+    'attention_crop': '.method.augment', 'attention_views': '.method.augment', 'magsd_loss': '.method.losses',
+    'MagSDObjective': '.method.objective', 'ObjectiveOutput': '.method.objective', 'CXR_LABEL_NAMES': '.models',
+    'MANet': '.models', 'bilinear_attention_pool': '.models', 'display_map': '.models', 'load': '.hub',
 }
 __all__ = sorted(_WHERE) + ['__version__']
 

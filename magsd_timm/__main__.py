@@ -1,6 +1,6 @@
 """python -m magsd_timm: the same as the magsd command."""
 import sys
 
-from .cli import main
+from .cli.magsd import main
 
 sys.exit(main())

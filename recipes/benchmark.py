@@ -70,10 +70,17 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from magsd_timm.console import EXIT_CODES, CommandParser, HelpFormatter, add_traceback_flag, add_version_flag, json_object
+from magsd_timm.cli.console import (
+    EXIT_CODES,
+    CommandParser,
+    HelpFormatter,
+    add_traceback_flag,
+    add_version_flag,
+    json_object,
+)
 from magsd_timm.errors import BadInputError, display
-from magsd_timm.outputs import strict_json, write_text_atomic
-from magsd_timm.tables import markdown_table, shown_path
+from magsd_timm.utils.outputs import strict_json, write_text_atomic
+from magsd_timm.utils.tables import markdown_table, shown_path
 
 # the recommended recipe (docs/results.md): pretrained EfficientNet-Lite0, 3 stages frozen, 128 px, sized for 2 CPU
 # cores; sampling balanced over class and source, which lifted the left-out source's AUROC (cutting films to the
@@ -306,8 +313,8 @@ def _plain_train_step(args: argparse.Namespace, channels_last: bool) -> Step:
 
 def _magsd_train_step(args: argparse.Namespace, channels_last: bool, fused: bool, form: str) -> Step:
     """One MAG-SD training step, objective then SGD; form: 'joint', 'pass-by-pass' or 'compiled'."""
-    from magsd_timm.augment import draw_uniforms
-    from magsd_timm.objective import MagSDObjective
+    from magsd_timm.method.augment import draw_uniforms
+    from magsd_timm.method.objective import MagSDObjective
 
     model = _create(args.model, args, channels_last).train()
     optimizer = _sgd(model)
@@ -332,8 +339,8 @@ def _magsd_train_step(args: argparse.Namespace, channels_last: bool, fused: bool
 
 def _augment_and_loss(args: argparse.Namespace) -> Step:
     """The augmentations and the loss alone, on the attention and logits of a real raw pass."""
-    from magsd_timm.augment import attention_views_from_uniforms, draw_uniforms
-    from magsd_timm.losses import magsd_loss
+    from magsd_timm.method.augment import attention_views_from_uniforms, draw_uniforms
+    from magsd_timm.method.losses import magsd_loss
 
     model = _create(args.model, args).train()
     x, y = _batch(args)
@@ -452,7 +459,7 @@ def run_trainer_suite(args: argparse.Namespace) -> str:
 
     from magsd_timm.data.dataset import open_dataset
     from magsd_timm.data.transforms import build_transforms, resolve_cxr_data_config
-    from magsd_timm.objective import MagSDObjective
+    from magsd_timm.method.objective import MagSDObjective
     from magsd_timm.train.checkpoint import TrainProgress
     from magsd_timm.train.loop import TrainSetup, train_step
 
@@ -517,7 +524,7 @@ def _endless_batches(args: argparse.Namespace, size: int, keep: bool) -> Any:
 
 def _trainer_step(args: argparse.Namespace, accelerator: Any, name: str, size: int, frozen: int) -> Step:
     """One batch through the trainer: its loader (preprocessing kept), accelerate's prepare and train_step."""
-    from magsd_timm.objective import MagSDObjective
+    from magsd_timm.method.objective import MagSDObjective
     from magsd_timm.train.checkpoint import TrainProgress
     from magsd_timm.train.loop import TrainSetup, train_step
     from magsd_timm.train.optim import create_optimizer, freeze_stages
@@ -586,7 +593,7 @@ class _PlainBackbone(torch.nn.Module):
 
 
 def _fit(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int, magsd: bool) -> None:
-    from magsd_timm.objective import MagSDObjective
+    from magsd_timm.method.objective import MagSDObjective
 
     torch.manual_seed(0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
@@ -608,7 +615,7 @@ def run_attention_suite(args: argparse.Namespace) -> str:
     import timm
 
     from magsd_timm.data.synthetic import lesion_images
-    from magsd_timm.explain import attention_heatmap, grad_cam, pointing_game
+    from magsd_timm.evaluation.explain import attention_heatmap, grad_cam, pointing_game
 
     num_classes, size = 3, 96
     train_x, train_y, _ = lesion_images(args.attention_images, size, num_classes, seed=0)
@@ -676,7 +683,7 @@ def run_predict_suite(args: argparse.Namespace) -> str:
     """Films per second of magsd predict once its model is loaded: the command on one film and on all."""
     import tempfile
 
-    from magsd_timm.cli import main as magsd
+    from magsd_timm.cli.magsd import main as magsd
 
     if not args.predict_model:
         raise BadInputError('--suite predict needs --predict-model (a published tag, a run folder or a Hub id)')
@@ -788,7 +795,8 @@ def _train_run(args: argparse.Namespace, method: str, seed: int) -> Path:
     import shlex
     import subprocess
 
-    from magsd_timm.train.run_folder import RunFolder, setting_differences
+    from magsd_timm.run_records import setting_differences
+    from magsd_timm.train.run_folder import RunFolder
 
     without = (f'-without-{args.holdout_source}' if args.holdout_source else
                f'-unseen-{args.unseen_covid_source}' if args.unseen_covid_source else '')
@@ -851,9 +859,9 @@ def _scored_sets(model: torch.nn.Module, crop: Any, args: argparse.Namespace) ->
 
 def _run_probabilities(run: Path, args: argparse.Namespace) -> Tuple[Dict[str, Any], torch.nn.Module]:
     """The best checkpoint's probabilities (data class order), labels and images on each scored set, and the model."""
-    from magsd_timm.evaluation import align_labels, predict_dataset
+    from magsd_timm.evaluation.inference import probabilities
+    from magsd_timm.evaluation.report import align_labels, predict_dataset
     from magsd_timm.hub import checkpoint_config, load, load_lung_crop
-    from magsd_timm.inference import probabilities
 
     best = f'local-dir:{run / "best"}'
     config = checkpoint_config(best)
@@ -898,8 +906,8 @@ def _covid_vs_normal(labels: torch.Tensor, class_names: Sequence[str]) -> Option
 def _method_results(runs: List[Tuple[Dict[str, Any], torch.nn.Module]], args: argparse.Namespace,
                     boxes: Any) -> Dict[str, Any]:
     """Per scored set: each seed's metrics, the seed mean's intervals, COVID-19 vs normal, and the hiding reports."""
-    from magsd_timm.metrics import bootstrap_intervals, classification_metrics
-    from magsd_timm.shortcuts import hiding_report
+    from magsd_timm.evaluation.metrics import bootstrap_intervals, classification_metrics
+    from magsd_timm.evaluation.shortcuts import hiding_report
 
     out: Dict[str, Any] = {'models': [model for _, model in runs]}
     for scored in runs[0][0]:
@@ -935,7 +943,7 @@ def _reported(results: Dict[str, Any]) -> List[str]:
 
 def _operating_point(result: Dict[str, Any]) -> List[float]:
     """Per run, the P(COVID-19) at or above which OPERATING_SENSITIVITY of the set's COVID-19 films lie."""
-    from magsd_timm.operating_point import threshold_at_sensitivity
+    from magsd_timm.evaluation.operating_point import threshold_at_sensitivity
 
     covid = result['class_names'].index('COVID-19')
     try:
@@ -948,7 +956,7 @@ def _operating_point(result: Dict[str, Any]) -> List[float]:
 def _rate(hits: List[torch.Tensor], groups: Sequence[Any], args: argparse.Namespace) -> Dict[str, Any]:
     """A rate (the share of True in each seed's hits): per seed, and the 95% bootstrap interval of the seed mean
     over patients."""
-    from magsd_timm.metrics import group_resamples, percentile_interval
+    from magsd_timm.evaluation.metrics import group_resamples, percentile_interval
 
     rates = torch.stack([h.double() for h in hits])  # (seeds, films)
     draws = [float(rates[:, picked].mean()) for picked in group_resamples(groups, args.bootstrap, 0)]
@@ -964,7 +972,7 @@ def unseen_summary(results: Dict[str, Any], methods: Sequence[str], args: argpar
     """What the unseen-source test measured, per method: the COVID-19 vs normal AUROC on the unseen source's films,
     the operating point chosen on validation, and there the sensitivity on the unseen films and the specificity on
     each source's normal films of the test split and on the probe (per seed, with intervals over patients)."""
-    from magsd_timm.operating_point import groups_of, rate_at
+    from magsd_timm.evaluation.operating_point import groups_of, rate_at
 
     first = results[methods[0]]['unseen COVID-19']
     names = first['class_names']
@@ -1052,7 +1060,7 @@ def _holdout_lines(results: Dict[str, Any], methods: Sequence[str], args: argpar
 
 def _shortcut_lines(results: Dict[str, Any], methods: Sequence[str]) -> List[str]:
     """Per class the accuracy on each source's images, and what hiding the lungs or the border does (seed means)."""
-    from magsd_timm.shortcuts import class_source_accuracy
+    from magsd_timm.evaluation.shortcuts import class_source_accuracy
 
     tables = {}
     for m in methods:
@@ -1088,9 +1096,9 @@ def _shortcut_lines(results: Dict[str, Any], methods: Sequence[str]) -> List[str
 def run_cxr_suite(args: argparse.Namespace) -> str:
     """MAG-SD and the plain backbone, same data, budget and recipe, over seeds: test metrics with spreads and CIs;
     leaving a source out, its scores too; and the shortcut measures."""
-    from magsd_timm.evaluation import per_source_metrics
-    from magsd_timm.localization import load_boxes, localization_report
-    from magsd_timm.metrics import defined_mean
+    from magsd_timm.evaluation.localization import load_boxes, localization_report
+    from magsd_timm.evaluation.metrics import defined_mean
+    from magsd_timm.evaluation.report import per_source_metrics
     from magsd_timm.train.run_folder import RunFolder
 
     if args.data is None:
@@ -1281,7 +1289,7 @@ NAMED_ONLY = ('cxr', 'near-copies', 'predict')  # they read real data or a train
 
 def main(argv: List[str]) -> int:
     """Run the chosen suites, print their tables and write them to --output-dir; an error is one line and its code."""
-    from magsd_timm.console import run_command
+    from magsd_timm.cli.console import run_command
 
     args = _parse_args(argv)
     return run_command('benchmark.py', lambda: _benchmark(args), args.traceback)

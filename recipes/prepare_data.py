@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import List, Tuple
 
-from magsd_timm.console import (
+from magsd_timm.cli.console import (
     EXIT_CODES,
     CommandParser,
     HelpFormatter,
@@ -44,7 +44,7 @@ with extras_needed('prepare_data.py'):  # opencv, datasets: pip install "magsd-t
         kermany_records,
         manifest_records,
     )
-    from magsd_timm.outputs import check_no_overlap
+    from magsd_timm.utils.outputs import check_no_overlap
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@
     accelerate launch recipes/train.py -c runs/magsd/args.yaml --output runs/again     # replay a run exactly
     accelerate launch recipes/train.py --output runs/magsd --resume   # continue from the last checkpoint
 
-The output folder (magsd_timm/train/run_folder.py) holds resumable checkpoints, best/ and final/ in
+The output folder (its layout: magsd_timm/run_records.py) holds resumable checkpoints, best/ and final/ in
 timm's Hub format, the run's arguments, per-epoch summary and curves, the best checkpoint's validation
 report, the images left out, and TensorBoard logs when tensorboard is installed. One training update
 is magsd_timm.train.loop.train_step. Every image is decoded once before the first step; one run at a
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from magsd_timm.console import (
+from magsd_timm.cli.console import (
     EXIT_CODES,
     MAX_BATCH_SIZE,
     MAX_EPOCHS,
@@ -56,15 +56,14 @@ with extras_needed('train.py'):  # accelerate, opencv, datasets: pip install "ma
     import magsd_timm  # noqa: F401  (registers the magsd_* models)
     from magsd_timm.data.dataset import BalancedSampler, CXRDataset, open_dataset
     from magsd_timm.data.transforms import augment_spec, build_transforms, resolve_cxr_data_config
-    from magsd_timm.digest import file_sha256, json_sha256
     from magsd_timm.errors import BadInputError, display
     from magsd_timm.hub.cards import render_model_card
+    from magsd_timm.method.objective import MagSDObjective
     from magsd_timm.models import close_matches
     from magsd_timm.models.config import MAX_INPUT_SIDE, MIN_INPUT_SIDE, check_input_fits
     from magsd_timm.models.lung_detector import DETECTOR_WEIGHTS, LungDetector, load_detector
     from magsd_timm.models.offline_weights import create_pretrained
-    from magsd_timm.objective import MagSDObjective
-    from magsd_timm.seeds import seeded_generator
+    from magsd_timm.run_records import BEST, FINAL, TrainingRun, setting_differences
     from magsd_timm.train.adversary import SourceAdversary, SourceLabelled, source_names
     from magsd_timm.train.checkpoint import TrainProgress, latest_checkpoint, save_checkpoint
     from magsd_timm.train.loop import TrainSetup, train_step, validate
@@ -76,7 +75,9 @@ with extras_needed('train.py'):  # accelerate, opencv, datasets: pip install "ma
         freeze_stages,
         optimizer_problem,
     )
-    from magsd_timm.train.run_folder import BEST, FINAL, RunFolder, TrainingRun, setting_differences
+    from magsd_timm.train.run_folder import RunFolder
+    from magsd_timm.utils.digest import file_sha256, json_sha256
+    from magsd_timm.utils.seeds import seeded_generator
 
 BEST_METRICS = ('macro_f1', 'accuracy')
 # what args.yaml records beside the settings: a config file may hold them and they set nothing, but a replay

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from magsd_timm.console import (
+from magsd_timm.cli.console import (
     EXIT_CODES,
     MAX_BATCH_SIZE,
     MAX_EPOCHS,
@@ -42,9 +42,10 @@ with extras_needed('train_lung_detector.py'):  # opencv: pip install "magsd-timm
     import torch
 
     from magsd_timm.data.reader import ImageReadError, read_image
-    from magsd_timm.localization import load_boxes
-    from magsd_timm.models.lung_detector import ARCHITECTURES, MARGIN_RANGE, LungDetector, box_iou, save_detector
-    from magsd_timm.outputs import atomic_folder, exclusive_lock, strict_json
+    from magsd_timm.evaluation.localization import load_boxes
+    from magsd_timm.models.config import DETECTOR_ARCHITECTURES, DETECTOR_MARGIN_RANGE
+    from magsd_timm.models.lung_detector import LungDetector, box_iou, save_detector
+    from magsd_timm.utils.outputs import atomic_folder, exclusive_lock, strict_json
 
 ASPECT_TOLERANCE = 0.03  # the file's width/height against the recorded one (files are often downsampled)
 EDGE_TOLERANCE = 1.  # pixels a box may reach past its image's edge (rounding in the annotation tool)
@@ -56,12 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument('output', type=Path, help='folder to write the detector to')
     parser.add_argument('--boxes', type=Path, required=True, help='COCO lung boxes (bbox in the original pixels)')
     parser.add_argument('--images', type=Path, required=True, help='folder of the films the box file names')
-    parser.add_argument('--architecture', default='tf_efficientnet_lite0', choices=ARCHITECTURES,
+    parser.add_argument('--architecture', default='tf_efficientnet_lite0', choices=DETECTOR_ARCHITECTURES,
                         help='timm network of the detector')
     parser.add_argument('--pretrained', action=argparse.BooleanOptionalAction, default=True,
                         help='start from ImageNet weights (offline: the offline-weights extra)')
     parser.add_argument('--img-size', type=number(int, 32, 512), default=128, help='input side in pixels')
-    parser.add_argument('--margin', type=number(float, *MARGIN_RANGE), default=0.05,
+    parser.add_argument('--margin', type=number(float, *DETECTOR_MARGIN_RANGE), default=0.05,
                         help='share of the film added on every side of the predicted box when cropping')
     parser.add_argument('--epochs', type=number(int, 1, MAX_EPOCHS), default=30, help='passes over the training films')
     parser.add_argument('--batch-size', type=number(int, 1, MAX_BATCH_SIZE), default=32, help='films per step')

@@ -45,8 +45,8 @@ def _script_parser(script: str, assigned: list) -> argparse.ArgumentParser:
 
 def _parser_and_args(argv):
     """The parser of the program an argv runs, and the arguments it is given."""
-    from magsd_timm.cli import _parser as magsd
-    from magsd_timm.hub.cli import _parser as magsd_hub
+    from magsd_timm.cli.magsd import _parser as magsd
+    from magsd_timm.cli.magsd_hub import _parser as magsd_hub
 
     assigned = [word.split('=')[0] for word in itertools.takewhile(lambda w: re.fullmatch(r'[A-Z_]+=.*', w), argv)]
     program, *args = argv[len(assigned):]

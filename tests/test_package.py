@@ -1,4 +1,5 @@
-"""The package as a timm plugin: importing it registers the models and loads nothing else heavy."""
+"""The package as a timm plugin: importing it registers the models and loads nothing else heavy; its layers."""
+import ast
 import importlib.resources
 import os
 import subprocess
@@ -10,6 +11,60 @@ import pytest
 import magsd_timm
 
 ZOO_ENTRIES = 15  # the @register_model entrypoints of magsd_timm/models/magsd.py
+PACKAGE = Path(magsd_timm.__file__).parent
+# the package's layers, lowest first (docs/development.md): a module imports from its own layer and those below
+LAYERS = (('errors', 'utils'), ('models', 'run_records'), ('data',), ('method',), ('evaluation',), ('train',), ('hub',),
+          ('cli',))
+
+
+def _package_imports() -> dict:
+    """Each module of the package (dotted name) and the package's modules it imports, at its top or in a function."""
+    imports = {}
+    for path in PACKAGE.rglob('*.py'):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix('').parts)
+        is_package = parts[-1] == '__init__'
+        module = '.'.join(parts[:-1] if is_package else parts)
+        package = module if is_package else module.rpartition('.')[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package.split('.')[:len(package.split('.')) - node.level + 1] if node.level else []
+                target = '.'.join(base + ([node.module] if node.module else []))
+                found |= {target} | {f'{target}.{a.name}' for a in node.names if (PACKAGE.parent / f'{target}.{a.name}'
+                                                                                  .replace('.', '/')).exists()}
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+        imports[module] = {name for name in found if name.startswith('magsd_timm.')}
+    return imports
+
+
+def _layer(module: str) -> int:
+    """The layer of a module of the package, by its subpackage or top-level module."""
+    top = module.split('.')[1]
+    return next(i for i, names in enumerate(LAYERS) if top in names)
+
+
+def test_every_import_points_down_the_layers():
+    upward = [f'{module} imports {name}' for module, names in _package_imports().items()
+              if module.count('.') and not module.endswith('__main__')  # the entry shims sit on top
+              for name in names if _layer(name) > _layer(module)]
+    assert upward == []
+
+
+def test_every_module_belongs_to_a_layer():
+    tops = {module.split('.')[1] for module in _package_imports() if module.count('.')}
+    assert tops - {'__main__'} == {name for names in LAYERS for name in names}
+
+
+def test_loading_a_model_from_a_folder_or_the_hub_needs_no_training_code():
+    imports, seen, todo = _package_imports(), set(), ['magsd_timm.hub.pull']
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            parents = ['.'.join(module.split('.')[:i]) for i in range(2, module.count('.') + 1)]
+            todo += [*imports.get(module, ()), *parents]
+    assert 'magsd_timm.hub.pull' in seen and not [m for m in seen if m.startswith('magsd_timm.train')]
 
 
 @pytest.mark.subprocess
@@ -36,7 +91,7 @@ def test_the_lazy_submodules_and_load_arrive_on_first_use():
 
 
 def test_the_card_templates_ship_with_the_hub_code():
-    hub = importlib.resources.files('magsd_timm.hub')
+    hub = importlib.resources.files('magsd_timm.hub_content')
     assert '$evaluation' in hub.joinpath('model_card.md').read_text()
     assert '$split_table' in hub.joinpath('dataset_card.md').read_text()
 
@@ -58,7 +113,7 @@ def test_the_models_register_when_timm_comes_after_and_need_none_of_the_extras(t
     # the package before timm (after an availability check, which is no import): the models register with timm
     code = (f'import sys\nfor m in {OPTIONAL!r}:\n    sys.modules[m] = None  # as if not installed\n'
             'import magsd_timm, importlib.util\nimportlib.util.find_spec("timm")\n'
-            'import timm, torch\nfrom magsd_timm.cli import main\n'
+            'import timm, torch\nfrom magsd_timm.cli.magsd import main\n'
             'print(len(timm.list_models("magsd_*")), timm.__spec__.loader.__class__.__name__)\n'
             'timm.create_model("magsd_custom", backbone="test_resnet", num_classes=2)\n'
             f'model = magsd_timm.load({str(trained_run / "best")!r}).eval()\n'
@@ -75,7 +130,7 @@ def test_the_models_register_when_timm_comes_after_and_need_none_of_the_extras(t
 def test_each_optional_module_is_named_with_the_extra_that_installs_it():
     import tomllib
 
-    from magsd_timm.console import EXTRAS
+    from magsd_timm.cli.console import EXTRAS
 
     extras = tomllib.loads((Path(__file__).resolve().parents[1] / 'pyproject.toml').read_text())['project'][
         'optional-dependencies']

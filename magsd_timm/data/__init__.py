@@ -3,7 +3,7 @@
 The names below load on first use, so that reading a data config or a dataset card does not load
 OpenCV or the datasets library.
 """
-from ..lazy import lazy_attributes
+from ..utils.lazy import lazy_attributes
 
 _WHERE = {
     'CXRDataset': '.dataset', 'open_dataset': '.dataset', 'ImageReadError': '.reader', 'read_image': '.reader',

@@ -6,7 +6,6 @@ time writes an output (a second is refused), and what a killed build left beside
 or removed by the next: a kept previous output (``.NAME.old``) is put back if the output is missing,
 and staging folders are deleted.
 """
-import importlib.resources
 import io
 import logging
 from collections import Counter
@@ -18,10 +17,11 @@ import numpy as np
 from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image
 
-from ..digest import bytes_sha256
 from ..errors import BadInputError, display
-from ..outputs import atomic_folder, check_no_overlap, exclusive_lock, recover_folder, strict_json
-from ..tables import markdown_table
+from ..utils.digest import bytes_sha256
+from ..utils.hub_files import hub_content
+from ..utils.outputs import atomic_folder, check_no_overlap, exclusive_lock, recover_folder, strict_json
+from ..utils.tables import markdown_table
 from .near_copies import Fingerprint, NoStructureError, fingerprint
 from .reader import ImageReadError, decode_image, is_dicom, read_file_bytes
 from .sources import Record, fold_labels
@@ -153,7 +153,7 @@ def render_card(
                            'one person may still sit in different splits.' if unknown else
                            'Every image has a patient id; no patient is in more than one split.'),
     )
-    body = Template(importlib.resources.files('magsd_timm.hub').joinpath('dataset_card.md').read_text())
+    body = Template(hub_content('dataset_card.md').read_text())
     return str(DatasetCard(f'---\n{metadata.to_yaml()}\n---\n\n{body.substitute(values)}'))
 
 

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..digest import bytes_sha256, file_sha256, json_sha256
 from ..errors import BadInputError, display
-from ..hub_files import HUB_PREFIX, hub_snapshot, parse_hub_ref
-from ..seeds import mix_seed, seeded_generator
+from ..utils.digest import bytes_sha256, file_sha256, json_sha256
+from ..utils.hub_files import HUB_PREFIX, hub_snapshot, parse_hub_ref
+from ..utils.seeds import mix_seed, seeded_generator
 from .reader import ImageReadError, read_image, read_image_bytes
 from .sample import sample_records
 from .sources import Record, folder_records, manifest_records

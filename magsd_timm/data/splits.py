@@ -14,8 +14,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, NamedTuple, Sequence, Tuple
 
-from ..digest import file_sha256
 from ..errors import display
+from ..utils.digest import file_sha256
 from .near_copies import Fingerprint, near_copy_groups, near_copy_pairs
 from .sources import Record
 

@@ -13,7 +13,8 @@ from ..errors import BadInputError
 
 __all__ = [
     'BACKBONE_KWARGS', 'MAX_HEAD_WEIGHTS', 'MAX_INPUT_SIDE', 'MAX_NUM_CLASSES', 'MAX_NUM_MAPS', 'MIN_INPUT_SIDE',
-    'TEMPERATURE_RANGE', 'ConfigError', 'UnknownModelArgumentError',
+    'TEMPERATURE_RANGE', 'ConfigError', 'UnknownModelArgumentError', 'DETECTOR_ARCHITECTURES', 'DETECTOR_MARGIN_RANGE',
+    'DETECTOR_SIZE_RANGE', 'check_crop_record', 'check_detector_config',
     'MAX_PARAMETERS', 'check_checkpoint_config', 'check_data_config', 'check_head_size', 'check_input_fits',
     'check_input_size',
     'check_model_args', 'check_model_size',
@@ -234,8 +235,6 @@ def check_checkpoint_config(config: Any, where: Optional[str] = None) -> Dict[st
     if 'temperature' in config:
         check_temperature(config['temperature'], where)
     if 'lung_crop' in config:  # the detector its films are cut with: checked before any file of it is fetched
-        from .lung_detector import check_crop_record
-
         check_crop_record(config['lung_crop'], where or 'config.json')
     if 'training' in config and not isinstance(config['training'], dict):
         raise ConfigError(f'{_where(where)}training must be an object (what the classifier was trained on).')
@@ -306,3 +305,38 @@ def training_record(config: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     record = config.get('training')
     return dict(record) if isinstance(record, dict) and record else None
 
+
+# the lung detector's settings (models/lung_detector.py), in a checkpoint's config.json lung_crop and its own file
+DETECTOR_ARCHITECTURES = ('tf_efficientnet_lite0', 'resnet18', 'test_resnet')  # what a detector config may name
+DETECTOR_SIZE_RANGE = (32, 512)
+DETECTOR_MARGIN_RANGE = (0., 0.25)
+
+
+def check_detector_config(config: Any, where: str) -> None:
+    """Refuse a detector config that is not a mapping of a known architecture, a size and a margin in range, and a
+    mean box of four shares, each start before its end."""
+    if not isinstance(config, dict):
+        raise BadInputError(f'{where}: not a mapping of detector settings.')
+    architecture, size, margin = config.get('architecture'), config.get('img_size'), config.get('margin')
+    if architecture not in DETECTOR_ARCHITECTURES:
+        raise BadInputError(f'{where}: architecture {architecture!r} is not one of {", ".join(DETECTOR_ARCHITECTURES)}.')
+    (low, high), (least, most) = DETECTOR_SIZE_RANGE, DETECTOR_MARGIN_RANGE
+    if not isinstance(size, int) or isinstance(size, bool) or not low <= size <= high:
+        raise BadInputError(f'{where}: img_size {size!r} must be a whole number from {low} to {high}.')
+    if not isinstance(margin, (int, float)) or isinstance(margin, bool) or not least <= margin <= most:
+        raise BadInputError(f'{where}: margin {margin!r} must be a number from {least} to {most}.')
+    box = config.get('mean_box')
+    if not isinstance(box, list) or len(box) != 4 or not all(is_finite_number(v) and 0 <= v <= 1 for v in box) \
+            or not (box[0] < box[2] and box[1] < box[3]):
+        raise BadInputError(f'{where}: mean_box {box!r} must be four shares x0, y0, x1, y1 with x0 < x1 and y0 < y1.')
+
+
+def check_crop_record(record: Any, where: str) -> None:
+    """Refuse a config.json lung_crop that is not a detector's settings and a SHA-256 of its weights."""
+    if not isinstance(record, dict) or set(record) != {'detector', 'sha256'}:
+        raise BadInputError(f'{where}: lung_crop must be an object of the detector\'s settings (detector) and the '
+                            'SHA-256 of its weights (sha256).')
+    check_detector_config(record['detector'], f'{where}: lung_crop')
+    digest = record['sha256']
+    if not isinstance(digest, str) or len(digest) != 64 or any(c not in '0123456789abcdef' for c in digest):
+        raise BadInputError(f'{where}: lung_crop sha256 {digest!r} is not a SHA-256 (64 lower-case hex digits).')

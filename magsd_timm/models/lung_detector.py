@@ -24,20 +24,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..digest import bytes_sha256
 from ..errors import BadInputError, display
-from .config import is_finite_number
+from ..utils.digest import bytes_sha256
+from .config import check_detector_config
 from .weights import said, tensor_problems
 
-__all__ = ['ARCHITECTURES', 'DETECTOR_CONFIG', 'DETECTOR_FILES', 'DETECTOR_WEIGHTS', 'LungDetector', 'box_iou',
-           'check_crop_record', 'check_detector_config', 'load_detector', 'save_detector']
+__all__ = ['DETECTOR_CONFIG', 'DETECTOR_FILES', 'DETECTOR_WEIGHTS', 'LungDetector', 'box_iou', 'load_detector',
+           'save_detector']
 
 DETECTOR_WEIGHTS = 'lung_detector.safetensors'
 DETECTOR_CONFIG = 'lung_detector.json'
 DETECTOR_FILES = (DETECTOR_CONFIG, DETECTOR_WEIGHTS)
-ARCHITECTURES = ('tf_efficientnet_lite0', 'resnet18', 'test_resnet')  # what a detector config may name
-SIZE_RANGE = (32, 512)
-MARGIN_RANGE = (0., 0.25)
 MIN_CROP_SHARE = 0.25  # a crop keeps at least this share of each side, centred on the box
 MAX_SHIFT, MAX_SCALE = 0.25, 0.5  # the box's centre moves at most this share, its sides scale by exp(+-MAX_SCALE)
 
@@ -131,42 +128,11 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area(a) + area(b) - inter).clamp(min=1e-12)
 
 
-def check_detector_config(config: Any, where: str) -> None:
-    """Refuse a detector config that is not a mapping of a known architecture, a size and a margin in range, and a
-    mean box of four shares, each start before its end."""
-    if not isinstance(config, dict):
-        raise BadInputError(f'{where}: not a mapping of detector settings.')
-    architecture, size, margin = config.get('architecture'), config.get('img_size'), config.get('margin')
-    if architecture not in ARCHITECTURES:
-        raise BadInputError(f'{where}: architecture {architecture!r} is not one of {", ".join(ARCHITECTURES)}.')
-    if not isinstance(size, int) or isinstance(size, bool) or not SIZE_RANGE[0] <= size <= SIZE_RANGE[1]:
-        raise BadInputError(f'{where}: img_size {size!r} must be a whole number from {SIZE_RANGE[0]} to '
-                            f'{SIZE_RANGE[1]}.')
-    if not isinstance(margin, (int, float)) or isinstance(margin, bool) or not MARGIN_RANGE[0] <= margin <= \
-            MARGIN_RANGE[1]:
-        raise BadInputError(f'{where}: margin {margin!r} must be a number from {MARGIN_RANGE[0]} to {MARGIN_RANGE[1]}.')
-    box = config.get('mean_box')
-    if not isinstance(box, list) or len(box) != 4 or not all(is_finite_number(v) and 0 <= v <= 1 for v in box) \
-            or not (box[0] < box[2] and box[1] < box[3]):
-        raise BadInputError(f'{where}: mean_box {box!r} must be four shares x0, y0, x1, y1 with x0 < x1 and y0 < y1.')
-
-
-def check_crop_record(record: Any, where: str) -> None:
-    """Refuse a config.json lung_crop that is not a detector's settings and a SHA-256 of its weights."""
-    if not isinstance(record, dict) or set(record) != {'detector', 'sha256'}:
-        raise BadInputError(f'{where}: lung_crop must be an object of the detector\'s settings (detector) and the '
-                            'SHA-256 of its weights (sha256).')
-    check_detector_config(record['detector'], f'{where}: lung_crop')
-    digest = record['sha256']
-    if not isinstance(digest, str) or len(digest) != 64 or any(c not in '0123456789abcdef' for c in digest):
-        raise BadInputError(f'{where}: lung_crop sha256 {digest!r} is not a SHA-256 (64 lower-case hex digits).')
-
-
 def save_detector(detector: LungDetector, folder: Union[str, Path], scores: Dict[str, Any]) -> None:
     """Write the detector's weights and config (with what it scored) into folder, each file atomically."""
     from safetensors.torch import save_file
 
-    from ..outputs import atomic_path, strict_json, write_text_atomic
+    from ..utils.outputs import atomic_path, strict_json, write_text_atomic
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,8 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar
 
 import torch
 
-from ..digest import bytes_sha256, file_sha256
 from ..errors import BadInputError, display
+from ..utils.digest import bytes_sha256, file_sha256
 
 __all__ = ['LITE_PACKAGES', 'NoWeightsSourceError', 'OfflineWeightsError', 'block_layout', 'convert_lite',
            'create_pretrained', 'hub_or_package', 'hub_unreachable', 'offline_weights_file', 'package_weights_path',
@@ -119,7 +119,7 @@ def offline_weights_file(architecture: str) -> Path:
     import timm
     from safetensors.torch import save_file
 
-    from ..outputs import atomic_path, write_text_atomic
+    from ..utils.outputs import atomic_path, write_text_atomic
 
     package_file = package_weights_path(architecture)
     stat = package_file.stat()

@@ -2,7 +2,7 @@
 
 Each entry of ``HUB_WEIGHTS`` (models/magsd.py) is a published tag, ``magsd_<arch>.<tag>``: timm's
 pretrained cfg of the checkpoint (its Hub repo in ``hf_hub_id``, classes, input size, statistics)
-plus ``folder``, the folder of the repository's ``hub/`` (installed as ``magsd_timm.hub``) that holds
+plus ``folder``, the folder of the repository's ``hub/`` (installed as ``magsd_timm.hub_content``) that holds
 the repo's files, and ``sha256``, the SHA-256 of its ``model.safetensors``.
 
 Where the files come from follows the rule of the offline ImageNet weights
@@ -11,18 +11,16 @@ does not answer, or when it answers without the file, the package's copy. One li
 the source. Weights from either place must have the recorded SHA-256, or they are refused: a Hub repo
 changed since the entry was written, or a damaged install, never loads as the published model.
 """
-import importlib.resources
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
-from ..digest import file_sha256
 from ..errors import BadInputError, display
-from ..hub_files import hub_file, parse_hub_ref
+from ..utils.digest import file_sha256
+from ..utils.hub_files import hub_content, hub_file, parse_hub_ref
 from .offline_weights import hub_or_package
 
 __all__ = ['PUBLISHED_KEYS', 'PublishedWeightsError', 'packaged_folder', 'published_file']
 
-PUBLISHED_PACKAGE = 'magsd_timm.hub'
 PUBLISHED_KEYS = ('folder', 'sha256')  # keys of a HUB_WEIGHTS entry that are the project's, not timm's cfg
 WEIGHTS = 'model.safetensors'
 
@@ -33,7 +31,7 @@ class PublishedWeightsError(BadInputError):
 
 def packaged_folder(entry: Dict[str, Any]) -> Path:
     """The folder of the installed package (or the repository) that holds a published tag's files."""
-    return Path(str(importlib.resources.files(PUBLISHED_PACKAGE) / entry['folder']))
+    return hub_content(entry['folder'])
 
 
 def published_file(name: str, entry: Dict[str, Any], filename: str = WEIGHTS) -> Tuple[Path, str]:

@@ -17,7 +17,7 @@ from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 from timm.models import get_model_traits
 
 from ..errors import BadInputError
-from ..hub_files import hub_file
+from ..utils.hub_files import hub_file
 
 __all__ = ['UnsafeWeightsError', 'WeightsMismatchError', 'allow_pickle_weights', 'check_state_dict',
            'require_safe_weights', 'said', 'tensor_problems']

@@ -3,8 +3,8 @@ from typing import List
 
 import timm
 
-from ..complexity import count_parameters
-from ..tables import markdown_table
+from ..utils.tables import markdown_table
+from .complexity import count_parameters
 from .magsd import HUB_WEIGHTS
 from .offline_weights import LITE_PACKAGES
 

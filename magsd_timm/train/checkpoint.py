@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 from safetensors import SafetensorError
 
 from ..errors import display
-from ..outputs import replace_folder, staging_folder, umask_modes_inside, write_failure
+from ..utils.outputs import replace_folder, staging_folder, umask_modes_inside, write_failure
 
 __all__ = ['TrainProgress', 'latest_checkpoint', 'remove_partial_checkpoints', 'save_checkpoint']
 

@@ -17,9 +17,9 @@ from timm.scheduler.scheduler import Scheduler
 from timm.utils import ModelEmaV3
 
 from ..errors import DivergedError
-from ..metrics import classification_metrics
-from ..objective import MagSDObjective
-from ..seeds import seeded_generator
+from ..evaluation.metrics import classification_metrics
+from ..method.objective import MagSDObjective
+from ..utils.seeds import seeded_generator
 from .adversary import SourceAdversary, classifier_input
 from .checkpoint import TrainProgress
 

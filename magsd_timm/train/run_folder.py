@@ -1,20 +1,7 @@
-"""A training run's output folder: what it holds, written by the trainer and read back, in one place.
-
-    OUTPUT/
-      args.yaml              the run's arguments and the command that started it
-      checkpoints/step_*     accelerate states to resume from (train.checkpoint)
-      best/, final/          timm Hub format: model.safetensors and config.json (label names, the trained
-                             input size, a training record); best/README.md is a model card draft; with
-                             --crop-lungs, the lung detector's two files and config.json's lung_crop
-      eval_best.json, .md    the best checkpoint's validation report
-      confusion_matrix.png   of that report
-      summary.json, .csv     one row per epoch; curves.png plots them
-      skipped.json           images left out (duplicates, label conflicts, unreadable files)
-      test/                  the best checkpoint's test report, when `magsd evaluate RUN/best DATA
-                             --output RUN/test` wrote one (evaluation.json, .md, plots): the card shows it
+"""A training run's output folder as the trainer writes it (the layout: magsd_timm.run_records).
 
 Every file and checkpoint folder is written atomically; one process at a time may write a run folder
-(``claim``). ``find_run`` reads a run back for model cards and Hub pushes.
+(``claim``). ``magsd_timm.run_records.find_run`` reads a run back for loading, model cards and Hub pushes.
 """
 import contextlib
 import copy
@@ -22,7 +9,6 @@ import csv
 import io
 import json
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Union
 
@@ -32,73 +18,18 @@ from timm.models import save_for_hf
 from timm.utils import unfreeze
 
 from ..errors import BadInputError, display
-from ..models.weights import SAFE_WEIGHTS
-from ..outputs import atomic_folder, atomic_path, exclusive_lock, recover_folder, strict_json, write_text_atomic
-from ..strict_yaml import YamlSettingsError, load_settings
+from ..run_records import ARGS, BEST, EVAL_BEST, FINAL, SKIPPED, SUMMARY, read_args
+from ..utils.outputs import atomic_folder, atomic_path, exclusive_lock, recover_folder, strict_json, write_text_atomic
 from .checkpoint import latest_checkpoint, remove_partial_checkpoints
 
 if TYPE_CHECKING:
     from ..models.lung_detector import LungDetector
 
-__all__ = ['BEST', 'FINAL', 'OPERATIONAL_ARGS', 'RunFolder', 'TrainingRun', 'find_run', 'setting_differences']
+__all__ = ['RunFolder']
 
-BEST, FINAL = 'best', 'final'
-ARGS, EVAL_BEST, SUMMARY, SKIPPED = 'args.yaml', 'eval_best.json', 'summary.json', 'skipped.json'
 # what a run writes besides its models and checkpoints: stale once a run that wrote them is started afresh
 _RECORDS = (ARGS, SKIPPED, SUMMARY, 'summary.csv', 'curves.png', EVAL_BEST, 'eval_best.md', 'confusion_matrix.png')
-# the arguments that change how a run is carried out, not what it computes: all others must match for a
-# resume to continue a run, or for a benchmark to reuse one
-OPERATIONAL_ARGS = ('output', 'resume', 'workers', 'cache_images', 'threads', 'checkpoint_every', 'keep_checkpoints',
-                    'traceback', 'command')
-_UNSET = object()
-
-
-def setting_differences(recorded: Dict[str, Any], requested: Dict[str, Any]) -> List[str]:
-    """Each setting (other than OPERATIONAL_ARGS) whose recorded value is not the requested one, said."""
-    requested = yaml.safe_load(yaml.safe_dump(dict(requested)))  # compared as args.yaml stores them
-    keys = sorted((set(recorded) | set(requested)) - set(OPERATIONAL_ARGS))
-
-    def said(value: Any) -> str:
-        return 'not recorded' if value is _UNSET else repr(value)
-    return [f'{key}: {said(recorded.get(key, _UNSET))} then, {said(requested.get(key, _UNSET))} now'
-            for key in keys if recorded.get(key, _UNSET) != requested.get(key, _UNSET)]
-TEST_REPORT = 'test/evaluation.json'
 _DATA_CONFIG_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
-
-
-@dataclass
-class TrainingRun:
-    """A checkpoint and what its training run recorded about it."""
-    checkpoint: Path
-    args: Dict[str, Any] = field(default_factory=dict)
-    metrics: Optional[Dict[str, Any]] = None
-    epoch: Optional[int] = None
-    command: Optional[str] = None
-    test_report: Optional[Dict[str, Any]] = None  # magsd evaluate's report on the test split
-
-
-def find_run(path: Union[str, Path]) -> TrainingRun:
-    """The checkpoint of a run folder (its best/) or a checkpoint folder, with the run's records."""
-    path = Path(path)
-    if (path / BEST / 'config.json').is_file():
-        checkpoint, run_dir = path / BEST, path
-    elif (path / 'config.json').is_file():
-        checkpoint, run_dir = path, path.parent
-    else:
-        raise FileNotFoundError(
-            f"No checkpoint in '{path}': expected a training output folder (with best/config.json, as "
-            f"recipes/train.py leaves it) or a folder with config.json and {SAFE_WEIGHTS}.")
-    run = TrainingRun(checkpoint)
-    folder = RunFolder(run_dir)
-    run.args = folder.read_args()
-    run.command = run.args.pop('command', None)
-    if (run_dir / EVAL_BEST).is_file() and checkpoint.name == BEST:
-        metrics = json.loads((run_dir / EVAL_BEST).read_text())
-        run.epoch = metrics.pop('epoch', None)
-        run.metrics = metrics
-    if (run_dir / TEST_REPORT).is_file() and checkpoint.name == BEST:
-        run.test_report = json.loads((run_dir / TEST_REPORT).read_text())
-    return run
 
 
 class RunFolder:
@@ -132,14 +63,8 @@ class RunFolder:
             or (self.path / FINAL).exists()
 
     def read_args(self) -> Dict[str, Any]:
-        """The arguments the run recorded (with its command), or {} before the run started; BadInputError if unreadable."""
-        path = self.path / ARGS
-        if not path.is_file():
-            return {}
-        try:
-            return load_settings(path.read_text(encoding='utf-8'))
-        except (YamlSettingsError, UnicodeDecodeError) as e:
-            raise BadInputError(f'{display(path)}: not a readable record of a run\'s arguments ({e}).') from e
+        """The arguments the run recorded (with its command), or {} before the run started."""
+        return read_args(self.path)
 
     def write_args(self, args: Dict[str, Any], command: str) -> None:
         """Record the run's arguments and the command that started it."""
@@ -157,7 +82,7 @@ class RunFolder:
 
     def write_summary(self, rows: List[Dict[str, Any]]) -> None:
         """The per-epoch rows as summary.json and summary.csv, plotted in curves.png."""
-        from ..plots import plot_curves  # matplotlib, only where a run writes its figures
+        from ..evaluation.plots import plot_curves  # matplotlib, only where a run writes its figures
 
         write_text_atomic(self.path / SUMMARY, strict_json(rows), 'run summary')
         buffer = io.StringIO()
@@ -173,8 +98,8 @@ class RunFolder:
                    lung_crop: Optional['LungDetector'] = None) -> Path:
         """best/ or final/ in timm's Hub format, with the trained input size, the training record and a card; and
         the lung detector that cut its films, when one did."""
-        from ..digest import file_sha256
         from ..models.lung_detector import DETECTOR_FILES, DETECTOR_WEIGHTS
+        from ..utils.digest import file_sha256
 
         folder = self.path / name
         extra = {'lung_crop': lung_crop.record()} if lung_crop is not None else {}
@@ -202,8 +127,8 @@ class RunFolder:
 
     def write_best_report(self, metrics: Dict[str, Any], epoch: int, class_names: Sequence[str]) -> None:
         """The best checkpoint's validation report (eval_best.json, eval_best.md) and its confusion matrix."""
-        from ..metrics import metrics_markdown
-        from ..plots import plot_confusion_matrix
+        from ..evaluation.metrics import metrics_markdown
+        from ..evaluation.plots import plot_confusion_matrix
 
         write_text_atomic(self.path / EVAL_BEST, strict_json(dict(metrics, epoch=epoch)), 'evaluation report')
         write_text_atomic(self.path / 'eval_best.md', f'# Validation report, best epoch {epoch}\n\n'

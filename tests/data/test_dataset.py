@@ -142,7 +142,7 @@ def test_kept_preprocessing_gives_the_same_items_without_decoding_again(tmp_path
 
 
 def test_an_image_that_read_well_when_checked_and_fails_later_is_the_machines_failure(tmp_path):
-    from magsd_timm.console import exit_code
+    from magsd_timm.cli.console import exit_code
     from magsd_timm.data.dataset import ImageChangedError
     from magsd_timm.data.reader import ImageReadError
     from magsd_timm.data.sample import sample_dir

@@ -65,7 +65,8 @@ def test_a_pretrained_backbone_is_the_base_model_and_undefined_metrics_are_left_
 
 @pytest.mark.parametrize('tag, base_model', [('tv_in1k', 'timm/resnet18.tv_in1k'), ('../../etc', None)])
 def test_a_plain_baseline_names_the_weights_it_started_from_by_their_tag(run, tmp_path, tag, base_model):
-    from magsd_timm.train.run_folder import FINAL, RunFolder
+    from magsd_timm.run_records import FINAL
+    from magsd_timm.train.run_folder import RunFolder
 
     baseline = timm.create_model('resnet18.tv_in1k', num_classes=2, in_chans=1)
     folder = RunFolder(tmp_path / 'base')
@@ -89,7 +90,7 @@ def test_body_says_what_the_model_is_how_it_was_trained_and_how_to_use_it(run, m
     assert f"classify chest\nX-rays into: {', '.join(config['label_names'])}" in body
     assert '`magsd_custom` over `test_resnet`, 4 attention maps' in body
     assert f'**Params (M):** {sum(p.numel() for p in model.parameters()) / 1e6:.2f}' in body
-    from magsd_timm.tables import shown_command
+    from magsd_timm.utils.tables import shown_command
 
     assert shown_command(run.command) in body and '| epochs | 1 |' in body  # the command, without this machine's folders
     assert '--output run --model magsd_custom' in body
@@ -146,7 +147,7 @@ def test_a_test_report_in_the_run_is_the_cards_headline_with_intervals_per_sourc
         trained_run, tmp_path, model, capsys):
     import shutil
 
-    from magsd_timm.cli import main
+    from magsd_timm.cli.magsd import main
 
     run_dir = tmp_path / 'run'
     shutil.copytree(trained_run, run_dir)

@@ -14,7 +14,7 @@ from support.recipes import load_recipe
 @pytest.fixture(scope='module')
 def covid_run(tmp_path_factory):
     """A tiny MA-Net trained on the sample relabelled COVID-19 / normal from two sources, with its test report."""
-    from magsd_timm.cli import main as magsd
+    from magsd_timm.cli.magsd import main as magsd
     from magsd_timm.data import sample_records
     from magsd_timm.data.build import build_dataset
 
@@ -47,7 +47,7 @@ def _summary(run: Path, tmp_path: Path, **changed) -> Path:
 
 
 def _hub(*args) -> subprocess.CompletedProcess:
-    from magsd_timm.hub.cli import main
+    from magsd_timm.cli.magsd_hub import main
 
     return main([str(a) for a in args])
 
@@ -110,7 +110,7 @@ def test_a_calibrated_model_states_its_operating_point_on_the_probabilities_it_r
     import re
     import shutil
 
-    from magsd_timm.evaluation import save_temperature
+    from magsd_timm.evaluation.report import save_temperature
 
     def stated(run: Path, name: str):
         staged = tmp_path / name

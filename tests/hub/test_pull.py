@@ -198,7 +198,7 @@ def test_a_file_the_hub_names_outside_the_cache_is_removed_and_refused(hub, push
     from huggingface_hub import constants
 
     from magsd_timm.hub import checkpoint_config
-    from magsd_timm.hub_files import HubFileError
+    from magsd_timm.utils.hub_files import HubFileError
 
     hub.put_commit('tester/etag-escape', {'config.json': (pushed / 'config.json').read_bytes()})
     blobs = Path(constants.HF_HUB_CACHE) / 'models--tester--etag-escape' / 'blobs'
@@ -212,7 +212,7 @@ def test_a_file_the_hub_names_outside_the_cache_is_removed_and_refused(hub, push
 
 @pytest.mark.parametrize('revision', ['main', 'v1.0', 'refs/pr/1', 'a' * 40, 'exp_2-b'])
 def test_revisions_as_the_hub_names_them_are_accepted(revision):
-    from magsd_timm.hub_files import check_revision
+    from magsd_timm.utils.hub_files import check_revision
 
     assert check_revision(revision) == revision
 

@@ -25,7 +25,7 @@ def magsd_hub(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture
 def hub_here(capfd):
     """magsd-hub's main in this process (no interpreter start-up), its output captured at the file descriptors."""
-    from magsd_timm.hub.cli import main
+    from magsd_timm.cli.magsd_hub import main
 
     def run(*args) -> subprocess.CompletedProcess:
         code = main([str(a) for a in args])
@@ -109,7 +109,7 @@ def test_a_push_that_fails_leaves_the_repo_and_the_output_as_they_were_and_can_b
 
 
 def test_a_network_failure_during_a_push_says_nothing_was_committed(hub, trained_run, capsys):
-    from magsd_timm.hub.cli import main
+    from magsd_timm.cli.magsd_hub import main
 
     assert main(['push-model', str(trained_run), 'tester/magsd-drop']) == 0
     repo = hub.repo('tester/magsd-drop')
@@ -132,7 +132,7 @@ def test_a_network_failure_during_a_push_says_nothing_was_committed(hub, trained
 def test_a_checkpoint_with_invalid_values_is_not_pushed(hub, trained_run, tmp_path, corrupt, message, capsys):
     from safetensors.torch import save_file
 
-    from magsd_timm.hub.cli import main
+    from magsd_timm.cli.magsd_hub import main
 
     checkpoint = tmp_path / 'bad'
     shutil.copytree(trained_run / 'best', checkpoint)

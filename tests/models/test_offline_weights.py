@@ -8,7 +8,7 @@ import torch
 from huggingface_hub import constants
 from safetensors.torch import load_file, save
 
-from magsd_timm.console import error_line, exit_code
+from magsd_timm.cli.console import error_line, exit_code
 from magsd_timm.models import offline_weights
 from magsd_timm.models.offline_weights import NoWeightsSourceError, OfflineWeightsError, convert_lite, offline_weights_file
 from support.recipes import load_recipe

@@ -113,7 +113,7 @@ def test_pretrained_without_cxr_weights_warns_once_that_the_classifier_is_untrai
 
 
 def test_magsd_refuses_to_predict_with_a_classifier_that_never_trained(pretrained_export, tmp_path, capsys):
-    from magsd_timm.cli import main
+    from magsd_timm.cli.magsd import main
     from magsd_timm.data import sample_records
 
     _, out = pretrained_export  # ImageNet backbone, fresh head, saved: no training record

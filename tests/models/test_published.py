@@ -12,10 +12,10 @@ from timm.models import _registry
 from timm.models._pretrained import PretrainedCfg
 
 import magsd_timm
-from magsd_timm.digest import file_sha256
 from magsd_timm.errors import BadInputError
 from magsd_timm.models import magsd, published
 from magsd_timm.models.published import PublishedWeightsError
+from magsd_timm.utils.digest import file_sha256
 
 NAME = 'magsd_custom.cxr_test'
 REPO = 'tester/magsd-published'
@@ -101,7 +101,7 @@ def test_weights_other_than_the_recorded_ones_are_refused_from_the_hub_and_from_
 
 
 def test_offline_a_missing_file_is_one_line_naming_the_tag_and_the_file(release, monkeypatch, tmp_path, capsys):
-    from magsd_timm.cli import main
+    from magsd_timm.cli.magsd import main
 
     folder, _ = release
     monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
@@ -113,7 +113,7 @@ def test_offline_a_missing_file_is_one_line_naming_the_tag_and_the_file(release,
 
 
 def test_predict_with_a_published_tag_offline_answers_from_the_packages_files(release, monkeypatch, capsys):
-    from magsd_timm.cli import main
+    from magsd_timm.cli.magsd import main
 
     monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
     film = magsd_timm.data.sample_records()[0]['path']

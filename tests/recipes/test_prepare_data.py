@@ -84,7 +84,7 @@ def test_odd_names_bombs_and_label_conflicts_are_handled_and_listed(tmp_path, ru
 
 
 def test_a_second_build_into_the_same_output_is_refused(tmp_path, run_here):
-    from magsd_timm.outputs import exclusive_lock
+    from magsd_timm.utils.outputs import exclusive_lock
 
     out = tmp_path / 'out'
     with exclusive_lock(out, 'prepare_data build'):  # another build is writing it

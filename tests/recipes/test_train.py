@@ -238,7 +238,7 @@ def test_data_and_model_errors_stop_the_run_before_it_starts(tmp_path, trained_r
 
 
 def test_a_second_run_into_a_busy_output_is_refused(tmp_path, capsys):
-    from magsd_timm.outputs import exclusive_lock
+    from magsd_timm.utils.outputs import exclusive_lock
 
     out = tmp_path / 'run'
     with exclusive_lock(out, 'training run'):
@@ -473,12 +473,12 @@ def test_a_process_training_on_the_cpu_takes_the_physical_cores_it_shares_unless
 def test_a_run_cut_to_the_lungs_carries_its_detector_and_inference_cuts_alike(tmp_path, capsys):
     import shutil
 
-    from magsd_timm.cli import main as magsd
+    from magsd_timm.cli.magsd import main as magsd
     from magsd_timm.data import build_transforms, resolve_cxr_data_config
     from magsd_timm.data.reader import read_image
     from magsd_timm.data.sample import sample_records
-    from magsd_timm.digest import file_sha256
     from magsd_timm.models.lung_detector import DETECTOR_FILES, DETECTOR_WEIGHTS, LungDetector, save_detector
+    from magsd_timm.utils.digest import file_sha256
 
     lungs = tmp_path / 'lungs'  # a fresh detector answers its mean box: each film's middle
     save_detector(LungDetector('test_resnet', 32, margin=0., mean_box=(0.25, 0.2, 0.75, 0.8)), lungs, {})

@@ -122,7 +122,7 @@ def test_checkpoints_are_complete_folders_and_only_the_newest_are_kept(tmp_path)
 
 
 def test_a_full_disk_while_checkpointing_says_so_and_keeps_the_last_complete_checkpoint(tmp_path, monkeypatch):
-    from magsd_timm.outputs import OutputWriteError
+    from magsd_timm.utils.outputs import OutputWriteError
 
     accelerator = Accelerator(cpu=True)
     progress = TrainProgress()

@@ -6,8 +6,9 @@ from timm.layers import FrozenBatchNormAct2d
 from timm.models import group_parameters
 
 import magsd_timm  # noqa: F401
+from magsd_timm.run_records import FINAL
 from magsd_timm.train.optim import create_optimizer, freeze_stages
-from magsd_timm.train.run_folder import FINAL, RunFolder
+from magsd_timm.train.run_folder import RunFolder
 
 
 def _frozen(model):

@@ -7,8 +7,9 @@ import timm
 
 import magsd_timm  # noqa: F401
 from magsd_timm.errors import BadInputError
-from magsd_timm.outputs import OutputBusyError
-from magsd_timm.train.run_folder import BEST, FINAL, RunFolder, find_run
+from magsd_timm.run_records import BEST, FINAL, find_run
+from magsd_timm.train.run_folder import RunFolder
+from magsd_timm.utils.outputs import OutputBusyError
 
 CLASSES = ['bacterial pneumonia', 'normal']
 DATA_CONFIG = dict(input_size=(1, 64, 64), interpolation='bilinear', mean=(0.449,), std=(0.226,), crop_pct=1.0,
@@ -111,7 +112,7 @@ def test_a_run_that_stopped_before_its_first_checkpoint_does_not_block_the_retry
 
 
 def test_settings_that_change_a_result_are_told_apart_from_operational_ones():
-    from magsd_timm.train.run_folder import setting_differences
+    from magsd_timm.run_records import setting_differences
 
     recorded = {'epochs': 4, 'lr': 0.0003, 'model_kwargs': {'num_maps': 4}, 'workers': 0, 'output': 'a',
                 'command': 'x', 'pretrained': False}
