@@ -12,6 +12,7 @@ import tempfile
 import pytest
 
 from support.hub_server import LoopbackHub
+from support.recipes import RECIPES  # noqa: F401  (puts recipes/ on sys.path: the benchmark suites import as `benchmarks`)
 
 if 'huggingface_hub' in sys.modules:  # its constants are already read: the tests could reach huggingface.co
     raise RuntimeError('huggingface_hub was imported before tests/conftest.py set the Hub environment')

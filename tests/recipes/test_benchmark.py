@@ -8,7 +8,8 @@ import pytest
 import torch
 import yaml
 
-from support.recipes import load_recipe
+from benchmarks import cxr, step, throughput
+from support.recipes import RECIPES, load_recipe
 
 RECIPE = Path(__file__).resolve().parents[2] / 'recipes' / 'benchmark.py'
 SMALL = ['--model', 'magsd_custom', '--model-kwargs', '{"backbone": "test_resnet"}', '--baseline', 'test_resnet',
@@ -85,12 +86,11 @@ def test_step_suite_compares_each_magsd_step_with_the_plain_reference(tmp_path):
 
 
 def test_the_plain_reference_step_runs_in_the_precision_of_the_magsd_steps(bench_here, monkeypatch):
-    module = bench_here.module
-    args = module._parse_args([*SMALL, '--dtype', 'bfloat16'])
+    args = bench_here.module._parse_args([*SMALL, '--dtype', 'bfloat16'])
     seen = []
-    cross_entropy = module.F.cross_entropy
-    monkeypatch.setattr(module.F, 'cross_entropy', lambda logits, y: seen.append(logits.dtype) or cross_entropy(logits, y))
-    module._plain_train_step(args, False)()
+    cross_entropy = step.F.cross_entropy
+    monkeypatch.setattr(step.F, 'cross_entropy', lambda logits, y: seen.append(logits.dtype) or cross_entropy(logits, y))
+    step._plain_train_step(args, False)()
     assert seen == [torch.bfloat16]  # a bf16 MAG-SD step over an fp32 plain one would credit bf16 to MAG-SD
 
 
@@ -129,7 +129,7 @@ def test_trainer_suite_compares_the_trainer_loop_with_a_bare_loop(tmp_path, benc
 
 
 def test_throughput_suite_gives_the_trainers_images_per_second_and_its_data_share(tmp_path, bench_here, monkeypatch):
-    monkeypatch.setattr(bench_here.module, 'THROUGHPUT_TARGETS', {('magsd_custom', 64, 1): 1e9})  # out of reach
+    monkeypatch.setattr(throughput, 'THROUGHPUT_TARGETS', {('magsd_custom', 64, 1): 1e9})  # out of reach
     bench_here('--suite', 'throughput', '--throughput-models', 'magsd_custom', '--throughput-sizes', '64',
                '--throughput-freeze', '0', '1')
     rows = [_cells(line) for line in (tmp_path / 'throughput.md').read_text().splitlines()[6:]]
@@ -215,17 +215,16 @@ def test_cxr_suite_trains_both_methods_alike_leaving_a_source_out_and_reports_wh
     assert yaml.safe_load((run / 'args.yaml').read_text())['exclude_sources'] == ['left']
     assert 'trained alike (1 epochs, 64 px, batch 4' in table  # what the runs' records say
 
-    recipe = bench_here.module
-    plain = recipe._parse_args([*SMALL, '--output-dir', str(tmp_path), *suite[:4], *suite[6:]])
-    assert list(recipe._scored_sets(load(f'local-dir:{run / "best"}'), None, plain)) == ['test']  # no source left out
+    plain = bench_here.module._parse_args([*SMALL, '--output-dir', str(tmp_path), *suite[:4], *suite[6:]])
+    assert list(cxr._scored_sets(load(f'local-dir:{run / "best"}'), None, plain)) == ['test']  # no source left out
     # a run is reused only with exactly the settings asked for; anything else is refused, nothing trained
     stamps = sorted(p.stat().st_mtime_ns for p in (tmp_path / 'cxr').rglob('*.safetensors'))
     err = bench_here(*suite, '--cxr-epochs', '15', code=2)
     assert 'holds a run with other settings (epochs: 1 then, 15 now)' in err and err.count('\n') == 1
     assert (tmp_path / 'cxr.md').read_text() == table
     for method in ('magsd', 'baseline'):  # the same settings: the finished runs are reused, nothing is trained
-        args = recipe._parse_args([*SMALL, '--output-dir', str(tmp_path), *suite, '--cxr-epochs', '1'])
-        assert recipe._train_run(args, method, 0) == tmp_path / 'cxr' / f'{method}-without-left-seed0'
+        args = bench_here.module._parse_args([*SMALL, '--output-dir', str(tmp_path), *suite, '--cxr-epochs', '1'])
+        assert cxr._train_run(args, method, 0) == tmp_path / 'cxr' / f'{method}-without-left-seed0'
     assert 'cxr: ' not in capsys.readouterr().out  # no training command was printed, so none was run
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / 'cxr').rglob('*.safetensors')) == stamps
     # the data folder prepared again with another seed: a finished run trained on the old splits is not reused
@@ -245,11 +244,10 @@ def test_a_training_child_dies_with_a_killed_benchmark(tmp_path):
     import time
 
     parent = subprocess.Popen([sys.executable, '-c', f"""
-import importlib.util, subprocess, sys
-spec = importlib.util.spec_from_file_location('bench', {str(RECIPE)!r})
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
-child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], preexec_fn=bench._die_with_parent)
+import subprocess, sys
+sys.path.insert(0, {str(RECIPES)!r})
+from benchmarks.common import die_with_parent
+child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], preexec_fn=die_with_parent)
 print(child.pid, flush=True)
 child.wait()
 """], stdout=subprocess.PIPE, text=True)
@@ -318,10 +316,9 @@ def test_cxr_suite_scores_a_covid_source_never_seen_at_an_operating_point_chosen
     assert 'augment mild+hospital, source adversary 0.5' in table  # what the runs' records say
     assert 'without `unseen:COVID-19` `far:normal`, which was left out of training and validation' in table
     # the operating point is P(COVID-19) at the validation split's 10th percentile of COVID-19 films
-    recipe = bench_here.module
     result = dict(class_names=['COVID-19', 'normal'], labels=torch.tensor([0] * 10 + [1]),
                   probs=[torch.tensor([[v, 1 - v] for v in [.1, .2, .3, .4, .5, .6, .7, .8, .9, 1., .05]])])
-    assert recipe._operating_point(result) == [pytest.approx(.1)]
+    assert cxr._operating_point(result) == [pytest.approx(.1)]
 
 
 def test_predict_suite_gives_films_per_second_of_the_command_once_its_model_is_loaded(tmp_path, bench_here, trained_run):

@@ -1,11 +1,14 @@
 """The recipes (recipes/*.py are scripts, not modules of the package), loaded as modules for in-process tests."""
 import importlib.util
 import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
 RECIPES = Path(__file__).resolve().parents[2] / 'recipes'
+if str(RECIPES) not in sys.path:  # as when a recipe runs as a script: recipes/benchmarks/ imports as `benchmarks`
+    sys.path.insert(0, str(RECIPES))
 
 
 def load_recipe(name: str) -> ModuleType:
