@@ -35,7 +35,7 @@ TEST_REPORT = 'test/evaluation.json'
 # the arguments that change how a run is carried out, not what it computes: all others must match for a
 # resume to continue a run, or for a benchmark to reuse one
 OPERATIONAL_ARGS = ('output', 'resume', 'workers', 'cache_images', 'threads', 'checkpoint_every', 'keep_checkpoints',
-                    'traceback', 'command')
+                    'keep_finished_checkpoints', 'traceback', 'command')
 _UNSET = object()
 
 

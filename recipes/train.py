@@ -3,8 +3,10 @@
 
     accelerate launch recipes/train.py                          # magsd_resnet18 on the bundled sample, CPU ok
     accelerate launch recipes/train.py -c recipes/configs/paper.yaml --data out/cxr   # the authors' recipe
-    accelerate launch recipes/train.py -c runs/magsd/args.yaml --output runs/again     # replay a run exactly
-    accelerate launch recipes/train.py --output runs/magsd --resume   # continue from the last checkpoint
+    accelerate launch recipes/train.py -c runs/RUN/args.yaml --output runs/again     # replay a run exactly
+    accelerate launch recipes/train.py --output runs/RUN --resume   # continue from the last checkpoint
+
+Without --output, each run gets a new folder runs/DATE-TIME-MODEL-SIZE (as timm's train.py names them).
 
 The output folder (its layout: magsd_timm/run_records.py) holds resumable checkpoints, best/ and final/ in
 timm's Hub format, the run's arguments, per-epoch summary and curves, the best checkpoint's validation
@@ -47,7 +49,7 @@ with extras_needed('train.py'):  # accelerate, opencv, datasets: pip install "ma
     import timm
     import timm.optim
     import torch
-    from accelerate import Accelerator
+    from accelerate import Accelerator, PartialState
     from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, is_tensorboard_available, set_seed
     from timm.utils import ModelEmaV3
     from torch.utils.data import DataLoader
@@ -75,7 +77,7 @@ with extras_needed('train.py'):  # accelerate, opencv, datasets: pip install "ma
         freeze_stages,
         optimizer_problem,
     )
-    from magsd_timm.train.run_folder import RunFolder
+    from magsd_timm.train.run_folder import RunFolder, new_run_path
     from magsd_timm.utils.digest import file_sha256, json_sha256
     from magsd_timm.utils.seeds import seeded_generator
 
@@ -83,6 +85,12 @@ BEST_METRICS = ('macro_f1', 'accuracy')
 # what args.yaml records beside the settings: a config file may hold them and they set nothing, but a replay
 # (-c RUN/args.yaml) must use the data and the lung detector whose digests it records (check_replay)
 RECORD_ONLY = ('command', 'data_sha256', 'crop_lungs_sha256')
+# the demo's last lines: what a run on the bundled sample (no --data) can and cannot show
+SAMPLE_NOTE = ('The bundled sample is 16 films ({train} trained on, {validation} validated on): enough to show that '
+               'training, checkpoints, reports and the model card work end to end, not to learn the disease. Its '
+               'scores mean nothing, and its model may call every film one class. To train a real model, prepare '
+               'public chest X-rays (docs/data.md) and pass --data.')
+RUNS = Path('runs')  # where each run without --output gets a folder of its own
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -159,11 +167,16 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument('--seed', type=number(int, 0, 2 ** 32 - 1), default=0,
                        help='seeds the weights, the split of unsplit sources, the batches and the augmentation')
     group = parser.add_argument_group('run folder')
-    group.add_argument('--output', type=Path, default=Path('runs/magsd'), help='the run folder')
+    group.add_argument('--output', type=Path, default=None,
+                       help='the run folder (default: a new runs/DATE-TIME-MODEL-SIZE for each run)')
     group.add_argument('--resume', action='store_true', help='continue from the last checkpoint in --output')
     group.add_argument('--checkpoint-every', type=number(int, 0), default=0,
                        help='also checkpoint every N steps (0: at epoch ends only)')
-    group.add_argument('--keep-checkpoints', type=number(int, 1, 1000), default=2, help='resumable checkpoints kept')
+    group.add_argument('--keep-checkpoints', type=number(int, 1, 1000), default=2,
+                       help='resumable checkpoints kept while the run trains')
+    group.add_argument('--keep-finished-checkpoints', action='store_true',
+                       help='keep them once the run has finished too (removed by default: they hold the optimizer '
+                            "state, about twice the model's size, and only a resume needs them)")
     group.add_argument('--best-metric', default='macro_f1', choices=BEST_METRICS,
                        help='the validation metric that chooses best/')
     group = parser.add_argument_group('hardware')
@@ -195,6 +208,8 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
                      + ('' if known else close_matches(args.opt.lower(), timm.optim.list_optimizers())))
     if not timm.is_model(args.model.split('.')[0]):
         parser.error(f'--model {args.model}: unknown model.{close_matches(args.model, timm.list_models())}')
+    if args.resume and args.output is None:
+        parser.error('--resume continues a run: give its folder with --output')
     if args.epoch_samples is not None and args.balance not in ('sampler', 'class-source'):
         parser.error(f'--epoch-samples {args.epoch_samples}: sets the draws of balanced sampling; give --balance '
                      'sampler or class-source, or leave it out (an epoch is then one pass over the training split)')
@@ -411,7 +426,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     return run_command('train.py', lambda: _train(args, argv), args.traceback)
 
 
+def _output(args: argparse.Namespace) -> Path:
+    """--output, or a new run folder named by the main process and the same in every process."""
+    if args.output is not None:
+        return args.output
+    state = PartialState(cpu=args.cpu)  # what Accelerator sets up below, needed here to share the name
+    name = [str(new_run_path(RUNS, args.model, args.img_size)) if state.is_main_process else None]
+    return Path(broadcast_object_list(name)[0])
+
+
 def _train(args: argparse.Namespace, argv: List[str]) -> int:
+    args.output = _output(args)
     accelerator = Accelerator(
         cpu=args.cpu, mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
@@ -540,7 +565,8 @@ def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str], ru
                                    lung_crop=crop)
                     run.write_best_report(metrics, row['epoch'], class_names)
                 run.write_summary(summary_rows)
-            bar.write(f"epoch {row['epoch']}: " + ', '.join(f'{k} {v:.4f}' for k, v in row.items() if k != 'epoch'))
+            bar.write(f"epoch {row['epoch']}: " + ', '.join(f'{k} {v:.3g}' if k == 'lr' else f'{k} {v:.4f}'
+                                                            for k, v in row.items() if k != 'epoch'))
             save_checkpoint(accelerator, run.checkpoints, progress.global_step, args.keep_checkpoints)
 
     # the end: every process agrees, the final model is saved
@@ -549,8 +575,12 @@ def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str], ru
         run.save_model(FINAL, exported, class_names, data_config,
                        _training_record(args, class_names, train_set, val_set, args.epochs - 1,
                                         progress.pretrained_source, recorded['data_sha256']), lung_crop=crop)
+        if not args.keep_finished_checkpoints:
+            run.remove_checkpoints()
         accelerator.print(f'done: {display(run.path)}. Push the best checkpoint to the Hub with:\n'
                           f'  magsd-hub push-model {display(run.path)} ORG/NAME')
+        if args.data is None:
+            accelerator.print(SAMPLE_NOTE.format(train=len(train_set), validation=len(val_set)))
     accelerator.end_training()
     return 0
 

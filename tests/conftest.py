@@ -55,12 +55,12 @@ def pytest_unconfigure(config):
 @pytest.fixture(scope='session')
 def trained_run(tmp_path_factory):
     """A training output of recipes/train.py (run in this process): a tiny MA-Net (timm's test_resnet), one epoch
-    on the sample."""
+    on the sample; its checkpoints kept, so that tests can resume it."""
     from support.recipes import load_recipe
 
     output = tmp_path_factory.mktemp('trained') / 'run'
     code = load_recipe('train').main(['--output', str(output), '--model', 'magsd_custom', '--model-kwargs',
                                       '{"backbone": "test_resnet", "num_maps": 4}', '--epochs', '1', '--img-size', '64',
-                                      '--batch-size', '4', '--cpu'])
+                                      '--batch-size', '4', '--cpu', '--keep-finished-checkpoints'])
     assert code == 0
     return output

@@ -23,7 +23,7 @@ from ..utils.digest import bytes_sha256, file_sha256, json_sha256
 from ..utils.hub_files import HUB_PREFIX, hub_snapshot, parse_hub_ref
 from ..utils.seeds import mix_seed, seeded_generator
 from .reader import ImageReadError, read_image, read_image_bytes
-from .sample import sample_records
+from .sample import sample_dir, sample_records
 from .sources import Record, folder_records, manifest_records
 from .splits import SPLITS, assign_patients, deduplicate, patient_split
 from .transforms import Preprocess
@@ -326,7 +326,8 @@ def open_dataset(
         raise BadInputError(f"Unknown split '{split}': choose one of {', '.join(SPLITS)}.")
     import datasets
 
-    if source in (None, 'sample'):
+    if source in (None, 'sample') or (Path(source).is_dir() and Path(source).resolve() == sample_dir()):
+        # the bundled folder by its path too: its labels come from Kermany's file names, as the trainer reads them
         return _from_records(sample_records(), split, seed, transform, augment_seed)
     if str(source).startswith(HUB_PREFIX):  # the Hub's repo, never a local folder of the same name
         hub = datasets.load_dataset(str(hub_snapshot(*parse_hub_ref(str(source)[len(HUB_PREFIX):]))), split=split)

@@ -7,14 +7,16 @@ import contextlib
 import copy
 import csv
 import io
+import itertools
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 import yaml
-from timm.models import save_for_hf
+from timm.models import safe_model_name, save_for_hf
 from timm.utils import unfreeze
 
 from ..errors import BadInputError, display
@@ -25,11 +27,25 @@ from .checkpoint import latest_checkpoint, remove_partial_checkpoints
 if TYPE_CHECKING:
     from ..models.lung_detector import LungDetector
 
-__all__ = ['RunFolder']
+__all__ = ['RunFolder', 'new_run_path']
 
 # what a run writes besides its models and checkpoints: stale once a run that wrote them is started afresh
 _RECORDS = (ARGS, SKIPPED, SUMMARY, 'summary.csv', 'curves.png', EVAL_BEST, 'eval_best.md', 'confusion_matrix.png')
+_REMOVING = '.checkpoints.removing'
 _DATA_CONFIG_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
+
+
+def new_run_path(root: Path, model: str, img_size: int) -> Path:
+    """A new, empty run folder ROOT/DATE-TIME-MODEL-SIZE (timm's train.py names its runs so), -2, -3... if taken."""
+    stem = '-'.join([time.strftime('%Y%m%d-%H%M%S'), safe_model_name(model), str(img_size)])
+    Path(root).mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        path = Path(root) / (stem if n == 1 else f'{stem}-{n}')
+        try:
+            path.mkdir()  # made here, so that two runs started in the same second never share a folder
+        except FileExistsError:
+            continue
+        return path
 
 
 class RunFolder:
@@ -46,6 +62,10 @@ class RunFolder:
         are removed and the run starts afresh, so that a retry (with other settings too) is not blocked.
         """
         stack.enter_context(exclusive_lock(self.path, 'training run'))
+        shutil.rmtree(self.path / _REMOVING, ignore_errors=True)  # a finished run's checkpoints, killed half-removed
+        if resume and (self.path / FINAL).exists() and latest_checkpoint(self.checkpoints) is None:
+            raise BadInputError(f'--resume: {display(self.path)} holds a finished run (final/) and no checkpoint to '
+                                'continue from; to train longer or otherwise, start a new run.')
         notes = [*recover_folder(self.path / BEST), *recover_folder(self.path / FINAL)]
         notes += [f'removed {display(p)}, left by an interrupted run' for p in remove_partial_checkpoints(self.checkpoints)]
         if (self.path / ARGS).is_file() and not self.has_results():
@@ -56,6 +76,13 @@ class RunFolder:
             raise BadInputError(f'--output {display(self.path)} is not empty: pass --resume to continue it, or '
                                 'choose another folder.')
         return notes
+
+    def remove_checkpoints(self) -> None:
+        """Remove a finished run's resumable checkpoints: renamed first, so that a kill half-way leaves none that looks
+        whole."""
+        if self.checkpoints.exists():
+            self.checkpoints.rename(self.path / _REMOVING)
+            shutil.rmtree(self.path / _REMOVING)
 
     def has_results(self) -> bool:
         """Whether a run left anything to continue or keep here: a checkpoint, best/ or final/."""

@@ -1,6 +1,7 @@
 """recipes/train.py end to end on the bundled sample: outputs, exact resume after SIGKILL, NaN stop."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ FAST = ['--img-size', '64', '--batch-size', '4', '--cpu']
 
 def test_a_run_leaves_checkpoints_exports_and_a_summary(tmp_path, capsys):
     out = tmp_path / 'run'
-    proc = _train_here(capsys, out, '--epochs', '2')
+    proc = _train_here(capsys, out, '--epochs', '2', '--keep-finished-checkpoints')
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f'magsd-hub push-model {out} ORG/NAME' in proc.stdout  # the run says how to push it
     assert (out / 'args.yaml').exists() and (out / 'eval_best.json').exists()
@@ -76,6 +77,27 @@ def test_resume_after_sigkill_ends_with_the_weights_of_an_uninterrupted_run(tmp_
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_each_run_without_output_gets_a_new_folder_and_a_finished_run_keeps_no_checkpoint(tmp_path, capsys,
+                                                                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the quick start, twice: runs/ of the working folder
+    for _ in range(2):
+        code = _recipe().main([*FAST, '--epochs', '1'])
+        out, err = capsys.readouterr()
+        assert code == 0, err[-2000:]
+        assert out.rstrip().splitlines()[-1].startswith('The bundled sample is 16 films (12 trained on, 2 validated on)')
+    runs = sorted((tmp_path / 'runs').iterdir())
+    assert len(runs) == 2 and all(re.fullmatch(r'\d{8}-\d{6}-magsd_resnet18-64(-2)?', run.name) for run in runs)
+    for run in runs:  # best/ and final/, and no resumable state: a finished run has nothing to resume
+        assert (run / 'final' / 'model.safetensors').is_file() and not (run / 'checkpoints').exists()
+        assert sum(f.stat().st_size for f in run.rglob('*') if f.is_file()) < 100 * 2 ** 20
+    assert yaml.safe_load((runs[0] / 'args.yaml').read_text())['output'] == str(Path('runs') / runs[0].name)
+    _one_line(_train_here(capsys, runs[0], '--epochs', '1', '--resume'), 2,
+              'holds a finished run (final/) and no checkpoint to continue from')
+    with pytest.raises(SystemExit) as stop:
+        _recipe()._parse_args(['--resume'])
+    assert stop.value.code == 2 and '--resume continues a run: give its folder with --output' in capsys.readouterr().err
 
 
 def test_a_non_finite_loss_stops_the_run_without_saving_after_it(tmp_path, capsys):
@@ -343,7 +365,8 @@ def test_one_class_of_a_source_can_be_left_out_and_a_class_it_lacks_is_refused(t
 
 def test_epoch_samples_fix_the_draws_of_an_epoch_and_need_balanced_draws(tmp_path, capsys):
     out = tmp_path / 'draws'
-    proc = _train_here(capsys, out, '--epochs', '1', '--balance', 'class-source', '--epoch-samples', '20')
+    proc = _train_here(capsys, out, '--epochs', '1', '--balance', 'class-source', '--epoch-samples', '20',
+                       '--keep-finished-checkpoints')
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in (out / 'checkpoints').iterdir()) == ['step_00000005']  # 20 draws, batch 4
     assert yaml.safe_load((out / 'args.yaml').read_text())['epoch_samples'] == 20
@@ -358,7 +381,7 @@ def test_training_against_the_source_keeps_the_head_out_of_the_exported_model(tm
     manifest = _two_site_manifest(tmp_path)
     out = tmp_path / 'adversary'
     proc = _train_here(capsys, out, '--data', manifest, '--epochs', '1', '--source-adversary', '0.5',
-                       '--augment', 'mild+hospital')
+                       '--augment', 'mild+hospital', '--keep-finished-checkpoints')
     assert proc.returncode == 0, proc.stderr[-3000:]
     header = (out / 'summary.csv').read_text().splitlines()[0].split(',')
     assert {'train_source_loss', 'train_source_accuracy'} <= set(header)
@@ -428,16 +451,17 @@ def test_a_run_is_tied_to_its_data_and_a_resume_or_replay_on_other_data_is_refus
 
     data, out = tmp_path / 'films', tmp_path / 'run'
     shutil.copytree(sample_dir(), data)
-    assert _train_here(capsys, out, '--data', data, '--epochs', '1').returncode == 0
+    assert _train_here(capsys, out, '--data', data, '--epochs', '1', '--keep-finished-checkpoints').returncode == 0
     digest = yaml.safe_load((out / 'args.yaml').read_text())['data_sha256']
     assert re.fullmatch('[0-9a-f]{64}', digest)
     for folder in ('best', 'final'):  # the checkpoints say what they were trained on too
         assert json.loads((out / folder / 'config.json').read_text())['training']['data_sha256'] == digest
-    assert _train_here(capsys, out, '--data', data, '--epochs', '1', '--resume').returncode == 0  # the same data
+    kept = '--keep-finished-checkpoints'  # so that the finished run can be resumed
+    assert _train_here(capsys, out, '--data', data, '--epochs', '1', '--resume', kept).returncode == 0  # the same data
     moved = sorted((data / 'normal').iterdir())[0]  # the same folder, other data: one film under the other class
     moved.rename(data / 'pneumonia' / moved.name)
     records = {p: p.read_bytes() for p in (out / 'args.yaml', out / 'final' / 'config.json')}
-    _one_line(_train_here(capsys, out, '--data', data, '--epochs', '1', '--resume'), 2,
+    _one_line(_train_here(capsys, out, '--data', data, '--epochs', '1', '--resume', '--keep-finished-checkpoints'), 2,
               f'(the data: {data} holds other films, labels, sources or splits than the run was trained on')
     _one_line(_train_here(capsys, tmp_path / 'replay', '-c', out / 'args.yaml'), 2,
               'the run it records used other data than --data gives now')
