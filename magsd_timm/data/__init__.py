@@ -7,7 +7,8 @@ from ..utils.lazy import lazy_attributes
 
 _WHERE = {
     'CXRDataset': '.dataset', 'open_dataset': '.dataset', 'ImageReadError': '.reader', 'read_image': '.reader',
-    'sample_records': '.sample', 'build_transforms': '.transforms', 'resolve_cxr_data_config': '.transforms',
+    'sample_records': '.sample', 'build_transforms': '.transforms', 'create_transform': '.transforms',
+    'resolve_cxr_data_config': '.transforms',
 }
 __all__ = sorted(_WHERE)
 

@@ -26,6 +26,10 @@ shows (``magsd_timm/data/acquisition.py``): ``mild+hospital`` is the mild block 
 
 Normalisation: ``'dataset'`` subtracts a mean and divides by a std (the model's data config, or a
 dataset's own); ``'column'`` is the published z-score of each image column.
+
+``create_transform(model)`` is the evaluation transform for timm's pipeline: it takes what timm's
+datasets give (a PIL image of any mode: RGB, RGBA, 16-bit) and is the trainer's evaluation transform,
+CLAHE included, which timm's own ``create_transform`` cannot express.
 """
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, Union
 
@@ -38,12 +42,24 @@ if TYPE_CHECKING:
     from ..models.lung_detector import LungDetector
 
 __all__ = [
-    'AUGMENTATIONS', 'Clahe', 'ColumnZScore', 'Preprocess', 'ToTensor', 'augment_spec', 'augmentation',
-    'build_transforms', 'resolve_cxr_data_config',
+    'AUGMENTATIONS', 'Clahe', 'ColumnZScore', 'Preprocess', 'ToGrey', 'ToTensor', 'augment_spec', 'augmentation',
+    'build_transforms', 'create_transform', 'resolve_cxr_data_config',
 ]
 
 AUGMENTATIONS = ('published', 'mild', 'none')  # the blocks; acquisition steps may follow them ('mild+hospital')
 NORMALIZATIONS = ('dataset', 'column')
+
+
+class ToGrey(nn.Module):
+    """A PIL image of any mode as read_image gives a file: float32 (H, W) in [0, 1], colour made grey (luma); an array
+    or tensor passes as it is."""
+
+    def forward(self, image: Any) -> Any:
+        from PIL import Image
+
+        from .reader import image_to_array
+
+        return image_to_array(image) if isinstance(image, Image.Image) else image
 
 
 class ToTensor(nn.Module):
@@ -209,3 +225,9 @@ def build_transforms(
     else:
         steps.append(v2.Normalize(mean=list(data_config['mean']), std=list(data_config['std'])))
     return v2.Compose(steps)
+
+
+def create_transform(model: nn.Module, crop: Optional['LungDetector'] = None) -> Callable[[Any], torch.Tensor]:
+    """The trainer's evaluation transform for a model, CLAHE included, taking a PIL image of any mode (timm's datasets
+    give RGB) or a float (H, W) array: (1, H, W). crop: the model's lung detector, when it was trained on cut films."""
+    return v2.Compose([ToGrey(), *build_transforms(resolve_cxr_data_config(model), crop=crop).transforms])

@@ -238,7 +238,7 @@ def _preprocessing(config: Dict[str, Any], repo_id: str) -> Tuple[str, str]:
     """The card's preprocessing sentence and its code line: the whole film, or the film cut to its lungs by the
     detector the repo carries."""
     steps = 'resized whole to the image size (aspect not kept), CLAHE (clip 4.0, 4 x 4 tiles)'
-    whole = 'transform = build_transforms(resolve_cxr_data_config(model))'
+    whole = 'transform = create_transform(model)  # the trainer\'s evaluation steps, CLAHE included'
     record = config.get('lung_crop')
     if not record:
         return f'each film {steps}', whole
@@ -249,7 +249,7 @@ def _preprocessing(config: Dict[str, Any], repo_id: str) -> Tuple[str, str]:
                 'about other images: `magsd predict` cuts them, and so does the code below')
     code = ("from magsd_timm.hub import checkpoint_config, load_lung_crop\n"
             f"crop = load_lung_crop('hf-hub:{repo_id}', checkpoint_config('hf-hub:{repo_id}'))  # this repo's "
-            "lung detector\ntransform = build_transforms(resolve_cxr_data_config(model), crop=crop)")
+            "lung detector\ntransform = create_transform(model, crop=crop)")
     return sentence, code
 
 

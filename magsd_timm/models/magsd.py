@@ -40,7 +40,7 @@ from .published import PUBLISHED_KEYS, published_file
 from .timm_private import FeatureGetterNet, feature_take_indices
 from .weights import WeightsMismatchError, check_state_dict, require_safe_weights
 
-__all__ = ['MANet', 'UntrainedClassifierWarning', 'bilinear_attention_pool', 'close_matches', 'display_map',
+__all__ = ['MANet', 'UntrainedClassifierWarning', 'bilinear_attention_pool', 'close_matches', 'display_map', 'grey_input',
            'CXR_LABEL_NAMES']
 
 CXR_LABEL_NAMES = ('COVID-19', 'viral pneumonia', 'bacterial pneumonia', 'normal')
@@ -136,6 +136,20 @@ def display_map(attention: torch.Tensor, size: Union[int, Tuple[int, int]]) -> t
     size = (size, size) if isinstance(size, int) else tuple(size)
     mean_map = attention.float().mean(dim=1, keepdim=True)
     return F.interpolate(mean_map, size=size, mode='bilinear', align_corners=False)
+
+
+@register_notrace_function  # FX cannot branch on a traced tensor's shape
+def grey_input(x: torch.Tensor) -> torch.Tensor:
+    """An RGB or RGBA batch (B, 3 or 4, H, W) as grey (B, 1, H, W) by ITU-R BT.601 luma, alpha dropped, as PIL's
+    convert('L') and the file reader make a colour file grey; any other batch as it is.
+
+    Luma weights sum to 1, so a batch normalised with one mean and std for every channel (a grey model's data config
+    in timm's pipeline) gives the grey batch normalised alike.
+    """
+    if x.shape[1] == 3 or x.shape[1] == 4:
+        luma = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device)
+        x = (x[:, :3] * luma.view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+    return x
 
 
 @register_notrace_function  # FX cannot trace a size taken from a traced tensor's shape
@@ -351,6 +365,8 @@ class MANet(nn.Module):
         self.fc.train(self.training)
 
     def _backbone_levels(self, x: torch.Tensor) -> List[torch.Tensor]:
+        if self.in_chans == 1:  # timm's usual input, an RGB image, to a model of grey radiographs
+            x = grey_input(x)
         levels = self.backbone(x)
         if self.feature_nhwc:
             levels = [level.permute(0, 3, 1, 2) for level in levels]

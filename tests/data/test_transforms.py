@@ -108,3 +108,23 @@ def test_timms_own_data_pipeline_gives_the_trainers_input_up_to_clahe(name, kwar
     with Image.open(path) as image:
         theirs = timm_transform(image.convert('L'))
     assert (theirs - build_transforms(resolve_cxr_data_config(model))(read_image(path))).abs().mean() < 0.02
+
+
+def test_create_transform_is_the_trainers_evaluation_transform_for_a_pil_image_of_any_mode(trained_run):
+    import yaml
+    from PIL import Image
+
+    from magsd_timm import load
+    from magsd_timm.data import create_transform
+
+    recorded = yaml.safe_load((trained_run / 'args.yaml').read_text())
+    structure = timm.create_model(recorded['model'], **recorded['model_kwargs'])
+    trainers = build_transforms(resolve_cxr_data_config(structure, img_size=recorded['img_size']))  # as train.py does
+    transform = create_transform(load(str(trained_run)))
+    path = sample_records()[0]['path']
+    expected = trainers(read_image(path))
+    assert expected.shape == (1, recorded['img_size'], recorded['img_size'])
+    with Image.open(path) as image:
+        for mode in ('L', 'RGB', 'RGBA'):  # timm's datasets give RGB: made grey, CLAHE'd, normalised alike
+            assert torch.equal(transform(image.convert(mode)), expected), mode
+    assert torch.equal(transform(read_image(path)), expected)  # what read_image gives too

@@ -101,7 +101,7 @@ def test_body_says_what_the_model_is_how_it_was_trained_and_how_to_use_it(run, m
     assert "timm.create_model('hf-hub:org/cxr-model', pretrained=True)" in usage
     assert '**Preprocessing:** each film resized whole' in body
     assert 'No test report yet, so no shortcut measures' in body  # said where they would be
-    assert 'transform = build_transforms(resolve_cxr_data_config(model))' in usage
+    assert 'transform = create_transform(model)' in usage and 'from magsd_timm.data import create_transform' in usage
     assert '@article{li2021magsd' in body
     assert not math.isnan(float(body.split('**GMACs:** ')[1].split()[0]))
 

