@@ -76,7 +76,8 @@ HUB_WEIGHTS: Dict[str, Dict[str, Any]] = {
     'magsd_efficientnet_lite0.cxr_v1': {
         'input_size': [1, 128, 128], 'fixed_input_size': False, 'interpolation': 'bilinear', 'crop_pct': 1.0,
         'crop_mode': 'squash', 'mean': [0.5], 'std': [0.5], 'num_classes': 4,
-        'label_names': ['COVID-19', 'bacterial pneumonia', 'normal', 'viral pneumonia'], 'pool_size': None,
+        'label_names': ['COVID-19', 'bacterial pneumonia', 'normal', 'viral pneumonia'],
+        'pool_size': [4, 4],  # at 128 px (its config.json, saved before the trainer recorded it, says null)
         'first_conv': 'backbone.conv_stem', 'classifier': 'fc', 'license': 'other',
         'origin_url': 'https://arxiv.org/abs/2012.02278',
         'paper_name': 'Multiscale Attention Guided Network for COVID-19 Diagnosis Using Chest X-ray Images',
@@ -354,8 +355,12 @@ class MANet(nn.Module):
         return self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the classifier (and optionally the pooling) on the model's device, dtype and mode."""
-        pool = self.global_pool if global_pool is None else global_pool
+        """Replace the classifier (and optionally the pooling) on the model's device, dtype and mode.
+
+        A classifier asked for on a model without pooling (num_classes=0, global_pool='') brings back the one
+        pooling MA-Net classifies with, 'bap', as timm's heads do; only an explicit global_pool='' refuses it.
+        """
+        pool = (self.global_pool or ('bap' if num_classes > 0 else '')) if global_pool is None else global_pool
         self.global_pool = self._checked_pool(pool, num_classes)
         self.num_classes = num_classes
         ref = next(self.backbone.parameters())

@@ -9,6 +9,7 @@ import csv
 import io
 import itertools
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -136,6 +137,10 @@ class RunFolder:
         # other classes of as many) would stay in pretrained_cfg, where code reading the file without timm looks
         model.pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k != 'label_descriptions'}
         model.pretrained_cfg['label_names'] = list(class_names)
+        reduction = (getattr(model, 'feature_info', None) or [{}])[-1].get('reduction')
+        if reduction:  # the unpooled map at the trained size, which timm cannot tell and saves as None
+            size = tuple(data_config['input_size'])
+            model.pretrained_cfg.update(input_size=size, pool_size=tuple(math.ceil(s / reduction) for s in size[1:]))
         unfreeze(model)  # frozen stages (--freeze-stages) are saved as the architecture's own BatchNorm layers
         with atomic_folder(folder, 'checkpoint') as staging:
             save_for_hf(model, staging, safe_serialization=True,

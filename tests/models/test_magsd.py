@@ -146,6 +146,16 @@ def test_reset_classifier_keeps_device_dtype_and_mode():
     assert model(_randn(1, 1, 64, 64).to(torch.bfloat16)).shape == (1, 7)
 
 
+
+def test_a_classifier_asked_for_without_pooling_brings_back_bap_as_timms_heads_do():
+    model = timm.create_model('magsd_custom', backbone='test_resnet', num_maps=4, num_classes=0, global_pool='')
+    assert model(_randn(1, 1, 64, 64)).ndim == 4  # the unpooled features and maps
+    model.reset_classifier(2)
+    assert model.global_pool == 'bap' and model(_randn(1, 1, 64, 64)).shape == (1, 2)
+    model.reset_classifier(0, '')
+    with pytest.raises(ValueError, match="global_pool='' returns unpooled features and maps: it needs num_classes=0"):
+        model.reset_classifier(2, '')  # asked for explicitly: refused, never a classifier on unpooled maps
+
 # MA-Net's options, one row each, in the manner of MONAI's network tests: the arguments, then what the
 # built model must be on a (2, in_chans, 64, 64) batch: its output shape, its attention maps' shape,
 # the backbone's top channels, the attended levels, and the stem its config names.
