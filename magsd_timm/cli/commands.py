@@ -8,7 +8,7 @@ import csv
 import io
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -61,6 +61,12 @@ def _label_names(model: torch.nn.Module) -> List[str]:
 
 # ---- predict ------------------------------------------------------------------------------------
 
+def _format_of(output: Optional[str]) -> str:
+    """The predictions' format an output file's name asks for: .json or .csv, else the table."""
+    suffix = Path(output).suffix.lower() if output else ''
+    return {'.json': 'json', '.csv': 'csv'}.get(suffix, 'table')
+
+
 def _predictions_text(predictions, label_names: List[str], fmt: str, model: str, failures) -> str:
     if fmt == 'json':
         return strict_json({
@@ -95,7 +101,7 @@ def run_predict(args: argparse.Namespace) -> int:
         model.to(_device(args.device)), files, _transform(model, name, config), label_names, args.batch_size,
         args.tta, temperature_of(config), Path(args.heatmap) if args.heatmap else None, data_config)
     failures = [(pattern, f'{pattern}: {reason}') for pattern, reason in missing] + unreadable
-    text = _predictions_text(predictions, label_names, args.format, args.model, failures)
+    text = _predictions_text(predictions, label_names, args.format or _format_of(args.output), args.model, failures)
     if args.output:
         write_text_atomic(args.output, text, 'predictions')  # a failure keeps an earlier file whole
     else:

@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text, epilog=EXIT_CODES,
+        # help is %-formatted by argparse and the description is not: one text, '%%' said once as '%'
+        sub = commands.add_parser(name, help=help_text, description=help_text.replace('%%', '%'), epilog=EXIT_CODES,
                                   formatter_class=HelpFormatter)
         sub.add_argument('model', metavar='MODEL', help='registered name, Hub id or local folder (see magsd --help)')
         sub.add_argument('--allow-pickle', action='store_true',
@@ -46,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
 
     predict = command('predict', 'class probabilities of radiographs (PNG, JPEG, 16-bit, DICOM), with heat maps')
     predict.add_argument('inputs', metavar='INPUT', nargs='+', help='files, folders (searched recursively) or globs')
-    predict.add_argument('--format', choices=['table', 'json', 'csv'], default='table', help='output format')
+    predict.add_argument('--format', choices=['table', 'json', 'csv'], default=None,
+                         help="output format (default: --output's extension, .json or .csv, else table)")
     predict.add_argument('--output', help='write the table/JSON/CSV here (default: standard output)')
     predict.add_argument('--heatmap', metavar='DIR', help='write an attention overlay PNG per image to DIR')
     predict.add_argument('--tta', action='store_true', help='attention test-time augmentation (raw + attention crop)')

@@ -36,9 +36,10 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence
     ax.set_xticks(ticks, class_names, rotation=30, ha='right')
     ax.set_yticks(ticks, class_names)
     ax.set(xlabel='predicted', ylabel='true', title='confusion matrix')
+    darkest = max((count for row in matrix for count in row), default=0)
     for i, row in enumerate(matrix):
-        for j, count in enumerate(row):
-            ax.text(j, i, str(count), ha='center', va='center')
+        for j, count in enumerate(row):  # white on the dark half of the colour scale, black on the light half
+            ax.text(j, i, str(count), ha='center', va='center', color='white' if count > darkest / 2 else 'black')
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -106,6 +106,26 @@ def test_predict_reads_dicom_of_both_photometries_and_bit_depths(trained_run, tm
                                                                            abs=1e-4)
 
 
+def test_an_output_file_named_csv_or_json_gets_that_format_unless_format_says_otherwise(trained_run, tmp_path,
+                                                                                         magsd_here):
+    for name, check in (('p.csv', lambda text: next(csv.DictReader(io.StringIO(text)))['file']),
+                        ('p.json', lambda text: json.loads(text)), ('p.txt', lambda text: text.index('predicted'))):
+        assert magsd_here('predict', trained_run, SAMPLE / 'normal', '--output', tmp_path / name).returncode == 0
+        check((tmp_path / name).read_text())  # parses in the format its name asks for
+    assert magsd_here('predict', trained_run, SAMPLE / 'normal', '--output', tmp_path / 'q.csv',
+                      '--format', 'table').returncode == 0
+    assert (tmp_path / 'q.csv').read_text().startswith('file ')  # the table, as asked
+
+
+def test_help_says_percent_once(capsys):
+    from magsd_timm.cli.magsd import main
+
+    with pytest.raises(SystemExit):
+        main(['evaluate', '--help'])
+    out = capsys.readouterr().out
+    assert 'bootstrap 95% CIs' in out and '%%' not in out
+
+
 def test_unreadable_and_missing_inputs_are_reported_and_the_rest_predicted(trained_run, tmp_path, magsd_here):
     (tmp_path / 'notes.png').write_text('not an image')
     good = sample_records()[0]['path']
