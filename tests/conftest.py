@@ -14,6 +14,8 @@ import pytest
 from support.hub_server import LoopbackHub
 from support.recipes import RECIPES  # noqa: F401  (puts recipes/ on sys.path: the benchmark suites import as `benchmarks`)
 
+pytest_plugins = ['support.extras']  # a test module needing a missing extra is skipped, naming it
+
 if 'huggingface_hub' in sys.modules:  # its constants are already read: the tests could reach huggingface.co
     raise RuntimeError('huggingface_hub was imported before tests/conftest.py set the Hub environment')
 

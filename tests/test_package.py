@@ -181,3 +181,15 @@ def test_after_a_plain_pip_install_each_published_tag_loads_offline_as_its_file(
     with torch.no_grad():
         expected = model(torch.linspace(0, 1, height * width).reshape(1, 1, height, width))[0]
     assert torch.allclose(torch.tensor(logits), expected, atol=1e-5)
+
+
+@pytest.mark.subprocess
+def test_a_test_module_needing_a_missing_extra_is_skipped_at_collection_naming_it(tmp_path):
+    (tmp_path / 'test_needs_data.py').write_text('import sys\nsys.modules["cv2"] = None  # as if not installed\n'
+                                                 'import cv2\n\n\ndef test_x():\n    pass\n')
+    (tmp_path / 'test_broken.py').write_text('import no_such_module_anywhere\n')
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent))
+    proc = subprocess.run([sys.executable, '-m', 'pytest', '-p', 'support.extras', '-p', 'no:cacheprovider', '-rs',
+                           '-q', str(tmp_path)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert "needs the data extra (cv2 is not installed): pip install -e \".[data]\"" in proc.stdout
+    assert 'no_such_module_anywhere' in proc.stdout and '1 skipped, 1 error' in proc.stdout  # not an extra: an error
