@@ -109,19 +109,6 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
     return args
 
 
-def _parse_args(argv: List[str]) -> argparse.Namespace:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    args.argv = list(argv)  # what a summary records as the command that made it
-    if args.batch_size < 1 or args.img_size < 32 or args.threads < 1 or args.min_run_time <= 0 or args.min_rounds < 1:
-        parser.error('--batch-size, --threads and --min-rounds must be >= 1, --img-size >= 32, --min-run-time > 0')
-    if args.holdout_source and args.unseen_covid_source:
-        parser.error('--holdout-source and --unseen-covid-source are two tests: give one')
-    if args.device == 'cuda' and not torch.cuda.is_available():
-        parser.error('--device cuda: no CUDA device is available here')
-    return args
-
-
 def main(argv: List[str]) -> int:
     """Run the chosen suites, print their tables and write them to --output-dir; an error is one line and its code."""
     from magsd_timm.cli.console import run_command

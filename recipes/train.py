@@ -484,8 +484,12 @@ def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str], ru
     config, replayed = config_records(_parser(), argv, RECORD_ONLY)
     check_replay(recorded, replayed, config)
     resuming = args.resume and latest_checkpoint(run.checkpoints) is not None
-    if resuming:
+    finished = args.resume and not resuming and (run.path / FINAL).exists()  # its checkpoints removed at its end
+    if resuming or finished:
         _check_resume(args, run, recorded)
+    if finished:  # the same settings and data: the run is done, as a resume from its last checkpoint would find it
+        accelerator.print(f'--resume: {display(run.path)} finished (final/ is there): nothing to continue.')
+        return 0
     train_set, val_set = _checked_splits(args, train_set, val_set, accelerator)
     class_names = train_set.class_names
     model = _create_model(args, len(class_names))

@@ -64,9 +64,6 @@ class RunFolder:
         """
         stack.enter_context(exclusive_lock(self.path, 'training run'))
         shutil.rmtree(self.path / _REMOVING, ignore_errors=True)  # a finished run's checkpoints, killed half-removed
-        if resume and (self.path / FINAL).exists() and latest_checkpoint(self.checkpoints) is None:
-            raise BadInputError(f'--resume: {display(self.path)} holds a finished run (final/) and no checkpoint to '
-                                'continue from; to train longer or otherwise, start a new run.')
         notes = [*recover_folder(self.path / BEST), *recover_folder(self.path / FINAL)]
         notes += [f'removed {display(p)}, left by an interrupted run' for p in remove_partial_checkpoints(self.checkpoints)]
         if (self.path / ARGS).is_file() and not self.has_results():

@@ -93,8 +93,11 @@ def test_each_run_without_output_gets_a_new_folder_and_a_finished_run_keeps_no_c
         assert (run / 'final' / 'model.safetensors').is_file() and not (run / 'checkpoints').exists()
         assert sum(f.stat().st_size for f in run.rglob('*') if f.is_file()) < 100 * 2 ** 20
     assert yaml.safe_load((runs[0] / 'args.yaml').read_text())['output'] == str(Path('runs') / runs[0].name)
-    _one_line(_train_here(capsys, runs[0], '--epochs', '1', '--resume'), 2,
-              'holds a finished run (final/) and no checkpoint to continue from')
+    stamps = {f: f.stat().st_mtime_ns for f in runs[0].rglob('*') if f.is_file()}
+    proc = _train_here(capsys, runs[0], '--epochs', '1', '--resume')  # what compare_pretraining.sh does to a done run
+    assert proc.returncode == 0 and 'finished (final/ is there): nothing to continue.' in proc.stdout, proc.stderr
+    assert {f: f.stat().st_mtime_ns for f in runs[0].rglob('*') if f.is_file()} == stamps  # nothing written again
+    _one_line(_train_here(capsys, runs[0], '--epochs', '2', '--resume'), 2, 'epochs: 1 then, 2 now')
     with pytest.raises(SystemExit) as stop:
         _recipe()._parse_args(['--resume'])
     assert stop.value.code == 2 and '--resume continues a run: give its folder with --output' in capsys.readouterr().err
