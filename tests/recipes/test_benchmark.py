@@ -11,18 +11,9 @@ import yaml
 from benchmarks import cxr, step, throughput
 from support.recipes import RECIPES, load_recipe
 
-RECIPE = Path(__file__).resolve().parents[2] / 'recipes' / 'benchmark.py'
 SMALL = ['--model', 'magsd_custom', '--model-kwargs', '{"backbone": "test_resnet"}', '--baseline', 'test_resnet',
          '--batch-size', '2', '--img-size', '64',
          '--min-run-time', '0.2', '--min-rounds', '1']
-
-
-def _run(tmp_path: Path, *args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, str(RECIPE), *SMALL, '--output-dir', str(tmp_path), *args],
-        capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
 
 
 @pytest.fixture
@@ -58,9 +49,8 @@ def _printed_quotient(printed: str, numerator: str, denominator: str) -> bool:
     return low - half(printed) <= value <= high + half(printed)
 
 
-@pytest.mark.subprocess
-def test_model_suite_writes_a_ratio_table_with_memory(tmp_path):
-    stdout = _run(tmp_path, '--suite', 'model')
+def test_model_suite_writes_a_ratio_table_with_memory(tmp_path, bench_here):
+    stdout = bench_here('--suite', 'model')
     table = (tmp_path / 'model.md').read_text()
     assert table in stdout and not (tmp_path / 'step.md').exists()
     rows = [line for line in table.splitlines() if re.match(r'\| (inference|forward\+backward) \|', line)]
@@ -71,9 +61,8 @@ def test_model_suite_writes_a_ratio_table_with_memory(tmp_path):
         assert re.fullmatch(r'\d+ / \d+', cells[5])
 
 
-@pytest.mark.subprocess
-def test_step_suite_compares_each_magsd_step_with_the_plain_reference(tmp_path):
-    _run(tmp_path, '--suite', 'step')
+def test_step_suite_compares_each_magsd_step_with_the_plain_reference(tmp_path, bench_here):
+    bench_here('--suite', 'step')
     rows = [_cells(line) for line in (tmp_path / 'step.md').read_text().splitlines()[4:]]
     names = [r[0] for r in rows]
     assert names[0] == 'plain, eager, contiguous fp32' and rows[0][2] == '1.000x'

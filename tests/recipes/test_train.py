@@ -20,11 +20,13 @@ from support.recipes import load_recipe
 
 RECIPE = Path(__file__).resolve().parents[2] / 'recipes' / 'train.py'
 FAST = ['--img-size', '64', '--batch-size', '4', '--cpu']
+# where the network is not what a test is about: MA-Net over timm's tiny test_resnet, seconds instead of tens
+TINY = ['--model', 'magsd_custom', '--model-kwargs', '{"backbone": "test_resnet", "num_maps": 4}']
 
 
 def test_a_run_leaves_checkpoints_exports_and_a_summary(tmp_path, capsys):
     out = tmp_path / 'run'
-    proc = _train_here(capsys, out, '--epochs', '2', '--keep-finished-checkpoints')
+    proc = _train_here(capsys, out, *TINY, '--epochs', '2', '--keep-finished-checkpoints')
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f'magsd-hub push-model {out} ORG/NAME' in proc.stdout  # the run says how to push it
     assert (out / 'args.yaml').exists() and (out / 'eval_best.json').exists()
@@ -286,7 +288,7 @@ def test_unreadable_images_are_skipped_and_listed_before_the_first_step(tmp_path
     rows += ['tiny.png,normal,train', 'missing.png,pneumonia,train', 'gone.png,normal,validation']
     (tmp_path / 'm.csv').write_text('\n'.join(rows) + '\n')
     out = tmp_path / 'run'
-    proc = _train_here(capsys, out, '--data', tmp_path / 'm.csv', '--epochs', '1')
+    proc = _train_here(capsys, out, *TINY, '--data', tmp_path / 'm.csv', '--epochs', '1')
     assert proc.returncode == 0, proc.stderr[-3000:]
     skipped = {Path(s['file']).name: s['reason'] for s in json.loads((out / 'skipped.json').read_text())}
     assert set(skipped) == {'tiny.png', 'missing.png', 'gone.png'}
@@ -308,7 +310,7 @@ def test_two_cpu_ranks_stay_in_sync_and_count_each_validation_image_once(tmp_pat
         [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
          '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no', str(RECIPE),
          '--output', str(out), '--data', str(manifest), '--epochs', '1', '--img-size', '64', '--batch-size', '2',
-         '--cpu'], capture_output=True, text=True, timeout=600)
+         '--cpu', *TINY], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert '2 process(es) in sync' in proc.stdout
     assert json.loads((out / 'eval_best.json').read_text())['num_samples'] == 3  # 3 images on 2 ranks: none twice
@@ -320,7 +322,7 @@ def test_baseline_trains_the_plain_backbone_and_options_run(tmp_path, capsys):
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = json.loads((tmp_path / 'base' / 'final' / 'config.json').read_text())
     assert config['architecture'] == 'resnet18' and config['num_classes'] == 2
-    proc = _train_here(capsys, tmp_path / 'opts', '--epochs', '2', '--model-ema', '0.9', '--clip-grad', '1', '--opt',
+    proc = _train_here(capsys, tmp_path / 'opts', *TINY, '--epochs', '2', '--model-ema', '0.9', '--clip-grad', '1', '--opt',
                        'adamw', '--lr', '1e-4', '--sched', 'timm:tanh', '--warmup-epochs', '0.5', '--balance', 'sampler',
                        '--grad-accum', '2')
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -331,7 +333,7 @@ def test_baseline_trains_the_plain_backbone_and_options_run(tmp_path, capsys):
 
 def test_a_source_left_out_is_neither_trained_nor_validated_on_and_an_unknown_one_is_refused(tmp_path, capsys):
     manifest = _two_site_manifest(tmp_path)
-    proc = _train_here(capsys, tmp_path / 'loso', '--data', manifest, '--epochs', '1', '--exclude-sources', 'b',
+    proc = _train_here(capsys, tmp_path / 'loso', *TINY, '--data', manifest, '--epochs', '1', '--exclude-sources', 'b',
                        '--balance', 'class-source')
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / 'loso' / 'eval_best.json').read_text())['num_samples'] == 2
@@ -368,7 +370,7 @@ def test_one_class_of_a_source_can_be_left_out_and_a_class_it_lacks_is_refused(t
 
 def test_epoch_samples_fix_the_draws_of_an_epoch_and_need_balanced_draws(tmp_path, capsys):
     out = tmp_path / 'draws'
-    proc = _train_here(capsys, out, '--epochs', '1', '--balance', 'class-source', '--epoch-samples', '20',
+    proc = _train_here(capsys, out, *TINY, '--epochs', '1', '--balance', 'class-source', '--epoch-samples', '20',
                        '--keep-finished-checkpoints')
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in (out / 'checkpoints').iterdir()) == ['step_00000005']  # 20 draws, batch 4
@@ -383,7 +385,7 @@ def test_epoch_samples_fix_the_draws_of_an_epoch_and_need_balanced_draws(tmp_pat
 def test_training_against_the_source_keeps_the_head_out_of_the_exported_model(tmp_path, capsys):
     manifest = _two_site_manifest(tmp_path)
     out = tmp_path / 'adversary'
-    proc = _train_here(capsys, out, '--data', manifest, '--epochs', '1', '--source-adversary', '0.5',
+    proc = _train_here(capsys, out, *TINY, '--data', manifest, '--epochs', '1', '--source-adversary', '0.5',
                        '--augment', 'mild+hospital', '--keep-finished-checkpoints')
     assert proc.returncode == 0, proc.stderr[-3000:]
     header = (out / 'summary.csv').read_text().splitlines()[0].split(',')
@@ -391,7 +393,7 @@ def test_training_against_the_source_keeps_the_head_out_of_the_exported_model(tm
     recorded = yaml.safe_load((out / 'args.yaml').read_text())
     assert (recorded['source_adversary'], recorded['augment']) == (0.5, 'mild+hospital')
     exported = load_file(out / 'final' / 'model.safetensors')
-    reference = timm.create_model('magsd_resnet18', num_classes=2, in_chans=1).state_dict()
+    reference = timm.create_model('magsd_custom', backbone='test_resnet', num_maps=4, num_classes=2).state_dict()
     assert exported.keys() == reference.keys()  # the source head trained beside the model, not in it
     checkpoint = sorted((out / 'checkpoints').iterdir())[-1]
     assert (checkpoint / 'model_1.safetensors').is_file()  # ... and is in every checkpoint, so a resume continues it
@@ -454,17 +456,17 @@ def test_a_run_is_tied_to_its_data_and_a_resume_or_replay_on_other_data_is_refus
 
     data, out = tmp_path / 'films', tmp_path / 'run'
     shutil.copytree(sample_dir(), data)
-    assert _train_here(capsys, out, '--data', data, '--epochs', '1', '--keep-finished-checkpoints').returncode == 0
+    assert _train_here(capsys, out, *TINY, '--data', data, '--epochs', '1', '--keep-finished-checkpoints').returncode == 0
     digest = yaml.safe_load((out / 'args.yaml').read_text())['data_sha256']
     assert re.fullmatch('[0-9a-f]{64}', digest)
     for folder in ('best', 'final'):  # the checkpoints say what they were trained on too
         assert json.loads((out / folder / 'config.json').read_text())['training']['data_sha256'] == digest
     kept = '--keep-finished-checkpoints'  # so that the finished run can be resumed
-    assert _train_here(capsys, out, '--data', data, '--epochs', '1', '--resume', kept).returncode == 0  # the same data
+    assert _train_here(capsys, out, *TINY, '--data', data, '--epochs', '1', '--resume', kept).returncode == 0  # same data
     moved = sorted((data / 'normal').iterdir())[0]  # the same folder, other data: one film under the other class
     moved.rename(data / 'pneumonia' / moved.name)
     records = {p: p.read_bytes() for p in (out / 'args.yaml', out / 'final' / 'config.json')}
-    _one_line(_train_here(capsys, out, '--data', data, '--epochs', '1', '--resume', '--keep-finished-checkpoints'), 2,
+    _one_line(_train_here(capsys, out, *TINY, '--data', data, '--epochs', '1', '--resume', '--keep-finished-checkpoints'), 2,
               f'(the data: {data} holds other films, labels, sources or splits than the run was trained on')
     _one_line(_train_here(capsys, tmp_path / 'replay', '-c', out / 'args.yaml'), 2,
               'the run it records used other data than --data gives now')
