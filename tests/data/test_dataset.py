@@ -25,6 +25,15 @@ def test_bundled_sample_is_split_by_patient():
     assert splits['train'].class_names == ['bacterial pneumonia', 'normal']
 
 
+def test_the_bundled_folder_given_by_its_path_is_the_bundled_sample_with_its_labels():
+    from magsd_timm.data.sample import sample_dir
+
+    for split in ('train', 'validation', 'test'):  # `magsd evaluate RUN magsd_timm/data/bundled/kermany16`
+        by_path, bundled = open_dataset(sample_dir(), split), open_dataset(None, split)
+        assert by_path.class_names == bundled.class_names == ['bacterial pneumonia', 'normal']
+        assert by_path.items == bundled.items  # the same films, labelled from their names as the trainer reads them
+
+
 def test_prepared_dataset_folder_gives_its_own_splits(tmp_path):
     build_dataset(sample_records(), tmp_path / 'prepared', seed=1)
     splits = _all_splits(str(tmp_path / 'prepared'))
