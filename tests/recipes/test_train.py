@@ -305,14 +305,14 @@ def test_two_cpu_ranks_stay_in_sync_and_count_each_validation_image_once(tmp_pat
     manifest.write_text('path,label,patient_id,split\n' + ''.join(
         f"{r['path']},{r['label']},{r['patient_id']},{'validation' if i in (0, 8, 9) else 'train'}\n"
         for i, r in enumerate(records)))
-    out = tmp_path / 'ddp'
-    proc = subprocess.run(
+    proc = subprocess.run(  # no --output: the main process names the run's folder for both
         [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
          '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no', str(RECIPE),
-         '--output', str(out), '--data', str(manifest), '--epochs', '1', '--img-size', '64', '--batch-size', '2',
-         '--cpu', *TINY], capture_output=True, text=True, timeout=600)
+         '--data', str(manifest), '--epochs', '1', '--img-size', '64', '--batch-size', '2',
+         '--cpu', *TINY], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert '2 process(es) in sync' in proc.stdout
+    out, = (tmp_path / 'runs').iterdir()  # one folder, which both ranks wrote to
     assert json.loads((out / 'eval_best.json').read_text())['num_samples'] == 3  # 3 images on 2 ranks: none twice
 
 
