@@ -171,6 +171,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
             report['localization'] = localization_report(
                 model, dataset, boxes, args.batch_size, args.bootstrap, args.seed,
                 staging / 'overlays' if args.overlays else None, args.overlays)
+            if hasattr(model, 'forward_with_attention'):  # each of MA-Net's maps, beside the mean the overlays show
+                from ..evaluation.attention_maps import attention_map_report
+
+                report['attention_maps'] = attention_map_report(model, dataset, boxes, args.batch_size)
         report['hiding'] = hiding_report(model, dataset, class_names, boxes, temperature, args.batch_size)
         written = [output / path.name for path in write_reports(report, probs, labels, class_names, staging)]
     if calibration:  # the checkpoint changes last, when everything else of the command has succeeded

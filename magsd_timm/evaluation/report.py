@@ -20,6 +20,7 @@ from ..errors import BadInputError
 from ..models.config import TEMPERATURE_RANGE, check_temperature
 from ..utils.outputs import atomic_path, strict_json, write_text_atomic
 from ..utils.tables import markdown_table, shown_path
+from .attention_maps import attention_maps_markdown
 from .inference import model_logits, probabilities
 from .metrics import SCALARS, bootstrap_intervals, classification_metrics, metric_cell, metrics_markdown
 from .shortcuts import class_source_accuracy, hiding_markdown
@@ -204,6 +205,8 @@ def report_markdown(report: Dict[str, Any], class_names: Sequence[str], title: b
                             metric_cell(where['mass_in_boxes'], where['mass_in_boxes_interval'])],
                            ['pointing game: peak inside the boxes',
                             metric_cell(where['pointing_hit_rate'], where['pointing_hit_rate_interval'])]])]
+    if 'attention_maps' in report:
+        lines += ['', attention_maps_markdown(report['attention_maps'])]
     if 'calibration' in report:
         cal = report['calibration']
         lines += ['', f"Temperature {cal['temperature']:.3f} fitted on the {cal['split']} split "

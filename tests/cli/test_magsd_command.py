@@ -429,6 +429,10 @@ def test_evaluate_scores_where_the_model_looks_against_boxes(trained_run, tmp_pa
     assert 'of the map in the boxes' in proc.stdout
     assert 'share of the heat map inside the boxes' in (tmp_path / 'out' / 'evaluation.md').read_text()
     assert len(list((tmp_path / 'out' / 'overlays').glob('*.png'))) == 2
+    maps = json.loads((tmp_path / 'out' / 'evaluation.json').read_text())['attention_maps']  # each map, not the mean
+    assert [m['map'] for m in maps['maps']] == [0, 1, 2, 3] and maps['num_images'] == 12  # the run's 4 maps
+    assert sum(m['classifier_share'] for m in maps['maps']) == pytest.approx(1)
+    assert 'The 4 attention maps one by one' in (tmp_path / 'out' / 'evaluation.md').read_text()
 
     # a report replaces the earlier one whole: nothing of it stays beside the new one (its overlays), no lock either
     proc = magsd_here('evaluate', trained_run, '--split', 'train', '--bootstrap', '20', '--output', tmp_path / 'out')
