@@ -20,12 +20,11 @@ from typing import Any, Dict, List
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from ..data.dataset import CXRDataset
 from ..errors import BadInputError
 from ..utils.tables import markdown_table
-from .localization import Boxes, box_masks, boxes_in_view, mass_in_boxes
+from .localization import Boxes, boxed_batches, boxes_in_view, mass_in_boxes
 
 __all__ = ['attention_map_report', 'attention_maps_markdown', 'classifier_shares', 'map_statistics']
 
@@ -70,32 +69,25 @@ def attention_map_report(model: nn.Module, dataset: CXRDataset, boxes: Boxes, ba
     """Each attention map's figures (see the module's docstring) and the mean map's, over the images with boxes."""
     if not hasattr(model, 'forward_with_attention'):
         raise BadInputError(f'{type(model).__name__} has no attention maps (not an MA-Net).')
-    seen = boxes_in_view(dataset, boxes)
-    chosen = sorted(seen)
-    if not chosen:
-        raise BadInputError(f'none of the {len(dataset)} images has boxes in the box file (matched by file name).')
     device = next(model.parameters()).device
     model.eval()
     parts: Dict[str, List[torch.Tensor]] = {}
-    start = 0
-    for images, _ in DataLoader(torch.utils.data.Subset(dataset, chosen), batch_size=batch_size, shuffle=False):
+    for _, images, masks in boxed_batches(dataset, boxes_in_view(dataset, boxes), batch_size):
         with torch.no_grad():
             attention = model.forward_with_attention(images.to(device))[1].cpu()
-        masks = box_masks([seen[i] for i in chosen[start:start + len(images)]], tuple(images.shape[-2:]))
         figures = map_statistics(attention, masks)
         figures.update({f'mean_map_{k}': v[:, 0] for k, v in map_statistics(attention.mean(dim=1, keepdim=True),
                                                                                masks).items() if v.ndim == 2})
         figures['box_area_share'] = masks.flatten(1).float().mean(dim=1)
         for key, value in figures.items():
             parts.setdefault(key, []).append(value)
-        start += len(images)
     stats = {key: torch.cat(values) for key, values in parts.items()}
     weights = classifier_shares(model)
     per_map = [dict(map=m, **{key: float(stats[key][:, m].nanmean()) for key in
                               ('peak_to_mean', 'entropy', 'mass_in_boxes', 'dead', 'share_of_attention')},
                     classifier_share=float(weights[m])) for m in range(model.num_maps)]
     return {
-        'num_images': len(chosen), 'maps': per_map, 'side': int(attention.shape[-1]),
+        'num_images': len(stats['box_area_share']), 'maps': per_map, 'side': int(attention.shape[-1]),
         'box_area_share': float(stats['box_area_share'].mean()),
         'mean_correlation': float(stats['mean_correlation'].nanmean()),
         'mean_map': {key: float(stats[f'mean_map_{key}'].nanmean())

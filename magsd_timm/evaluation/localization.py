@@ -19,7 +19,7 @@ Grad-CAM of its predicted class at its last feature level. Both are averaged ove
 """
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -31,8 +31,8 @@ from ..models.config import is_finite_number
 from .explain import attention_heatmap, grad_cam, save_overlay
 from .metrics import group_resamples, percentile_interval
 
-__all__ = ['MAX_BOX_FILE_BYTES', 'BoxEntry', 'Boxes', 'box_masks', 'boxes_in_view', 'heat_maps', 'load_boxes',
-           'localization_report', 'mass_in_boxes', 'pointing_hits']
+__all__ = ['MAX_BOX_FILE_BYTES', 'BoxEntry', 'Boxes', 'box_masks', 'boxed_batches', 'boxes_in_view', 'heat_maps',
+           'load_boxes', 'localization_report', 'mass_in_boxes', 'pointing_hits']
 
 MAX_BOX_FILE_BYTES = 64 * 2 ** 20  # the 579-image lung box file of ieee8023 is 0.8 MB
 MAX_IMAGE_SIDE = 65_536
@@ -160,6 +160,19 @@ def pointing_hits(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return torch.where(flat.sum(dim=1) > 0, hits, torch.full_like(hits, float('nan')))
 
 
+def boxed_batches(dataset: CXRDataset, seen: Mapping[int, BoxEntry], batch_size: int = 16
+                  ) -> Iterator[Tuple[List[int], torch.Tensor, torch.Tensor]]:
+    """The dataset's images with boxes (seen: boxes_in_view) in batches: their indices, the images, and their box
+    masks (B, 1, H, W) at input size; BadInputError when no image has boxes."""
+    chosen = sorted(seen)
+    if not chosen:  # refused at the call, before its caller writes anything
+        raise BadInputError(f'none of the {len(dataset)} images has boxes in the box file (matched by file name).')
+    loader = DataLoader(torch.utils.data.Subset(dataset, chosen), batch_size=batch_size, shuffle=False)
+    return ((chosen[start:start + len(images)], images,
+             box_masks([seen[i] for i in chosen[start:start + len(images)]], tuple(images.shape[-2:])))
+            for start, (images, _) in zip(range(0, len(chosen), batch_size), loader))
+
+
 def _last_feature_layer(model: nn.Module) -> nn.Module:
     """The module of a timm model's last feature level, where Grad-CAM looks."""
     info = getattr(model, 'feature_info', None)
@@ -186,35 +199,29 @@ def localization_report(model: nn.Module, dataset: CXRDataset, boxes: Boxes, bat
     with overlays, the first num_overlays of them drawn there (heat map, boxes, mass and hit in the title)."""
     names = dataset.file_names()
     seen = boxes_in_view(dataset, boxes)
-    chosen = sorted(seen)
-    if not chosen:
-        raise BadInputError(f'none of the {len(dataset)} images has boxes in the box file (matched by file name).')
-    subset = torch.utils.data.Subset(dataset, chosen)
     device = next(model.parameters()).device
     model.eval()
-    masses, hits, method = [], [], ''
-    start = 0
+    masses, hits, areas, chosen, method = [], [], [], [], ''
+    batches = boxed_batches(dataset, seen, batch_size)
     if overlays is not None:
         Path(overlays).mkdir(parents=True, exist_ok=True)
-    for images, _ in DataLoader(subset, batch_size=batch_size, shuffle=False):
+    for indices, images, masks in batches:
         maps, method = heat_maps(model, images.to(device))
-        batch = [seen[i] for i in chosen[start:start + len(images)]]
-        masks = box_masks(batch, tuple(images.shape[-2:]))
         masses.append(mass_in_boxes(maps.cpu(), masks))
         hits.append(pointing_hits(maps.cpu(), masks))
-        for j in range(len(images)) if overlays is not None else ():
-            if start + j < num_overlays:
-                name = names[chosen[start + j]]
+        areas.append(masks.flatten(1).float().mean(dim=1))
+        for j, index in enumerate(indices if overlays is not None else ()):
+            if len(chosen) + j < num_overlays:
+                name = names[index]
                 save_overlay(Path(overlays) / f'{Path(name).stem}.png', images[j, 0], maps[j, 0].cpu(),
                              f'{display(name)}: {masses[-1][j]:.0%} in boxes, peak '
                              f"{'inside' if hits[-1][j] else 'outside'}",
-                             _input_rects(batch[j], tuple(images.shape[-2:])))
-        start += len(images)
-    mass, hit = torch.cat(masses), torch.cat(hits)
+                             _input_rects(seen[index], tuple(images.shape[-2:])))
+        chosen += indices
+    mass, hit, area = torch.cat(masses), torch.cat(hits), torch.cat(areas)
     patients = dataset.patient_groups()[0]
     groups = [patients[i] for i in chosen]
     resamples = list(group_resamples(groups, replicates, seed))
-    area = box_masks([seen[i] for i in chosen], tuple(images.shape[-2:])).flatten(1).float().mean(dim=1)
     return {
         'method': method, 'num_images': len(chosen),
         'mass_in_boxes': float(mass.nanmean()), 'mass_in_boxes_interval': _interval(mass, resamples),
