@@ -429,7 +429,7 @@ def test_a_pretrained_run_records_where_its_backbone_weights_came_from(tmp_path,
     assert f'loaded from {source}' in (out / 'best' / 'README.md').read_text()
 
 
-TRAINED_AS = ['--model', 'magsd_custom', '--model-kwargs', '{"backbone": "test_resnet", "num_maps": 4}', '--epochs', '1']
+TRAINED_AS = [*TINY, '--epochs', '1']  # as the trained_run fixture (tests/conftest.py) trains
 
 
 @pytest.mark.parametrize('flags, named', [
