@@ -65,7 +65,7 @@ with extras_needed('train.py'):  # accelerate, opencv, datasets: pip install "ma
     from magsd_timm.models.config import MAX_INPUT_SIDE, MIN_INPUT_SIDE, check_input_fits
     from magsd_timm.models.lung_detector import DETECTOR_WEIGHTS, LungDetector, load_detector
     from magsd_timm.models.offline_weights import create_pretrained
-    from magsd_timm.run_records import BEST, FINAL, TrainingRun, setting_differences
+    from magsd_timm.run_records import BEST, FINAL, TrainingRun, read_args, setting_differences
     from magsd_timm.train.adversary import SourceAdversary, SourceLabelled, source_names
     from magsd_timm.train.checkpoint import TrainProgress, latest_checkpoint, save_checkpoint
     from magsd_timm.train.loop import TrainSetup, train_step, validate
@@ -329,7 +329,7 @@ def _claim_output(accelerator: Accelerator, run: RunFolder, resume: bool, stack:
 
 def _check_resume(args: argparse.Namespace, run: RunFolder, recorded: Dict[str, Any]) -> None:
     """Refuse to continue a run on other data, or with any setting that changes its result (epochs, seed, lr, ...)."""
-    then = dict(run.read_args())
+    then = dict(read_args(run.path))
     data_then, data_now = then.pop('data_sha256', None), recorded['data_sha256']
     changed = setting_differences(then, {k: v for k, v in recorded.items() if k != 'data_sha256'})
     if data_then != data_now:

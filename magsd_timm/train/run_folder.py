@@ -21,7 +21,7 @@ from timm.models import safe_model_name, save_for_hf
 from timm.utils import unfreeze
 
 from ..errors import BadInputError, display
-from ..run_records import ARGS, BEST, EVAL_BEST, FINAL, SKIPPED, SUMMARY, read_args
+from ..run_records import ARGS, BEST, EVAL_BEST, FINAL, SKIPPED, SUMMARY
 from ..utils.outputs import atomic_folder, atomic_path, exclusive_lock, recover_folder, strict_json, write_text_atomic
 from .checkpoint import latest_checkpoint, remove_partial_checkpoints
 
@@ -86,10 +86,6 @@ class RunFolder:
         """Whether a run left anything to continue or keep here: a checkpoint, best/ or final/."""
         return latest_checkpoint(self.checkpoints) is not None or (self.path / BEST).exists() \
             or (self.path / FINAL).exists()
-
-    def read_args(self) -> Dict[str, Any]:
-        """The arguments the run recorded (with its command), or {} before the run started."""
-        return read_args(self.path)
 
     def write_args(self, args: Dict[str, Any], command: str) -> None:
         """Record the run's arguments and the command that started it."""

@@ -83,7 +83,7 @@ def _train_run(args: argparse.Namespace, method: str, seed: int) -> Path:
     import shlex
     import subprocess
 
-    from magsd_timm.run_records import setting_differences
+    from magsd_timm.run_records import read_args, setting_differences
     from magsd_timm.train.run_folder import RunFolder
 
     without = (f'-without-{args.holdout_source}' if args.holdout_source else
@@ -100,7 +100,7 @@ def _train_run(args: argparse.Namespace, method: str, seed: int) -> Path:
         recipe = _train_recipe()
         requested = recipe._parse_args(train_args)  # and the data it would train on, fingerprinted
         recorded = recipe.recorded_args(requested, *recipe.training_splits(requested))
-        changed = setting_differences(folder.read_args(), recorded)
+        changed = setting_differences(read_args(output), recorded)
         if changed:
             raise BadInputError(f"{output} holds a run with other settings ({'; '.join(changed)}): remove it, or choose "
                                 'another --output-dir; its results are not those of this comparison.')
@@ -387,7 +387,7 @@ def run(args: argparse.Namespace) -> str:
     from magsd_timm.evaluation.localization import load_boxes, localization_report
     from magsd_timm.evaluation.metrics import defined_mean
     from magsd_timm.evaluation.report import per_source_metrics
-    from magsd_timm.train.run_folder import RunFolder
+    from magsd_timm.run_records import read_args
 
     if args.data is None:
         raise BadInputError('--suite cxr needs --data PREPARED (recipes/prepare_data.py)')
@@ -399,7 +399,7 @@ def run(args: argparse.Namespace) -> str:
     start = time.perf_counter()
     for name, method in methods.items():
         folders = [_train_run(args, method, seed) for seed in args.seeds]
-        records += [RunFolder(folder).read_args() for folder in folders]
+        records += [read_args(folder) for folder in folders]
         results[name] = _method_results([_run_probabilities(folder, args) for folder in folders], args, boxes)
     minutes = (time.perf_counter() - start) / 60
     main = 'in distribution' if _held_out(args) else 'test'

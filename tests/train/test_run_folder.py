@@ -7,7 +7,7 @@ import timm
 
 import magsd_timm  # noqa: F401
 from magsd_timm.errors import BadInputError
-from magsd_timm.run_records import BEST, FINAL, find_run
+from magsd_timm.run_records import BEST, FINAL, find_run, read_args
 from magsd_timm.train.run_folder import RunFolder
 from magsd_timm.utils.outputs import OutputBusyError
 
@@ -108,7 +108,7 @@ def test_a_run_that_stopped_before_its_first_checkpoint_does_not_block_the_retry
     with contextlib.ExitStack() as stack:
         notes = run.claim(stack, resume=resume)
     assert notes == [f'{run.path}: the run there stopped before its first checkpoint; starting afresh']
-    assert list(run.path.iterdir()) == [] and run.read_args() == {}  # no record of a run that did not happen
+    assert list(run.path.iterdir()) == [] and read_args(run.path) == {}  # no record of a run that did not happen
 
 
 def test_settings_that_change_a_result_are_told_apart_from_operational_ones():
@@ -128,4 +128,4 @@ def test_an_unreadable_record_of_arguments_is_a_bad_input(tmp_path):
     for text in ('[unclosed', '- a list\n', b'\xff\xfe'):
         (tmp_path / 'run' / 'args.yaml').write_bytes(text if isinstance(text, bytes) else text.encode())
         with pytest.raises(BadInputError, match='args.yaml: not a'):
-            RunFolder(tmp_path / 'run').read_args()
+            read_args(tmp_path / 'run')
