@@ -72,15 +72,16 @@ def _predictions_text(predictions, label_names: List[str], fmt: str, model: str,
         return strict_json({
             'model': display(model),
             'predictions': [{'file': display(p.path), 'predicted': p.predicted, 'probabilities': p.probabilities,
-                             **({'heatmap': display(p.heatmap)} if p.heatmap else {})} for p in predictions],
+                             **({'heatmap': display(p.heatmap), 'map': p.heatmap_name} if p.heatmap else {})}
+                            for p in predictions],
             'failed': [{'file': display(f), 'error': display(message)} for f, message in failures]})
     if fmt == 'csv':
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(['file', 'predicted', *label_names, 'heatmap'])
+        writer.writerow(['file', 'predicted', *label_names, 'heatmap', 'map'])
         for p in predictions:
             writer.writerow([display(p.path), p.predicted, *(f'{p.probabilities[c]:.6f}' for c in label_names),
-                             display(p.heatmap) if p.heatmap else ''])
+                             display(p.heatmap) if p.heatmap else '', p.heatmap_name or ''])
         return buffer.getvalue()
     header = ['file', 'predicted', *label_names]
     rows = [[printable(p.path), p.predicted, *(f'{p.probabilities[c]:.4f}' for c in label_names)] for p in predictions]
@@ -88,18 +89,30 @@ def _predictions_text(predictions, label_names: List[str], fmt: str, model: str,
     return '\n'.join('  '.join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]) + '\n'
 
 
+def _map_name(args: argparse.Namespace, drawn: Optional[str], needs: str) -> str:
+    """The --map asked for (or the default), refused where nothing is drawn with it."""
+    from ..evaluation.map_names import DEFAULT_MAP
+
+    if args.map is not None and not drawn:
+        raise BadInputError(f'--map {args.map} chooses the heat map of {needs}, which was not given: add {needs}.')
+    return args.map or DEFAULT_MAP
+
+
 def run_predict(args: argparse.Namespace) -> int:
     from ..data.transforms import resolve_cxr_data_config
     from ..evaluation.inference import collect_inputs, predict_files
 
+    map_name = _map_name(args, args.heatmap, '--heatmap')
     files, missing = collect_inputs(args.inputs)
     model, name, config = _open(args)
-    if args.heatmap and not hasattr(model, 'forward_with_attention'):
-        raise BadInputError(f'--heatmap needs an MA-Net (magsd_*) model; {shown_model(name)} has no attention maps.')
     data_config, label_names = resolve_cxr_data_config(model), _label_names(model)
     predictions, unreadable = predict_files(
         model.to(_device(args.device)), files, _transform(model, name, config), label_names, args.batch_size,
-        args.tta, temperature_of(config), Path(args.heatmap) if args.heatmap else None, data_config)
+        args.tta, temperature_of(config), Path(args.heatmap) if args.heatmap else None, data_config, map_name)
+    drawn = {p.heatmap_name for p in predictions if p.heatmap_name}
+    if drawn - {map_name}:
+        print(f"magsd predict: {shown_model(name)} has no attention maps, so the overlays show {', '.join(drawn)}, "
+              f'not the {map_name} map.', file=sys.stderr)
     failures = [(pattern, f'{pattern}: {reason}') for pattern, reason in missing] + unreadable
     text = _predictions_text(predictions, label_names, args.format or _format_of(args.output), args.model, failures)
     if args.output:
@@ -125,6 +138,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.calibrate and not resolve_model_name(args.model).startswith('local-dir:'):
         raise BadInputError(f'--calibrate saves the temperature into the checkpoint, so it needs a local checkpoint '
                          f'folder; {args.model} is not one. Download it first (hf download ORG/NAME --local-dir DIR).')
+    map_name = _map_name(args, args.boxes, '--boxes')
     model, name, config = _open(args)
     model.to(_device(args.device))
     transform = _transform(model, name, config)
@@ -170,8 +184,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 print(f'magsd evaluate: left out of {display(args.boxes)}: {display(problem)}', file=sys.stderr)
             report['localization'] = localization_report(
                 model, dataset, boxes, args.batch_size, args.bootstrap, args.seed,
-                staging / 'overlays' if args.overlays else None, args.overlays)
-            if hasattr(model, 'forward_with_attention'):  # each of MA-Net's maps, beside the mean the overlays show
+                staging / 'overlays' if args.overlays else None, args.overlays, map_name, class_names, temperature)
+            if hasattr(model, 'forward_with_attention'):  # each of MA-Net's maps, beside the map the overlays show
                 from ..evaluation.attention_maps import attention_map_report
 
                 report['attention_maps'] = attention_map_report(model, dataset, boxes, args.batch_size)

@@ -24,6 +24,16 @@ from .console import (
 __all__ = ['main']
 
 
+def add_map_choice(command: argparse.ArgumentParser, needs: str) -> None:
+    """The --map option of a command that draws heat maps when needs is given."""
+    from ..evaluation.map_names import DEFAULT_MAP, MAPS
+
+    command.add_argument('--map', choices=list(MAPS), default=None,
+                         help=f'the heat map of {needs} (default: {DEFAULT_MAP}): '
+                              + '; '.join(f'{name}: {what}' for name, what in MAPS.items())
+                              + '. A model without attention maps gets grad-cam, and its overlays say so')
+
+
 def _parser() -> argparse.ArgumentParser:
     from .magsd_hub import add_push_commands  # its parser only: the Hub code loads when a push runs
 
@@ -50,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument('--format', choices=['table', 'json', 'csv'], default=None,
                          help="output format (default: --output's extension, .json or .csv, else table)")
     predict.add_argument('--output', help='write the table/JSON/CSV here (default: standard output)')
-    predict.add_argument('--heatmap', metavar='DIR', help='write an attention overlay PNG per image to DIR')
+    predict.add_argument('--heatmap', metavar='DIR', help='write a heat-map overlay PNG per image to DIR')
+    add_map_choice(predict, '--heatmap')
     predict.add_argument('--tta', action='store_true', help='attention test-time augmentation (raw + attention crop)')
     predict.add_argument('--batch-size', type=number(int, 1, MAX_BATCH_SIZE), default=16, help='images per forward pass')
     predict.add_argument('--device', default='auto', help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
@@ -76,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
                           help='score where the model looks against these boxes (e.g. lungs), matched by file name: '
                                'heat-map mass inside them and the pointing game; overlays in OUTPUT/overlays')
     evaluate.add_argument('--overlays', type=number(int, 0, 10_000), default=4, help='overlay PNGs to write with --boxes')
+    add_map_choice(evaluate, '--boxes')
 
     export = command('export', 'ONNX or TorchScript file with a dynamic batch dimension, checked against eager')
     export.add_argument('--format', choices=['onnx', 'torchscript'], required=True, help='the file format')

@@ -17,11 +17,10 @@ import torch.nn as nn
 from ..data.reader import ImageReadError, read_image
 from ..errors import BadInputError, display
 from ..method.augment import mean_attention_crop
-from ..models import display_map
-from .explain import save_overlay
+from .explain import DEFAULT_MAP, heat_maps, overlay_title, save_overlay
 
 __all__ = ['IMAGE_SUFFIXES', 'NonFiniteOutputError', 'Prediction', 'collect_inputs', 'model_logits', 'predict_files',
-           'probabilities']
+           'probabilities', 'with_attention_crops']
 
 
 class NonFiniteOutputError(BadInputError):
@@ -37,11 +36,17 @@ def model_logits(model: nn.Module, images: torch.Tensor, tta: bool = False
         logits, attention = model.forward_with_attention(images)
     else:
         logits, attention = model(images), None
+    return with_attention_crops(model, images, logits, attention, tta), attention
+
+
+def with_attention_crops(model: nn.Module, images: torch.Tensor, logits: torch.Tensor,
+                         attention: Optional[torch.Tensor], tta: bool) -> List[torch.Tensor]:
+    """The raw images' logits, and with tta the logits of their attention crops (from the same pass's maps)."""
     if not tta:
-        return [logits], attention
+        return [logits]
     if attention is None:
         raise ValueError('Attention test-time augmentation needs an MA-Net (magsd_*) model.')
-    return [logits, model(mean_attention_crop(images, attention))], attention
+    return [logits, model(mean_attention_crop(images, attention))]
 
 
 def probabilities(logits: Sequence[torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
@@ -84,6 +89,7 @@ class Prediction:
     path: Path
     probabilities: Dict[str, float]
     heatmap: Optional[Path] = None
+    heatmap_name: Optional[str] = None  # the map drawn (explain.MAPS)
     predicted: str = field(init=False)
 
     def __post_init__(self):
@@ -104,9 +110,10 @@ def _heatmap_path(folder: Path, path: Path, taken: set) -> Path:
 def predict_files(
         model: nn.Module, files: Sequence[Path], transform: Callable[[np.ndarray], torch.Tensor],
         label_names: Sequence[str], batch_size: int = 16, tta: bool = False, temperature: float = 1.0,
-        heatmap_dir: Optional[Path] = None, data_config: Optional[Dict] = None,
+        heatmap_dir: Optional[Path] = None, data_config: Optional[Dict] = None, map_name: str = DEFAULT_MAP,
 ) -> Tuple[List[Prediction], List[Tuple[str, str]]]:
-    """Class probabilities of each readable file (with heat maps if asked), and each unreadable file with the error."""
+    """Class probabilities of each readable file (with the named heat map, explain.MAPS, drawn in heatmap_dir if
+    given), and each unreadable file with the error."""
     model.eval()
     device = next(model.parameters()).device
     predictions: List[Prediction] = []
@@ -125,17 +132,21 @@ def predict_files(
         if not batch:
             continue
         images = torch.stack(batch).to(device)
-        logits, attention = model_logits(model, images, tta)
+        if heatmap_dir is None:
+            logits, attention = model_logits(model, images, tta)
+        else:  # the map comes from the same pass as the probabilities
+            heat = heat_maps(model, images, map_name)
+            logits = with_attention_crops(model, images, heat.logits, heat.attention, tta)
         probs = probabilities(logits, temperature).cpu()
-        drawn = heatmap_dir is not None and attention is not None
-        heat = display_map(attention, images.shape[-2:]).cpu() if drawn else None
         for i, path in enumerate(paths):
             prediction = Prediction(path, {c: float(p) for c, p in zip(label_names, probs[i])})
-            if drawn:
+            if heatmap_dir is not None:
                 prediction.heatmap = _heatmap_path(heatmap_dir, path, taken)
+                prediction.heatmap_name = heat.name
                 mean, std = (data_config or {}).get('mean', (0.,)), (data_config or {}).get('std', (1.,))
                 radiograph = images[i, 0].cpu() * std[0] + mean[0]  # the preprocessed image, before normalising
-                save_overlay(prediction.heatmap, radiograph, heat[i, 0], f'{display(path.name)}: '
-                             f'{prediction.predicted} ({prediction.probabilities[prediction.predicted]:.2f})')
+                save_overlay(prediction.heatmap, radiograph, heat.maps[i, 0].cpu(), overlay_title(
+                    display(path.name), prediction.predicted, prediction.probabilities[prediction.predicted],
+                    heat.description))
             predictions.append(prediction)
     return predictions, failures

@@ -13,8 +13,8 @@ its boxes are moved onto the crop first (``boxes_in_view``). For each image with
 
 A map that is zero everywhere points nowhere: it is counted (``empty_maps``) and left out of both.
 
-The heat map is MA-Net's display map (the mean of its attention maps) or, for any other model,
-Grad-CAM of its predicted class at its last feature level. Both are averaged over images with a
+The heat map is one of ``explain.MAPS`` (default ``explain.DEFAULT_MAP``); a model without attention
+maps gets Grad-CAM of its predicted class at its last feature level. Both measures are averaged over images with a
 95% percentile bootstrap interval that resamples patients, as every interval of the package does.
 """
 import json
@@ -28,11 +28,11 @@ from torch.utils.data import DataLoader
 from ..data.dataset import CXRDataset
 from ..errors import BadInputError, display
 from ..models.config import is_finite_number
-from .explain import attention_heatmap, grad_cam, save_overlay
+from .explain import DEFAULT_MAP, heat_maps, overlay_title, save_overlay
 from .metrics import group_resamples, percentile_interval
 
-__all__ = ['MAX_BOX_FILE_BYTES', 'BoxEntry', 'Boxes', 'box_masks', 'boxed_batches', 'boxes_in_view', 'heat_maps',
-           'load_boxes', 'localization_report', 'mass_in_boxes', 'pointing_hits']
+__all__ = ['MAX_BOX_FILE_BYTES', 'BoxEntry', 'Boxes', 'box_masks', 'boxed_batches', 'boxes_in_view', 'load_boxes',
+           'localization_report', 'mass_in_boxes', 'pointing_hits']
 
 MAX_BOX_FILE_BYTES = 64 * 2 ** 20  # the 579-image lung box file of ieee8023 is 0.8 MB
 MAX_IMAGE_SIDE = 65_536
@@ -173,49 +173,40 @@ def boxed_batches(dataset: CXRDataset, seen: Mapping[int, BoxEntry], batch_size:
             for start, (images, _) in zip(range(0, len(chosen), batch_size), loader))
 
 
-def _last_feature_layer(model: nn.Module) -> nn.Module:
-    """The module of a timm model's last feature level, where Grad-CAM looks."""
-    info = getattr(model, 'feature_info', None)
-    if not info:
-        raise BadInputError(f'{type(model).__name__} names no feature levels (timm feature_info): no Grad-CAM layer.')
-    return model.get_submodule(info[-1]['module'])
-
-
-def heat_maps(model: nn.Module, images: torch.Tensor) -> Tuple[torch.Tensor, str]:
-    """Heat maps (B, 1, H, W) at input size: MA-Net's display map, or Grad-CAM of the predicted class; the method."""
-    if hasattr(model, 'forward_with_attention'):
-        return attention_heatmap(model, images)[1], 'MA-Net display map'
-    return grad_cam(model, _last_feature_layer(model), images)[1], 'Grad-CAM of the predicted class, last feature level'
-
-
 def _interval(values: torch.Tensor, resamples: Sequence[torch.Tensor]) -> List[float]:
     return percentile_interval(torch.stack([values[picked].nanmean() for picked in resamples]))
 
 
 def localization_report(model: nn.Module, dataset: CXRDataset, boxes: Boxes, batch_size: int = 16,
                         replicates: int = 1000, seed: int = 0, overlays: Union[str, Path, None] = None,
-                        num_overlays: int = 4) -> Dict[str, Any]:
-    """Mass in boxes and pointing-game hit rate (means and 95% intervals) over the dataset's images with boxes;
-    with overlays, the first num_overlays of them drawn there (heat map, boxes, mass and hit in the title)."""
+                        num_overlays: int = 4, map_name: str = DEFAULT_MAP, class_names: Sequence[str] = (),
+                        temperature: float = 1.0) -> Dict[str, Any]:
+    """Mass in boxes and pointing-game hit rate (means and 95% intervals) of the named map (explain.MAPS) over the
+    dataset's images with boxes; with overlays, the first num_overlays of them drawn there (the map, its name, the
+    boxes, the predicted class of class_names with its probability at temperature, mass and hit)."""
     names = dataset.file_names()
     seen = boxes_in_view(dataset, boxes)
     device = next(model.parameters()).device
     model.eval()
-    masses, hits, areas, chosen, method = [], [], [], [], ''
+    masses, hits, areas, chosen, method, shown = [], [], [], [], '', ''
     batches = boxed_batches(dataset, seen, batch_size)
     if overlays is not None:
         Path(overlays).mkdir(parents=True, exist_ok=True)
     for indices, images, masks in batches:
-        maps, method = heat_maps(model, images.to(device))
-        masses.append(mass_in_boxes(maps.cpu(), masks))
-        hits.append(pointing_hits(maps.cpu(), masks))
+        heat = heat_maps(model, images.to(device), map_name)
+        maps, method, shown = heat.maps.cpu(), heat.description, heat.name
+        masses.append(mass_in_boxes(maps, masks))
+        hits.append(pointing_hits(maps, masks))
         areas.append(masks.flatten(1).float().mean(dim=1))
+        probs = (heat.logits.float() / temperature).softmax(dim=-1).cpu()
         for j, index in enumerate(indices if overlays is not None else ()):
             if len(chosen) + j < num_overlays:
-                name = names[index]
-                save_overlay(Path(overlays) / f'{Path(name).stem}.png', images[j, 0], maps[j, 0].cpu(),
-                             f'{display(name)}: {masses[-1][j]:.0%} in boxes, peak '
-                             f"{'inside' if hits[-1][j] else 'outside'}",
+                name, k = names[index], int(probs[j].argmax())
+                predicted = class_names[k] if k < len(class_names) else f'class {k}'
+                save_overlay(Path(overlays) / f'{Path(name).stem}.png', images[j, 0], maps[j, 0],
+                             overlay_title(display(name), predicted, float(probs[j, k]), method,
+                                           f"{masses[-1][j]:.0%} of the map in the boxes, peak "
+                                           f"{'inside' if hits[-1][j] else 'outside'}"),
                              _input_rects(seen[index], tuple(images.shape[-2:])))
         chosen += indices
     mass, hit, area = torch.cat(masses), torch.cat(hits), torch.cat(areas)
@@ -223,7 +214,7 @@ def localization_report(model: nn.Module, dataset: CXRDataset, boxes: Boxes, bat
     groups = [patients[i] for i in chosen]
     resamples = list(group_resamples(groups, replicates, seed))
     return {
-        'method': method, 'num_images': len(chosen),
+        'map': shown, 'asked': map_name, 'method': method, 'num_images': len(chosen),
         'mass_in_boxes': float(mass.nanmean()), 'mass_in_boxes_interval': _interval(mass, resamples),
         'pointing_hit_rate': float(hit.nanmean()), 'pointing_hit_rate_interval': _interval(hit, resamples),
         'empty_maps': int(mass.isnan().sum()),  # zero everywhere (Grad-CAM's ReLU can leave nothing): not scored

@@ -86,8 +86,36 @@ def test_predict_prints_probabilities_of_the_bundled_radiographs(trained_run, tm
         got = [row['probabilities'][c] for c in ('bacterial pneumonia', 'normal')]
         assert got == pytest.approx(expected.tolist(), abs=1e-5)
         assert row['predicted'] == max(row['probabilities'], key=row['probabilities'].get)
-        assert Path(row['heatmap']).read_bytes()[:4] == b'\x89PNG'
+        assert Path(row['heatmap']).read_bytes()[:4] == b'\x89PNG' and row['map'] == 'evidence'
     assert len(list((tmp_path / 'maps').iterdir())) == 16
+
+
+def test_predict_draws_the_map_asked_for(trained_run, tmp_path, magsd_here):
+    proc = magsd_here('predict', trained_run, SAMPLE / 'normal', '--format', 'csv', '--heatmap', tmp_path / 'maps',
+                      '--map', 'top')
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert len(rows) == 8 and {row['map'] for row in rows} == {'top'} and proc.stderr == ''
+
+
+def test_a_model_without_attention_maps_draws_grad_cam_and_says_so(tmp_path, magsd_here):
+    torch.manual_seed(0)
+    save_for_hf(timm.create_model('test_resnet', in_chans=1, num_classes=2), tmp_path / 'plain',
+                model_config={'label_names': ['bacterial pneumonia', 'normal']})
+    proc = magsd_here('predict', tmp_path / 'plain', '--allow-untrained', SAMPLE / 'normal', '--format', 'json',
+                      '--heatmap', tmp_path / 'maps')
+    assert proc.returncode == 0, proc.stderr
+    assert {row['map'] for row in json.loads(proc.stdout)['predictions']} == {'grad-cam'}
+    assert 'has no attention maps, so the overlays show grad-cam, not the evidence map' in proc.stderr
+    assert len(list((tmp_path / 'maps').glob('*.png'))) == 8
+
+
+@pytest.mark.parametrize('command, needs', [('predict', '--heatmap'), ('evaluate', '--boxes')])
+def test_a_map_is_chosen_only_where_one_is_drawn(command, needs, magsd_here):
+    inputs = [str(SAMPLE / 'normal')] if command == 'predict' else []
+    proc = magsd_here(command, 'magsd_custom', *inputs, '--map', 'top')
+    assert proc.returncode == 2 and f'--map top chooses the heat map of {needs}, which was not given' in proc.stderr
+    assert proc.stderr.count('\n') == 1
 
 
 def test_predict_reads_dicom_of_both_photometries_and_bit_depths(trained_run, tmp_path, magsd_here):
@@ -318,6 +346,8 @@ def test_info_describes_the_checkpoint(trained_run, magsd_here):
     (['predict', 'magsd_custom', 'x.png', '--batch-size', '0'], 'argument --batch-size: 0 must be >= 1'),
     (['evaluate', 'magsd_custom', '--bootstrap', 'nan'], "argument --bootstrap: 'nan' is not an integer"),
     (['export', 'magsd_custom', '--format', 'tflite'], "invalid choice: 'tflite'"),
+    (['predict', 'magsd_custom', 'x.png', '--map', 'evidense'],
+     "argument --map: invalid choice: 'evidense' (choose from 'evidence', 'mean', 'top', 'grad-cam')"),
 ])
 def test_bad_arguments_are_named(args, message, capsys):
     from magsd_timm.cli.magsd import main
@@ -424,7 +454,7 @@ def test_evaluate_scores_where_the_model_looks_against_boxes(trained_run, tmp_pa
                       tmp_path / 'boxes.json', '--overlays', '2', '--output', tmp_path / 'out')
     assert proc.returncode == 0, proc.stderr
     where = json.loads((tmp_path / 'out' / 'evaluation.json').read_text())['localization']
-    assert where['method'] == 'MA-Net display map' and where['num_images'] == 12  # the train split
+    assert where['map'] == 'evidence' and where['method'].startswith('evidence map: ') and where['num_images'] == 12
     assert where['box_area_share'] == pytest.approx(0.5, abs=0.02) and 0 <= where['mass_in_boxes'] <= 1
     assert 'of the map in the boxes' in proc.stdout
     assert 'share of the heat map inside the boxes' in (tmp_path / 'out' / 'evaluation.md').read_text()

@@ -73,7 +73,8 @@ def test_a_file_that_is_not_coco_boxes_is_refused_by_name(tmp_path):
         load_boxes(tmp_path / 'b.json')
 
 
-@pytest.mark.parametrize('name, method', [('magsd_custom', 'MA-Net display map'), ('test_resnet', 'Grad-CAM')])
+@pytest.mark.parametrize('name, method', [('magsd_custom', 'evidence map: '),
+                                          ('test_resnet', 'grad-cam map: Grad-CAM')])
 def test_the_report_scores_ma_net_or_grad_cam_on_the_images_with_boxes(tmp_path, name, method):
     records = []
     for i in range(5):
@@ -88,6 +89,7 @@ def test_the_report_scores_ma_net_or_grad_cam_on_the_images_with_boxes(tmp_path,
     report = localization_report(model, CXRDataset(records, ['normal', 'other'], transform), boxes, batch_size=3,
                                  replicates=50, overlays=tmp_path / 'overlays', num_overlays=2)
     assert report['method'].startswith(method) and report['num_images'] == 4  # x4 has no boxes
+    assert report['map'] == method.split(' ')[0] and report['asked'] == 'evidence'
     assert report['box_area_share'] == pytest.approx(0.5)  # the left half of every image
     assert report['empty_maps'] < 4  # a map that is zero everywhere is counted, not scored
     for key in ('mass_in_boxes', 'pointing_hit_rate'):
