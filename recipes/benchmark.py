@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = CommandParser(description=_description(), epilog=EXIT_CODES, formatter_class=HelpFormatter)
     parser.add_argument('--suite', default='all',
                         choices=[*SUITES, 'all'],
-                        help="'all': every speed suite (cxr, near-copies and predict run only when named)")
+                        help="'all': every speed suite (cxr, near-copies, predict and maps run only when named)")
     parser.add_argument('--model', default='magsd_resnet50', help='magsd_* model to time')
     parser.add_argument('--model-kwargs', type=json_object, default={},
                         help='JSON object of its extra arguments, e.g. \'{"backbone": "convnext_tiny"}\' for magsd_custom')
@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
                         help='timed rounds per case at least, whatever --min-run-time (1 for a quick smoke run)')
     parser.add_argument('--attention-images', type=int, default=1200, help='training images of the attention suite')
     parser.add_argument('--attention-epochs', type=int, default=6, help='training epochs of the attention suite')
+    parser.add_argument('--attention-seeds', type=int, nargs='+', default=[0, 1, 2],
+                        help='attention: one training of each model per seed')
     parser.add_argument('--throughput-models', nargs='+', default=list(throughput.THROUGHPUT_MODELS),
                         help='throughput: the magsd_* models to train')
     parser.add_argument('--throughput-sizes', type=int, nargs='+', default=[64, 128, 224],
@@ -60,8 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument('--throughput-freeze', type=int, nargs='+', default=[0, 3],
                         help='throughput: numbers of frozen backbone stages (recipes/train.py --freeze-stages)')
     parser.add_argument('--data', type=Path, default=None,
-                        help='cxr, throughput: a folder prepared by recipes/prepare_data.py')
-    parser.add_argument('--boxes', type=Path, default=None, help='cxr: COCO boxes (e.g. lungs) to score the maps by')
+                        help='cxr, throughput, maps: a folder prepared by recipes/prepare_data.py')
+    parser.add_argument('--boxes', type=Path, default=None, help='cxr, maps: COCO boxes (e.g. lungs) to score the maps by')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='cxr: one training run per seed')
     parser.add_argument('--cxr-model', default=cxr.CXR_DEFAULTS['model'],
                         help='cxr: the MA-Net (the baseline is its backbone)')
@@ -89,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
                         help='predict: the model magsd predict runs (a published tag, a run folder, a Hub id)')
     parser.add_argument('--predict-images', type=Path, nargs='+', default=[],
                         help='predict: folders of films (searched recursively; default: the bundled sample)')
+    parser.add_argument('--maps-models', nargs='+', default=['magsd_efficientnet_lite0.cxr_v1'],
+                        help='maps: trained models to score every heat map of (run folders, published tags, Hub ids)')
     parser.add_argument('--output-dir', type=Path, default=Path('benchmark_results'),
                         help='folder for the Markdown tables (one per suite)')
     add_traceback_flag(parser)

@@ -483,10 +483,10 @@ def run(args: argparse.Namespace) -> str:
         lines += ['', f'Where they look, on the {main} images with boxes in `{display(shown_path(args.boxes))}` '
                       '(mean ± sd over seeds):', '',
                   markdown_table(['heat map', 'share inside the boxes', 'pointing game'], [
-                      [where[n][0]['method'], _mean_std([w['mass_in_boxes'] for w in where[n]]),
+                      [f"{n}: {where[n][0]['map']}", _mean_std([w['mass_in_boxes'] for w in where[n]]),
                        _mean_std([w['pointing_hit_rate'] for w in where[n]])] for n in names]),
                   '', f"The boxes cover {where['MAG-SD'][0]['box_area_share']:.3f} of the image: a uniform map would "
-                      "put that share inside them. MA-Net's display map: "
+                      f"put that share inside them. MA-Net's {where['MAG-SD'][0]['map']} map: "
                       f"{mass['MAG-SD']:.3f} inside (target >= {MAP_TARGET:.1f} with maps of at least 7 x 7, here "
                       f"about {side} x {side}, and above Grad-CAM's {mass['baseline']:.3f}: "
                       f"{meets_or_misses(met)})."]

@@ -131,14 +131,44 @@ def test_throughput_suite_gives_the_trainers_images_per_second_and_its_data_shar
         assert abs(share - float(row[3]) / float(rows[2][3])) <= 0.006 + 0.1 / float(rows[2][3]), row
 
 
-def test_attention_suite_scores_the_display_map_and_grad_cam(tmp_path, bench_here):
-    bench_here('--suite', 'attention', '--attention-images', '48', '--attention-epochs', '1')
+def test_attention_suite_scores_every_map_and_grad_cam_over_seeds(tmp_path, bench_here):
+    bench_here('--suite', 'attention', '--attention-images', '48', '--attention-epochs', '1', '--attention-seeds', '0', '1')
     table = (tmp_path / 'attention.md').read_text()
     rows = [_cells(line) for line in table.splitlines() if line.startswith('| MA-Net') or line.startswith('| Grad-CAM')]
-    assert [r[0] for r in rows] == ['MA-Net display map (MAG-SD)', 'Grad-CAM, plain backbone (cross-entropy)']
-    for cells in rows:
-        assert 0 <= float(cells[1]) <= 1 and 0 <= float(cells[2]) <= 1
-    assert '>= 0.9 and >= Grad-CAM' in rows[0][3] and '48 training images x 1 epochs' in table
+    assert [r[0] for r in rows] == ['MA-Net (MAG-SD), `evidence`', 'MA-Net (MAG-SD), `mean`', 'MA-Net (MAG-SD), `top`',
+                                    'MA-Net (MAG-SD), `grad-cam`', 'Grad-CAM, plain backbone (cross-entropy)']
+    for cells in rows:  # mean ± sd over the two seeds
+        assert all(re.fullmatch(r'\d\.\d{3} ± \d\.\d{3}', cell) and float(cell[:5]) <= 1 for cell in cells[1:3])
+    assert '>= 0.9 and >= either Grad-CAM' in rows[0][3] and not any(r[3] for r in rows[1:])
+    assert '48 training images x 1 epochs' in table and 'seeds 0, 1 (mean ± sd)' in table
+
+
+def test_maps_suite_scores_every_map_of_each_model_against_boxes_with_intervals_and_times(tmp_path, bench_here,
+                                                                                          trained_run):
+    import json
+
+    from magsd_timm.data import sample_records
+    from magsd_timm.data.build import build_dataset
+
+    records = sample_records()
+    build_dataset(records, tmp_path / 'data', seed=2, fractions=(0.5, 0.25, 0.25))
+    names = [r['path'].rsplit('/', 1)[-1] for r in records]
+    (tmp_path / 'boxes.json').write_text(json.dumps(dict(
+        images=[dict(id=i, file_name=n, width=100, height=100) for i, n in enumerate(names)],
+        annotations=[dict(image_id=i, bbox=[0, 0, 50, 100]) for i in range(len(names))])))
+    assert 'needs --data PREPARED' in bench_here('--suite', 'maps', code=2)
+    stdout = bench_here('--suite', 'maps', '--data', str(tmp_path / 'data'), '--boxes', str(tmp_path / 'boxes.json'),
+                        '--maps-models', str(trained_run), str(trained_run), '--bootstrap', '20',
+                        '--min-run-time', '0.1', '--min-rounds', '1')
+    table = (tmp_path / 'maps.md').read_text()
+    assert table in stdout and 'test split of data with boxes in `boxes.json` (they cover 0.500' in table
+    rows = {_cells(line)[0]: _cells(line) for line in table.splitlines() if line.startswith('| `')}
+    assert list(rows) == ['`evidence` (default)', '`mean`', '`top`', '`grad-cam`']
+    for cells in rows.values():  # the mean over the two models, then each model's figure with its interval
+        for cell in cells[1:3]:
+            assert re.fullmatch(r'\*\*(\d\.\d{3})\*\* \((\1 \[\d\.\d{3}, \d\.\d{3}\]); \2\)', cell), cell
+        assert re.fullmatch(r'\d+\.\d\dx', cells[4])
+    assert 'attention maps of at least 7 x 7 (here 2, 2): MISSES' in table  # 64 px, stride 32
 
 
 def test_near_copy_suite_finds_made_copies_and_lists_the_pairs_among_the_files(tmp_path, bench_here):
@@ -195,7 +225,7 @@ def test_cxr_suite_trains_both_methods_alike_leaving_a_source_out_and_reports_wh
     assert {'COVID-19 sensitivity', 'COVID-19 specificity'} <= set(rows) and 'target >= 0.80' in table
     assert {'left', 'right'} <= set(rows)  # per source, the left-out one too
     assert {'in distribution: lungs hidden', 'held out: border hidden'} <= set(rows)  # the shortcut measures
-    assert rows['MA-Net display map'][0] and any(k.startswith('Grad-CAM') for k in rows)
+    assert rows['MAG-SD: evidence'][0] and rows['baseline: grad-cam'][0]
     assert 'target >= 0.7 with maps of at least 7 x 7, here about' in table
     assert str(tmp_path) not in table and 'boxes in `boxes.json`' in table  # no path of this machine
     run = tmp_path / 'cxr' / 'baseline-without-left-seed0'

@@ -1,0 +1,95 @@
+"""Suite `maps`: which heat map shows where a trained model looks. Every map of `magsd predict --map`
+(explain.MAPS) of each --maps-models model (one run per seed, say; default: the published model), on
+the films of the --data test split that have --boxes (lung boxes): the share of the map inside the
+boxes and the pointing game (95% intervals over patients; the mean over the models), the side of the
+attention maps, and the time of computing each map on a batch of those films against the model's
+forward pass alone (prediction). Runs only when named.
+"""
+import argparse
+import statistics
+from typing import Any, Dict, List
+
+import torch
+
+from magsd_timm.errors import BadInputError, display
+from magsd_timm.utils.tables import markdown_table, shown_path
+
+from .common import interleaved_medians, meets_or_misses
+
+MASS_TARGET = 0.75  # share of the default map inside the lung boxes, and at least Grad-CAM's on the same model
+POINTING_TARGET = 0.90  # the default map's pointing-game hit rate
+SIDE_TARGET = 7  # the attention maps' side at which the targets count
+TIME_TARGET = 1.5  # the default map's time over the forward pass alone
+
+
+def _measure(ref: str, args: argparse.Namespace, boxes) -> Dict[str, Any]:
+    """One model's localization report and time of each map, and its attention maps' side."""
+    from magsd_timm.data import build_transforms, open_dataset, resolve_cxr_data_config
+    from magsd_timm.evaluation.explain import heat_maps
+    from magsd_timm.evaluation.localization import boxed_batches, boxes_in_view, localization_report
+    from magsd_timm.evaluation.map_names import MAPS
+    from magsd_timm.hub.pull import checkpoint_config, load, load_lung_crop, resolve_model_name
+
+    name = resolve_model_name(ref)
+    config = checkpoint_config(name)
+    model = load(name, config=config).eval().to(args.device)
+    dataset = open_dataset(args.data, 'test', build_transforms(resolve_cxr_data_config(model),
+                                                                crop=load_lung_crop(name, config)))
+    reports = {m: localization_report(model, dataset, boxes, args.batch_size, args.bootstrap, map_name=m)
+               for m in MAPS}
+    images = next(boxed_batches(dataset, boxes_in_view(dataset, boxes), args.batch_size))[1].to(args.device)
+    attention = heat_maps(model, images, 'mean').attention
+    steps = {'forward pass alone': torch.no_grad()(lambda: model(images)),
+             **{m: (lambda m=m: heat_maps(model, images, m)) for m in MAPS}}
+    seconds = interleaved_medians(steps, max(1., args.min_run_time / 4), args.min_rounds)
+    forward = seconds.pop('forward pass alone')
+    return dict(reports=reports, times={m: s / forward for m, s in seconds.items()}, forward=forward / len(images),
+                side=None if attention is None else int(attention.shape[-1]), images=len(images))
+
+
+def _cell(reports: List[Dict[str, Any]], key: str) -> str:
+    values = [r[key] for r in reports]
+    each = '; '.join(f"{r[key]:.3f} [{r[f'{key}_interval'][0]:.3f}, {r[f'{key}_interval'][1]:.3f}]" for r in reports)
+    return f'**{statistics.mean(values):.3f}**' + (f' ({each})' if len(reports) > 1 else
+                                                     f" [{reports[0][f'{key}_interval'][0]:.3f}, "
+                                                     f"{reports[0][f'{key}_interval'][1]:.3f}]")
+
+
+def run(args: argparse.Namespace) -> str:
+    """Mass in the boxes, pointing game and time of every map, for each model and over them."""
+    from magsd_timm.evaluation.localization import load_boxes
+    from magsd_timm.evaluation.map_names import DEFAULT_MAP, MAPS
+
+    if args.data is None or args.boxes is None:
+        raise BadInputError('--suite maps needs --data PREPARED (recipes/prepare_data.py) and --boxes COCO_JSON')
+    boxes = load_boxes(args.boxes)
+    measured = [_measure(ref, args, boxes) for ref in args.maps_models]
+    rows = []
+    for m in MAPS:
+        reports = [r['reports'][m] for r in measured]
+        rows.append([f'`{m}`' + (' (default)' if m == DEFAULT_MAP else ''), _cell(reports, 'mass_in_boxes'),
+                     _cell(reports, 'pointing_hit_rate'), sum(r['empty_maps'] for r in reports),
+                     f"{statistics.mean(r['times'][m] for r in measured):.2f}x"])
+    mean = {m: {k: statistics.mean(r['reports'][m][k] for r in measured) for k in ('mass_in_boxes', 'pointing_hit_rate')}
+            for m in MAPS}
+    default, sides = mean[DEFAULT_MAP], [r['side'] for r in measured]
+    slowest = max(r['times'][DEFAULT_MAP] for r in measured)
+    first = measured[0]['reports'][DEFAULT_MAP]
+    checks = [
+        (f"share inside the boxes >= {MASS_TARGET} and >= grad-cam's ({mean['grad-cam']['mass_in_boxes']:.3f})",
+         default['mass_in_boxes'] >= MASS_TARGET and default['mass_in_boxes'] >= mean['grad-cam']['mass_in_boxes']),
+        (f'pointing game >= {POINTING_TARGET}', default['pointing_hit_rate'] >= POINTING_TARGET),
+        (f'attention maps of at least {SIDE_TARGET} x {SIDE_TARGET} (here {", ".join(map(str, sides))})',
+         all(s is not None and s >= SIDE_TARGET for s in sides)),
+        (f'time at most {TIME_TARGET}x the forward pass (slowest model: {slowest:.2f}x)', slowest <= TIME_TARGET),
+    ]
+    return '\n'.join([
+        f"{len(measured)} model(s): {', '.join(f'`{display(ref)}`' for ref in args.maps_models)}; the "
+        f"{first['num_images']} films of the test split of {display(shown_path(args.data))} with boxes in "
+        f"`{display(shown_path(args.boxes))}` (they cover {first['box_area_share']:.3f} of the image, what a uniform "
+        f'map would put inside them); intervals: 95% bootstrap over patients ({args.bootstrap} resamples), one per '
+        f"model; time: median of a batch of {measured[0]['images']} films, the forward pass alone taking "
+        f"{statistics.mean(r['forward'] for r in measured) * 1000:.1f} ms per film.", '',
+        markdown_table(['map', 'share inside the boxes (mean; each model [95% CI])', 'pointing game',
+                        'empty maps (not scored)', 'time over the forward pass'], rows), '',
+        f'The default map ({DEFAULT_MAP}): ' + '; '.join(f'{what}: {meets_or_misses(ok)}' for what, ok in checks) + '.'])
