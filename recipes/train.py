@@ -162,6 +162,11 @@ def _parser() -> argparse.ArgumentParser:
                        help='train against the source: a head predicts each film\'s source (given its class) from the '
                             'pooled features, behind a gradient reversal of this weight (domain-adversarial training; '
                             '0: off; docs/training.md)')
+    group.add_argument('--attention-diversity', type=number(float, 0, 100), default=0., metavar='WEIGHT',
+                       help="MAG-SD only: add WEIGHT times the overlap of each film's attention maps (their mean "
+                            'cosine similarity two by two) to the loss, pushing the maps apart (0: off, the '
+                            "authors' method; attention dropout is a model argument: --model-kwargs "
+                            '\'{"attn_drop_rate": 0.25}\')')
     group.add_argument('--label-smoothing', type=number(float, 0, 1, high_open=True), default=0.,
                        help='baseline cross-entropy only')
     group.add_argument('--seed', type=number(int, 0, 2 ** 32 - 1), default=0,
@@ -213,6 +218,9 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
     if args.epoch_samples is not None and args.balance not in ('sampler', 'class-source'):
         parser.error(f'--epoch-samples {args.epoch_samples}: sets the draws of balanced sampling; give --balance '
                      'sampler or class-source, or leave it out (an epoch is then one pass over the training split)')
+    if args.attention_diversity and args.method != 'magsd':
+        parser.error(f'--attention-diversity {args.attention_diversity:g}: the plain backbone (--method baseline) has '
+                     'no attention maps to push apart')
     if args.method == 'magsd' and not args.model.startswith('magsd_'):
         parser.error(f"--model {args.model}: the MAG-SD method needs a magsd_* model (or use --method baseline)")
     return args
@@ -508,7 +516,8 @@ def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str], ru
     scheduler = create_schedule(optimizer, args.sched, args.epochs, math.ceil(len(train_loader) / args.grad_accum),
                                 args.warmup_epochs)
     class_weights = _class_weights(args, train_set)
-    setup = TrainSetup(model, optimizer, scheduler, MagSDObjective(class_weights=class_weights)
+    setup = TrainSetup(model, optimizer, scheduler, MagSDObjective(class_weights=class_weights,
+                                                                   diversity=args.attention_diversity)
                        if args.method == 'magsd' else None, ema, args.clip_grad, args.label_smoothing,
                        class_weights, args.seed, adversary, len(train_loader) * args.epochs)
     progress = TrainProgress(pretrained_source)

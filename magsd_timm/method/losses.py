@@ -8,13 +8,17 @@ CE(z0, y) + sum_k w_k D_k. The views' own cross-entropies are reported, not opti
 
 The authors' code writes the true class as 1 - K * eps, so its target sums to 0.99:
 ``authors_target=True`` reproduces that exactly.
+
+``map_overlap`` is an optional term beyond the authors' method (``MagSDObjective.diversity``): the mean
+cosine similarity of an image's attention maps two by two, which a diversity penalty lowers so that the
+maps cover different places instead of repeating one another (as part-attention models penalise it).
 """
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ['magsd_loss', 'raw_terms', 'refined_target', 'soft_distance', 'view_terms']
+__all__ = ['magsd_loss', 'map_overlap', 'raw_terms', 'refined_target', 'soft_distance', 'view_terms']
 
 
 def refined_target(
@@ -87,3 +91,13 @@ def magsd_loss(
         parts.update(view_parts)
     parts['loss'] = loss.detach()
     return loss, parts
+
+
+def map_overlap(attention: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Mean cosine similarity of each image's attention maps (B, M, h, w) two by two, over images and pairs:
+    0 when no two maps share a place, 1 when all are the same map (the maps are >= 0)."""
+    flat = F.normalize(attention.float().flatten(2), dim=2, eps=eps)  # a map of zeros stays zero
+    gram = flat @ flat.transpose(1, 2)  # (B, M, M)
+    m = attention.shape[1]
+    off_diagonal = gram.sum(dim=(1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(dim=1)
+    return (off_diagonal / max(m * (m - 1), 1)).mean()

@@ -6,6 +6,9 @@ views' predictions to the raw one. By default each view is a separate forward, w
 authors' BatchNorm behaviour (statistics per view); ``fused_views=True`` runs the three views as one
 batch (one forward, BatchNorm statistics over all three).
 
+With ``diversity`` > 0 (off by default: the authors' method has no such term) the raw pass adds
+``diversity * map_overlap(attention)``, which pushes one image's attention maps apart.
+
 ``objective(model, images, labels)`` returns the loss for the loop to back-propagate.
 ``objective.backward(model, images, labels)`` back-propagates it itself, pass by pass: the raw
 target is detached, so the loss splits into one term per pass, and each pass's activations are
@@ -24,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from .augment import AttentionAugmentConfig, AttentionViews, attention_views_from_uniforms, draw_uniforms
-from .losses import magsd_loss, raw_terms, view_terms
+from .losses import magsd_loss, map_overlap, raw_terms, view_terms
 
 __all__ = ['MagSDObjective', 'ObjectiveOutput', 'VIEW_NAMES']
 
@@ -60,6 +63,15 @@ class MagSDObjective:
     authors_target: bool = False
     fused_views: bool = False
     class_weights: Optional[Tuple[float, ...]] = None  # of the raw cross-entropy, for imbalanced classes
+    diversity: float = 0.  # weight of the attention maps' overlap (losses.map_overlap) on the raw pass
+
+    def _diversity_term(self, attention: torch.Tensor, parts: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The weighted overlap of the raw pass's maps (logged as map_overlap), or 0 when diversity is off."""
+        if not self.diversity:
+            return torch.zeros((), device=attention.device)
+        overlap = map_overlap(attention)
+        parts['map_overlap'] = overlap.detach()
+        return self.diversity * overlap
 
     def __call__(
             self,
@@ -83,6 +95,8 @@ class MagSDObjective:
         loss, parts = magsd_loss(
             logits, view_logits, labels, VIEW_NAMES, self.view_weights,
             self.confidence, self.smoothing, self.authors_target, self.class_weights)
+        loss = loss + self._diversity_term(attention, parts)
+        parts['loss'] = loss.detach()
         return ObjectiveOutput(loss, parts, logits)
 
     def _view_batches(self, views: AttentionViews) -> List[Tuple[Tuple[str, ...], torch.Tensor]]:
@@ -113,10 +127,11 @@ class MagSDObjective:
             ce_raw, target, parts = raw_terms(
                 logits, labels, self.confidence, self.smoothing, self.authors_target, self.class_weights)
             extra, extra_parts = raw_extra() if raw_extra is not None else (0., {})
-            backward(ce_raw + extra)
+            diversity = self._diversity_term(attention, parts)
+            backward(ce_raw + diversity + extra)
         views = attention_views_from_uniforms(images, attention, uniforms, self.augment)
         passes = self._view_batches(views)
-        total = ce_raw.detach()
+        total = ce_raw.detach() + diversity.detach()
         weights = dict(zip(VIEW_NAMES, self.view_weights))
         for i, (names, batch) in enumerate(passes):
             with no_sync() if i < len(passes) - 1 else contextlib.nullcontext():

@@ -142,7 +142,7 @@ def check_model_args(args: Mapping[str, Any], allowed: Iterable[str], where: Opt
         _int_in('num_classes', args['num_classes'], 0, MAX_NUM_CLASSES, where)
     if 'in_chans' in args:
         _int_in('in_chans', args['in_chans'], 1, MAX_IN_CHANS, where)
-    for name in ('drop_rate', 'drop_path_rate'):
+    for name in ('drop_rate', 'drop_path_rate', 'attn_drop_rate'):
         value = args.get(name, 0.)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
             raise ConfigError(f'{_where(where)}{name} {value!r} is invalid: expected a number in [0, 1).')

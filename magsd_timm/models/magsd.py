@@ -231,6 +231,7 @@ class MANet(nn.Module):
             global_pool: str = 'bap',
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
+            attn_drop_rate: float = 0.,
             backbone_kwargs: Optional[Dict[str, Any]] = None,
             device: Optional[Union[str, torch.device]] = None,
             dtype: Optional[torch.dtype] = None,
@@ -245,6 +246,8 @@ class MANet(nn.Module):
             global_pool: 'bap' for bilinear attention pooling, '' for unpooled features and maps.
             drop_rate: Dropout rate before the classifier.
             drop_path_rate: Stochastic depth rate of the backbone (if it supports it).
+            attn_drop_rate: In training, the chance that an attention map is left out of an image's BAP
+                vector (whole maps, as Dropout2d drops channels), so that no one map carries the decision.
             backbone_kwargs: Extra JSON-serialisable arguments for the backbone's timm.create_model.
             device: Device to create parameters on.
             dtype: Data type to create parameters with.
@@ -301,6 +304,7 @@ class MANet(nn.Module):
         self.num_features = self.top_chs + num_maps
         self.head_hidden_size = num_maps * self.top_chs
         self.global_pool = self._checked_pool(global_pool, num_classes)
+        self.attn_drop = nn.Dropout2d(attn_drop_rate)
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(self.head_hidden_size, num_classes, bias=False, **dd) if num_classes > 0 else nn.Identity()
 
@@ -394,7 +398,7 @@ class MANet(nn.Module):
         return torch.cat([features, attention], dim=1)
 
     def _pool_and_classify(self, features: torch.Tensor, attention: torch.Tensor, pre_logits: bool) -> torch.Tensor:
-        x = bilinear_attention_pool(features, attention) * self.logit_scale
+        x = bilinear_attention_pool(features, self.attn_drop(attention)) * self.logit_scale
         x = self.head_drop(x)
         return x if pre_logits else self.fc(x)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from magsd_timm.method.losses import magsd_loss, refined_target, soft_distance
+from magsd_timm.method.losses import magsd_loss, map_overlap, refined_target, soft_distance
 
 # Two images, three classes. Image 0: raw logits (2, 0, 0), label 0: right and confident (0.787 >= 0.7),
 # so its target is the raw probabilities. Image 1: uniform logits, label 1: unsure, so refined.
@@ -89,3 +89,14 @@ def test_class_weights_weight_the_raw_cross_entropy_only():
     distances = sum(parts[f'distance_{v}'] for v in ('mixup', 'dimming', 'patching'))
     assert math.isclose(weighted.item(), ce + distances.item(), rel_tol=1e-5)
     assert weighted.item() != plain.item()
+
+
+def test_map_overlap_is_0_for_maps_on_separate_places_and_1_for_one_map_repeated():
+    apart = torch.zeros(2, 3, 4, 4)
+    apart[:, 0, 0, 0] = apart[:, 1, 2, 2] = apart[:, 2, 3, 1] = 1.
+    assert float(map_overlap(apart)) == 0.
+    same = torch.rand(2, 1, 4, 4).expand(2, 3, 4, 4)
+    assert float(map_overlap(same)) == pytest.approx(1.)
+    dead = apart.clone()
+    dead[:, 2] = 0  # a map of zeros shares no place with any other
+    assert float(map_overlap(dead)) == 0. and torch.isfinite(map_overlap(torch.zeros(1, 2, 3, 3)))

@@ -120,11 +120,11 @@ def test_ddp_wrapped_model_syncs_the_gradients_of_all_four_passes_in_either_back
         assert not torch.allclose(ranks[0]['own'], ranks[1]['own'])
 
 
-@pytest.mark.parametrize('fused', [False, True])
-def test_pass_by_pass_backward_gives_the_joint_loss_and_gradients(fused):
+@pytest.mark.parametrize('fused, diversity', [(False, 0.), (True, 0.), (False, 0.5)])
+def test_pass_by_pass_backward_gives_the_joint_loss_and_gradients(fused, diversity):
     images, labels = _batch()
     joint_model, split_model = _tiny().train(), _tiny().train()
-    objective = MagSDObjective(fused_views=fused, view_weights=(1., .5, 2.))
+    objective = MagSDObjective(fused_views=fused, view_weights=(1., .5, 2.), diversity=diversity)
     joint = objective(joint_model, images, labels, torch.Generator().manual_seed(5))
     joint.loss.backward()
     split = objective.backward(split_model, images, labels, torch.Generator().manual_seed(5))
@@ -183,3 +183,18 @@ def test_every_pass_goes_through_the_wrapper_with_the_unwrapped_models_loss_and_
     torch.testing.assert_close(out.loss.detach(), expected.loss.detach())
     for (name, a), b in zip(reference.named_parameters(), model.parameters()):
         torch.testing.assert_close(b.grad, a.grad, msg=name)
+
+
+def test_the_diversity_penalty_adds_the_weighted_overlap_of_the_raw_maps_and_logs_it():
+    from magsd_timm.method.losses import map_overlap
+
+    images, labels = _batch()
+    plain = MagSDObjective()(_tiny().train(), images, labels, torch.Generator().manual_seed(5))
+    model = _tiny().train()
+    penalised = MagSDObjective(diversity=2.)(model, images, labels, torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        _, attention = _tiny().train()(images, return_attention=True)
+    overlap = map_overlap(attention)
+    assert 'map_overlap' not in plain.parts and penalised.parts['map_overlap'] == pytest.approx(float(overlap))
+    assert float(penalised.loss) == pytest.approx(float(plain.loss) + 2 * float(overlap), rel=1e-5)
+    assert penalised.parts['loss'] == pytest.approx(float(penalised.loss))

@@ -41,6 +41,7 @@ def _edit(folder, change):
     (dict(num_maps=1024, num_classes=10_000), 'over the 268,435,456 limit'),
     (dict(attn_levels=list(range(-20, 0))), 'attn_levels'),
     (dict(drop_rate=1.5), 'drop_rate 1.5 is invalid'),
+    (dict(attn_drop_rate=1.0), 'attn_drop_rate 1.0 is invalid'),
 ])
 def test_unbounded_sizes_are_refused_before_anything_is_allocated(kwargs, message):
     with pytest.raises(ConfigError, match=message):

@@ -265,3 +265,17 @@ def test_pretrained_backbone_without_weights_is_refused():
 def test_import_registers_every_entry():
     assert set(timm.list_models('magsd_*')) >= {'magsd_resnet50', 'magsd_custom'}
     assert magsd_timm.__version__
+
+
+def test_attention_dropout_leaves_whole_maps_out_of_the_pooled_vector_in_training_only():
+    model = timm.create_model('magsd_custom', backbone='test_resnet', num_maps=8, num_classes=0, attn_drop_rate=0.5)
+    x = _randn(4, 1, 64, 64)
+    model.train()
+    torch.manual_seed(0)
+    parts = model(x).view(4, 8, -1)  # the BAP vector, map by map
+    dropped = (parts == 0).all(dim=2)
+    assert dropped.any() and not dropped.all()  # whole maps, some of them, per image
+    assert ((parts != 0).any(dim=2) | dropped).all()
+    plain = timm.create_model('magsd_custom', backbone='test_resnet', num_maps=8, num_classes=0)
+    plain.load_state_dict(model.state_dict())  # the dropout has no weights: checkpoints load either way
+    torch.testing.assert_close(model.eval()(x), plain.eval()(x))  # and in evaluation it does nothing

@@ -139,6 +139,8 @@ def _recipe():
     (['--sched', 'timm:plateau'], '--sched timm:plateau: choose'),  # it steps on a metric, not on updates
     (['--opt', 'adahessian'], '--opt adahessian: needs second-order gradients'),
     (['--model-kwargs', '[1]'], 'a JSON object'),
+    (['--method', 'baseline', '--attention-diversity', '1'], '--attention-diversity 1: the plain backbone'),
+    (['--attention-diversity', '-1'], 'argument --attention-diversity: -1 must be >= 0'),
     (['--model-kwargs', '{bad'], 'not valid JSON'),
     # counts are bounded: a typo or a hostile settings file cannot start without end
     (['--workers', '100000'], 'argument --workers: 100000 must be <= 256'),
@@ -380,6 +382,19 @@ def test_epoch_samples_fix_the_draws_of_an_epoch_and_need_balanced_draws(tmp_pat
     assert stop.value.code == 2
     assert '--epoch-samples 20: sets the draws of balanced sampling; give --balance sampler or class-source' in \
         capsys.readouterr().err
+
+
+def test_attention_options_train_recorded_and_the_diversity_penalty_is_logged(tmp_path, capsys):
+    out = tmp_path / 'diverse'
+    proc = _train_here(capsys, out, '--model', 'magsd_custom', '--model-kwargs',
+                       '{"backbone": "test_resnet", "num_maps": 4, "attn_drop_rate": 0.25}', '--epochs', '1',
+                       '--attention-diversity', '0.5')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'train_map_overlap' in (out / 'summary.csv').read_text().splitlines()[0].split(',')
+    recorded = yaml.safe_load((out / 'args.yaml').read_text())
+    assert (recorded['attention_diversity'], recorded['model_kwargs']['attn_drop_rate']) == (0.5, 0.25)
+    config = json.loads((out / 'final' / 'config.json').read_text())
+    assert 'attn_drop_rate' not in config['model_args']  # a training setting, left out as timm leaves drop rates out
 
 
 def test_training_against_the_source_keeps_the_head_out_of_the_exported_model(tmp_path, capsys):
