@@ -32,6 +32,7 @@ from ..models.magsd import display_map
 
 __all__ = [
     'AttentionAugmentConfig', 'AttentionViews', 'NUM_UNIFORMS', 'attention_boxes', 'attention_crop',
+    'attention_regions_from_uniforms',
     'attention_views', 'attention_views_from_uniforms', 'draw_uniforms', 'mean_attention_crop', 'sample_map_indices',
     'zoom_boxes',
 ]
@@ -162,6 +163,47 @@ def _keep_if_unattended(view: torch.Tensor, images: torch.Tensor, attended: torc
     return torch.where(attended[:, None, None, None], view, images)
 
 
+class _Guides(NamedTuple):
+    """What guides one batch's views: whether each drawn map attends at all (B, 3), the mixup and patching boxes
+    (B, 4) and the dimmed region (B, H, W)."""
+    attended: torch.Tensor
+    mix_box: torch.Tensor
+    dim_region: torch.Tensor
+    patch_box: torch.Tensor
+
+
+def _guides(attention: torch.Tensor, uniforms: torch.Tensor, size: Tuple[int, int],
+            config: AttentionAugmentConfig) -> _Guides:
+    attention = attention.detach()
+    indices = sample_map_indices(attention, uniforms[:, :3], config.eps)
+    maps = _select_upsampled(attention, indices, size)  # (B, 3, H, W)
+    mix_map, dim_map, patch_map = maps.unbind(1)
+    mix_box = attention_boxes(mix_map, _thresholds(mix_map, uniforms[:, 3], config.mixup_theta), config.padding)
+    dim_region = dim_map >= _thresholds(dim_map, uniforms[:, 4], config.dim_theta)[:, None, None]
+    patch_box = attention_boxes(patch_map, _thresholds(patch_map, uniforms[:, 5], config.patch_theta), config.padding)
+    return _Guides(maps.amax(dim=(-2, -1)) > 0, mix_box, dim_region, patch_box)
+
+
+def _box_masks(boxes: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    yy = torch.arange(size[0], device=boxes.device)[None, :, None]
+    xx = torch.arange(size[1], device=boxes.device)[None, None, :]
+    y0, y1, x0, x1 = (v[:, None, None] for v in boxes.unbind(-1))
+    return (yy >= y0) & (yy < y1) & (xx >= x0) & (xx < x1)
+
+
+def attention_regions_from_uniforms(
+        attention: torch.Tensor,
+        uniforms: torch.Tensor,
+        size: Tuple[int, int],
+        config: AttentionAugmentConfig = AttentionAugmentConfig(),
+) -> torch.Tensor:
+    """Where the views of attention_views_from_uniforms act, at image size (B, 3, H, W): the box mixup zooms, the
+    region dimming darkens and the box patching copies; empty where a view is the image itself (no attention)."""
+    guides = _guides(attention, uniforms, size, config)
+    regions = torch.stack([_box_masks(guides.mix_box, size), guides.dim_region, _box_masks(guides.patch_box, size)], 1)
+    return regions & guides.attended[:, :, None, None]
+
+
 def attention_views_from_uniforms(
         images: torch.Tensor,
         attention: torch.Tensor,
@@ -169,26 +211,14 @@ def attention_views_from_uniforms(
         config: AttentionAugmentConfig = AttentionAugmentConfig(),
 ) -> AttentionViews:
     """Mixup, dimming and patching views of images (B, C, H, W) guided by attention (B, M, h, w)."""
-    size = images.shape[-2:]
-    attention = attention.detach()
-    indices = sample_map_indices(attention, uniforms[:, :3], config.eps)
-    maps = _select_upsampled(attention, indices, size)  # (B, 3, H, W)
-    attended = maps.amax(dim=(-2, -1)) > 0  # (B, 3)
-    mix_map, dim_map, patch_map = maps.unbind(1)
-
-    theta = _thresholds(mix_map, uniforms[:, 3], config.mixup_theta)
-    zoom = zoom_boxes(images, attention_boxes(mix_map, theta, config.padding))
+    guides = _guides(attention, uniforms, tuple(images.shape[-2:]), config)
+    zoom = zoom_boxes(images, guides.mix_box)
     mixup = config.mixup_image_weight * images + (1 - config.mixup_image_weight) * zoom
-
-    theta = _thresholds(dim_map, uniforms[:, 4], config.dim_theta)
-    keep = (dim_map < theta[:, None, None]).to(images.dtype) + config.dim_factor
+    keep = (~guides.dim_region).to(images.dtype) + config.dim_factor
     dimming = images * keep[:, None]
-
-    theta = _thresholds(patch_map, uniforms[:, 5], config.patch_theta)
-    patching = _paste_boxes(images, attention_boxes(patch_map, theta, config.padding), uniforms[:, 6:8])
-
+    patching = _paste_boxes(images, guides.patch_box, uniforms[:, 6:8])
     return AttentionViews(*(
-        _keep_if_unattended(view, images, attended[:, i]) for i, view in enumerate((mixup, dimming, patching))))
+        _keep_if_unattended(view, images, guides.attended[:, i]) for i, view in enumerate((mixup, dimming, patching))))
 
 
 def attention_views(

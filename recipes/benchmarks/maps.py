@@ -3,7 +3,10 @@
 the films of the --data test split that have --boxes (lung boxes): the share of the map inside the
 boxes and the pointing game (95% intervals over patients; the mean over the models), the side of the
 attention maps, and the time of computing each map on a batch of those films against the model's
-forward pass alone (prediction). Runs only when named.
+forward pass alone (prediction). And where MAG-SD's attention-guided augmentations act on those films
+(the regions of method.augment.attention_regions_from_uniforms, randomness drawn from seed 0): the
+share of each region inside the boxes, against the boxes' share of the image, which is what a region
+placed at random would hold on average. Runs only when named.
 """
 import argparse
 import statistics
@@ -37,6 +40,7 @@ def _measure(ref: str, args: argparse.Namespace, boxes) -> Dict[str, Any]:
                                                                 crop=load_lung_crop(name, config)))
     reports = {m: localization_report(model, dataset, boxes, args.batch_size, args.bootstrap, map_name=m)
                for m in MAPS}
+    regions = _augmentation_regions(model, dataset, boxes, args) if hasattr(model, 'forward_with_attention') else None
     images = next(boxed_batches(dataset, boxes_in_view(dataset, boxes), args.batch_size))[1].to(args.device)
     attention = heat_maps(model, images, 'mean').attention
     steps = {'forward pass alone': torch.no_grad()(lambda: model(images)),
@@ -44,7 +48,27 @@ def _measure(ref: str, args: argparse.Namespace, boxes) -> Dict[str, Any]:
     seconds = interleaved_medians(steps, max(1., args.min_run_time / 4), args.min_rounds)
     forward = seconds.pop('forward pass alone')
     return dict(reports=reports, times={m: s / forward for m, s in seconds.items()}, forward=forward / len(images),
-                side=None if attention is None else int(attention.shape[-1]), images=len(images))
+                side=None if attention is None else int(attention.shape[-1]), images=len(images), regions=regions)
+
+
+@torch.no_grad()
+def _augmentation_regions(model, dataset, boxes, args: argparse.Namespace) -> Dict[str, float]:
+    """The mean share of each augmentation's region inside the boxes, over the films with boxes."""
+    from magsd_timm.evaluation.localization import boxed_batches, boxes_in_view
+    from magsd_timm.method.augment import attention_regions_from_uniforms, draw_uniforms
+    from magsd_timm.method.objective import VIEW_NAMES
+
+    generator = torch.Generator().manual_seed(0)
+    shares = []
+    for _, images, masks in boxed_batches(dataset, boxes_in_view(dataset, boxes), args.batch_size):
+        attention = model.forward_with_attention(images.to(args.device))[1].cpu()
+        regions = attention_regions_from_uniforms(attention, draw_uniforms(len(images), generator),
+                                                  tuple(images.shape[-2:]))
+        area = regions.flatten(2).sum(dim=2).float()
+        inside = (regions & masks).flatten(2).sum(dim=2).float()
+        shares.append(torch.where(area > 0, inside / area.clamp(min=1), torch.full_like(area, float('nan'))))
+    share = torch.cat(shares).nanmean(dim=0)
+    return dict(zip(VIEW_NAMES, map(float, share)))
 
 
 def _cell(reports: List[Dict[str, Any]], key: str) -> str:
@@ -83,6 +107,12 @@ def run(args: argparse.Namespace) -> str:
          all(s is not None and s >= SIDE_TARGET for s in sides)),
         (f'time at most {TIME_TARGET}x the forward pass (slowest model: {slowest:.2f}x)', slowest <= TIME_TARGET),
     ]
+    augmented = [r['regions'] for r in measured if r['regions'] is not None]
+    region_lines = ['', 'Where the attention-guided augmentations act on these films (share of each region inside the '
+                        f"boxes; a region placed at random: about {first['box_area_share']:.3f}):", '',
+                    markdown_table(['model', *augmented[0]], [
+                        [f'`{display(ref)}`', *(f'{v:.3f}' for v in r['regions'].values())]
+                        for ref, r in zip(args.maps_models, measured) if r['regions'] is not None])] if augmented else []
     return '\n'.join([
         f"{len(measured)} model(s): {', '.join(f'`{display(ref)}`' for ref in args.maps_models)}; the "
         f"{first['num_images']} films of the test split of {display(shown_path(args.data))} with boxes in "
@@ -92,4 +122,5 @@ def run(args: argparse.Namespace) -> str:
         f"{statistics.mean(r['forward'] for r in measured) * 1000:.1f} ms per film.", '',
         markdown_table(['map', 'share inside the boxes (mean; each model [95% CI])', 'pointing game',
                         'empty maps (not scored)', 'time over the forward pass'], rows), '',
-        f'The default map ({DEFAULT_MAP}): ' + '; '.join(f'{what}: {meets_or_misses(ok)}' for what, ok in checks) + '.'])
+        f'The default map ({DEFAULT_MAP}): ' + '; '.join(f'{what}: {meets_or_misses(ok)}' for what, ok in checks) + '.',
+        *region_lines])

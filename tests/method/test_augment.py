@@ -12,6 +12,7 @@ from magsd_timm.method.augment import (
     AttentionAugmentConfig,
     attention_boxes,
     attention_crop,
+    attention_regions_from_uniforms,
     attention_views,
     attention_views_from_uniforms,
     draw_uniforms,
@@ -234,3 +235,20 @@ def test_mean_attention_crop_zooms_the_attended_box_deterministically():
     assert torch.equal(cropped[1], images[1])  # no attention: the image itself
     region = images[0, 0, 6:18, 14:26]  # the box of the upsampled map, a little wider than the cells
     assert region.min() - 1 <= cropped[0].min() and cropped[0].max() <= region.max() + 1
+
+
+def test_the_regions_are_where_the_views_act_and_empty_without_attention():
+    attention = torch.zeros(2, 1, 8, 8)
+    attention[0, 0, 2:4, 4:6] = 1.  # image 0 attends to one block; image 1 to nothing
+    uniforms = torch.full((2, NUM_UNIFORMS), 0.5)
+    config = AttentionAugmentConfig(padding=0.)
+    regions = attention_regions_from_uniforms(attention, uniforms, (16, 16), config)
+    assert regions.shape == (2, 3, 16, 16) and not regions[1].any()
+    core, near = torch.zeros(16, 16, dtype=torch.bool), torch.zeros(16, 16, dtype=torch.bool)
+    core[5:7, 9:11] = near[3:9, 7:13] = True  # the block's centre, and the block grown by a pixel at image size
+    for region in regions[0]:
+        assert region[core].all() and not region[~near].any()
+    images = torch.rand(2, 1, 16, 16)
+    mixup, dimming, patching = attention_views_from_uniforms(images, attention, uniforms, config)
+    torch.testing.assert_close(dimming[0, 0][~regions[0, 1]], images[0, 0][~regions[0, 1]] * (1 + config.dim_factor))
+    assert (dimming[0, 0][regions[0, 1]] < images[0, 0][regions[0, 1]] * 0.01).all()  # darkened where it says

@@ -162,13 +162,17 @@ def test_maps_suite_scores_every_map_of_each_model_against_boxes_with_intervals_
                         '--min-run-time', '0.1', '--min-rounds', '1')
     table = (tmp_path / 'maps.md').read_text()
     assert table in stdout and 'test split of data with boxes in `boxes.json` (they cover 0.500' in table
-    rows = {_cells(line)[0]: _cells(line) for line in table.splitlines() if line.startswith('| `')}
+    rows = {_cells(line)[0]: _cells(line) for line in table.splitlines()
+            if line.startswith('| `') and str(trained_run) not in line}
     assert list(rows) == ['`evidence` (default)', '`mean`', '`top`', '`grad-cam`']
     for cells in rows.values():  # the mean over the two models, then each model's figure with its interval
         for cell in cells[1:3]:
             assert re.fullmatch(r'\*\*(\d\.\d{3})\*\* \((\1 \[\d\.\d{3}, \d\.\d{3}\]); \2\)', cell), cell
         assert re.fullmatch(r'\d+\.\d\dx', cells[4])
     assert 'attention maps of at least 7 x 7 (here 2, 2): MISSES' in table  # 64 px, stride 32
+    regions = [_cells(line) for line in table.splitlines() if line.startswith(f'| `{trained_run}')]
+    assert len(regions) == 2 and regions[0] == regions[1]  # one model twice, the same draws
+    assert all(0 <= float(share) <= 1 for share in regions[0][1:4]) and '| model | mixup | dimming | patching |' in table
 
 
 def test_near_copy_suite_finds_made_copies_and_lists_the_pairs_among_the_files(tmp_path, bench_here):
