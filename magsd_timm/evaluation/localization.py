@@ -215,6 +215,7 @@ def localization_report(model: nn.Module, dataset: CXRDataset, boxes: Boxes, bat
     resamples = list(group_resamples(groups, replicates, seed))
     return {
         'map': shown, 'asked': map_name, 'method': method, 'num_images': len(chosen),
+        'images_without_boxes': len(dataset) - len(chosen),  # counted, left out of both measures, never misses
         'mass_in_boxes': float(mass.nanmean()), 'mass_in_boxes_interval': _interval(mass, resamples),
         'pointing_hit_rate': float(hit.nanmean()), 'pointing_hit_rate_interval': _interval(hit, resamples),
         'empty_maps': int(mass.isnan().sum()),  # zero everywhere (Grad-CAM's ReLU can leave nothing): not scored

@@ -198,7 +198,7 @@ def report_markdown(report: Dict[str, Any], class_names: Sequence[str], title: b
         empty += f"; {where['invalid_boxes']} invalid box(es) of the box file left out" \
             if where.get('invalid_boxes') else ''
         lines += ['', f"Where the model looks ({where['method']}), on the {where['num_images']} images with "
-                      f"boxes{empty} "
+                      f"boxes{empty} ({where.get('images_without_boxes', 0)} without boxes left out) "
                       f"(the boxes cover {where['box_area_share']:.3f} of the image on average):", '', markdown_table(
                           ['measure', 'value [95% CI]'],
                           [['share of the heat map inside the boxes',

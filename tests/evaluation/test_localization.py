@@ -90,6 +90,7 @@ def test_the_report_scores_ma_net_or_grad_cam_on_the_images_with_boxes(tmp_path,
                                  replicates=50, overlays=tmp_path / 'overlays', num_overlays=2)
     assert report['method'].startswith(method) and report['num_images'] == 4  # x4 has no boxes
     assert report['map'] == method.split(' ')[0] and report['asked'] == 'evidence'
+    assert report['images_without_boxes'] == 1  # counted, and scored neither way
     assert report['box_area_share'] == pytest.approx(0.5)  # the left half of every image
     assert report['empty_maps'] < 4  # a map that is zero everywhere is counted, not scored
     for key in ('mass_in_boxes', 'pointing_hit_rate'):
