@@ -38,13 +38,14 @@ def _measure(ref: str, args: argparse.Namespace, boxes) -> Dict[str, Any]:
     model = load(name, config=config).eval().to(args.device)
     dataset = open_dataset(args.data, 'test', build_transforms(resolve_cxr_data_config(model),
                                                                 crop=load_lung_crop(name, config)))
+    shown = MAPS if hasattr(model, 'forward_with_attention') else ['grad-cam']  # the others would be Grad-CAM again
     reports = {m: localization_report(model, dataset, boxes, args.batch_size, args.bootstrap, map_name=m)
-               for m in MAPS}
+               for m in shown}
     regions = _augmentation_regions(model, dataset, boxes, args) if hasattr(model, 'forward_with_attention') else None
     images = next(boxed_batches(dataset, boxes_in_view(dataset, boxes), args.batch_size))[1].to(args.device)
     attention = heat_maps(model, images, 'mean').attention
     steps = {'forward pass alone': torch.no_grad()(lambda: model(images)),
-             **{m: (lambda m=m: heat_maps(model, images, m)) for m in MAPS}}
+             **{m: (lambda m=m: heat_maps(model, images, m)) for m in shown}}
     seconds = interleaved_medians(steps, max(1., args.min_run_time / 4), args.min_rounds)
     forward = seconds.pop('forward pass alone')
     return dict(reports=reports, times={m: s / forward for m, s in seconds.items()}, forward=forward / len(images),
@@ -79,26 +80,14 @@ def _cell(reports: List[Dict[str, Any]], key: str) -> str:
                                                      f"{reports[0][f'{key}_interval'][1]:.3f}]")
 
 
-def run(args: argparse.Namespace) -> str:
-    """Mass in the boxes, pointing game and time of every map, for each model and over them."""
-    from magsd_timm.evaluation.localization import load_boxes
-    from magsd_timm.evaluation.map_names import DEFAULT_MAP, MAPS
+def _verdict(measured: List[Dict[str, Any]]) -> str:
+    """The default map's targets, met or missed, over the models."""
+    from magsd_timm.evaluation.map_names import DEFAULT_MAP
 
-    if args.data is None or args.boxes is None:
-        raise BadInputError('--suite maps needs --data PREPARED (recipes/prepare_data.py) and --boxes COCO_JSON')
-    boxes = load_boxes(args.boxes)
-    measured = [_measure(ref, args, boxes) for ref in args.maps_models]
-    rows = []
-    for m in MAPS:
-        reports = [r['reports'][m] for r in measured]
-        rows.append([f'`{m}`' + (' (default)' if m == DEFAULT_MAP else ''), _cell(reports, 'mass_in_boxes'),
-                     _cell(reports, 'pointing_hit_rate'), sum(r['empty_maps'] for r in reports),
-                     f"{statistics.mean(r['times'][m] for r in measured):.2f}x"])
     mean = {m: {k: statistics.mean(r['reports'][m][k] for r in measured) for k in ('mass_in_boxes', 'pointing_hit_rate')}
-            for m in MAPS}
+            for m in measured[0]['reports']}
     default, sides = mean[DEFAULT_MAP], [r['side'] for r in measured]
     slowest = max(r['times'][DEFAULT_MAP] for r in measured)
-    first = measured[0]['reports'][DEFAULT_MAP]
     checks = [
         (f"share inside the boxes >= {MASS_TARGET} and >= grad-cam's ({mean['grad-cam']['mass_in_boxes']:.3f})",
          default['mass_in_boxes'] >= MASS_TARGET and default['mass_in_boxes'] >= mean['grad-cam']['mass_in_boxes']),
@@ -107,6 +96,31 @@ def run(args: argparse.Namespace) -> str:
          all(s is not None and s >= SIDE_TARGET for s in sides)),
         (f'time at most {TIME_TARGET}x the forward pass (slowest model: {slowest:.2f}x)', slowest <= TIME_TARGET),
     ]
+    return f'The default map ({DEFAULT_MAP}): ' + '; '.join(f'{what}: {meets_or_misses(ok)}' for what, ok in checks) + '.'
+
+
+def run(args: argparse.Namespace) -> str:
+    """Mass in the boxes, pointing game and time of every map, for each model and over them."""
+    from magsd_timm.evaluation.localization import load_boxes
+    from magsd_timm.evaluation.map_names import DEFAULT_MAP
+
+    if args.data is None or args.boxes is None:
+        raise BadInputError('--suite maps needs --data PREPARED (recipes/prepare_data.py) and --boxes COCO_JSON')
+    boxes = load_boxes(args.boxes)
+    measured = [_measure(ref, args, boxes) for ref in args.maps_models]
+    shown = list(measured[0]['reports'])
+    if any(list(r['reports']) != shown for r in measured):
+        raise BadInputError('--maps-models: give models with attention maps (MA-Nets) or models without, not both: '
+                            'the figures are means over the models')
+    rows = []
+    for m in shown:
+        reports = [r['reports'][m] for r in measured]
+        rows.append([f'`{m}`' + (' (default)' if m == DEFAULT_MAP else ''), _cell(reports, 'mass_in_boxes'),
+                     _cell(reports, 'pointing_hit_rate'), sum(r['empty_maps'] for r in reports),
+                     f"{statistics.mean(r['times'][m] for r in measured):.2f}x"])
+    first = measured[0]['reports'][shown[0]]
+    verdict = (_verdict(measured) if DEFAULT_MAP in shown else
+               'Models without attention maps: Grad-CAM of the predicted class is their only map.')
     augmented = [r['regions'] for r in measured if r['regions'] is not None]
     region_lines = ['', 'Where the attention-guided augmentations act on these films (share of each region inside the '
                         f"boxes; a region placed at random: about {first['box_area_share']:.3f}):", '',
@@ -122,5 +136,4 @@ def run(args: argparse.Namespace) -> str:
         f"{statistics.mean(r['forward'] for r in measured) * 1000:.1f} ms per film.", '',
         markdown_table(['map', 'share inside the boxes (mean; each model [95% CI])', 'pointing game',
                         'empty maps (not scored)', 'time over the forward pass'], rows), '',
-        f'The default map ({DEFAULT_MAP}): ' + '; '.join(f'{what}: {meets_or_misses(ok)}' for what, ok in checks) + '.',
-        *region_lines])
+        verdict, *region_lines])

@@ -174,6 +174,22 @@ def test_maps_suite_scores_every_map_of_each_model_against_boxes_with_intervals_
     assert len(regions) == 2 and regions[0] == regions[1]  # one model twice, the same draws
     assert all(0 <= float(share) <= 1 for share in regions[0][1:4]) and '| model | mixup | dimming | patching |' in table
 
+    import timm
+    import torch
+    from timm.models import save_for_hf
+
+    torch.manual_seed(0)
+    save_for_hf(timm.create_model('test_resnet', in_chans=1, num_classes=2), tmp_path / 'plain',
+                model_config={'label_names': ['bacterial pneumonia', 'normal']})
+    data = ['--suite', 'maps', '--data', str(tmp_path / 'data'), '--boxes', str(tmp_path / 'boxes.json'),
+            '--bootstrap', '20', '--min-run-time', '0.1', '--min-rounds', '1']
+    bench_here(*data, '--maps-models', str(tmp_path / 'plain'))
+    table = (tmp_path / 'maps.md').read_text()
+    assert [_cells(line)[0] for line in table.splitlines() if line.startswith('| `')] == ['`grad-cam`']
+    assert 'Grad-CAM of the predicted class is their only map' in table and 'augmentations' not in table
+    assert '(MA-Nets) or models without, not both' in bench_here(*data, '--maps-models', str(trained_run),
+                                                               str(tmp_path / 'plain'), code=2)
+
 
 def test_near_copy_suite_finds_made_copies_and_lists_the_pairs_among_the_files(tmp_path, bench_here):
     import json
