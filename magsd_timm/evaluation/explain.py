@@ -20,12 +20,11 @@ import torch
 import torch.nn as nn
 
 from ..errors import BadInputError
-from ..models import bilinear_attention_pool, close_matches, display_map
+from ..models import close_matches, display_map
 from .map_names import DEFAULT_MAP, MAPS
 
 __all__ = ['DEFAULT_MAP', 'MAPS', 'HeatMaps', 'attention_heatmap', 'check_map', 'grad_cam', 'heat_maps',
            'last_feature_layer', 'overlay_title', 'pointing_game', 'save_overlay']
-
 
 
 @dataclass
@@ -111,9 +110,10 @@ def grad_cam(model: nn.Module, layer: nn.Module, images: torch.Tensor,
 def _map_parts(model: nn.Module, features: torch.Tensor, attention: torch.Tensor
                ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Logits (B, K) and each attention map's part (B, M) of the predicted class's logit, which they sum to."""
-    pooled = bilinear_attention_pool(features, attention) * model.logit_scale
-    logits = model.fc(pooled)
-    weight = model.get_classifier().weight.view(model.num_classes, model.num_maps, -1)
+    pooled = model.forward_head(torch.cat([features, attention], dim=1), pre_logits=True)  # the BAP vector
+    classifier = model.get_classifier()
+    logits = classifier(pooled)
+    weight = classifier.weight.view(model.num_classes, model.num_maps, -1)  # map-major, as BAP flattens it
     parts = (pooled.view(len(pooled), model.num_maps, -1) * weight[logits.argmax(dim=-1)]).sum(dim=-1)
     return logits, parts
 
