@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
                         help='timed rounds per case at least, whatever --min-run-time (1 for a quick smoke run)')
     parser.add_argument('--attention-images', type=int, default=1200, help='training images of the attention suite')
     parser.add_argument('--attention-epochs', type=int, default=6, help='training epochs of the attention suite')
+    parser.add_argument('--attention-test-images', type=int, default=300, help='held-out images of the attention suite')
     parser.add_argument('--attention-seeds', type=int, nargs='+', default=[0, 1, 2],
                         help='attention: one training of each model per seed')
     parser.add_argument('--throughput-models', nargs='+', default=list(throughput.THROUGHPUT_MODELS),

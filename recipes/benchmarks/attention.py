@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> str:
 
     num_classes, size = 3, 96
     train_x, train_y, _ = lesion_images(args.attention_images, size, num_classes, seed=0)
-    test_x, test_y, test_boxes = lesion_images(300, size, num_classes, seed=1)
+    test_x, test_y, test_boxes = lesion_images(args.attention_test_images, size, num_classes, seed=1)
     normalise = lambda x: (x - 0.45) / 0.2  # noqa: E731 - the synthetic images' mean and std
     train_x, test_x = normalise(train_x), normalise(test_x)
     plain_name = 'Grad-CAM, plain backbone (cross-entropy)'
@@ -92,9 +92,9 @@ def run(args: argparse.Namespace) -> str:
     met = default >= POINTING_TARGET and default >= mean[plain_name] and default >= mean['MA-Net (MAG-SD), `grad-cam`']
     spread = lambda values: f'{statistics.mean(values):.3f}' + (  # noqa: E731
         f' ± {statistics.stdev(values):.3f}' if len(values) > 1 else '')
-    lines = [f'{args.attention_images} training images x {args.attention_epochs} epochs, 300 test images, '
-             f'{size} px, {num_classes} lesion classes, `{ATTENTION_BACKBONE}` to stride 8; seeds '
-             f"{', '.join(map(str, args.attention_seeds))} (mean ± sd).", '',
+    lines = [f'{args.attention_images} training images x {args.attention_epochs} epochs, '
+             f'{args.attention_test_images} test images, {size} px, {num_classes} lesion classes, '
+             f"`{ATTENTION_BACKBONE}` to stride 8; seeds {', '.join(map(str, args.attention_seeds))} (mean ± sd).", '',
              '| map | test accuracy | pointing-game hit rate | target | training s per seed |', '|---|---|---|---|---|']
     for name, runs in rows.items():
         target = (f'>= {POINTING_TARGET} and >= either Grad-CAM ({meets_or_misses(met)})'

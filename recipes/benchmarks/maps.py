@@ -10,7 +10,7 @@ placed at random would hold on average. Runs only when named.
 """
 import argparse
 import statistics
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
 
@@ -25,19 +25,24 @@ SIDE_TARGET = 7  # the attention maps' side at which the targets count
 TIME_TARGET = 1.5  # the default map's time over the forward pass alone
 
 
-def _measure(ref: str, args: argparse.Namespace, boxes) -> Dict[str, Any]:
-    """One model's localization report and time of each map, and its attention maps' side."""
+def _load(ref: str, args: argparse.Namespace) -> Tuple[torch.nn.Module, Any]:
+    """The model and its test split, preprocessed as it was trained."""
     from magsd_timm.data import build_transforms, open_dataset, resolve_cxr_data_config
-    from magsd_timm.evaluation.explain import heat_maps
-    from magsd_timm.evaluation.localization import boxed_batches, boxes_in_view, localization_report
-    from magsd_timm.evaluation.map_names import MAPS
     from magsd_timm.hub.pull import checkpoint_config, load, load_lung_crop, resolve_model_name
 
     name = resolve_model_name(ref)
     config = checkpoint_config(name)
     model = load(name, config=config).eval().to(args.device)
-    dataset = open_dataset(args.data, 'test', build_transforms(resolve_cxr_data_config(model),
-                                                                crop=load_lung_crop(name, config)))
+    return model, open_dataset(args.data, 'test', build_transforms(resolve_cxr_data_config(model),
+                                                                    crop=load_lung_crop(name, config)))
+
+
+def _measure(model: torch.nn.Module, dataset, args: argparse.Namespace, boxes) -> Dict[str, Any]:
+    """One model's localization report and time of each map, and its attention maps' side."""
+    from magsd_timm.evaluation.explain import heat_maps
+    from magsd_timm.evaluation.localization import boxed_batches, boxes_in_view, localization_report
+    from magsd_timm.evaluation.map_names import MAPS
+
     shown = MAPS if hasattr(model, 'forward_with_attention') else ['grad-cam']  # the others would be Grad-CAM again
     reports = {m: localization_report(model, dataset, boxes, args.batch_size, args.bootstrap, map_name=m)
                for m in shown}
@@ -107,11 +112,12 @@ def run(args: argparse.Namespace) -> str:
     if args.data is None or args.boxes is None:
         raise BadInputError('--suite maps needs --data PREPARED (recipes/prepare_data.py) and --boxes COCO_JSON')
     boxes = load_boxes(args.boxes)
-    measured = [_measure(ref, args, boxes) for ref in args.maps_models]
-    shown = list(measured[0]['reports'])
-    if any(list(r['reports']) != shown for r in measured):
+    loaded = [_load(ref, args) for ref in args.maps_models]
+    if len({hasattr(model, 'forward_with_attention') for model, _ in loaded}) > 1:
         raise BadInputError('--maps-models: give models with attention maps (MA-Nets) or models without, not both: '
                             'the figures are means over the models')
+    measured = [_measure(model, dataset, args, boxes) for model, dataset in loaded]
+    shown = list(measured[0]['reports'])
     rows = []
     for m in shown:
         reports = [r['reports'][m] for r in measured]

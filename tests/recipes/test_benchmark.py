@@ -132,7 +132,8 @@ def test_throughput_suite_gives_the_trainers_images_per_second_and_its_data_shar
 
 
 def test_attention_suite_scores_every_map_and_grad_cam_over_seeds(tmp_path, bench_here):
-    bench_here('--suite', 'attention', '--attention-images', '48', '--attention-epochs', '1', '--attention-seeds', '0', '1')
+    bench_here('--suite', 'attention', '--attention-images', '48', '--attention-epochs', '1', '--attention-seeds', '0', '1',
+               '--attention-test-images', '30')
     table = (tmp_path / 'attention.md').read_text()
     rows = [_cells(line) for line in table.splitlines() if line.startswith('| MA-Net') or line.startswith('| Grad-CAM')]
     assert [r[0] for r in rows] == ['MA-Net (MAG-SD), `evidence`', 'MA-Net (MAG-SD), `mean`', 'MA-Net (MAG-SD), `top`',
@@ -140,7 +141,7 @@ def test_attention_suite_scores_every_map_and_grad_cam_over_seeds(tmp_path, benc
     for cells in rows:  # mean ± sd over the two seeds
         assert all(re.fullmatch(r'\d\.\d{3} ± \d\.\d{3}', cell) and float(cell[:5]) <= 1 for cell in cells[1:3])
     assert '>= 0.9 and >= either Grad-CAM' in rows[0][3] and not any(r[3] for r in rows[1:])
-    assert '48 training images x 1 epochs' in table and 'seeds 0, 1 (mean ± sd)' in table
+    assert '48 training images x 1 epochs, 30 test images' in table and 'seeds 0, 1 (mean ± sd)' in table
 
 
 def test_maps_suite_scores_every_map_of_each_model_against_boxes_with_intervals_and_times(tmp_path, bench_here,
