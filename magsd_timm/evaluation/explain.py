@@ -5,7 +5,7 @@ The maps (``MAPS``; ``magsd predict --map``, ``magsd evaluate --map``), each at 
 * ``evidence``: MA-Net's M attention maps, each weighted by what its part of the BAP vector adds to
   the predicted class's logit (the logit is exactly the sum of those M parts; negative parts are
   left out, as Grad-CAM's ReLU leaves out negative evidence);
-* ``mean``: the mean of the M attention maps (``display_map``), whatever the class;
+* ``mean``: the mean of the M attention maps (``magsd_timm.display_map``), whatever the class;
 * ``top``: the one attention map whose part adds most to the predicted class's logit;
 * ``grad-cam``: Grad-CAM of the predicted class at the model's last feature level, for any timm model.
 
@@ -20,11 +20,11 @@ import torch
 import torch.nn as nn
 
 from ..errors import BadInputError
-from ..models import close_matches, display_map
+from ..models import close_matches
 from .map_names import DEFAULT_MAP, MAPS
 
-__all__ = ['DEFAULT_MAP', 'MAPS', 'HeatMaps', 'attention_heatmap', 'check_map', 'grad_cam', 'heat_maps',
-           'last_feature_layer', 'overlay_title', 'pointing_game', 'save_overlay']
+__all__ = ['DEFAULT_MAP', 'MAPS', 'HeatMaps', 'check_map', 'grad_cam', 'heat_maps', 'last_feature_layer',
+           'logits_and_attention', 'overlay_title', 'pointing_game', 'save_overlay']
 
 
 @dataclass
@@ -56,13 +56,6 @@ def check_map(name: str) -> str:
     return name
 
 
-@torch.no_grad()
-def attention_heatmap(model: nn.Module, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """One MA-Net pass: logits (B, K) and the display map at input size (B, 1, H, W)."""
-    logits, attention = model.forward_with_attention(images)
-    return logits, display_map(attention, images.shape[-2:])
-
-
 def last_feature_layer(model: nn.Module) -> nn.Module:
     """The module of a timm model's last feature level, where Grad-CAM looks."""
     info = getattr(model, 'feature_info', None)
@@ -71,7 +64,8 @@ def last_feature_layer(model: nn.Module) -> nn.Module:
     return model.get_submodule(info[-1]['module'])
 
 
-def _forward(model: nn.Module, images: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+def logits_and_attention(model: nn.Module, images: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """One pass: the logits (B, K) and, for an MA-Net, its attention maps (B, M, h, w); None for other models."""
     if hasattr(model, 'forward_with_attention'):
         return model.forward_with_attention(images)
     return model(images), None
@@ -88,7 +82,7 @@ def _grad_cam(model: nn.Module, layer: nn.Module, images: torch.Tensor, classes:
     handle = layer.register_forward_hook(keep)
     try:
         with torch.enable_grad():
-            logits, attention = _forward(model, images)
+            logits, attention = logits_and_attention(model, images)
             chosen = logits.argmax(dim=-1) if classes is None else classes
             logits.gather(1, chosen[:, None]).sum().backward()
     finally:

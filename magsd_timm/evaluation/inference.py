@@ -17,7 +17,7 @@ import torch.nn as nn
 from ..data.reader import ImageReadError, read_image
 from ..errors import BadInputError, display
 from ..method.augment import mean_attention_crop
-from .explain import DEFAULT_MAP, heat_maps, overlay_title, save_overlay
+from .explain import DEFAULT_MAP, heat_maps, logits_and_attention, overlay_title, save_overlay
 
 __all__ = ['IMAGE_SUFFIXES', 'NonFiniteOutputError', 'Prediction', 'collect_inputs', 'model_logits', 'predict_files',
            'probabilities', 'with_attention_crops']
@@ -32,10 +32,7 @@ IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp', '.dcm', '.di
 def model_logits(model: nn.Module, images: torch.Tensor, tta: bool = False
                  ) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
     """The logits of the raw images (and with tta of their attention crops), and the attention maps."""
-    if hasattr(model, 'forward_with_attention'):
-        logits, attention = model.forward_with_attention(images)
-    else:
-        logits, attention = model(images), None
+    logits, attention = logits_and_attention(model, images)
     return with_attention_crops(model, images, logits, attention, tta), attention
 
 

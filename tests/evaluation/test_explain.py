@@ -7,16 +7,8 @@ import torch.nn.functional as F
 
 import magsd_timm  # noqa: F401  (registers the models)
 from magsd_timm.errors import BadInputError
-from magsd_timm.evaluation.explain import (
-    MAPS,
-    attention_heatmap,
-    check_map,
-    grad_cam,
-    heat_maps,
-    overlay_title,
-    pointing_game,
-    save_overlay,
-)
+from magsd_timm.evaluation.explain import MAPS, check_map, grad_cam, heat_maps, overlay_title, pointing_game, save_overlay
+from magsd_timm.models import display_map
 
 
 def _ma_net(num_maps: int = 4) -> nn.Module:
@@ -50,7 +42,8 @@ def test_grad_cam_peaks_where_the_class_evidence_is():
 def test_display_map_and_overlay(tmp_path):
     model = timm.create_model('magsd_custom', backbone='test_resnet', num_maps=4, num_classes=2).eval()
     images = torch.randn(2, 1, 64, 64)
-    logits, heat = attention_heatmap(model, images)
+    shown = heat_maps(model, images, 'mean')
+    logits, heat = shown.logits, shown.maps
     assert logits.shape == (2, 2) and heat.shape == (2, 1, 64, 64) and (heat >= 0).all()
     save_overlay(tmp_path / 'o.png', images[0, 0], heat[0, 0], overlay_title('a.png', 'normal', 0.93, 'mean map: x'),
                  boxes=[(3, 4, 20, 30)])
@@ -62,7 +55,9 @@ def test_display_map_and_overlay(tmp_path):
 def test_the_mean_map_is_the_display_map():
     model, images = _ma_net(), torch.randn(2, 1, 64, 64)
     heat = heat_maps(model, images, 'mean')
-    torch.testing.assert_close(heat.maps, attention_heatmap(model, images)[1])
+    with torch.no_grad():
+        _, attention = model.forward_with_attention(images)
+    torch.testing.assert_close(heat.maps, display_map(attention, (64, 64)))
     torch.testing.assert_close(heat.logits, model(images))
     assert heat.name == 'mean' and heat.attention.shape == (2, 4, 2, 2)
 
