@@ -29,6 +29,7 @@ from ..data.dataset import CXRDataset
 from ..errors import BadInputError, display
 from ..models.config import is_finite_number
 from .explain import DEFAULT_MAP, heat_maps, overlay_title, save_overlay
+from .inference import probabilities
 from .metrics import group_resamples, percentile_interval
 
 __all__ = ['MAX_BOX_FILE_BYTES', 'BoxEntry', 'Boxes', 'box_masks', 'boxed_batches', 'boxes_in_view', 'load_boxes',
@@ -198,7 +199,7 @@ def localization_report(model: nn.Module, dataset: CXRDataset, boxes: Boxes, bat
         masses.append(mass_in_boxes(maps, masks))
         hits.append(pointing_hits(maps, masks))
         areas.append(masks.flatten(1).float().mean(dim=1))
-        probs = (heat.logits.float() / temperature).softmax(dim=-1).cpu()
+        probs = probabilities([heat.logits], temperature).cpu()
         for j, index in enumerate(indices if overlays is not None else ()):
             if len(chosen) + j < num_overlays:
                 name, k = names[index], int(probs[j].argmax())
