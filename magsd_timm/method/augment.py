@@ -142,6 +142,14 @@ def zoom_boxes(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     return zoomed.to(images.dtype)
 
 
+def _box_masks(boxes: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Masks (B, H, W) of boxes (B, 4) = (y0, y1, x0, x1), end exclusive."""
+    yy = torch.arange(size[0], device=boxes.device)[None, :, None]
+    xx = torch.arange(size[1], device=boxes.device)[None, None, :]
+    y0, y1, x0, x1 = (v[:, None, None] for v in boxes.unbind(-1))
+    return (yy >= y0) & (yy < y1) & (xx >= x0) & (xx < x1)
+
+
 def _paste_boxes(images: torch.Tensor, boxes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Copy each box's content, at native size, to a position chosen by offsets (B, 2) in [0, 1)."""
     b, c, height, width = images.shape
@@ -151,8 +159,7 @@ def _paste_boxes(images: torch.Tensor, boxes: torch.Tensor, offsets: torch.Tenso
     tx = (offsets[:, 1] * (width - bw + 1).float()).long().clamp(max=width - bw)
     yy = torch.arange(height, device=images.device)[None]
     xx = torch.arange(width, device=images.device)[None]
-    inside = (((yy >= ty[:, None]) & (yy < (ty + bh)[:, None]))[:, :, None]
-              & ((xx >= tx[:, None]) & (xx < (tx + bw)[:, None]))[:, None, :])
+    inside = _box_masks(torch.stack([ty, ty + bh, tx, tx + bw], dim=-1), (height, width))
     pixel = yy[:, :, None] * width + xx[:, None, :]
     source = (yy - ty[:, None] + y0[:, None])[:, :, None] * width + (xx - tx[:, None] + x0[:, None])[:, None, :]
     index = torch.where(inside, source, pixel).flatten(1)
@@ -182,13 +189,6 @@ def _guides(attention: torch.Tensor, uniforms: torch.Tensor, size: Tuple[int, in
     dim_region = dim_map >= _thresholds(dim_map, uniforms[:, 4], config.dim_theta)[:, None, None]
     patch_box = attention_boxes(patch_map, _thresholds(patch_map, uniforms[:, 5], config.patch_theta), config.padding)
     return _Guides(maps.amax(dim=(-2, -1)) > 0, mix_box, dim_region, patch_box)
-
-
-def _box_masks(boxes: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    yy = torch.arange(size[0], device=boxes.device)[None, :, None]
-    xx = torch.arange(size[1], device=boxes.device)[None, None, :]
-    y0, y1, x0, x1 = (v[:, None, None] for v in boxes.unbind(-1))
-    return (yy >= y0) & (yy < y1) & (xx >= x0) & (xx < x1)
 
 
 def attention_regions_from_uniforms(
