@@ -12,7 +12,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .common import meets_or_misses
+from .common import mean_std, meets_or_misses
 
 POINTING_TARGET = 0.9  # hit rate of MA-Net's default map, and at least Grad-CAM's on MA-Net and on the plain backbone
 ATTENTION_BACKBONE, ATTENTION_LEVELS = 'test_resnet', (1, 2)  # top feature level at stride 8
@@ -90,8 +90,6 @@ def run(args: argparse.Namespace) -> str:
     mean = {name: statistics.mean(values) for name, values in hits.items()}
     default = mean[f'MA-Net (MAG-SD), `{DEFAULT_MAP}`']
     met = default >= POINTING_TARGET and default >= mean[plain_name] and default >= mean['MA-Net (MAG-SD), `grad-cam`']
-    spread = lambda values: f'{statistics.mean(values):.3f}' + (  # noqa: E731
-        f' ± {statistics.stdev(values):.3f}' if len(values) > 1 else '')
     lines = [f'{args.attention_images} training images x {args.attention_epochs} epochs, '
              f'{args.attention_test_images} test images, {size} px, {num_classes} lesion classes, '
              f"`{ATTENTION_BACKBONE}` to stride 8; seeds {', '.join(map(str, args.attention_seeds))} (mean ± sd).", '',
@@ -99,6 +97,6 @@ def run(args: argparse.Namespace) -> str:
     for name, runs in rows.items():
         target = (f'>= {POINTING_TARGET} and >= either Grad-CAM ({meets_or_misses(met)})'
                   if name.endswith(f'`{DEFAULT_MAP}`') else '')
-        lines.append(f'| {name} | {spread(accuracy[name])} | {spread(hits[name])} | {target} | '
+        lines.append(f'| {name} | {mean_std(accuracy[name])} | {mean_std(hits[name])} | {target} | '
                      f'{statistics.mean(s for _, _, s in runs):.0f} |')
     return '\n'.join(lines)

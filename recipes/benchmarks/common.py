@@ -7,6 +7,7 @@ Peak memory is measured for each case in a fresh process: what two steps add to 
 built model and batch (CPU: the peak resident set, reset once they are built; CUDA: peak allocated).
 """
 import argparse
+import math
 import multiprocessing as mp
 import platform
 import re
@@ -134,3 +135,11 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
     except (OSError, AttributeError):  # no prctl on this system: the child outlives a killed benchmark
         pass
+
+
+def mean_std(values: List[float]) -> str:
+    """Mean ± standard deviation of the defined values ('n/a' when none is)."""
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return 'n/a'
+    return f'{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0.:.3f}'

@@ -5,7 +5,6 @@ intervals over patients, where the maps look against --boxes, the shortcut measu
 scored at an operating point chosen on validation. Runs only when named.
 """
 import argparse
-import math
 import shlex
 import statistics
 import sys
@@ -19,7 +18,7 @@ from magsd_timm.errors import BadInputError, display
 from magsd_timm.utils.outputs import strict_json, write_text_atomic
 from magsd_timm.utils.tables import markdown_table, shown_path
 
-from .common import die_with_parent, meets_or_misses
+from .common import die_with_parent, mean_std, meets_or_misses
 
 # the recommended recipe (docs/results.md): pretrained EfficientNet-Lite0, 3 stages frozen, 128 px, sized for 2 CPU
 # cores; sampling balanced over class and source, which lifted the left-out source's AUROC (cutting films to the
@@ -167,18 +166,10 @@ def _run_probabilities(run: Path, args: argparse.Namespace) -> Tuple[Dict[str, A
     return scored, model
 
 
-def _mean_std(values: List[float]) -> str:
-    """Mean ± standard deviation of the defined values ('n/a' when none is)."""
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return 'n/a'
-    return f'{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0.:.3f}'
-
-
 def _seed_scores(results: Dict[str, Any], methods: Sequence[str], value: Callable[[Dict[str, Any]], float],
                  scored: str) -> List[str]:
     """Mean ± sd over seeds of value(metrics) on a scored set, per method."""
-    return [_mean_std([value(m) for m in results[name][scored]['per_seed']]) for name in methods]
+    return [mean_std([value(m) for m in results[name][scored]['per_seed']]) for name in methods]
 
 
 def _covid_vs_normal(labels: torch.Tensor, class_names: Sequence[str]) -> Optional[torch.Tensor]:
@@ -253,7 +244,7 @@ def _rate(hits: List[torch.Tensor], groups: Sequence[Any], args: argparse.Namesp
 
 
 def _with_interval(values: List[float], interval: Sequence[float]) -> str:
-    return f'{_mean_std(values)} [{interval[0]:.3f}, {interval[1]:.3f}]'
+    return f'{mean_std(values)} [{interval[0]:.3f}, {interval[1]:.3f}]'
 
 
 def unseen_summary(results: Dict[str, Any], methods: Sequence[str], args: argparse.Namespace) -> Dict[str, Any]:
@@ -301,7 +292,7 @@ def _unseen_lines(summary: Dict[str, Any], methods: Sequence[str]) -> List[str]:
         return lines + ['The set does not hold both COVID-19 and normal films: no AUROC.']
     rows = [[f"COVID-19 vs normal AUROC ({by[methods[0]]['auroc']['films']} films)",
              *(_with_interval(by[m]['auroc']['per_seed'], by[m]['auroc']['interval']) for m in methods)],
-            ['operating point: P(COVID-19) at least', *(_mean_std(by[m]['operating_point']) for m in methods)],
+            ['operating point: P(COVID-19) at least', *(mean_std(by[m]['operating_point']) for m in methods)],
             [f"COVID-19 sensitivity, unseen films ({summary['unseen_films']})",
              *(_with_interval(by[m]['sensitivity']['per_seed'], by[m]['sensitivity']['interval']) for m in methods)]]
     for src, n in summary['normal_films'].items():
@@ -331,7 +322,7 @@ def _holdout_lines(results: Dict[str, Any], methods: Sequence[str], args: argpar
     if 'pair' not in held:
         return lines + ['It does not hold both COVID-19 and normal images: no COVID-19 vs normal AUROC.']
     rows = [['COVID-19 vs normal AUROC (' + str(held['pair']['num_images']) + ' images)',
-             *(f"{_mean_std(results[m]['held out']['pair']['auroc'])} "
+             *(f"{mean_std(results[m]['held out']['pair']['auroc'])} "
                f"[{results[m]['held out']['pair']['interval'][0]:.3f}, {results[m]['held out']['pair']['interval'][1]:.3f}]"
                for m in methods)]]
     for metric in ('sensitivity', 'specificity'):
@@ -359,7 +350,7 @@ def _shortcut_lines(results: Dict[str, Any], methods: Sequence[str]) -> List[str
         tables[m] = [class_source_accuracy(torch.cat([r['probs'][i] for r in sets]).argmax(dim=1), labels, sources,
                                            names) for i in range(len(sets[0]['probs']))]
     first = tables[methods[0]][0]
-    rows = [[c, src, by[src]['num_images'], *(_mean_std([t[c][src]['accuracy'] for t in tables[m]]) for m in methods)]
+    rows = [[c, src, by[src]['num_images'], *(mean_std([t[c][src]['accuracy'] for t in tables[m]]) for m in methods)]
             for c, by in first.items() for src in by]
     lines = ['Shortcuts. Per class, the share of each source\'s images of it recognised (all scored images): a class '
              'recognised in one source and missed in another is recognised by its source.', '',
@@ -373,8 +364,8 @@ def _shortcut_lines(results: Dict[str, Any], methods: Sequence[str]) -> List[str
             for m in methods:
                 reports = results[m][scored]['hiding']
                 kept = [r[condition]['focus_kept'] for r in reports if r[condition]['focus_kept'] is not None]
-                cells += [_mean_std([r[condition]['answers_changed'] for r in reports]),
-                          _mean_std(kept) if kept else 'n/a']
+                cells += [mean_std([r[condition]['answers_changed'] for r in reports]),
+                          mean_std(kept) if kept else 'n/a']
             rows.append(cells)
     lines.append(markdown_table(['images', *(f'{m} {what}' for m in methods
                                              for what in ('answers changed', 'COVID-19 answers kept'))], rows))
@@ -464,8 +455,8 @@ def run(args: argparse.Namespace) -> str:
             cells = [source, scored_set, count]
             for n in names:
                 scores = [run[source][2] for run in by_run[n]]
-                cells += [_mean_std([m['accuracy'] for m in scores]), _mean_std([m['macro_f1'] for m in scores])]
-                cells += [_mean_std([m[k]['COVID-19'] for m in scores]) for k in ('sensitivity', 'specificity')] \
+                cells += [mean_std([m['accuracy'] for m in scores]), mean_std([m['macro_f1'] for m in scores])]
+                cells += [mean_std([m[k]['COVID-19'] for m in scores]) for k in ('sensitivity', 'specificity')] \
                     if covid else []
             source_rows.append(cells)
     columns = ['accuracy', 'macro F1', *(['COVID-19 sensitivity', 'COVID-19 specificity'] if covid else [])]
@@ -483,8 +474,8 @@ def run(args: argparse.Namespace) -> str:
         lines += ['', f'Where they look, on the {main} images with boxes in `{display(shown_path(args.boxes))}` '
                       '(mean ± sd over seeds):', '',
                   markdown_table(['heat map', 'share inside the boxes', 'pointing game'], [
-                      [f"{n}: {where[n][0]['map']}", _mean_std([w['mass_in_boxes'] for w in where[n]]),
-                       _mean_std([w['pointing_hit_rate'] for w in where[n]])] for n in names]),
+                      [f"{n}: {where[n][0]['map']}", mean_std([w['mass_in_boxes'] for w in where[n]]),
+                       mean_std([w['pointing_hit_rate'] for w in where[n]])] for n in names]),
                   '', f"The boxes cover {where['MAG-SD'][0]['box_area_share']:.3f} of the image: a uniform map would "
                       f"put that share inside them. MA-Net's {where['MAG-SD'][0]['map']} map: "
                       f"{mass['MAG-SD']:.3f} inside (target >= {MAP_TARGET:.1f} with maps of at least 7 x 7, here "
