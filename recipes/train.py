@@ -67,6 +67,7 @@ with extras_needed('train.py'):  # accelerate, opencv, datasets: pip install "ma
     from magsd_timm.models.offline_weights import create_pretrained
     from magsd_timm.run_records import BEST, FINAL, TrainingRun, read_args, setting_differences
     from magsd_timm.train.adversary import SourceAdversary, SourceLabelled, source_names
+    from magsd_timm.train.centres import FeatureCentres
     from magsd_timm.train.checkpoint import TrainProgress, latest_checkpoint, save_checkpoint
     from magsd_timm.train.loop import TrainSetup, train_step, validate
     from magsd_timm.train.optim import (
@@ -167,6 +168,10 @@ def _parser() -> argparse.ArgumentParser:
                             'cosine similarity two by two) to the loss, pushing the maps apart (0: off, the '
                             "authors' method; attention dropout is a model argument: --model-kwargs "
                             '\'{"attn_drop_rate": 0.25}\')')
+    group.add_argument('--centre-loss', type=number(float, 0, 100), default=0., metavar='WEIGHT',
+                       help="MAG-SD only: add WEIGHT times WS-DAN's feature-centre loss, the squared distance of each "
+                            "film's pooled part features to a running centre of its class's, so that each attention "
+                            "map pools the same part in every film (0: off, the authors' method)")
     group.add_argument('--label-smoothing', type=number(float, 0, 1, high_open=True), default=0.,
                        help='baseline cross-entropy only')
     group.add_argument('--seed', type=number(int, 0, 2 ** 32 - 1), default=0,
@@ -221,6 +226,9 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
     if args.attention_diversity and args.method != 'magsd':
         parser.error(f'--attention-diversity {args.attention_diversity:g}: the plain backbone (--method baseline) has '
                      'no attention maps to push apart')
+    if args.centre_loss and args.method != 'magsd':
+        parser.error(f'--centre-loss {args.centre_loss:g}: the plain backbone (--method baseline) pools no part '
+                     'features for centres to gather')
     if args.method == 'magsd' and not args.model.startswith('magsd_'):
         parser.error(f"--model {args.model}: the MAG-SD method needs a magsd_* model (or use --method baseline)")
     return args
@@ -516,12 +524,16 @@ def _run(accelerator: Accelerator, args: argparse.Namespace, argv: List[str], ru
     scheduler = create_schedule(optimizer, args.sched, args.epochs, math.ceil(len(train_loader) / args.grad_accum),
                                 args.warmup_epochs)
     class_weights = _class_weights(args, train_set)
+    centres = FeatureCentres(accelerator.unwrap_model(model).get_classifier().in_features, len(class_names),
+                             args.centre_loss).to(accelerator.device) if args.centre_loss else None
     setup = TrainSetup(model, optimizer, scheduler, MagSDObjective(class_weights=class_weights,
                                                                    diversity=args.attention_diversity)
                        if args.method == 'magsd' else None, ema, args.clip_grad, args.label_smoothing,
-                       class_weights, args.seed, adversary, len(train_loader) * args.epochs)
+                       class_weights, args.seed, adversary, len(train_loader) * args.epochs, centres)
     progress = TrainProgress(pretrained_source)
-    for state in (progress, scheduler, *([ema.to(accelerator.device)] if ema is not None else [])):
+    # the centres are state, not parameters: checkpointed beside the model, so a resume continues them
+    for state in (progress, scheduler, *([ema.to(accelerator.device)] if ema is not None else []),
+                  *([centres] if centres is not None else [])):
         accelerator.register_for_checkpointing(state)
     summary_rows = _resume(accelerator, args, run, progress) if args.resume else []
     if accelerator.is_main_process:

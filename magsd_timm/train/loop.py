@@ -9,7 +9,7 @@ batch and does the rest (logging, checkpoints, evaluation) itself.
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,7 @@ from ..evaluation.metrics import classification_metrics
 from ..method.objective import MagSDObjective
 from ..utils.seeds import seeded_generator
 from .adversary import SourceAdversary, classifier_input
+from .centres import FeatureCentres
 from .checkpoint import TrainProgress
 
 __all__ = ['NonFiniteLossError', 'TrainSetup', 'train_step', 'validate']
@@ -44,6 +45,20 @@ class TrainSetup:
     seed: int = 0  # with the global step, it draws the MAG-SD views: a resumed run draws the same ones
     adversary: Optional[SourceAdversary] = None  # trained against the source (train/adversary.py), in the optimizer
     total_steps: int = 1  # the run's batches: the adversary's reversal ramps up over them
+    centres: Optional[FeatureCentres] = None  # WS-DAN's feature-centre loss (train/centres.py), MAG-SD only
+
+
+def _raw_extra(setup: TrainSetup, caught: List[torch.Tensor], labels: torch.Tensor,
+               sources: Optional[torch.Tensor], share: float) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """The losses on the raw pass's pooled features (caught[0]): the source adversary's and the centre loss."""
+    loss, parts = torch.zeros((), device=labels.device), {}
+    if setup.adversary is not None:
+        source_loss, source_parts = setup.adversary.loss(caught[0], labels, sources, share)
+        loss, parts = loss + source_loss, parts | source_parts
+    if setup.centres is not None:
+        centre_loss, centre_parts = setup.centres.loss(caught[0], labels)
+        loss, parts = loss + centre_loss, parts | centre_parts
+    return loss, parts
 
 
 def _loss(accelerator, setup: TrainSetup, images: torch.Tensor, labels: torch.Tensor,
@@ -51,20 +66,20 @@ def _loss(accelerator, setup: TrainSetup, images: torch.Tensor, labels: torch.Te
     """Forward and backward of one batch; the detached loss and its parts."""
     with contextlib.ExitStack() as stack:
         extra = None
-        if setup.adversary is not None:  # on the raw pass's pooled features
+        if setup.adversary is not None or setup.centres is not None:  # on the raw pass's pooled features
             caught = stack.enter_context(classifier_input(setup.model))
             share = global_step / max(setup.total_steps, 1)
 
             def extra():
-                return setup.adversary.loss(caught[0], labels, sources, share)
+                return _raw_extra(setup, caught, labels, sources, share)
         if setup.objective is not None:
             return setup.objective.backward(setup.model, images, labels, seeded_generator(setup.seed, global_step),
                                             accelerator.backward, extra).parts
         logits = setup.model(images)
         weight = torch.tensor(setup.class_weights, device=logits.device) if setup.class_weights is not None else None
         loss = F.cross_entropy(logits, labels, weight=weight, label_smoothing=setup.label_smoothing)
-        source_loss, parts = extra() if extra is not None else (0., {})
-        accelerator.backward(loss + source_loss)
+        extra_loss, parts = extra() if extra is not None else (0., {})
+        accelerator.backward(loss + extra_loss)
         return {'loss': loss.detach(), 'accuracy': (logits.argmax(-1) == labels).float().mean(), **parts}
 
 

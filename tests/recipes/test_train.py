@@ -141,6 +141,7 @@ def _recipe():
     (['--model-kwargs', '[1]'], 'a JSON object'),
     (['--method', 'baseline', '--attention-diversity', '1'], '--attention-diversity 1: the plain backbone'),
     (['--attention-diversity', '-1'], 'argument --attention-diversity: -1 must be >= 0'),
+    (['--method', 'baseline', '--centre-loss', '1'], '--centre-loss 1: the plain backbone'),
     (['--model-kwargs', '{bad'], 'not valid JSON'),
     # counts are bounded: a typo or a hostile settings file cannot start without end
     (['--workers', '100000'], 'argument --workers: 100000 must be <= 256'),
@@ -395,6 +396,32 @@ def test_attention_options_train_recorded_and_the_diversity_penalty_is_logged(tm
     assert (recorded['attention_diversity'], recorded['model_kwargs']['attn_drop_rate']) == (0.5, 0.25)
     config = json.loads((out / 'final' / 'config.json').read_text())
     assert 'attn_drop_rate' not in config['model_args']  # a training setting, left out as timm leaves drop rates out
+
+
+def test_the_feature_centres_are_logged_and_checkpointed_and_a_resume_continues_them(tmp_path, capsys):
+    import shutil
+
+    steady = tmp_path / 'steady'
+    settings = ['--epochs', '2', '--centre-loss', '1', '--checkpoint-every', '2', '--keep-checkpoints', '10']
+    proc = _train_here(capsys, steady, *TINY, *settings, '--keep-finished-checkpoints')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'train_centre_distance' in (steady / 'summary.csv').read_text().splitlines()[0].split(',')
+    assert yaml.safe_load((steady / 'args.yaml').read_text())['centre_loss'] == 1.
+    exported = load_file(steady / 'final' / 'model.safetensors')
+    assert exported.keys() == timm.create_model('magsd_custom', backbone='test_resnet', num_maps=4,
+                                                num_classes=2).state_dict().keys()  # trained beside it, not in it
+    # the run cut after step 4 of 6 (3 steps an epoch): its centres come back from the checkpoint, so the resumed
+    # run's last two steps pull the features as the steady run's did and end with the same weights
+    cut = tmp_path / 'cut'
+    shutil.copytree(steady, cut)
+    for later in ('step_00000006', 'step_00000005'):
+        shutil.rmtree(cut / 'checkpoints' / later, ignore_errors=True)
+    shutil.rmtree(cut / 'final')
+    resumed = _train_here(capsys, cut, *TINY, *settings, '--resume')
+    assert resumed.returncode == 0 and 'step 4)' in resumed.stdout, resumed.stderr[-3000:]
+    again = load_file(cut / 'final' / 'model.safetensors')
+    for key in exported:
+        assert torch.equal(exported[key], again[key]), key
 
 
 def test_training_against_the_source_keeps_the_head_out_of_the_exported_model(tmp_path, capsys):
