@@ -73,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument('--cxr-batch-size', type=int, default=cxr.CXR_DEFAULTS['batch_size'], help='cxr: batch size')
     parser.add_argument('--train-args', default=cxr.CXR_TRAIN_ARGS,
                         help='cxr: further recipes/train.py flags for both methods')
+    parser.add_argument('--magsd-args', default='',
+                        help="cxr: recipes/train.py flags for the MAG-SD runs alone (an attention option: "
+                             "'--centre-loss 1'); give each such comparison its own --output-dir")
     parser.add_argument('--holdout-source', default=None, metavar='SOURCE',
                         help='cxr: leave this source out of training and validation and score every image of it')
     parser.add_argument('--unseen-covid-source', default=None, metavar='SOURCE',

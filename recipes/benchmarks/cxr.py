@@ -93,7 +93,7 @@ def _train_run(args: argparse.Namespace, method: str, seed: int) -> Path:
                   str(args.cxr_img_size), '--epochs', str(args.cxr_epochs), '--batch-size', str(args.cxr_batch_size),
                   '--seed', str(seed), '--output', str(output), *(['--cpu'] if args.device == 'cpu' else []),
                   *(['--exclude-sources', *held] if held else []),
-                  *shlex.split(args.train_args)]
+                  *shlex.split(args.train_args), *(shlex.split(args.magsd_args) if method == 'magsd' else [])]
     folder = RunFolder(output)
     if folder.has_results():  # train.py's own parser tells what the requested run would record
         recipe = _train_recipe()
@@ -403,8 +403,11 @@ def run(args: argparse.Namespace) -> str:
         return f'[{low:.3f}, {high:.3f}]'
 
     # what the runs' records say, not what this invocation asked (a reused run was checked to match)
-    shared = {k: v for k, v in records[0].items()
-              if k not in ('method', 'seed', 'output', 'command', 'resume') and all(r.get(k) == v for r in records)}
+    per_run = ('method', 'seed', 'output', 'command', 'resume')
+    shared = {k: v for k, v in records[0].items() if k not in per_run and all(r.get(k) == v for r in records)}
+    magsd_records = [r for r in records if r.get('method') == 'magsd']
+    magsd_only = ', '.join(f'{k} {v}' for k, v in magsd_records[0].items()
+                           if k not in per_run and k not in shared and all(r.get(k) == v for r in magsd_records))
     held = ' '.join(f'`{name}`' for name in _held_out(args))
     scored = (f"the test split of `{display(shown_path(args.data))}` without {held}, which was left out of training "
               'and validation' if held else f'the test split of `{display(shown_path(args.data))}`')
@@ -414,8 +417,9 @@ def run(args: argparse.Namespace) -> str:
              f"{shared.get('freeze_stages')} stages frozen, balance {shared.get('balance')}, "
              f"{shared.get('epoch_samples') or 'all'} draws an epoch, augment {shared.get('augment')}, source "
              f"adversary {shared.get('source_adversary')}, films cut to the lungs by "
-             f"{display(shown_path(shared['crop_lungs'])) if shared.get('crop_lungs') else 'no detector'}, as the runs' "
-             f"args.yaml record), seeds {', '.join(map(str, sorted({r.get('seed') for r in records})))}, on {scored} "
+             f"{display(shown_path(shared['crop_lungs'])) if shared.get('crop_lungs') else 'no detector'}"
+             f"{f'; MAG-SD alone: {magsd_only}' if magsd_only else ''}, as the runs' args.yaml record), seeds "
+             f"{', '.join(map(str, sorted({r.get('seed') for r in records})))}, on {scored} "
              f"({len(results['MAG-SD'][main]['labels'])} images): mean ± standard deviation over seeds, and the 95% "
              f"bootstrap interval (over patients) of the seed mean. {minutes:.0f} minutes for this invocation "
              '(training runs found complete are reused).', '']

@@ -327,7 +327,8 @@ def test_cxr_suite_scores_a_covid_source_never_seen_at_an_operating_point_chosen
              'far:normal', '--seeds', '0', '--cxr-img-size', '64', '--cxr-batch-size', '4', '--cxr-model',
              'magsd_custom', '--bootstrap', '20', '--cxr-epochs', '1',
              '--train-args', '--model-kwargs \'{"backbone": "test_resnet"}\' --augment mild+hospital --balance '
-                             'class-source --epoch-samples 6 --source-adversary 0.5']
+                             'class-source --epoch-samples 6 --source-adversary 0.5',
+             '--magsd-args', '--centre-loss 0.5']  # an attention option: MAG-SD's runs alone
     stdout = bench_here(*suite)
     table = (tmp_path / 'cxr-unseen-unseen.md').read_text()
     assert table in stdout
@@ -344,6 +345,7 @@ def test_cxr_suite_scores_a_covid_source_never_seen_at_an_operating_point_chosen
         recorded = yaml.safe_load((tmp_path / 'cxr' / f'{method}-unseen-unseen-seed0' / 'args.yaml').read_text())
         assert recorded['exclude_sources'] == ['unseen:COVID-19', 'far:normal']
         assert (recorded['augment'], recorded['epoch_samples'], recorded['source_adversary']) == ('mild+hospital', 6, 0.5)
+        assert recorded['centre_loss'] == (0.5 if method == 'magsd' else 0.)
     assert "`unseen`'s 4 COVID-19 films (every split) were never trained or validated on" in table
     assert 'normal films of the test split (seen 1, unseen 1)' in table  # the probe is scored on its own
     assert re.fullmatch(r'\d\.\d{3} ± 0\.000 \[\d\.\d{3}, \d\.\d{3}\]', rows['COVID-19 vs normal AUROC (6 films)'][1])
@@ -354,6 +356,7 @@ def test_cxr_suite_scores_a_covid_source_never_seen_at_an_operating_point_chosen
     assert 'AUROC on the unseen COVID-19 source' in table and 'target >= 0.85' in table
     assert 'MAG-SD minus baseline: ' in table
     assert 'augment mild+hospital, source adversary 0.5' in table  # what the runs' records say
+    assert 'films cut to the lungs by no detector; MAG-SD alone: centre_loss 0.5, as the runs' in table
     assert 'without `unseen:COVID-19` `far:normal`, which was left out of training and validation' in table
     # the operating point is P(COVID-19) at the validation split's 10th percentile of COVID-19 films
     result = dict(class_names=['COVID-19', 'normal'], labels=torch.tensor([0] * 10 + [1]),
