@@ -3,10 +3,11 @@
 A config.json from a Hub repo or a folder is untrusted input: revisions are checked before any
 download, and the config is checked (bounds, temperature, model arguments) before it builds anything.
 """
+import contextlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 
 import timm
 import torch
@@ -18,9 +19,10 @@ from ..models import allow_pickle_weights, close_matches
 from ..models.config import ConfigError, check_checkpoint_config, check_model_size
 from ..models.lung_detector import DETECTOR_FILES, LungDetector, load_detector
 from ..models.magsd import HUB_WEIGHTS
+from ..models.offline_weights import create_pretrained
 from ..models.published import published_file
 from ..run_records import find_run
-from ..utils.hub_files import HUB_PREFIX, hub_file, parse_hub_ref
+from ..utils.hub_files import HUB_PREFIX, hub_file, hub_when_reachable, parse_hub_ref
 
 __all__ = ['checkpoint_config', 'load', 'load_lung_crop', 'resolve_model_name', 'shown_model']
 
@@ -110,7 +112,9 @@ def load_lung_crop(name: str, config: Dict[str, Any]) -> Optional[LungDetector]:
 
 def checkpoint_config(name: str) -> Dict[str, Any]:
     """The checked config.json behind a resolved model name; {} for a registered name without published weights."""
-    path = _config_file(name)
+    hub_id = None if name in HUB_WEIGHTS else _hub_id(name)  # a published tag falls back on its installed copy
+    with hub_when_reachable(shown_model(name)) if hub_id else contextlib.nullcontext():
+        path = _config_file(name)
     if path is None:
         return {}
     try:
@@ -118,6 +122,21 @@ def checkpoint_config(name: str) -> Dict[str, Any]:
     except (ValueError, UnicodeDecodeError) as e:
         raise ConfigError(f'{display(path)}: not a valid JSON config ({e}).') from e
     return check_checkpoint_config(config, display(path))
+
+
+@contextlib.contextmanager
+def _weights_source(ref: str, name: str, pretrained: bool) -> Iterator[Callable[..., torch.nn.Module]]:
+    """How load builds name: a Hub repo's weights only if the Hub answers now, else from its cache (one error when the
+    cache lacks them); a registered non-MA-Net name's ImageNet weights by the rule every pretrained backbone follows
+    (models.offline_weights.create_pretrained); anything else by timm.create_model as it is."""
+    if not pretrained or name.startswith('local-dir:') or name in HUB_WEIGHTS or \
+            split_model_name_tag(name)[0].startswith('magsd_'):  # MA-Nets' entrypoints ask the Hub by the same rule
+        yield timm.create_model
+    elif name.startswith(HUB_PREFIX):
+        with hub_when_reachable(shown_model(ref)):
+            yield timm.create_model
+    else:
+        yield lambda model_name, pretrained, **kwargs: create_pretrained(model_name, **kwargs)
 
 
 def load(ref: str, pretrained: bool = True, allow_pickle: bool = False, config: Optional[Dict[str, Any]] = None,
@@ -137,9 +156,9 @@ def load(ref: str, pretrained: bool = True, allow_pickle: bool = False, config: 
         check_model_size(config, shown_model(ref))
     if name in HUB_WEIGHTS:  # a published tag: built as its config.json records (timm reads it for hf-hub: names)
         kwargs = {**config.get('model_args', {}), **kwargs}
-    with allow_pickle_weights(allow_pickle):
+    with allow_pickle_weights(allow_pickle), _weights_source(ref, name, pretrained) as create:
         try:
-            return timm.create_model(name, pretrained=pretrained, **kwargs)
+            return create(name, pretrained=pretrained, **kwargs)
         except TypeError as e:
             if not config or isinstance(e, ConfigError):  # a ConfigError already names the argument
                 raise

@@ -16,20 +16,20 @@ huggingface_hub's minute of retries); if it does, the weights come from it; if n
 error that names the offline choices. It says once per process which source it used, and the model
 carries it as ``pretrained_source``.
 """
-import contextlib
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar
 
 import torch
 
 from ..errors import BadInputError, display
 from ..utils.digest import bytes_sha256, file_sha256
+from ..utils.hub_files import hub_cache_only, hub_unreachable
 
 __all__ = ['LITE_PACKAGES', 'NoWeightsSourceError', 'OfflineWeightsError', 'block_layout', 'convert_lite',
-           'create_pretrained', 'hub_cache_only', 'hub_or_package', 'hub_unreachable', 'offline_weights_file',
+           'create_pretrained', 'hub_or_package', 'offline_weights_file',
            'package_weights_path', 'say_source']
 
 T = TypeVar('T')
@@ -168,19 +168,6 @@ def _cache_problem(cached: Path, recorded: Path, architecture: str) -> Optional[
 _said: Set[Tuple[str, str]] = set()
 
 
-def hub_unreachable() -> Optional[str]:
-    """Why the Hub cannot serve weights now (HF_HUB_OFFLINE, or no answer to one request), or None when it can."""
-    from huggingface_hub import constants, get_session
-
-    if constants.HF_HUB_OFFLINE:
-        return 'HF_HUB_OFFLINE is set'
-    try:  # one request, no retries: huggingface_hub would retry a dead network for about a minute per file
-        get_session().head(constants.ENDPOINT, timeout=5)
-    except Exception as e:  # noqa: BLE001 - any transport failure means the same: not reachable
-        return f'{constants.ENDPOINT} cannot be reached ({type(e).__name__})'
-    return None
-
-
 def _package_source(architecture: str, why: str) -> Tuple[Path, str]:
     """The cached timm weights of an architecture's package, and a sentence naming the package and why."""
     from importlib.metadata import version
@@ -217,18 +204,6 @@ def hub_or_package(from_hub: Callable[[], Tuple[T, str]], from_package: Callable
         except OSError:
             pass
     return from_package(why)
-
-
-@contextlib.contextmanager
-def hub_cache_only() -> Iterator[None]:
-    """huggingface_hub serves files from its cache only and asks the network nothing, as with HF_HUB_OFFLINE=1."""
-    from huggingface_hub import constants
-
-    before, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = before
 
 
 def say_source(what: str, source: str) -> None:

@@ -10,19 +10,25 @@
 
 Models, datasets and cards all come through here, so that a Hub id means the Hub everywhere.
 
+``hub_unreachable`` asks the Hub once whether it answers (seconds, where huggingface_hub retries a dead
+network for up to a minute per file); ``hub_when_reachable`` runs a block against the Hub when it
+answers and against the Hub cache alone when it does not, and a file the cache lacks then ends the
+block with one error that says why.
+
 ``hub_content`` finds what the repository's top-level ``hub/`` holds (card templates, the published
 model repos): data only, installed as ``magsd_timm.hub_content`` (pyproject.toml).
 """
+import contextlib
 import importlib.resources
 import os
 import re
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 from ..errors import BadInputError, display
 
-__all__ = ['HUB_CONTENT', 'HUB_PREFIX', 'HubFileError', 'check_hub_target', 'check_revision', 'hub_content', 'hub_file',
-           'hub_snapshot', 'parse_hub_ref']
+__all__ = ['HUB_CONTENT', 'HUB_PREFIX', 'HubFileError', 'check_hub_target', 'check_revision', 'hub_cache_only',
+           'hub_content', 'hub_file', 'hub_snapshot', 'hub_unreachable', 'hub_when_reachable', 'parse_hub_ref']
 
 HUB_PREFIX = 'hf-hub:'
 HUB_CONTENT = 'magsd_timm.hub_content'  # the repository's hub/ folder, installed as package data
@@ -120,3 +126,46 @@ def hub_snapshot(repo_id: str, revision: Optional[str] = None, repo_type: str = 
 def hub_content(name: str) -> Path:
     """A card template or published model repo of the repository's hub/ folder, where the install (or checkout) has it."""
     return Path(str(importlib.resources.files(HUB_CONTENT) / name))
+
+
+def hub_unreachable() -> Optional[str]:
+    """Why the Hub cannot serve weights now (HF_HUB_OFFLINE, or no answer to one request), or None when it can."""
+    from huggingface_hub import constants, get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return 'HF_HUB_OFFLINE is set'
+    try:  # one request, no retries: huggingface_hub would retry a dead network for about a minute per file
+        get_session().head(constants.ENDPOINT, timeout=5)
+    except Exception as e:  # noqa: BLE001 - any transport failure means the same: not reachable
+        return f'{constants.ENDPOINT} cannot be reached ({type(e).__name__})'
+    return None
+
+
+@contextlib.contextmanager
+def hub_cache_only() -> Iterator[None]:
+    """huggingface_hub serves files from its cache only and asks the network nothing, as with HF_HUB_OFFLINE=1."""
+    from huggingface_hub import constants
+
+    before, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+@contextlib.contextmanager
+def hub_when_reachable(what: str) -> Iterator[None]:
+    """Run the block against the Hub if it answers now, else against the Hub cache alone (as HF_HUB_OFFLINE=1); a
+    file the cache lacks then ends it with one LocalEntryNotFoundError (exit 1) that names `what` and says why."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    why = hub_unreachable()
+    if why is None:
+        yield
+        return
+    with hub_cache_only():
+        try:
+            yield
+        except LocalEntryNotFoundError as e:
+            raise LocalEntryNotFoundError(f'{what}: {why}, and the Hub cache does not hold it; pull it once where '
+                                          'the Hub answers, and it then loads offline.') from e

@@ -111,6 +111,30 @@ def test_the_cache_serves_the_model_offline_without_the_server(pushed):
     assert proc.stdout.splitlines()[-1] == 'true'
 
 
+def test_where_the_hub_does_not_answer_a_pulled_repo_loads_from_the_cache_and_others_fail_at_once(
+        hub, pushed, monkeypatch):
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from magsd_timm.hub.pull import checkpoint_config
+    from magsd_timm.models.offline_weights import NoWeightsSourceError
+
+    magsd_timm.load(f'hf-hub:{REPO}')  # pulled once: in the cache
+    monkeypatch.setattr(constants, 'ENDPOINT', 'http://127.0.0.1:9')  # nothing listens there: asked once, no retries
+    since = len(hub.requests)
+    model = magsd_timm.load(f'hf-hub:{REPO}')
+    saved = load_file(pushed / 'model.safetensors')
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    with pytest.raises(LocalEntryNotFoundError, match=r'hf-hub:tester/never-pushed: http://127.0.0.1:9 cannot be '
+                                                      r'reached \(\w+\), and the Hub cache does not hold it'):
+        checkpoint_config("hf-hub:tester/never-pushed")
+    # a plain timm name's ImageNet weights follow the rule of every pretrained backbone: the Hub, its cache, a package
+    with pytest.raises(NoWeightsSourceError, match='no ImageNet weights for test_resnet: http://127.0.0.1:9 cannot be '
+                                                   'reached'):
+        magsd_timm.load('test_resnet')
+    assert len(hub.requests) == since
+
+
 def _pickle_bytes(state_dict) -> bytes:
     buffer = io.BytesIO()
     torch.save(state_dict, buffer)
