@@ -13,12 +13,14 @@ Models, datasets and cards all come through here, so that a Hub id means the Hub
 ``hub_unreachable`` asks the Hub once whether it answers (seconds, where huggingface_hub retries a dead
 network for up to a minute per file); ``hub_when_reachable`` runs a block against the Hub when it
 answers and against the Hub cache alone when it does not, and a file the cache lacks then ends the
-block with one error that says why.
+block with one error that says why. ``hub_file`` and ``hub_snapshot`` run in such a block, so every
+download of the package follows that rule; a block inside another reuses its answer (one request).
 
 ``hub_content`` finds what the repository's top-level ``hub/`` holds (card templates, the published
 model repos): data only, installed as ``magsd_timm.hub_content`` (pyproject.toml).
 """
 import contextlib
+import contextvars
 import importlib.resources
 import os
 import re
@@ -33,6 +35,9 @@ __all__ = ['HUB_CONTENT', 'HUB_PREFIX', 'HubFileError', 'check_hub_target', 'che
 HUB_PREFIX = 'hf-hub:'
 HUB_CONTENT = 'magsd_timm.hub_content'  # the repository's hub/ folder, installed as package data
 _REF_PART = re.compile(r'[A-Za-z0-9_][A-Za-z0-9._-]*')
+# inside a hub_when_reachable block, its answer (why the Hub cannot serve, or None): asked once for the block
+_BLOCK_ANSWER: contextvars.ContextVar[Optional[Tuple[Optional[str]]]] = contextvars.ContextVar('hub_answer',
+                                                                                            default=None)
 
 
 class HubFileError(OSError):
@@ -108,7 +113,8 @@ def hub_file(repo_id: str, filename: str, revision: Optional[str] = None, repo_t
     """A file of a Hub repo, downloaded (or cached) and checked to lie inside the Hub cache (or cache_dir)."""
     from huggingface_hub import hf_hub_download
 
-    path = Path(hf_hub_download(repo_id, filename, revision=revision, repo_type=repo_type, cache_dir=cache_dir))
+    with hub_when_reachable(f'{repo_id}: {filename}'):
+        path = Path(hf_hub_download(repo_id, filename, revision=revision, repo_type=repo_type, cache_dir=cache_dir))
     return _checked(path, repo_id, filename, cache_dir)
 
 
@@ -116,7 +122,8 @@ def hub_snapshot(repo_id: str, revision: Optional[str] = None, repo_type: str = 
     """The files of a Hub repo at a revision, downloaded (or cached), each checked to lie inside the Hub cache."""
     from huggingface_hub import snapshot_download
 
-    folder = Path(snapshot_download(repo_id, revision=revision, repo_type=repo_type))
+    with hub_when_reachable(repo_id):
+        folder = Path(snapshot_download(repo_id, revision=revision, repo_type=repo_type))
     for path in sorted(folder.rglob('*')):
         if path.is_file() or path.is_symlink():
             _checked(path, repo_id, display(path.relative_to(folder)))
@@ -132,6 +139,9 @@ def hub_unreachable() -> Optional[str]:
     """Why the Hub cannot serve weights now (HF_HUB_OFFLINE, or no answer to one request), or None when it can."""
     from huggingface_hub import constants, get_session
 
+    answered = _BLOCK_ANSWER.get()
+    if answered is not None:  # inside a hub_when_reachable block, which asked already
+        return answered[0]
     if constants.HF_HUB_OFFLINE:
         return 'HF_HUB_OFFLINE is set'
     try:  # one request, no retries: huggingface_hub would retry a dead network for about a minute per file
@@ -159,13 +169,20 @@ def hub_when_reachable(what: str) -> Iterator[None]:
     file the cache lacks then ends it with one LocalEntryNotFoundError (exit 1) that names `what` and says why."""
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    why = hub_unreachable()
-    if why is None:
+    if _BLOCK_ANSWER.get() is not None:  # inside another block: its answer holds, and it says why on a cache miss
         yield
         return
-    with hub_cache_only():
-        try:
+    why = hub_unreachable()
+    token = _BLOCK_ANSWER.set((why,))
+    try:
+        if why is None:
             yield
-        except LocalEntryNotFoundError as e:
-            raise LocalEntryNotFoundError(f'{what}: {why}, and the Hub cache does not hold it; pull it once where '
-                                          'the Hub answers, and it then loads offline.') from e
+            return
+        with hub_cache_only():
+            try:
+                yield
+            except LocalEntryNotFoundError as e:
+                raise LocalEntryNotFoundError(f'{what}: {why}, and the Hub cache does not hold it; pull it once '
+                                              'where the Hub answers, and it then loads offline.') from e
+    finally:
+        _BLOCK_ANSWER.reset(token)

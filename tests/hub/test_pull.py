@@ -116,6 +116,7 @@ def test_where_the_hub_does_not_answer_a_pulled_repo_loads_from_the_cache_and_ot
     from huggingface_hub import constants
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    from magsd_timm.data import open_dataset
     from magsd_timm.hub.pull import checkpoint_config
     from magsd_timm.models.offline_weights import NoWeightsSourceError
 
@@ -128,6 +129,9 @@ def test_where_the_hub_does_not_answer_a_pulled_repo_loads_from_the_cache_and_ot
     with pytest.raises(LocalEntryNotFoundError, match=r'hf-hub:tester/never-pushed: http://127.0.0.1:9 cannot be '
                                                       r'reached \(\w+\), and the Hub cache does not hold it'):
         checkpoint_config("hf-hub:tester/never-pushed")
+    with pytest.raises(LocalEntryNotFoundError, match=r'tester/never-pushed-data: http://127.0.0.1:9 cannot be '
+                                                      r'reached \(\w+\), and the Hub cache does not hold it'):
+        open_dataset('hf-hub:tester/never-pushed-data', 'train')  # datasets come through the same rule
     # a plain timm name's ImageNet weights follow the rule of every pretrained backbone: the Hub, its cache, a package
     with pytest.raises(NoWeightsSourceError, match='no ImageNet weights for test_resnet: http://127.0.0.1:9 cannot be '
                                                    'reached'):
